@@ -1,0 +1,276 @@
+// Package config loads the agent's configuration: /etc/klp-agent/config.yaml
+// plus drop-ins in config.d/*.yaml applied in lexical order, each decoded
+// strictly so that a typo is an error naming file and line, not a silently
+// ignored setting.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/klp-agent/klp-agent/manifest"
+)
+
+// DefaultPath is the main configuration file.
+const DefaultPath = "/etc/klp-agent/config.yaml"
+
+// ErrInvalid wraps every configuration error.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Config is the effective configuration.
+type Config struct {
+	Manifest ManifestConfig `yaml:"manifest"`
+	Trust    TrustConfig    `yaml:"trust"`
+	Host     HostConfig     `yaml:"host"`
+	Paths    PathsConfig    `yaml:"paths"`
+	Log      LogConfig      `yaml:"log"`
+}
+
+// ManifestConfig says where the signed manifest is and how to poll it.
+type ManifestConfig struct {
+	URL          string        `yaml:"url"`
+	CABundle     string        `yaml:"ca_bundle"`
+	PollInterval time.Duration `yaml:"poll_interval"`
+	PollJitter   float64       `yaml:"poll_jitter"`
+	Timeout      time.Duration `yaml:"timeout"`
+	Retries      int           `yaml:"retries"`
+	MaxSize      ByteSize      `yaml:"max_size"`
+}
+
+// TrustConfig says whose signatures count.
+type TrustConfig struct {
+	KeysDir   string `yaml:"keys_dir"`
+	Threshold int    `yaml:"threshold"`
+}
+
+// HostConfig identifies this host for staged rollout.
+type HostConfig struct {
+	ID     string `yaml:"id"`      // overrides IDFile
+	IDFile string `yaml:"id_file"` // read under paths.root
+	Tier   string `yaml:"tier"`
+}
+
+// PathsConfig roots everything the agent touches, so tests and containers
+// can point it elsewhere (like node_exporter's --path.sysfs).
+type PathsConfig struct {
+	Root     string `yaml:"root"`      // prefix for /proc, /sys, /etc/machine-id
+	StateDir string `yaml:"state_dir"` // not under root: it is the agent's own
+}
+
+// LogConfig selects logging output.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Default returns the built-in defaults, which packaging/config.yaml documents.
+func Default() Config {
+	return Config{
+		Manifest: ManifestConfig{
+			PollInterval: 15 * time.Minute,
+			PollJitter:   0.2,
+			Timeout:      2 * time.Minute,
+			Retries:      4,
+			MaxSize:      manifest.DefaultMaxSize,
+		},
+		Trust: TrustConfig{KeysDir: "/etc/klp-agent/keys", Threshold: 1},
+		Host:  HostConfig{IDFile: "/etc/machine-id"},
+		Paths: PathsConfig{Root: "/", StateDir: "/var/lib/klp-agent"},
+		Log:   LogConfig{Level: "info", Format: "auto"},
+	}
+}
+
+// Loaded is a configuration and where each setting came from.
+type Loaded struct {
+	Config
+	Files  []string          // files read, in order
+	Origin map[string]string // "manifest.url" -> "config.d/10-x.yaml:3"
+}
+
+// Load reads path and, if it exists, the directory config.d beside it.
+// A missing main file is an error; a missing config.d is not.
+func Load(path string) (*Loaded, error) {
+	l := &Loaded{Config: Default(), Origin: map[string]string{}}
+	if err := l.apply(path); err != nil {
+		return nil, err
+	}
+	dropins, err := filepath.Glob(filepath.Join(filepath.Dir(path), "config.d", "*.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	sort.Strings(dropins)
+	for _, p := range dropins {
+		if err := l.apply(p); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Loaded) apply(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if err := Decode(b, &l.Config); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrInvalid, path, err)
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err == nil && len(root.Content) == 1 {
+		recordOrigins(root.Content[0], "", path, l.Origin)
+	}
+	l.Files = append(l.Files, path)
+	return nil
+}
+
+// Decode applies one YAML document onto cfg strictly: unknown keys,
+// duplicate keys, an empty file and a second document are errors. Keys the
+// document does not mention keep their current value, which is how
+// drop-ins override only what they name.
+func Decode(b []byte, cfg *Config) error {
+	// Decode into a copy so a file that fails half-way changes nothing.
+	tmp := *cfg
+	if err := manifest.DecodeStrict(b, &tmp); err != nil {
+		if errors.Is(err, manifest.ErrEmptyDocument) {
+			return errors.New("empty file (write at least one setting, or remove the file)")
+		}
+		return err
+	}
+	*cfg = tmp
+	return nil
+}
+
+// recordOrigins notes file:line for every scalar setting.
+func recordOrigins(n *yaml.Node, prefix, file string, out map[string]string) {
+	if n.Kind != yaml.MappingNode {
+		out[prefix] = file + ":" + strconv.Itoa(n.Line)
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key := n.Content[i].Value
+		if prefix != "" {
+			key = prefix + "." + key
+		}
+		recordOrigins(n.Content[i+1], key, file, out)
+	}
+}
+
+// at names where a setting was last set, for error messages.
+func (l *Loaded) at(key string) string {
+	if o, ok := l.Origin[key]; ok {
+		return o
+	}
+	return "default"
+}
+
+// Validate checks the merged configuration.
+func (l *Loaded) Validate() error {
+	c := &l.Config
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s (%s): %s", key, l.at(key), fmt.Sprintf(format, args...)))
+	}
+	if c.Manifest.URL != "" {
+		u, err := url.Parse(c.Manifest.URL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("manifest.url", "%q is not an http(s) URL", c.Manifest.URL)
+		}
+	}
+	if c.Manifest.PollInterval < 10*time.Second {
+		bad("manifest.poll_interval", "%s is below the 10s minimum", c.Manifest.PollInterval)
+	}
+	if c.Manifest.PollJitter < 0 || c.Manifest.PollJitter > 1 {
+		bad("manifest.poll_jitter", "%v not in [0,1] (a fraction of poll_interval)", c.Manifest.PollJitter)
+	}
+	if c.Manifest.Timeout <= 0 {
+		bad("manifest.timeout", "must be > 0")
+	}
+	if c.Manifest.Retries < 0 || c.Manifest.Retries > 20 {
+		bad("manifest.retries", "%d not in [0,20]", c.Manifest.Retries)
+	}
+	if c.Manifest.MaxSize < 1024 || c.Manifest.MaxSize > 64<<20 {
+		bad("manifest.max_size", "%s not in [1KiB,64MiB]", c.Manifest.MaxSize)
+	}
+	if c.Trust.Threshold < 1 {
+		bad("trust.threshold", "must be >= 1")
+	}
+	if !filepath.IsAbs(c.Trust.KeysDir) {
+		bad("trust.keys_dir", "%q must be an absolute path", c.Trust.KeysDir)
+	}
+	if c.Host.Tier != "" && !manifest.ValidTier(c.Host.Tier) {
+		bad("host.tier", "%q: use [A-Za-z0-9_.-], at most %d characters", c.Host.Tier, manifest.MaxTierLen)
+	}
+	if c.Host.ID == "" && !filepath.IsAbs(c.Host.IDFile) {
+		bad("host.id_file", "%q must be an absolute path", c.Host.IDFile)
+	}
+	if strings.ContainsAny(c.Host.ID, "\x00\n") || len(c.Host.ID) > 256 {
+		bad("host.id", "must be one line of at most 256 bytes")
+	}
+	for _, k := range []struct{ key, val string }{{"paths.root", c.Paths.Root}, {"paths.state_dir", c.Paths.StateDir}} {
+		if !filepath.IsAbs(k.val) {
+			bad(k.key, "%q must be an absolute path", k.val)
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q (debug, info, warn or error)", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "auto", "journal", "console", "json":
+	default:
+		bad("log.format", "%q (auto, journal, console or json)", c.Log.Format)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	}
+	return nil
+}
+
+// ErrNoHostID means no usable host identity was found.
+var ErrNoHostID = errors.New("no host id")
+
+// HostID returns host.id, or the first line of host.id_file under root.
+func (c *Config) HostID() (string, error) {
+	if c.Host.ID != "" {
+		return c.Host.ID, nil
+	}
+	p := filepath.Join(c.Paths.Root, c.Host.IDFile)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("%w: %s does not exist (set host.id)", ErrNoHostID, p)
+		}
+		return "", fmt.Errorf("%w: %w", ErrNoHostID, err)
+	}
+	id := strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])
+	if id == "" || id == "uninitialized" {
+		return "", fmt.Errorf("%w: %s is empty or uninitialized", ErrNoHostID, p)
+	}
+	return id, nil
+}
+
+// YAML renders the effective configuration.
+func (c *Config) YAML() ([]byte, error) {
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(c); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), enc.Close()
+}

@@ -1,0 +1,229 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeTree(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestLoadMergesDropinsInOrder(t *testing.T) {
+	dir := writeTree(t, map[string]string{
+		"config.yaml": "manifest:\n  url: https://patches.example/klp/manifest.json\n  poll_interval: 10m\nhost:\n  tier: canary\n",
+		"config.d/20-late.yaml":  "manifest:\n  poll_interval: 5m\n",
+		"config.d/10-early.yaml": "manifest:\n  poll_interval: 1h\n  max_size: 2MiB\nlog:\n  level: debug\n",
+		"config.d/README":        "not yaml, not read",
+	})
+	l, err := Load(filepath.Join(dir, "config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := l.Config
+	if c.Manifest.PollInterval != 5*time.Minute {
+		t.Errorf("poll_interval %v, want the last drop-in's 5m", c.Manifest.PollInterval)
+	}
+	if c.Manifest.URL != "https://patches.example/klp/manifest.json" || c.Host.Tier != "canary" {
+		t.Errorf("main file settings lost: %+v", c)
+	}
+	if c.Manifest.MaxSize != 2<<20 || c.Log.Level != "debug" {
+		t.Errorf("drop-in settings lost: %+v", c)
+	}
+	if c.Manifest.Retries != Default().Manifest.Retries || c.Trust.KeysDir != "/etc/klp-agent/keys" {
+		t.Errorf("defaults lost: %+v", c)
+	}
+	if len(l.Files) != 3 || !strings.HasSuffix(l.Files[1], "10-early.yaml") {
+		t.Errorf("files read %v", l.Files)
+	}
+	if o := l.Origin["manifest.poll_interval"]; !strings.HasSuffix(o, "20-late.yaml:2") {
+		t.Errorf("origin of poll_interval %q", o)
+	}
+}
+
+func TestLoadRejects(t *testing.T) {
+	tests := []struct {
+		name    string
+		files   map[string]string
+		wantIn  []string // substrings the error must contain: file, line, key
+		wantErr error
+	}{
+		{"unknown key", map[string]string{"config.yaml": "manifest:\n  url: https://x/m\n  pol_interval: 5m\n"},
+			[]string{"config.yaml", "line 3", "pol_interval"}, ErrInvalid},
+		{"unknown section", map[string]string{"config.yaml": "log:\n  level: info\nhealth:\n  x: 1\n"},
+			[]string{"line 3", "health"}, ErrInvalid},
+		{"duplicate key", map[string]string{"config.yaml": "log:\n  level: info\n  level: debug\n"},
+			[]string{"config.yaml", "line 3", "already defined"}, ErrInvalid},
+		{"empty file", map[string]string{"config.yaml": "log: {level: info}\n", "config.d/50-empty.yaml": "# nothing\n"},
+			[]string{"50-empty.yaml", "empty"}, ErrInvalid},
+		{"trailing document", map[string]string{"config.yaml": "log: {level: info}\n---\nlog: {level: debug}\n"},
+			[]string{"config.yaml", "line 2", "second YAML document"}, ErrInvalid},
+		{"bad duration", map[string]string{"config.yaml": "manifest:\n  poll_interval: often\n"},
+			[]string{"config.yaml", "line 2"}, ErrInvalid},
+		{"bad size", map[string]string{"config.yaml": "manifest:\n  max_size: lots\n"},
+			[]string{"line 2", "size"}, ErrInvalid},
+		{"top level list", map[string]string{"config.yaml": "- a\n- b\n"},
+			[]string{"config.yaml", "line 1"}, ErrInvalid},
+		{"validation names origin", map[string]string{"config.yaml": "log: {level: info}\n", "config.d/10-x.yaml": "manifest:\n  poll_interval: 1s\n"},
+			[]string{"manifest.poll_interval", "10-x.yaml:2", "10s minimum"}, ErrInvalid},
+		{"bad url", map[string]string{"config.yaml": "manifest:\n  url: ftp://x/m\n"}, []string{"manifest.url"}, ErrInvalid},
+		{"bad tier", map[string]string{"config.yaml": "host:\n  tier: ../x\n"}, []string{"host.tier"}, ErrInvalid},
+		{"bad level", map[string]string{"config.yaml": "log:\n  level: loud\n"}, []string{"log.level", "debug, info"}, ErrInvalid},
+		{"relative state dir", map[string]string{"config.yaml": "paths:\n  state_dir: var/lib\n"}, []string{"paths.state_dir"}, ErrInvalid},
+		{"jitter over 1", map[string]string{"config.yaml": "manifest:\n  poll_jitter: 2\n"}, []string{"poll_jitter"}, ErrInvalid},
+		{"threshold 0", map[string]string{"config.yaml": "trust:\n  threshold: 0\n"}, []string{"trust.threshold"}, ErrInvalid},
+		{"missing main file", map[string]string{"other.yaml": "x: 1\n"}, []string{"config.yaml"}, ErrInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeTree(t, tt.files)
+			_, err := Load(filepath.Join(dir, "config.yaml"))
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Load error %v, want %v", err, tt.wantErr)
+			}
+			for _, s := range tt.wantIn {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+		})
+	}
+}
+
+func TestFailedFileChangesNothing(t *testing.T) {
+	c := Default()
+	if err := Decode([]byte("log:\n  level: debug\n  bogus: 1\n"), &c); err == nil {
+		t.Fatal("want error")
+	}
+	if c.Log.Level != "info" {
+		t.Fatalf("a rejected file changed the config: level %q", c.Log.Level)
+	}
+}
+
+func TestHostID(t *testing.T) {
+	root := writeTree(t, map[string]string{"etc/machine-id": "0123456789abcdef0123456789abcdef\n"})
+	c := Default()
+	c.Paths.Root = root
+	if id, err := c.HostID(); err != nil || id != "0123456789abcdef0123456789abcdef" {
+		t.Fatalf("HostID = %q, %v", id, err)
+	}
+	c.Host.ID = "override"
+	if id, _ := c.HostID(); id != "override" {
+		t.Fatalf("host.id override ignored: %q", id)
+	}
+	for _, content := range []string{"", "uninitialized\n"} {
+		r := writeTree(t, map[string]string{"etc/machine-id": content})
+		c := Default()
+		c.Paths.Root = r
+		if _, err := c.HostID(); !errors.Is(err, ErrNoHostID) {
+			t.Errorf("machine-id %q: %v, want ErrNoHostID", content, err)
+		}
+	}
+}
+
+// The commented sample in packaging/ must load, and loaded alone it must
+// equal the built-in defaults it documents.
+func TestSampleConfigIsDefaults(t *testing.T) {
+	b, err := os.ReadFile("../../packaging/config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	if err := Decode(b, &c); err != nil {
+		t.Fatalf("packaging/config.yaml: %v", err)
+	}
+	if c != Default() {
+		t.Fatalf("packaging/config.yaml differs from Default():\n%+v\n%+v", c, Default())
+	}
+}
+
+func TestEffectiveYAMLGolden(t *testing.T) {
+	c := Default()
+	got, err := c.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "default.golden.yaml")
+	if os.Getenv("UPDATE_GOLDEN") != "" {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with UPDATE_GOLDEN=1 to create)", err)
+	}
+	if string(got) != string(want) {
+		t.Fatalf("effective YAML differs from %s:\n%s", golden, got)
+	}
+	// And it must load back to the same config.
+	c2 := Default()
+	c2.Log.Level = "error"
+	if err := Decode(got, &c2); err != nil || c2 != c {
+		t.Fatalf("effective YAML does not round-trip: %v", err)
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]ByteSize{"4194304": 4 << 20, "4MiB": 4 << 20, "512 KiB": 512 << 10, "1GiB": 1 << 30, "10B": 10} {
+		var b ByteSize
+		if err := b.UnmarshalText([]byte(in)); err != nil || b != want {
+			t.Errorf("%q -> %v, %v; want %v", in, b, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "4MB", "1.5MiB", "99999999999GiB"} {
+		var b ByteSize
+		if err := b.UnmarshalText([]byte(in)); err == nil {
+			t.Errorf("%q accepted as %v", in, b)
+		}
+	}
+	if s := ByteSize(4 << 20).String(); s != "4MiB" {
+		t.Errorf("String() = %q", s)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	if b, err := os.ReadFile("../../packaging/config.yaml"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("manifest:\n  url: https://x/m\n  poll_interval: 5m\n  max_size: 4MiB\n"))
+	f.Add([]byte("log: {level: debug}\n---\n"))
+	f.Add([]byte("host: &h {tier: a}\ntrust: *h\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c := Default()
+		before := c
+		if err := Decode(b, &c); err != nil {
+			if c != before {
+				t.Fatal("rejected input changed the config")
+			}
+			return
+		}
+		// Whatever decodes must render and decode back to the same config.
+		out, err := c.YAML()
+		if err != nil {
+			t.Fatalf("render: %v", err)
+		}
+		c2 := Default()
+		if err := Decode(out, &c2); err != nil {
+			t.Fatalf("re-decode of rendered config: %v\n%s", err, out)
+		}
+		if c2 != c {
+			t.Fatalf("round trip changed the config:\n%+v\n%+v", c, c2)
+		}
+	})
+}

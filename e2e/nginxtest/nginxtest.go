@@ -1,0 +1,113 @@
+// Package nginxtest starts a real nginx on loopback serving a directory,
+// for tests that must see what a static web server really sends (ETag,
+// Last-Modified, 304s). It fails the test, never skips, when nginx is
+// missing: `make deps` installs it.
+package nginxtest
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// Server is a running nginx.
+type Server struct {
+	URL  string // http://127.0.0.1:PORT
+	Root string // directory served at /
+}
+
+// Start serves root on a free loopback port until the test ends.
+func Start(t testing.TB, root string) *Server {
+	t.Helper()
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		for _, p := range []string{"/usr/sbin/nginx", "/sbin/nginx"} {
+			if _, e := os.Stat(p); e == nil {
+				bin, err = p, nil
+				break
+			}
+		}
+	}
+	if err != nil {
+		t.Fatalf("nginx not found: install nginx-light (make deps): %v", err)
+	}
+	prefix := t.TempDir()
+	port := freePort(t)
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;" // workers must read the test's private temp dirs
+	}
+	conf := fmt.Sprintf(`%s
+daemon off;
+worker_processes 1;
+pid %[2]s/nginx.pid;
+error_log stderr warn;
+events { worker_connections 64; }
+http {
+  access_log off;
+  default_type application/octet-stream;
+  client_body_temp_path %[2]s/body;
+  proxy_temp_path %[2]s/proxy;
+  fastcgi_temp_path %[2]s/fastcgi;
+  uwsgi_temp_path %[2]s/uwsgi;
+  scgi_temp_path %[2]s/scgi;
+  server {
+    listen 127.0.0.1:%[3]d;
+    root %[4]s;
+  }
+}
+`, user, prefix, port, root)
+	cfg := filepath.Join(prefix, "nginx.conf")
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-p", prefix, "-c", cfg, "-e", "stderr")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start nginx: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	s := &Server{URL: "http://127.0.0.1:" + strconv.Itoa(port), Root: root}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case <-done:
+			t.Fatalf("nginx exited at start (config %s)", cfg)
+		default:
+		}
+		if resp, err := http.Get(s.URL + "/"); err == nil {
+			resp.Body.Close()
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nginx did not start listening within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}

@@ -1,0 +1,70 @@
+package manifest
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+)
+
+// FuzzParse: no input may panic the payload parser, and whatever it
+// accepts must satisfy the invariants selection relies on and survive a
+// marshal/parse round trip unchanged.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(validPayload()))
+	f.Add([]byte(`{"schema":1,"version":3,"expires":"2027-01-01T00:00:00Z","patches":[]}`))
+	f.Add([]byte("schema: 1\nversion: 1\nexpires: 2027-01-01T00:00:00Z\nrevoked: [{name: a, level: 1}]\n"))
+	f.Add([]byte("a: &a [*a, *a]\n"))
+	f.Add([]byte("---\n---\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := Parse(b)
+		if err != nil {
+			if m != nil {
+				t.Fatal("manifest returned with an error")
+			}
+			return
+		}
+		for i := range m.Patches {
+			p := &m.Patches[i]
+			if !ValidName(p.Name) || !ValidKernelRelease(p.Kernel) || p.Level < 1 || p.Size <= 0 {
+				t.Fatalf("invalid patch accepted: %+v", p)
+			}
+		}
+		out, err := Marshal(m)
+		if err != nil {
+			t.Fatalf("marshal accepted manifest: %v", err)
+		}
+		m2, err := Parse(out)
+		if err != nil {
+			t.Fatalf("re-parse of marshalled manifest: %v\n%s", err, out)
+		}
+		out2, _ := Marshal(m2)
+		if !bytes.Equal(out, out2) {
+			t.Fatalf("round trip changed the manifest:\n%s\n%s", out, out2)
+		}
+	})
+}
+
+// FuzzVerifyEnvelope: arbitrary envelopes never panic and never verify
+// without a real signature.
+func FuzzVerifyEnvelope(f *testing.F) {
+	k := newTestKey(f)
+	tr := Trust{keyring(k), 1}
+	good := sign(f, validPayload(), k)
+	f.Add(good)
+	f.Add([]byte(`{"payloadType":"application/vnd.klp-agent.manifest.v1+yaml","payload":"","signatures":[{"keyid":"","sig":""}]}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		payload, _, err := tr.VerifyEnvelope(b)
+		if err != nil {
+			return
+		}
+		// Only envelopes carrying the genuine signed payload may pass.
+		want, _ := EnvelopePayload(good)
+		if !bytes.Equal(payload, want) {
+			t.Fatalf("forged envelope verified: %q", b)
+		}
+		if _, err := Parse(payload); err != nil && !errors.Is(err, ErrInvalid) {
+			t.Fatal(err)
+		}
+	})
+}

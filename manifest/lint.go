@@ -1,0 +1,50 @@
+package manifest
+
+import (
+	"fmt"
+	"net/url"
+	"sort"
+	"time"
+)
+
+// Lint returns what is valid but probably not what the publisher meant.
+func Lint(m *Manifest, now time.Time) []string {
+	var w []string
+	switch left := m.Expires.Sub(now); {
+	case left <= 0:
+		w = append(w, fmt.Sprintf("expired at %s: hosts will apply nothing from it", m.Expires.Format(time.RFC3339)))
+	case left < 72*time.Hour:
+		w = append(w, fmt.Sprintf("expires in %s: re-sign before then or hosts stop taking new patches", left.Round(time.Minute)))
+	}
+	levels := map[string][]int{}
+	for i := range m.Patches {
+		p := &m.Patches[i]
+		levels[p.Kernel] = append(levels[p.Kernel], p.Level)
+		if u, err := url.Parse(p.URL); err == nil && u.Scheme == "http" {
+			w = append(w, fmt.Sprintf("%s: plain http URL (the pinned sha256 still protects it)", p.ID()))
+		}
+		if r := p.Rollout; r != nil && len(r.Tiers) == 0 && r.StartPercent == 0 && r.Duration == 0 {
+			w = append(w, fmt.Sprintf("%s: rollout reaches no host (no tiers, 0%%, no ramp)", p.ID()))
+		}
+		for j := range m.Revoked {
+			if m.Revoked[j].Matches(p) {
+				w = append(w, fmt.Sprintf("%s: listed and revoked; remove the entry once hosts have rolled back", p.ID()))
+			}
+		}
+	}
+	kernels := make([]string, 0, len(levels))
+	for k := range levels {
+		kernels = append(kernels, k)
+	}
+	sort.Strings(kernels)
+	for _, k := range kernels {
+		ls := levels[k]
+		sort.Ints(ls)
+		for i := 1; i < len(ls); i++ {
+			if ls[i] != ls[i-1]+1 {
+				w = append(w, fmt.Sprintf("kernel %s: levels jump from %d to %d", k, ls[i-1], ls[i]))
+			}
+		}
+	}
+	return w
+}

@@ -1,0 +1,257 @@
+// Package manifest holds everything between "a manifest is published" and
+// "this host knows which livepatch it wants": the schema and its strict
+// parser, the DSSE envelope and its ed25519 threshold signatures, the
+// anti-rollback version store, the HTTP fetcher and the per-host selection.
+package manifest
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strconv"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// SchemaVersion is the only payload schema this agent understands.
+const SchemaVersion = 1
+
+// Limits on a manifest's contents. A module name becomes a path and a
+// kernel module name (MODULE_NAME_LEN is 64 bytes including an unsigned
+// long), a kernel release becomes a path and is at most 64 bytes in utsname.
+const (
+	MaxNameLen          = 55
+	MaxKernelReleaseLen = 64
+	MaxTierLen          = 64
+	MaxPatches          = 1 << 20
+)
+
+// Sentinel errors callers branch on. Every rejection wraps one of them.
+var (
+	ErrSchema          = errors.New("unsupported schema version")
+	ErrInvalid         = errors.New("invalid manifest")
+	ErrInvalidName     = errors.New("invalid name")
+	ErrDuplicate       = errors.New("duplicate entry")
+	ErrExpired         = errors.New("manifest expired")
+	ErrRollback        = errors.New("manifest version rollback")
+	ErrTooLarge        = errors.New("manifest too large")
+	ErrBadSignature    = errors.New("bad signature")
+	ErrNoSignature     = errors.New("manifest not signed")
+	ErrUnknownKey      = errors.New("signed by unknown key")
+	ErrThreshold       = errors.New("too few valid signatures")
+	ErrPayloadType     = errors.New("unexpected payload type")
+	ErrVersionConflict = errors.New("manifest version reused with different content")
+)
+
+var (
+	nameRE          = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
+	kernelReleaseRE = regexp.MustCompile(`^[A-Za-z0-9._+~-]+$`)
+	tierRE          = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+	sha256RE        = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// Manifest is the signed payload.
+type Manifest struct {
+	Schema  int       `yaml:"schema" json:"schema"`
+	Version uint64    `yaml:"version" json:"version"`
+	Expires time.Time `yaml:"expires" json:"expires"`
+	Patches []Patch   `yaml:"patches,omitempty" json:"patches,omitempty"`
+	Revoked []Revoked `yaml:"revoked,omitempty" json:"revoked,omitempty"`
+}
+
+// Patch is one cumulative livepatch for one exact kernel release.
+type Patch struct {
+	Kernel  string   `yaml:"kernel" json:"kernel"`
+	Name    string   `yaml:"name" json:"name"`
+	Level   int      `yaml:"level" json:"level"`
+	URL     string   `yaml:"url" json:"url"`
+	SHA256  string   `yaml:"sha256" json:"sha256"`
+	Size    int64    `yaml:"size" json:"size"`
+	Rollout *Rollout `yaml:"rollout,omitempty" json:"rollout,omitempty"`
+}
+
+// Rollout stages a patch. Hosts whose tier is listed get it at Start; the
+// others get it once their stable bucket falls under the ramp: StartPercent
+// at Start, rising linearly to 100 over Duration. A zero Duration holds the
+// ramp at StartPercent (0 = tiers only), which is how a stage is paused.
+type Rollout struct {
+	Tiers        []string  `yaml:"tiers,omitempty" json:"tiers,omitempty"`
+	Start        time.Time `yaml:"start,omitempty" json:"start,omitempty"`
+	StartPercent float64   `yaml:"start_percent,omitempty" json:"start_percent,omitempty"`
+	Duration     Duration  `yaml:"duration,omitempty" json:"duration,omitempty"`
+}
+
+// Revoked pulls a patch back everywhere. Kernel and SHA256 narrow the match
+// when set.
+type Revoked struct {
+	Name   string `yaml:"name" json:"name"`
+	Level  int    `yaml:"level" json:"level"`
+	Kernel string `yaml:"kernel,omitempty" json:"kernel,omitempty"`
+	SHA256 string `yaml:"sha256,omitempty" json:"sha256,omitempty"`
+	Reason string `yaml:"reason,omitempty" json:"reason,omitempty"`
+}
+
+// ID names a patch in messages and in per-host records.
+func (p *Patch) ID() string { return p.Name + "@" + strconv.Itoa(p.Level) }
+
+// Matches reports whether the revocation applies to p.
+func (r *Revoked) Matches(p *Patch) bool {
+	return r.Name == p.Name && r.Level == p.Level &&
+		(r.Kernel == "" || r.Kernel == p.Kernel) &&
+		(r.SHA256 == "" || r.SHA256 == p.SHA256)
+}
+
+// ValidName reports whether s may be used as a livepatch/module name. Names
+// become sysfs and state-dir paths, so only [A-Za-z0-9_] is allowed.
+func ValidName(s string) bool { return len(s) <= MaxNameLen && nameRE.MatchString(s) }
+
+// ValidKernelRelease reports whether s may be a `uname -r` value used as a
+// path component.
+func ValidKernelRelease(s string) bool {
+	return len(s) <= MaxKernelReleaseLen && s != "." && s != ".." && kernelReleaseRE.MatchString(s)
+}
+
+// ValidTier reports whether s may be a rollout tier name.
+func ValidTier(s string) bool { return len(s) <= MaxTierLen && tierRE.MatchString(s) }
+
+// Validate checks everything that does not depend on time or keys.
+func (m *Manifest) Validate() error {
+	if m.Schema != SchemaVersion {
+		return fmt.Errorf("%w: schema %d (this agent supports %d)", ErrSchema, m.Schema, SchemaVersion)
+	}
+	if m.Version == 0 {
+		return fmt.Errorf("%w: version must be > 0", ErrInvalid)
+	}
+	if m.Expires.IsZero() {
+		return fmt.Errorf("%w: expires is required", ErrInvalid)
+	}
+	if len(m.Patches) > MaxPatches {
+		return fmt.Errorf("%w: %d patches (limit %d)", ErrTooLarge, len(m.Patches), MaxPatches)
+	}
+	type key struct {
+		kernel string
+		level  int
+	}
+	seen := make(map[key]int, len(m.Patches))
+	for i := range m.Patches {
+		p := &m.Patches[i]
+		if err := p.validate(); err != nil {
+			return fmt.Errorf("patches[%d]: %w", i, err)
+		}
+		k := key{p.Kernel, p.Level}
+		if j, ok := seen[k]; ok {
+			return fmt.Errorf("patches[%d]: %w: kernel %s level %d already at patches[%d]", i, ErrDuplicate, p.Kernel, p.Level, j)
+		}
+		seen[k] = i
+	}
+	for i := range m.Revoked {
+		if err := m.Revoked[i].validate(); err != nil {
+			return fmt.Errorf("revoked[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (p *Patch) validate() error {
+	if !ValidKernelRelease(p.Kernel) {
+		return fmt.Errorf("%w: kernel %q", ErrInvalidName, p.Kernel)
+	}
+	if !ValidName(p.Name) {
+		return fmt.Errorf("%w: name %q (allowed: [A-Za-z0-9_], at most %d)", ErrInvalidName, p.Name, MaxNameLen)
+	}
+	if p.Level < 1 {
+		return fmt.Errorf("%w: %s: level must be >= 1", ErrInvalid, p.Name)
+	}
+	if !sha256RE.MatchString(p.SHA256) {
+		return fmt.Errorf("%w: %s: sha256 must be 64 lowercase hex digits", ErrInvalid, p.ID())
+	}
+	if p.Size <= 0 {
+		return fmt.Errorf("%w: %s: size must be > 0", ErrInvalid, p.ID())
+	}
+	u, err := url.Parse(p.URL)
+	if err != nil || p.URL == "" {
+		return fmt.Errorf("%w: %s: url %q", ErrInvalid, p.ID(), p.URL)
+	}
+	if u.IsAbs() && u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("%w: %s: url scheme %q (http or https only)", ErrInvalid, p.ID(), u.Scheme)
+	}
+	if u.User != nil {
+		return fmt.Errorf("%w: %s: url must not carry credentials", ErrInvalid, p.ID())
+	}
+	if r := p.Rollout; r != nil {
+		for _, t := range r.Tiers {
+			if !ValidTier(t) {
+				return fmt.Errorf("%w: %s: tier %q", ErrInvalidName, p.ID(), t)
+			}
+		}
+		if r.StartPercent < 0 || r.StartPercent > 100 {
+			return fmt.Errorf("%w: %s: start_percent %v not in [0,100]", ErrInvalid, p.ID(), r.StartPercent)
+		}
+		if r.Duration < 0 {
+			return fmt.Errorf("%w: %s: negative duration", ErrInvalid, p.ID())
+		}
+	}
+	return nil
+}
+
+func (r *Revoked) validate() error {
+	if !ValidName(r.Name) {
+		return fmt.Errorf("%w: name %q", ErrInvalidName, r.Name)
+	}
+	if r.Level < 1 {
+		return fmt.Errorf("%w: %s: level must be >= 1", ErrInvalid, r.Name)
+	}
+	if r.Kernel != "" && !ValidKernelRelease(r.Kernel) {
+		return fmt.Errorf("%w: kernel %q", ErrInvalidName, r.Kernel)
+	}
+	if r.SHA256 != "" && !sha256RE.MatchString(r.SHA256) {
+		return fmt.Errorf("%w: %s@%d: sha256 must be 64 lowercase hex digits", ErrInvalid, r.Name, r.Level)
+	}
+	return nil
+}
+
+// Expired reports whether the manifest may no longer be acted on at now.
+func (m *Manifest) Expired(now time.Time) bool { return !now.Before(m.Expires) }
+
+// Duration is a time.Duration written as "24h" in YAML and JSON.
+type Duration time.Duration
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler; it also accepts "7d".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// UnmarshalYAML keeps the line number in errors.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if err := d.UnmarshalText([]byte(n.Value)); err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	return nil
+}
+
+// ParseDuration is time.ParseDuration plus whole days ("7d"), which
+// rollout and expiry periods are usually written in.
+func ParseDuration(s string) (time.Duration, error) {
+	if n := len(s); n > 1 && s[n-1] == 'd' {
+		days, err := strconv.ParseUint(s[:n-1], 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("duration %q: %w", s, err)
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("duration %q: %w", s, err)
+	}
+	return v, nil
+}

@@ -1,0 +1,128 @@
+package manifest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/klp-agent/klp-agent/agent/atomicfile"
+)
+
+// Source is a host's view of the published manifest: it polls the fetcher,
+// runs the trust chain on new bodies, and keeps the last accepted envelope
+// and its validators in a cache directory so that a restarted agent works
+// offline and its first poll is still conditional.
+type Source struct {
+	Fetcher  *Fetcher
+	Trust    Trust
+	Store    VersionStore
+	CacheDir string // empty: memory only
+	Now      func() time.Time
+
+	mu         sync.Mutex
+	current    *Verified
+	validators Validators
+}
+
+// PollResult says what one poll found.
+type PollResult struct {
+	Manifest *Verified // the manifest in force after the poll (may be the cached one)
+	Changed  bool      // a new version was accepted
+	Status   int       // HTTP status seen
+}
+
+const (
+	cacheEnvelope   = "manifest.dsse.json"
+	cacheValidators = "manifest.validators.json"
+)
+
+func (s *Source) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// Current returns the manifest in force, if any.
+func (s *Source) Current() *Verified {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current
+}
+
+// LoadCache restores the last accepted manifest. A cached envelope goes
+// through the whole trust chain again (the keyring may have changed); one
+// that fails is dropped with its validators so the next poll refetches.
+func (s *Source) LoadCache() error {
+	if s.CacheDir == "" {
+		return nil
+	}
+	env, err := os.ReadFile(filepath.Join(s.CacheDir, cacheEnvelope))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load cached manifest: %w", err)
+	}
+	v, err := s.Trust.Verify(env, s.now(), s.Store)
+	if err != nil {
+		return fmt.Errorf("cached manifest no longer accepted: %w", err)
+	}
+	var val Validators
+	if b, err := os.ReadFile(filepath.Join(s.CacheDir, cacheValidators)); err == nil {
+		_ = json.Unmarshal(b, &val) // validators are an optimisation only
+	}
+	s.mu.Lock()
+	s.current, s.validators = v, val
+	s.mu.Unlock()
+	return nil
+}
+
+// Poll fetches and, when the body changed, verifies it. A rejected body
+// leaves the manifest in force untouched. An unchanged (304) body is not
+// verified again, but the manifest in force is still checked for expiry:
+// a publisher who stops re-signing must be noticed.
+func (s *Source) Poll(ctx context.Context) (PollResult, error) {
+	s.mu.Lock()
+	cur, val := s.current, s.validators
+	s.mu.Unlock()
+	if cur == nil {
+		val = Validators{} // nothing to be "unchanged" against
+	}
+	fr, err := s.Fetcher.Fetch(ctx, val)
+	if err != nil {
+		return PollResult{Manifest: cur}, err
+	}
+	res := PollResult{Manifest: cur, Status: fr.Status}
+	if fr.NotModified {
+		if cur.Expired(s.now()) {
+			return res, fmt.Errorf("%w: version %d expired at %s (unchanged on server)", ErrExpired, cur.Version, cur.Expires.UTC().Format(time.RFC3339))
+		}
+		return res, nil
+	}
+	v, err := s.Trust.Verify(fr.Body, s.now(), s.Store)
+	if err != nil {
+		return res, fmt.Errorf("manifest from %s rejected: %w", s.Fetcher.URL(), err)
+	}
+	res.Changed = cur == nil || v.Version != cur.Version || v.PayloadSHA256 != cur.PayloadSHA256
+	res.Manifest = v
+	if s.CacheDir != "" {
+		if err := atomicfile.WriteFile(filepath.Join(s.CacheDir, cacheEnvelope), fr.Body, 0o644); err != nil {
+			return res, err
+		}
+		b, _ := json.Marshal(fr.Validators)
+		if err := atomicfile.WriteFile(filepath.Join(s.CacheDir, cacheValidators), b, 0o644); err != nil {
+			return res, err
+		}
+	}
+	s.mu.Lock()
+	s.current, s.validators = v, fr.Validators
+	s.mu.Unlock()
+	return res, nil
+}
