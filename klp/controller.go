@@ -1,0 +1,196 @@
+package klp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+)
+
+// Options tune the controller; zero values take the defaults.
+type Options struct {
+	// TransitionTimeout bounds a transition before it counts as stalled
+	// (default 60 s; kpatch waits 15 s, signals, then 60 s more).
+	TransitionTimeout time.Duration
+	// ForceOnStall forces a stalled transition instead of reversing it.
+	// Forced modules can never be unloaded; only an operator may set this.
+	ForceOnStall bool
+	// UnloadTimeout bounds the wait for a module's refcount to reach 0.
+	UnloadTimeout time.Duration
+	LoadBackoff   Backoff
+}
+
+func (o Options) withDefaults() Options {
+	if o.TransitionTimeout <= 0 {
+		o.TransitionTimeout = 60 * time.Second
+	}
+	if o.UnloadTimeout <= 0 {
+		o.UnloadTimeout = 15 * time.Second
+	}
+	if o.LoadBackoff.Attempts == 0 {
+		o.LoadBackoff = DefaultLoadBackoff
+	}
+	return o
+}
+
+// Controller enables and disables livepatch modules.
+type Controller struct {
+	Sysfs   *Sysfs
+	Modules Modules
+	Opts    Options
+}
+
+// Timing breaks down one enable.
+type Timing struct {
+	Load       time.Duration // finit_module, EBUSY retries included
+	Transition time.Duration // loaded -> transition 0
+	BusyRetry  int           // EBUSY answers while another transition ran
+}
+
+// Result describes a finished enable.
+type Result struct {
+	Timing
+	Replaced []string // livepatches the new one atomically replaced (now unloaded)
+	Already  bool     // it was already enabled; nothing was done
+	Forced   bool
+}
+
+// Enable loads the livepatch module at file (module name name, read from
+// the module itself by the caller) and waits until every task runs the new
+// code. A stalled transition is reversed and the module unloaded, so the
+// kernel is left as it was, and a *StallError names the blocking tasks.
+// Patches it atomically replaces are unloaded once their refcount drops.
+func (c *Controller) Enable(ctx context.Context, file, name string) (Result, error) {
+	o := c.Opts.withDefaults()
+	var res Result
+	if p, err := c.Sysfs.Get(name); err == nil && p.Enabled && !p.Transition {
+		res.Already = true
+		return res, nil
+	}
+	before, err := c.Sysfs.List()
+	if err != nil {
+		return res, fmt.Errorf("enable %s: %w", name, err)
+	}
+	start := time.Now()
+	res.BusyRetry, err = LoadRetry(ctx, c.Modules, file, o.LoadBackoff)
+	res.Load = time.Since(start)
+	if err != nil {
+		return res, fmt.Errorf("enable %s: %w", name, err)
+	}
+	if _, err := c.Sysfs.Get(name); err != nil {
+		// Loaded but no livepatch of that name: a wrong module name or not a
+		// livepatch. Take it out again rather than leave an unknown module.
+		c.unload(ctx, name, o)
+		return res, fmt.Errorf("enable %s: module loaded but %w", name, err)
+	}
+	tstart := time.Now()
+	err = c.Sysfs.WaitTransition(ctx, name, o.TransitionTimeout)
+	res.Transition = time.Since(tstart)
+	var stall *StallError
+	switch {
+	case errors.As(err, &stall) && o.ForceOnStall:
+		if ferr := c.Sysfs.Force(name); ferr != nil {
+			return res, fmt.Errorf("enable %s: %w; force failed: %w", name, err, ferr)
+		}
+		res.Forced = true
+	case errors.As(err, &stall):
+		if rerr := c.reverse(ctx, name, true, o); rerr != nil {
+			return res, fmt.Errorf("enable %s: %w; reversing failed: %w", name, err, rerr)
+		}
+		c.unload(ctx, name, o)
+		return res, fmt.Errorf("enable %s: %w (reversed and unloaded)", name, err)
+	case err != nil:
+		return res, fmt.Errorf("enable %s: %w", name, err)
+	}
+	// Anything listed before that is gone now was replaced atomically.
+	for _, p := range before {
+		if p.Name == name {
+			continue
+		}
+		if _, err := c.Sysfs.Get(p.Name); errors.Is(err, ErrNotFound) {
+			res.Replaced = append(res.Replaced, p.Name)
+			if err := c.unload(ctx, p.Name, o); err != nil {
+				return res, fmt.Errorf("enable %s: replaced %s but could not unload it: %w", name, p.Name, err)
+			}
+		}
+	}
+	return res, nil
+}
+
+// reverse flips a stalled transition back (writing the opposite value is
+// how the kernel reverses it) and waits for the reversal.
+func (c *Controller) reverse(ctx context.Context, name string, enabling bool, o Options) error {
+	if err := c.Sysfs.SetEnabled(name, !enabling); err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	return c.Sysfs.WaitTransition(ctx, name, o.TransitionTimeout)
+}
+
+// Disable unpatches name and unloads its module. While another patch
+// transitions the kernel answers EBUSY; that is retried with the load
+// backoff. A stalled disable is reversed (the patch stays enabled).
+func (c *Controller) Disable(ctx context.Context, name string) error {
+	o := c.Opts.withDefaults()
+	wait := o.LoadBackoff.First
+	for attempt := 1; ; attempt++ {
+		err := c.Sysfs.SetEnabled(name, false)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrNotFound) {
+			// Already disabled and freed: just make sure the module is gone.
+			return c.unload(ctx, name, o)
+		}
+		if !errors.Is(err, ErrBusy) || attempt >= o.LoadBackoff.Attempts {
+			return fmt.Errorf("disable %s: %w", name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("disable %s: %w", name, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, o.LoadBackoff.Max)
+	}
+	err := c.Sysfs.WaitTransition(ctx, name, o.TransitionTimeout)
+	var stall *StallError
+	if errors.As(err, &stall) {
+		if rerr := c.reverse(ctx, name, false, o); rerr != nil {
+			return fmt.Errorf("disable %s: %w; reversing failed: %w", name, err, rerr)
+		}
+		return fmt.Errorf("disable %s: %w (reversed: still enabled)", name, err)
+	}
+	if err != nil {
+		return fmt.Errorf("disable %s: %w", name, err)
+	}
+	return c.unload(ctx, name, o)
+}
+
+// unload waits for the module's refcount to reach 0 and removes it. A
+// module that is already gone is fine.
+func (c *Controller) unload(ctx context.Context, name string, o Options) error {
+	deadline := time.Now().Add(o.UnloadTimeout)
+	for {
+		n, err := c.Sysfs.Refcnt(name)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err == nil && n == 0 {
+			err = c.Modules.Unload(name)
+			if err == nil || errors.Is(err, syscall.ENOENT) {
+				return nil
+			}
+			if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EBUSY) {
+				return err
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("unload %s: refcount %d after %s", name, n, o.UnloadTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("unload %s: %w", name, ctx.Err())
+		case <-time.After(c.Sysfs.poll()):
+		}
+	}
+}

@@ -1,0 +1,417 @@
+// Package klptest is a simulated kernel for fast unit tests of code that
+// drives livepatches: it serves the sysfs and procfs files klp reads and
+// obeys the kernel's rules (EINVAL when writing the current value, EBUSY
+// while another transition runs, the patch directory disappearing after a
+// finished disable or replace, module refcounts, forced modules that never
+// unload). The real kernel in qemu (e2e/) is the test that counts; this one
+// makes every branch reachable in milliseconds.
+package klptest
+
+import (
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Module describes a .ko file the simulated kernel can load.
+type Module struct {
+	Name      string
+	Livepatch bool
+	Replace   bool                // atomic replace (.replace = true)
+	Funcs     map[string][]string // object -> functions, e.g. "vmlinux": {"cmdline_proc_show"}
+}
+
+type patch struct {
+	mod        *Module
+	enabled    bool
+	transition bool
+	since      time.Time
+	forced     bool
+	order      int
+}
+
+// Task is a simulated task; a Blocking one keeps any transition from
+// finishing until it is released.
+type Task struct {
+	PID      int
+	Comm     string
+	Stack    string
+	Blocking bool
+}
+
+// Kernel is the simulated kernel. It implements klp.FS and klp.Modules.
+type Kernel struct {
+	mu             sync.Mutex
+	Now            func() time.Time
+	TransitionTime time.Duration // how long a transition takes when nothing blocks
+
+	files   map[string]*Module // .ko path -> module
+	loaded  map[string]int     // module name -> refcnt
+	forced  map[string]bool
+	patches map[string]*patch
+	order   int
+	tasks   map[int]*Task
+
+	Loads, Unloads []string // call log, for assertions
+}
+
+// New returns an empty simulated kernel with 20 ms transitions.
+func New() *Kernel {
+	return &Kernel{
+		Now: time.Now, TransitionTime: 20 * time.Millisecond,
+		files: map[string]*Module{}, loaded: map[string]int{}, forced: map[string]bool{},
+		patches: map[string]*patch{}, tasks: map[int]*Task{},
+	}
+}
+
+// AddFile registers the module a .ko path holds.
+func (k *Kernel) AddFile(path string, m Module) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.files[path] = &m
+}
+
+// SetTask adds or replaces a simulated task.
+func (k *Kernel) SetTask(t Task) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.tasks[t.PID] = &t
+}
+
+// settle finishes transitions whose time has come. Called with mu held.
+func (k *Kernel) settle() {
+	for _, t := range k.tasks {
+		if t.Blocking {
+			return
+		}
+	}
+	now := k.Now()
+	for name, p := range k.patches {
+		if !p.transition || now.Sub(p.since) < k.TransitionTime {
+			continue
+		}
+		k.finish(name, p)
+	}
+}
+
+// finish completes p's transition as the kernel does.
+func (k *Kernel) finish(name string, p *patch) {
+	p.transition = false
+	if !p.enabled {
+		// Unpatched: the patch is freed and its module reference dropped,
+		// unless it was forced.
+		delete(k.patches, name)
+		if !p.forced {
+			k.loaded[name] = 0
+		}
+		return
+	}
+	if p.mod.Replace {
+		for other, op := range k.patches {
+			if other != name {
+				delete(k.patches, other)
+				if !op.forced {
+					k.loaded[other] = 0
+				}
+			}
+		}
+	}
+}
+
+func (k *Kernel) transitioning() string {
+	for name, p := range k.patches {
+		if p.transition {
+			return name
+		}
+	}
+	return ""
+}
+
+// Load implements klp.Modules.
+func (k *Kernel) Load(file string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.settle()
+	m, ok := k.files[file]
+	if !ok {
+		return &fs.PathError{Op: "open", Path: file, Err: fs.ErrNotExist}
+	}
+	if _, ok := k.loaded[m.Name]; ok {
+		return fmt.Errorf("load %s: %w", file, syscall.EEXIST)
+	}
+	if m.Livepatch && k.transitioning() != "" {
+		return fmt.Errorf("load %s: %w", file, syscall.EBUSY)
+	}
+	k.Loads = append(k.Loads, m.Name)
+	k.loaded[m.Name] = 0
+	if m.Livepatch {
+		k.order++
+		k.patches[m.Name] = &patch{mod: m, enabled: true, transition: true, since: k.Now(), order: k.order}
+		k.loaded[m.Name] = 1
+	}
+	return nil
+}
+
+// Unload implements klp.Modules.
+func (k *Kernel) Unload(name string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.settle()
+	ref, ok := k.loaded[name]
+	if !ok {
+		return fmt.Errorf("unload %s: %w", name, syscall.ENOENT)
+	}
+	if ref > 0 || k.forced[name] {
+		return fmt.Errorf("unload %s: %w", name, syscall.EWOULDBLOCK)
+	}
+	k.Unloads = append(k.Unloads, name)
+	delete(k.loaded, name)
+	return nil
+}
+
+// Loaded lists loaded module names.
+func (k *Kernel) Loaded() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.settle()
+	var out []string
+	for n := range k.loaded {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Patched reports which patch's code is live for a function: the newest
+// enabled, non-transitioning patch that has it (the kernel's func stack).
+func (k *Kernel) Patched(fn string) string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.settle()
+	best, bestOrder := "", -1
+	for name, p := range k.patches {
+		if !p.enabled || p.order < bestOrder {
+			continue
+		}
+		for _, fns := range p.mod.Funcs {
+			for _, f := range fns {
+				if f == fn {
+					best, bestOrder = name, p.order
+				}
+			}
+		}
+	}
+	return best
+}
+
+var errNotExist = fs.ErrNotExist
+
+// ReadFile implements klp.FS.
+func (k *Kernel) ReadFile(name string) ([]byte, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.settle()
+	parts := strings.Split(path.Clean(name), "/")
+	b01 := func(v bool) []byte {
+		if v {
+			return []byte("1\n")
+		}
+		return []byte("0\n")
+	}
+	switch {
+	case len(parts) == 5 && parts[0] == "sys" && parts[1] == "kernel" && parts[2] == "livepatch":
+		p, ok := k.patches[parts[3]]
+		if !ok {
+			break
+		}
+		switch parts[4] {
+		case "enabled":
+			return b01(p.enabled), nil
+		case "transition":
+			return b01(p.transition), nil
+		case "force":
+			return nil, &fs.PathError{Op: "read", Path: name, Err: syscall.EACCES}
+		}
+	case len(parts) == 6 && parts[2] == "livepatch" && parts[5] == "patched":
+		if p, ok := k.patches[parts[3]]; ok {
+			if _, ok := p.mod.Funcs[parts[4]]; ok {
+				return b01(p.enabled && !p.transition), nil
+			}
+		}
+	case len(parts) == 4 && parts[0] == "sys" && parts[1] == "module" && parts[3] == "refcnt":
+		if ref, ok := k.loaded[parts[2]]; ok {
+			return []byte(strconv.Itoa(ref) + "\n"), nil
+		}
+	case len(parts) == 5 && parts[0] == "proc" && parts[2] == "task":
+		t, ok := k.tasks[atoi(parts[1])]
+		if !ok || atoi(parts[3]) != t.PID {
+			break
+		}
+		switch parts[4] {
+		case "comm":
+			return []byte(t.Comm + "\n"), nil
+		case "stack":
+			return []byte(t.Stack), nil
+		case "patch_state":
+			return []byte(k.patchState(t) + "\n"), nil
+		}
+	}
+	return nil, &fs.PathError{Op: "open", Path: name, Err: errNotExist}
+}
+
+// patchState: -1 outside a transition; blocking tasks stay in the old
+// state, the others have switched already.
+func (k *Kernel) patchState(t *Task) string {
+	name := k.transitioning()
+	if name == "" {
+		return "-1"
+	}
+	target := k.patches[name].enabled
+	if t.Blocking {
+		target = !target
+	}
+	if target {
+		return "1"
+	}
+	return "0"
+}
+
+func atoi(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// WriteFile implements klp.FS with the kernel's rules for enabled and force.
+func (k *Kernel) WriteFile(name string, data []byte) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.settle()
+	parts := strings.Split(path.Clean(name), "/")
+	perr := func(err error) error { return &fs.PathError{Op: "write", Path: name, Err: err} }
+	if len(parts) != 5 || parts[2] != "livepatch" {
+		return perr(syscall.EACCES)
+	}
+	p, ok := k.patches[parts[3]]
+	if !ok {
+		return perr(errNotExist)
+	}
+	v := strings.TrimSpace(string(data))
+	switch parts[4] {
+	case "enabled":
+		if v != "0" && v != "1" {
+			return perr(syscall.EINVAL)
+		}
+		want := v == "1"
+		if want == p.enabled {
+			return perr(syscall.EINVAL)
+		}
+		if p.transition {
+			// Writing the opposite value reverses this patch's transition.
+			p.enabled, p.since = want, k.Now()
+			return nil
+		}
+		if other := k.transitioning(); other != "" {
+			return perr(syscall.EBUSY)
+		}
+		if want {
+			return perr(syscall.EINVAL) // a disabled patch is freed, never re-enabled
+		}
+		p.enabled, p.transition, p.since = false, true, k.Now()
+		return nil
+	case "force":
+		if v != "1" || !p.transition {
+			return perr(syscall.EINVAL)
+		}
+		p.forced = true
+		k.forced[parts[3]] = true
+		for _, t := range k.tasks {
+			t.Blocking = false
+		}
+		k.finish(parts[3], p)
+		return nil
+	}
+	return perr(syscall.EACCES)
+}
+
+// ReadDir implements klp.FS.
+func (k *Kernel) ReadDir(name string) ([]fs.DirEntry, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.settle()
+	parts := strings.Split(path.Clean(name), "/")
+	var ents []fs.DirEntry
+	dir := func(n string) { ents = append(ents, entry{n, true}) }
+	file := func(n string) { ents = append(ents, entry{n, false}) }
+	switch {
+	case name == "sys/kernel/livepatch":
+		for n := range k.patches {
+			dir(n)
+		}
+	case len(parts) == 4 && parts[2] == "livepatch":
+		p, ok := k.patches[parts[3]]
+		if !ok {
+			return nil, &fs.PathError{Op: "open", Path: name, Err: errNotExist}
+		}
+		file("enabled")
+		file("transition")
+		file("force")
+		for obj := range p.mod.Funcs {
+			dir(obj)
+		}
+	case len(parts) == 5 && parts[2] == "livepatch":
+		p, ok := k.patches[parts[3]]
+		if !ok {
+			return nil, &fs.PathError{Op: "open", Path: name, Err: errNotExist}
+		}
+		fns, ok := p.mod.Funcs[parts[4]]
+		if !ok {
+			return nil, &fs.PathError{Op: "open", Path: name, Err: errNotExist}
+		}
+		file("patched")
+		for _, f := range fns {
+			dir(f + ",1")
+		}
+	case len(parts) == 3 && parts[0] == "sys" && parts[1] == "module":
+		if _, ok := k.loaded[parts[2]]; !ok {
+			return nil, &fs.PathError{Op: "open", Path: name, Err: errNotExist}
+		}
+		file("refcnt")
+	case name == "proc":
+		for pid := range k.tasks {
+			dir(strconv.Itoa(pid))
+		}
+	case len(parts) == 3 && parts[0] == "proc" && parts[2] == "task":
+		if _, ok := k.tasks[atoi(parts[1])]; !ok {
+			return nil, &fs.PathError{Op: "open", Path: name, Err: errNotExist}
+		}
+		dir(parts[1])
+	default:
+		return nil, &fs.PathError{Op: "open", Path: name, Err: errNotExist}
+	}
+	sort.Slice(ents, func(i, j int) bool { return ents[i].Name() < ents[j].Name() })
+	return ents, nil
+}
+
+type entry struct {
+	name string
+	dir  bool
+}
+
+func (e entry) Name() string { return e.name }
+func (e entry) IsDir() bool  { return e.dir }
+func (e entry) Type() fs.FileMode {
+	if e.dir {
+		return fs.ModeDir
+	}
+	return 0
+}
+func (e entry) Info() (fs.FileInfo, error) { return nil, fs.ErrInvalid }
