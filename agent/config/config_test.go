@@ -26,7 +26,7 @@ func writeTree(t *testing.T, files map[string]string) string {
 
 func TestLoadMergesDropinsInOrder(t *testing.T) {
 	dir := writeTree(t, map[string]string{
-		"config.yaml": "manifest:\n  url: https://patches.example/klp/manifest.json\n  poll_interval: 10m\nhost:\n  tier: canary\n",
+		"config.yaml":            "manifest:\n  url: https://patches.example/klp/manifest.json\n  poll_interval: 10m\nhost:\n  tier: canary\n",
 		"config.d/20-late.yaml":  "manifest:\n  poll_interval: 5m\n",
 		"config.d/10-early.yaml": "manifest:\n  poll_interval: 1h\n  max_size: 2MiB\nlog:\n  level: debug\n",
 		"config.d/README":        "not yaml, not read",
