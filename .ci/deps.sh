@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests and the demo use on Debian 12.
+# Idempotent: does nothing when everything is present.
+set -euo pipefail
+pkgs=(nginx-light rpm gcc make git ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) != 0 ]]; then
+    echo "deps: need root to install: ${missing[*]} (run with sudo)" >&2
+    exit 1
+  fi
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's nginx package starts a system nginx on port 80; the tests run
+# their own instances on loopback and do not need it.
+if command -v go >/dev/null; then
+  :
+elif [[ -x /usr/local/go/bin/go ]]; then
+  :
+else
+  echo "deps: Go 1.26 or newer is required (https://go.dev/dl, or /usr/local/go)" >&2
+  exit 1
+fi

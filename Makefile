@@ -1,0 +1,52 @@
+# klp-agent. `sudo make demo` and `sudo make check` are the README's two
+# commands; everything else is for developers.
+SHELL := /bin/bash
+GO ?= go
+export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/klp-agent/klp-agent/agent/cli.Version=$(VERSION)
+STATICCHECK_VERSION := v0.8.2
+FUZZTIME ?= 60s
+BIN := bin/klp-agent
+
+.PHONY: all build test lint fuzz deps check demo clean staticcheck
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
+
+# Unit and integration tests (the nginx and rpmbuild ones need `make deps`).
+test:
+	$(GO) test -race -count=1 ./...
+
+staticcheck:
+	@command -v staticcheck >/dev/null || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	staticcheck ./...
+
+# Each fuzz target runs FUZZTIME (60 s in CI) and must not find a crash.
+FUZZ_TARGETS := ./manifest:FuzzParse ./manifest:FuzzVerifyEnvelope ./agent/config:FuzzDecode
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; fn=$${t##*:}; \
+	  echo "fuzz $$pkg $$fn for $(FUZZTIME)"; \
+	  $(GO) test $$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME); \
+	done
+
+# System packages the tests need (root; apt).
+deps:
+	.ci/deps.sh
+
+# Everything CI runs: the README's test command.
+check: deps lint test fuzz
+
+demo: deps build
+	e2e/demo.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,155 @@
+// Package cli is the command line: it parses arguments and calls the
+// packages that do the work. main.go only hands it os.Args.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Version is set at build time with -ldflags "-X ...cli.Version=...".
+var Version = "dev"
+
+// Env is what a command may touch, injectable for tests.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Now            func() time.Time
+	Ctx            context.Context
+}
+
+type command struct {
+	usage string
+	run   func(env *Env, args []string) error
+}
+
+// errUsage makes Main print usage and exit 2.
+var errUsage = errors.New("usage")
+
+func commands() map[string]command {
+	return map[string]command{
+		"version":      {"print the version", cmdVersion},
+		"check-config": {"validate the configuration and print the effective settings", cmdCheckConfig},
+		"explain":      {"show, for this host, every manifest entry for its kernel and why it is or is not chosen", cmdExplain},
+		"manifest":     {"publisher tools: keygen, add, sign, verify, lint", cmdManifest},
+	}
+}
+
+// Main runs one command line and returns the process exit code.
+func Main(args []string, env *Env) int {
+	if env.Now == nil {
+		env.Now = time.Now
+	}
+	if env.Ctx == nil {
+		env.Ctx = context.Background()
+	}
+	cmds := commands()
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(env.Stderr, cmds)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	c, ok := cmds[args[0]]
+	if !ok {
+		fmt.Fprintf(env.Stderr, "klp-agent: unknown command %q\n", args[0])
+		usage(env.Stderr, cmds)
+		return 2
+	}
+	err := c.run(env, args[1:])
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
+		return 2
+	default:
+		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+func usage(w io.Writer, cmds map[string]command) {
+	names := make([]string, 0, len(cmds))
+	for n := range cmds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fmt.Fprintln(w, "usage: klp-agent <command> [flags]\n\ncommands:")
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-14s %s\n", n, cmds[n].usage)
+	}
+	fmt.Fprintln(w, "\nRun 'klp-agent <command> -h' for a command's flags.")
+}
+
+// newFlags makes a flag set that reports errors instead of exiting.
+func newFlags(env *Env, name, synopsis string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(env.Stderr, "usage: klp-agent %s\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags and refuses stray positional arguments.
+func parse(fs *flag.FlagSet, args []string, positional int) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if fs.NArg() != positional {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	return nil
+}
+
+func cmdVersion(env *Env, args []string) error {
+	fs := newFlags(env, "version", "version")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	fmt.Fprintln(env.Stdout, "klp-agent", Version)
+	return nil
+}
+
+// stringList is a repeatable flag that also splits on commas.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*s = append(*s, p)
+		}
+	}
+	return nil
+}
+
+func readFileLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("read %s: larger than %d bytes", path, limit)
+	}
+	return b, nil
+}

@@ -1,0 +1,173 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klp-agent/klp-agent/e2e/rpmtest"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func TestUsageExitCodes(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, 2, "usage: klp-agent"},
+		{[]string{"--help"}, 0, "commands:"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"manifest"}, 2, "keygen|add|sign|verify|lint"},
+		{[]string{"manifest", "nope"}, 2, "unknown subcommand"},
+		{[]string{"manifest", "keygen"}, 2, "--out is required"},
+		{[]string{"manifest", "sign", "--key", "k"}, 2, "either --in and --out"},
+		{[]string{"version", "extra"}, 2, "unexpected arguments"},
+		{[]string{"version", "--bogus"}, 2, "flag provided but not defined"},
+		{[]string{"version"}, 0, "klp-agent "},
+		{[]string{"check-config", "--config", "/nonexistent/config.yaml"}, 1, "no such file"},
+	}
+	for _, tt := range tests {
+		out, code := runCode(t, t0, tt.args...)
+		if code != tt.code || !strings.Contains(out, tt.want) {
+			t.Errorf("klp-agent %v: exit %d, output %q; want exit %d containing %q", tt.args, code, out, tt.code, tt.want)
+		}
+	}
+}
+
+// publisherFixture makes two keys and a signed manifest with levels 1 and 2.
+func publisherFixture(t *testing.T, extraAdd ...string) (dir, src, env string) {
+	t.Helper()
+	dir = t.TempDir()
+	src, env = filepath.Join(dir, "manifest.yaml"), filepath.Join(dir, "manifest.json")
+	run(t, t0, "manifest", "keygen", "--out", filepath.Join(dir, "a"))
+	run(t, t0, "manifest", "keygen", "--out", filepath.Join(dir, "b"))
+	for level := 1; level <= 2; level++ {
+		rpm := rpmtest.Build(t, dir, rpmtest.Spec{Family: "cmdline", Module: "klp_cmdline_" + string(rune('0'+level)), Level: level, KernelRelease: testKernel})
+		args := []string{"manifest", "add", "--manifest", src, "--rpm", rpm}
+		if level == 2 {
+			args = append(args, extraAdd...)
+		}
+		run(t, t0, args...)
+	}
+	run(t, t0, "manifest", "sign", "--in", src, "--key", filepath.Join(dir, "a.key"), "--out", env)
+	return dir, src, env
+}
+
+func TestPublisherCommands(t *testing.T) {
+	dir, src, env := publisherFixture(t)
+	// keygen never overwrites a key.
+	if out, code := runCode(t, t0, "manifest", "keygen", "--out", filepath.Join(dir, "a")); code != 1 || !strings.Contains(out, "exists") {
+		t.Fatalf("keygen over an existing key: exit %d %s", code, out)
+	}
+	// add refuses a second entry for the same kernel and level unless --replace.
+	rpm := filepath.Join(dir, "klp-cmdline-2-1.noarch.rpm")
+	if out, code := runCode(t, t0, "manifest", "add", "--manifest", src, "--rpm", rpm); code != 1 || !strings.Contains(out, "duplicate") {
+		t.Fatalf("duplicate add: exit %d %s", code, out)
+	}
+	out := run(t, t0, "manifest", "add", "--manifest", src, "--rpm", rpm, "--replace")
+	if !strings.Contains(out, "manifest version 3") {
+		t.Fatalf("add --replace: %s", out)
+	}
+	b, _ := os.ReadFile(src)
+	if strings.Count(string(b), "level: 2") != 1 {
+		t.Fatalf("--replace left %d level-2 entries", strings.Count(string(b), "level: 2"))
+	}
+	// threshold 2: one signature fails, a co-signature passes.
+	both := []string{"manifest", "verify", "--envelope", env, "--pub", filepath.Join(dir, "a.pub"), "--pub", filepath.Join(dir, "b.pub"), "--threshold", "2"}
+	if out, code := runCode(t, t0, both...); code != 1 || !strings.Contains(out, "too few valid signatures") {
+		t.Fatalf("threshold 2 with one signature: exit %d %s", code, out)
+	}
+	run(t, t0, "manifest", "sign", "--envelope", env, "--key", filepath.Join(dir, "b.key"))
+	if out := run(t, t0, both...); !strings.Contains(out, "OK: ") {
+		t.Fatalf("co-signed verify: %s", out)
+	}
+	// A key not in the keyring.
+	run(t, t0, "manifest", "keygen", "--out", filepath.Join(dir, "c"))
+	if out, code := runCode(t, t0, "manifest", "verify", "--envelope", env, "--pub", filepath.Join(dir, "c.pub")); code != 1 || !strings.Contains(out, "unknown key") {
+		t.Fatalf("verify with an unrelated key: exit %d %s", code, out)
+	}
+	// Signing an expired source is refused; verifying after expiry too.
+	late := t0.Add(15 * 24 * time.Hour)
+	if out, code := runCode(t, late, "manifest", "sign", "--in", src, "--key", filepath.Join(dir, "a.key"), "--out", filepath.Join(dir, "x.json")); code != 1 || !strings.Contains(out, "expired") {
+		t.Fatalf("sign expired: exit %d %s", code, out)
+	}
+	if out, code := runCode(t, late, "manifest", "verify", "--envelope", env, "--keys-dir", dir); code != 1 || !strings.Contains(out, "expired") {
+		t.Fatalf("verify expired: exit %d %s", code, out)
+	}
+	if out := run(t, t0.Add(13*24*time.Hour), "manifest", "lint", src); !strings.Contains(out, "warning: expires in") {
+		t.Fatalf("lint near expiry: %s", out)
+	}
+}
+
+func TestAddRejectsBadRPM(t *testing.T) {
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk.rpm")
+	os.WriteFile(junk, []byte("not an rpm"), 0o644)
+	if out, code := runCode(t, t0, "manifest", "add", "--manifest", filepath.Join(dir, "m.yaml"), "--rpm", junk); code != 1 {
+		t.Fatalf("junk rpm: exit %d %s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "m.yaml")); err == nil {
+		t.Fatal("a failed add wrote the manifest")
+	}
+}
+
+func TestExplainRollout(t *testing.T) {
+	dir, _, env := publisherFixture(t, "--tier", "canary", "--start", t0.Format(time.RFC3339), "--duration", "24h")
+	stateDir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	os.MkdirAll(keys, 0o755)
+	pub, _ := os.ReadFile(filepath.Join(dir, "a.pub"))
+	os.WriteFile(filepath.Join(keys, "a.pub"), pub, 0o644)
+	mkcfg := func(tier string) string {
+		root := t.TempDir()
+		writeHostRoot(t, root, testKernel, "0123456789abcdef0123456789abcdef")
+		cfg := filepath.Join(t.TempDir(), "config.yaml")
+		os.WriteFile(cfg, []byte("trust:\n  keys_dir: "+keys+"\nhost:\n  tier: \""+tier+"\"\npaths:\n  root: "+root+"\n  state_dir: "+stateDir+"\n"), 0o644)
+		return cfg
+	}
+	tests := []struct {
+		name, tier, at, want string
+	}{
+		{"canary at start gets level 2", "canary", t0.Format(time.RFC3339), "wanted:   klp_cmdline_2 level 2"},
+		{"others at start stay on 1", "", t0.Format(time.RFC3339), "wanted:   klp_cmdline_1 level 1"},
+		{"others after the ramp get 2", "", t0.Add(25 * time.Hour).Format(time.RFC3339), "wanted:   klp_cmdline_2 level 2"},
+		{"before the start nobody gets 2", "canary", t0.Add(-time.Hour).Format(time.RFC3339), "rollout starts"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := run(t, t0, "explain", "--config", mkcfg(tt.tier), "--manifest", env, "--at", tt.at)
+			if !strings.Contains(out, tt.want) {
+				t.Fatalf("explain:\n%s\nwant %q", out, tt.want)
+			}
+		})
+	}
+}
+
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	os.MkdirAll(keys, 0o755)
+	root := t.TempDir()
+	writeHostRoot(t, root, testKernel, "0123456789abcdef0123456789abcdef")
+	cfg := filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfg, []byte("manifest:\n  url: https://patches.example/m.json\ntrust:\n  keys_dir: "+keys+"\npaths:\n  root: "+root+"\n"), 0o644)
+	// No key yet: the effective config is shown, and the problem named.
+	out, code := runCode(t, t0, "check-config", "--config", cfg)
+	if code != 1 || !strings.Contains(out, "poll_interval: 15m0s") || !strings.Contains(out, "holds 0 key(s)") {
+		t.Fatalf("check-config without keys: exit %d\n%s", code, out)
+	}
+	run(t, t0, "manifest", "keygen", "--out", filepath.Join(keys, "release"))
+	out = run(t, t0, "check-config", "--config", cfg)
+	if !strings.Contains(out, "trusted keys (1)") {
+		t.Fatalf("check-config: %s", out)
+	}
+	os.MkdirAll(filepath.Join(dir, "config.d"), 0o755)
+	os.WriteFile(filepath.Join(dir, "config.d", "10-typo.yaml"), []byte("manifest:\n  pollinterval: 5m\n"), 0o644)
+	if out, code := runCode(t, t0, "check-config", "--config", cfg); code != 1 || !strings.Contains(out, "10-typo.yaml") || !strings.Contains(out, "line 2") {
+		t.Fatalf("check-config with a typo: exit %d\n%s", code, out)
+	}
+}

@@ -1,0 +1,268 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/klp-agent/klp-agent/agent/atomicfile"
+	"github.com/klp-agent/klp-agent/klp"
+	"github.com/klp-agent/klp-agent/manifest"
+)
+
+func cmdManifest(env *Env, args []string) error {
+	subs := map[string]func(*Env, []string) error{
+		"keygen": cmdKeygen, "add": cmdAdd, "sign": cmdSign, "verify": cmdVerify, "lint": cmdLint,
+	}
+	if len(args) == 0 {
+		return fmt.Errorf("%w: manifest keygen|add|sign|verify|lint", errUsage)
+	}
+	sub, ok := subs[args[0]]
+	if !ok {
+		return fmt.Errorf("%w: unknown subcommand %q (keygen, add, sign, verify, lint)", errUsage, args[0])
+	}
+	return sub(env, args[1:])
+}
+
+func cmdKeygen(env *Env, args []string) error {
+	fs := newFlags(env, "manifest keygen", "manifest keygen --out PREFIX   (writes PREFIX.key and PREFIX.pub)")
+	out := fs.String("out", "", "path prefix for the key pair")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *out == "" {
+		return fmt.Errorf("%w: --out is required", errUsage)
+	}
+	priv, pub, id, err := manifest.GenerateKey()
+	if err != nil {
+		return err
+	}
+	// O_EXCL: never overwrite a signing key by accident.
+	f, err := os.OpenFile(*out+".key", os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
+	if _, err := f.Write(priv); err != nil {
+		f.Close()
+		return fmt.Errorf("keygen: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("keygen: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
+	if err := atomicfile.WriteFile(*out+".pub", pub, 0o644); err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
+	fmt.Fprintf(env.Stdout, "key id %s\nprivate key %s.key (keep it off the hosts)\npublic key  %s.pub (install in the hosts' trust.keys_dir)\n", id, *out, *out)
+	return nil
+}
+
+// loadPayload reads an unsigned manifest source, or starts a new one.
+func loadPayload(path string, mustExist bool) (*manifest.Manifest, error) {
+	b, err := readFileLimited(path, manifest.DefaultMaxSize)
+	if errors.Is(err, fs.ErrNotExist) && !mustExist {
+		return &manifest.Manifest{Schema: manifest.SchemaVersion}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var m manifest.Manifest
+	if err := manifest.DecodeStrict(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &m, nil
+}
+
+func cmdAdd(env *Env, args []string) error {
+	fs := newFlags(env, "manifest add", "manifest add --manifest FILE --rpm RPM [flags]")
+	path := fs.String("manifest", "manifest.yaml", "unsigned manifest source to edit (created if missing)")
+	rpmPath := fs.String("rpm", "", "livepatch RPM to add (its header gives kernel, name, level; its bytes size and sha256)")
+	u := fs.String("url", "", "URL of the RPM, absolute or relative to the manifest (default: the RPM's file name)")
+	level := fs.Int("level", 0, "cumulative level, when the RPM does not carry one")
+	var tiers stringList
+	fs.Var(&tiers, "tier", "rollout tier that gets the patch at --start (repeatable)")
+	start := fs.String("start", "", "rollout start, RFC 3339 (default: now when any rollout flag is given)")
+	startPct := fs.Float64("start-percent", 0, "share of other hosts at --start")
+	dur := fs.String("duration", "", "linear ramp from --start-percent to 100% over this long (e.g. 24h, 7d); empty holds at --start-percent")
+	expiresIn := fs.String("expires-in", "14d", "set expires to now plus this")
+	replace := fs.Bool("replace", false, "replace an existing entry with the same kernel and level")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *rpmPath == "" {
+		return fmt.Errorf("%w: --rpm is required", errUsage)
+	}
+	now := env.Now().UTC().Truncate(time.Second)
+	info, err := klp.InspectRPM(*rpmPath)
+	if err != nil && !(errors.Is(err, klp.ErrNoLevel) && *level > 0) {
+		return err
+	}
+	if info == nil {
+		return fmt.Errorf("inspect %s: no header information", *rpmPath)
+	}
+	p := manifest.Patch{
+		Kernel: info.KernelRelease, Name: info.ModuleName, Level: info.Level,
+		URL: *u, SHA256: info.SHA256, Size: info.Size,
+	}
+	if *level > 0 {
+		p.Level = *level
+	}
+	if p.URL == "" {
+		p.URL = filepath.Base(*rpmPath)
+	}
+	if len(tiers) > 0 || *start != "" || *startPct > 0 || *dur != "" {
+		r := &manifest.Rollout{Tiers: tiers, Start: now, StartPercent: *startPct}
+		if *start != "" {
+			if r.Start, err = time.Parse(time.RFC3339, *start); err != nil {
+				return fmt.Errorf("%w: --start: %w", errUsage, err)
+			}
+		}
+		if *dur != "" {
+			d, err := manifest.ParseDuration(*dur)
+			if err != nil {
+				return fmt.Errorf("%w: --duration: %w", errUsage, err)
+			}
+			r.Duration = manifest.Duration(d)
+		}
+		p.Rollout = r
+	}
+	exp, err := manifest.ParseDuration(*expiresIn)
+	if err != nil || exp <= 0 {
+		return fmt.Errorf("%w: --expires-in %q", errUsage, *expiresIn)
+	}
+	m, err := loadPayload(*path, false)
+	if err != nil {
+		return err
+	}
+	replaced := false
+	for i := range m.Patches {
+		if m.Patches[i].Kernel == p.Kernel && m.Patches[i].Level == p.Level {
+			if !*replace {
+				return fmt.Errorf("%w: %s already has kernel %s level %d (use --replace)", manifest.ErrDuplicate, *path, p.Kernel, p.Level)
+			}
+			m.Patches[i], replaced = p, true
+		}
+	}
+	if !replaced {
+		m.Patches = append(m.Patches, p)
+	}
+	m.Version++
+	m.Expires = now.Add(exp)
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	out, err := manifest.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.WriteFile(*path, out, 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "added %s level %d for kernel %s (%d bytes, sha256 %s) as %s; manifest version %d, expires %s\n",
+		p.Name, p.Level, p.Kernel, p.Size, p.SHA256, p.URL, m.Version, m.Expires.Format(time.RFC3339))
+	return nil
+}
+
+func cmdSign(env *Env, args []string) error {
+	fs := newFlags(env, "manifest sign", "manifest sign --key KEY [--key KEY2] (--in PAYLOAD --out ENVELOPE | --envelope ENVELOPE)")
+	var keys stringList
+	fs.Var(&keys, "key", "private key file (repeatable)")
+	in := fs.String("in", "", "unsigned manifest source to sign")
+	out := fs.String("out", "", "signed envelope to write")
+	cosign := fs.String("envelope", "", "existing envelope to add signatures to, in place")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if len(keys) == 0 || (*cosign == "") == (*in == "" || *out == "") {
+		return fmt.Errorf("%w: give --key and either --in and --out, or --envelope", errUsage)
+	}
+	signers := make([]*manifest.Signer, 0, len(keys))
+	for _, k := range keys {
+		s, err := manifest.LoadSigner(k)
+		if err != nil {
+			return err
+		}
+		signers = append(signers, s)
+	}
+	var envelope []byte
+	target := *out
+	if *cosign != "" {
+		b, err := readFileLimited(*cosign, manifest.DefaultMaxSize)
+		if err != nil {
+			return err
+		}
+		for _, s := range signers {
+			if b, err = manifest.AddSignature(b, s); err != nil {
+				return err
+			}
+		}
+		envelope, target = b, *cosign
+	} else {
+		payload, err := readFileLimited(*in, manifest.DefaultMaxSize)
+		if err != nil {
+			return err
+		}
+		m, err := manifest.Parse(payload)
+		if err != nil {
+			return fmt.Errorf("%s: %w", *in, err)
+		}
+		if m.Expired(env.Now()) {
+			return fmt.Errorf("%s: %w at %s; refresh it with 'manifest add' or edit expires", *in, manifest.ErrExpired, m.Expires.Format(time.RFC3339))
+		}
+		if envelope, err = manifest.SignPayload(env.Ctx, payload, signers...); err != nil {
+			return err
+		}
+	}
+	if err := atomicfile.WriteFile(target, envelope, 0o644); err != nil {
+		return err
+	}
+	ids := make([]string, len(signers))
+	for i, s := range signers {
+		ids[i], _ = s.KeyID()
+	}
+	fmt.Fprintf(env.Stdout, "signed %s with key(s) %s\n", target, strings.Join(ids, ", "))
+	return nil
+}
+
+func cmdVerify(env *Env, args []string) error {
+	fs := newFlags(env, "manifest verify", "manifest verify --envelope FILE (--keys-dir DIR | --pub KEY...) [--threshold N]")
+	file := fs.String("envelope", "", "signed envelope")
+	dir := fs.String("keys-dir", "", "directory of trusted *.pub keys")
+	var pubs stringList
+	fs.Var(&pubs, "pub", "trusted public key file (repeatable)")
+	threshold := fs.Int("threshold", 1, "distinct trusted signatures required")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *file == "" || (*dir == "") == (len(pubs) == 0) {
+		return fmt.Errorf("%w: give --envelope and either --keys-dir or --pub", errUsage)
+	}
+	var kr manifest.Keyring
+	var err error
+	if *dir != "" {
+		kr, err = manifest.LoadKeyring(*dir)
+	} else {
+		kr, err = manifest.LoadKeyFiles(pubs...)
+	}
+	if err != nil {
+		return err
+	}
+	b, err := readFileLimited(*file, manifest.DefaultMaxSize)
+	if err != nil {
+		return err
+	}
+	v, err := manifest.Trust{Keys: kr, Threshold: *threshold}.Verify(b, env.Now(), nil)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *file, err)
+	}
+	fmt.Fprintf(env.Stdout, "OK: %s version %d, %d patch(es), %d revoked, expires %s, signed by %s\n", *file, v.Version,
+		len(v.Patches), len(v.Revoked), v.Expires.UTC().Format(time.RFC3339), strings.Join(v.KeyIDs, ", "))
+	return nil
+}
