@@ -2,7 +2,7 @@
 # Installs the system packages the tests and the demo use on Debian 12.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
-pkgs=(nginx-light rpm gcc make git ca-certificates)
+pkgs=(nginx-light rpm gcc make git ca-certificates curl python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
