@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/config"
+	"github.com/klp-agent/klp-agent/agent/logging"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -120,9 +121,15 @@ func cmdExplain(env *Env, args []string) error {
 		if h.cfg.Manifest.URL == "" {
 			return fmt.Errorf("manifest.url is not set; pass --manifest FILE")
 		}
+		// Retries and their reasons go to stderr, so a slow explain says why.
+		log, err := logging.New(logging.Options{Level: h.cfg.Log.Level, Format: logging.FormatConsole, Stderr: env.Stderr})
+		if err != nil {
+			return err
+		}
 		f, err := manifest.NewFetcher(manifest.FetcherConfig{
 			URL: h.cfg.Manifest.URL, CABundle: h.cfg.Manifest.CABundle, Timeout: h.cfg.Manifest.Timeout,
 			Retries: h.cfg.Manifest.Retries, MaxSize: int64(h.cfg.Manifest.MaxSize),
+			Logger: logging.RetryableLogger(log),
 		})
 		if err != nil {
 			return err
