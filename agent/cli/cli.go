@@ -38,6 +38,7 @@ func commands() map[string]command {
 		"check-config": {"validate the configuration and print the effective settings", cmdCheckConfig},
 		"explain":      {"show, for this host, every manifest entry for its kernel and why it is or is not chosen", cmdExplain},
 		"manifest":     {"publisher tools: keygen, add, sign, verify, lint", cmdManifest},
+		"klp":          {"by hand: list livepatches, apply one RPM, disable one patch", cmdKLP},
 	}
 }
 

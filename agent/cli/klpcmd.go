@@ -1,0 +1,168 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/klp-agent/klp-agent/klp"
+	"github.com/klp-agent/klp-agent/manifest"
+)
+
+// The klp commands are the operator's (and the real-kernel tests') direct
+// handle on klp/: they do one step by hand, outside the daemon's state.
+func cmdKLP(env *Env, args []string) error {
+	subs := map[string]func(*Env, []string) error{"list": cmdKLPList, "apply": cmdKLPApply, "disable": cmdKLPDisable}
+	if len(args) == 0 {
+		return fmt.Errorf("%w: klp list|apply|disable", errUsage)
+	}
+	sub, ok := subs[args[0]]
+	if !ok {
+		return fmt.Errorf("%w: unknown subcommand %q (list, apply, disable)", errUsage, args[0])
+	}
+	return sub(env, args[1:])
+}
+
+type klpFlags struct {
+	root       *string
+	timeout    *time.Duration
+	force      *bool
+	nodeps     *bool
+	poll       *time.Duration
+	keyring    *string
+	requireSig *bool
+}
+
+func addKLPFlags(fs interface {
+	String(string, string, string) *string
+	Duration(string, time.Duration, string) *time.Duration
+	Bool(string, bool, string) *bool
+}) klpFlags {
+	return klpFlags{
+		root:       fs.String("root", "/", "filesystem root for /sys, /proc and rpm --root"),
+		timeout:    fs.Duration("transition-timeout", 60*time.Second, "a transition longer than this is stalled: reversed (or forced with --force)"),
+		force:      fs.Bool("force", false, "force a stalled transition instead of reversing it (the module can then never be unloaded)"),
+		nodeps:     fs.Bool("nodeps", false, "rpm --nodeps (kpatch-patch RPMs require kernel-uname-r)"),
+		poll:       fs.Duration("poll", 10*time.Millisecond, "transition poll period"),
+		keyring:    fs.String("rpm-keyring", "", "rpm keyring path for the signature check"),
+		requireSig: fs.Bool("require-signature", false, "refuse RPMs without a signature from the rpm keyring"),
+	}
+}
+
+func (f klpFlags) controller() *klp.Controller {
+	return &klp.Controller{
+		Sysfs:   &klp.Sysfs{FS: klp.OSFS{Root: *f.root}, Poll: *f.poll},
+		Modules: klp.KernelModules{},
+		Opts:    klp.Options{TransitionTimeout: *f.timeout, ForceOnStall: *f.force},
+	}
+}
+
+func cmdKLPList(env *Env, args []string) error {
+	fs := newFlags(env, "klp list", "klp list [--json] [--root DIR]")
+	f := addKLPFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	ps, err := f.controller().Sysfs.List()
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		if ps == nil {
+			ps = []klp.Patch{}
+		}
+		return enc.Encode(ps)
+	}
+	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tENABLED\tTRANSITION\tOBJECTS")
+	for _, p := range ps {
+		var objs []string
+		for _, o := range p.Objects {
+			objs = append(objs, fmt.Sprintf("%s(%d funcs)", o.Name, len(o.Functions)))
+		}
+		fmt.Fprintf(tw, "%s\t%v\t%v\t%s\n", p.Name, p.Enabled, p.Transition, strings.Join(objs, " "))
+	}
+	return tw.Flush()
+}
+
+func cmdKLPApply(env *Env, args []string) error {
+	fs := newFlags(env, "klp apply", "klp apply --rpm FILE [--sha256 HEX --size N] [flags]")
+	f := addKLPFlags(fs)
+	file := fs.String("rpm", "", "livepatch RPM")
+	sum := fs.String("sha256", "", "pinned sha256 (default: the file's own; a manifest always pins it)")
+	size := fs.Int64("size", 0, "pinned size in bytes (default: the file's own)")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *file == "" {
+		return fmt.Errorf("%w: --rpm is required", errUsage)
+	}
+	krel, err := klp.KernelRelease(*f.root)
+	if err != nil {
+		return err
+	}
+	info, err := klp.InspectRPM(*file)
+	if err != nil {
+		return err
+	}
+	want := klp.Want{KernelRelease: krel, Name: info.ModuleName, Level: info.Level, SHA256: *sum, Size: *size}
+	if want.SHA256 == "" {
+		want.SHA256 = info.SHA256
+	}
+	if want.Size == 0 {
+		want.Size = info.Size
+	}
+	in := &klp.Installer{
+		RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: *f.root, NoDeps: *f.nodeps, Keyring: *f.keyring},
+		Controller: f.controller(),
+		Root:       *f.root,
+		CheckSig:   *f.requireSig,
+	}
+	res, err := in.Apply(env.Ctx, *file, want)
+	if err != nil {
+		return err
+	}
+	t := res.Timing
+	state := "enabled"
+	switch {
+	case res.Result.Already:
+		state = "already enabled"
+	case res.Result.Forced:
+		state = "enabled (FORCED)"
+	}
+	fmt.Fprintf(env.Stdout, "%s level %d %s on %s; verify %s, rpm %s, load %s, transition %s, total %s; verified->transition 0: %s",
+		want.Name, want.Level, state, krel, ms(t.Verify), ms(t.Install), ms(t.Load), ms(t.Transition), ms(t.Total), ms(t.Install+t.Load+t.Transition))
+	if res.Result.BusyRetry > 0 {
+		fmt.Fprintf(env.Stdout, "; %d EBUSY retries", res.Result.BusyRetry)
+	}
+	if len(res.Result.Replaced) > 0 {
+		fmt.Fprintf(env.Stdout, "; replaced %s", strings.Join(res.Result.Replaced, ","))
+	}
+	fmt.Fprintln(env.Stdout)
+	return nil
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond)) }
+
+func cmdKLPDisable(env *Env, args []string) error {
+	fs := newFlags(env, "klp disable", "klp disable NAME [flags]")
+	f := addKLPFlags(fs)
+	if err := parse(fs, args, 1); err != nil {
+		return err
+	}
+	name := fs.Arg(0)
+	if !manifest.ValidName(name) {
+		return fmt.Errorf("%w: %q is not a livepatch name", errUsage, name)
+	}
+	start := time.Now()
+	if err := f.controller().Disable(env.Ctx, name); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "%s disabled and unloaded in %s\n", name, ms(time.Since(start)))
+	return nil
+}
