@@ -103,16 +103,24 @@ func (c *Controller) Enable(ctx context.Context, file, name string) (Result, err
 	case err != nil:
 		return res, fmt.Errorf("enable %s: %w", name, err)
 	}
-	// Anything listed before that is gone now was replaced atomically.
+	// A patch listed before that is now gone or disabled was replaced
+	// atomically. The kernel frees replaced patches asynchronously, so a
+	// replaced one may still show (enabled=0) for a moment; unload waits for
+	// its refcount to drop.
 	for _, p := range before {
 		if p.Name == name {
 			continue
 		}
-		if _, err := c.Sysfs.Get(p.Name); errors.Is(err, ErrNotFound) {
-			res.Replaced = append(res.Replaced, p.Name)
-			if err := c.unload(ctx, p.Name, o); err != nil {
-				return res, fmt.Errorf("enable %s: replaced %s but could not unload it: %w", name, p.Name, err)
-			}
+		q, err := c.Sysfs.Get(p.Name)
+		if err == nil && q.Enabled {
+			continue // not replaced (the new patch has replace=false)
+		}
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return res, fmt.Errorf("enable %s: %w", name, err)
+		}
+		res.Replaced = append(res.Replaced, p.Name)
+		if err := c.unload(ctx, p.Name, o); err != nil {
+			return res, fmt.Errorf("enable %s: replaced %s but could not unload it: %w", name, p.Name, err)
 		}
 	}
 	return res, nil

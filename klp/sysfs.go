@@ -73,7 +73,7 @@ func (e *StallError) Error() string {
 	if len(names) == 0 {
 		names = []string{"no blocking task found"}
 	}
-	return fmt.Sprintf("%s: transition not finished after %s; blocked by %s", e.Patch, e.Waited.Round(time.Millisecond), strings.Join(names, "; "))
+	return fmt.Sprintf("%s: transition stalled: not finished after %s; blocked by %s", e.Patch, e.Waited.Round(time.Millisecond), strings.Join(names, "; "))
 }
 
 // Unwrap makes errors.Is(err, ErrStalled) work.

@@ -34,6 +34,7 @@ type patch struct {
 	since      time.Time
 	forced     bool
 	order      int
+	freeAt     time.Time // replaced: still visible (enabled=0) until then
 }
 
 // Task is a simulated task; a Blocking one keeps any transition from
@@ -86,6 +87,7 @@ func (k *Kernel) SetTask(t Task) {
 
 // settle finishes transitions whose time has come. Called with mu held.
 func (k *Kernel) settle() {
+	k.reap()
 	for _, t := range k.tasks {
 		if t.Blocking {
 			return
@@ -113,12 +115,24 @@ func (k *Kernel) finish(name string, p *patch) {
 		return
 	}
 	if p.mod.Replace {
+		// Like the kernel, disable the replaced patches now and free them
+		// (sysfs directory, module reference) a moment later.
 		for other, op := range k.patches {
-			if other != name {
-				delete(k.patches, other)
-				if !op.forced {
-					k.loaded[other] = 0
-				}
+			if other != name && op.freeAt.IsZero() {
+				op.enabled, op.freeAt = false, k.Now().Add(k.TransitionTime)
+			}
+		}
+	}
+}
+
+// reap frees replaced patches whose time has come. Called with mu held.
+func (k *Kernel) reap() {
+	now := k.Now()
+	for name, p := range k.patches {
+		if !p.freeAt.IsZero() && !now.Before(p.freeAt) {
+			delete(k.patches, name)
+			if !p.forced {
+				k.loaded[name] = 0
 			}
 		}
 	}
