@@ -31,12 +31,16 @@ apt_update() {
 	((apt_updated)) && return 0
 	log "apt-get update"
 	apt-get update -qq
+	touch "$CACHE/.apt-updated"
 	apt_updated=1
 }
 
-# Refresh the lists only if none is younger than a day; the kernel ABI moves
-# with security updates, so stale lists would pick a package that is gone.
-if [[ -z $(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -1440 -print -quit 2>/dev/null) ]]; then
+# Refresh the lists when neither our stamp nor any list is younger than a
+# day (apt-get update leaves unchanged lists' mtimes alone, hence the
+# stamp); the kernel ABI moves with security updates, and stale lists
+# would name a package the mirror no longer has.
+if [[ -z $(find "$CACHE/.apt-updated" /var/lib/apt/lists -maxdepth 1 \
+	\( -name .apt-updated -o -name '*_Packages*' \) -mmin -1440 -print -quit 2>/dev/null) ]]; then
 	apt_update
 fi
 
@@ -52,11 +56,12 @@ fi
 [[ $abi =~ ^[0-9]+\.[0-9]+\.[0-9]+-[0-9]+-amd64$ ]] || die "cannot resolve the kernel ABI from 'apt-cache depends linux-image-amd64' (got '$abi')"
 log "kernel ABI $abi"
 
+# No libelf-dev: linux-kbuild ships objtool prebuilt (it needs libelf1 only).
 pkgs=(qemu-system-x86 rpm debootstrap kmod busybox-static cpio e2fsprogs gcc make
-	libelf-dev util-linux "linux-headers-$abi")
+	util-linux "linux-headers-$abi")
 missing=()
 for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 done
 if ((${#missing[@]})); then
 	log "installing ${missing[*]}"
