@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 60s
 BIN := bin/klp-agent
 
-.PHONY: all build test lint fuzz deps check demo clean staticcheck
+.PHONY: all build test lint fuzz deps check demo clean staticcheck e2e e2e-setup
 
 all: build
 
@@ -38,12 +38,20 @@ fuzz:
 	  $(GO) test $$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME); \
 	done
 
+# The real-kernel tests: qemu boots Debian's kernel with our livepatch
+# modules and the agent's binary (needs root for apt on first run).
+e2e-setup:
+	e2e/setup.sh
+
+e2e: e2e-setup
+	$(GO) test -tags e2e -count=1 -v -timeout 30m ./e2e/
+
 # System packages the tests need (root; apt).
 deps:
 	.ci/deps.sh
 
 # Everything CI runs: the README's test command.
-check: deps lint test fuzz
+check: deps lint test fuzz e2e
 
 demo: deps build
 	e2e/demo.sh

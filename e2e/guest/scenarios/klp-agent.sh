@@ -1,0 +1,158 @@
+# shellcheck shell=dash
+# SPDX-License-Identifier: GPL-2.0
+# The klp package on a real kernel, driven through the agent's binary
+# (klp-agent klp apply|disable|list) inside a busybox guest with the real
+# rpm. Each step prints "KLP-E2E: <name> PASS|FAIL detail"; timings print
+# as "KLP-E2E: time <name> ..." for the Go test to report.
+. /lib/klp-e2e.sh
+A=/usr/bin/klp-agent
+R=/rpms
+KREL=$(uname -r)
+export HOME=/root
+# The real rpm (the test puts it in /usr/local/bin) before busybox's applet;
+# busybox ash prefers its own applets, so the scenario names it in full.
+export PATH=/usr/local/bin:$PATH
+RPM=/usr/local/bin/rpm
+
+# rpm needs a database and a root user to own files.
+mkdir -p /var/lib/rpm /root
+if ! $RPM --initdb >/tmp/initdb.out 2>&1; then
+	klp_fail rpm-initdb "rpm --initdb: $(tr '\n' ' ' </tmp/initdb.out)"
+fi
+
+# expect NAME CMD...: run the agent, keep its output in /tmp/NAME.out.
+run() {
+	local name=$1
+	shift
+	"$@" >"/tmp/$name.out" 2>&1
+}
+out() { cat "/tmp/$1.out"; }
+oneline() { tr '\n' ' ' <"/tmp/$1.out"; }
+
+# --- refusals, before anything is loaded --------------------------------
+if run refuse-kernel $A klp apply --rpm "$R/klp-cmdline-1-1.otherkrel.x86_64.rpm"; then
+	klp_fail refuse-kernel "accepted an RPM for another kernel: $(oneline refuse-kernel)"
+elif grep -q "kernel release mismatch" "/tmp/refuse-kernel.out" && [ -z "$(ls $KLP_LP)" ] && ! $RPM -q klp-cmdline >/dev/null 2>&1; then
+	klp_pass refuse-kernel "$(oneline refuse-kernel)"
+else
+	klp_fail refuse-kernel "$(oneline refuse-kernel)"
+fi
+if run refuse-notlp $A klp apply --rpm "$R/klp-notlp-1-1.x86_64.rpm"; then
+	klp_fail refuse-notlp "accepted a non-livepatch module: $(oneline refuse-notlp)"
+elif grep -q "not a livepatch" "/tmp/refuse-notlp.out" && klp_module_gone klp_notlp && ! $RPM -q klp-notlp >/dev/null 2>&1; then
+	klp_pass refuse-notlp "$(oneline refuse-notlp)"
+else
+	klp_fail refuse-notlp "$(oneline refuse-notlp)"
+fi
+
+# --- cumulative levels by atomic replace ---------------------------------
+# apply NAME RPM LEVEL [PREV]: the agent applies; userspace must see LEVEL
+# and PREV's module must be gone.
+apply() {
+	local name=$1 rpmf=$2 level=$3 prev=${4:-}
+	if ! run "$name" $A klp apply --rpm "$R/$rpmf"; then
+		klp_fail "$name" "$(oneline "$name")"
+		return
+	fi
+	local got
+	got=$(klp_level)
+	if [ "$got" != "$level" ]; then
+		klp_fail "$name" "/proc/cmdline shows level $got, want $level"
+		return
+	fi
+	if [ -n "$prev" ] && ! klp_module_gone "$prev"; then
+		klp_fail "$name" "replaced module $prev still loaded"
+		return
+	fi
+	klp_pass "$name" "$(oneline "$name")"
+	echo "KLP-E2E: time $name $(sed -n 's/.*verified->transition 0: \([0-9.]*ms\).*/\1/p' "/tmp/$name.out")"
+}
+apply enable-1 klp-cmdline-1-1.x86_64.rpm 1
+apply upgrade-2 klp-cmdline-2-1.x86_64.rpm 2 klp_cmdline_1
+apply upgrade-3 klp-cmdline-3-1.x86_64.rpm 3 klp_cmdline_2
+apply stepback-2 klp-cmdline-2-1.x86_64.rpm 2 klp_cmdline_3
+if [ "$($RPM -q --qf '%{VERSION}' klp-cmdline)" = 2 ]; then
+	klp_pass stepback-rpm "rpm database holds klp-cmdline 2 after the downgrade"
+else
+	klp_fail stepback-rpm "rpm -q klp-cmdline: $($RPM -q klp-cmdline 2>&1)"
+fi
+
+# --- disable to none --------------------------------------------------------
+if run disable $A klp disable klp_cmdline_2 && [ "$(klp_level)" = none ] && klp_module_gone klp_cmdline_2 && [ -z "$(ls $KLP_LP)" ]; then
+	klp_pass disable "$(oneline disable)"
+else
+	klp_fail disable "level $(klp_level): $(oneline disable)"
+fi
+
+# --- kpatch-patch layout ----------------------------------------------------
+set -- "$R"/kpatch-patch-*.rpm
+if run kpatch $A klp apply --nodeps --rpm "$1" &&
+	[ "$(klp_level)" = 1 ] && [ -d $KLP_LP/kpatch_cmdline_1 ]; then
+	klp_pass kpatch "$(oneline kpatch)"
+	$A klp disable kpatch_cmdline_1 >/dev/null 2>&1 || klp_fail kpatch-disable "could not disable kpatch_cmdline_1"
+else
+	klp_fail kpatch "$(oneline kpatch)"
+fi
+
+# --- stalled transition: reversed within the timeout, blocker named ---------
+insmod /klp/klp_victim.ko sleep_secs=20 || klp_fail stall "insmod klp_victim failed"
+# The reader sleeps inside klp_victim_sleep(), the function klp_stall
+# patches; its comm is "cat" once exec'd.
+cat /proc/klp_victim >/tmp/victim.out 2>&1 &
+reader=$!
+sleep 1
+t0=$(klp_cs)
+if run stall $A klp apply --transition-timeout 3s --rpm "$R/klp-stall-1-1.x86_64.rpm"; then
+	klp_fail stall "stalled transition reported success: $(oneline stall)"
+else
+	secs=$(klp_since "$t0")
+	if grep -q "transition stalled" /tmp/stall.out && grep -q "cat (pid $reader tid $reader)" /tmp/stall.out &&
+		grep -q "klp_victim_sleep" /tmp/stall.out && klp_patch_gone klp_stall && klp_module_gone klp_stall; then
+		klp_pass stall "reversed and unloaded after ${secs}s: $(oneline stall)"
+	else
+		klp_fail stall "after ${secs}s (reader pid $reader): $(oneline stall); livepatches: $(ls $KLP_LP) modules: $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+	fi
+fi
+kill "$reader" 2>/dev/null
+wait "$reader" 2>/dev/null
+
+# --- EBUSY: load while another patch's transition runs -----------------------
+echo 5 >/sys/module/klp_victim/parameters/sleep_secs
+cat /proc/klp_victim >/tmp/victim2.out 2>&1 &
+reader=$!
+sleep 1
+# A stalled klp_stall transition, started by hand: it finishes when the
+# reader wakes (5 s); the agent's load meanwhile gets EBUSY and retries.
+$RPM -U --replacepkgs "$R/klp-stall-1-1.x86_64.rpm"
+insmod "/usr/lib/klp-agent/livepatches/$KREL/klp_stall.ko"
+if [ "$(klp_read $KLP_LP/klp_stall/transition)" != 1 ]; then
+	klp_fail ebusy "klp_stall transition did not stall"
+fi
+if run ebusy $A klp apply --rpm "$R/klp-cmdline-1-1.x86_64.rpm" && grep -q "EBUSY retries" /tmp/ebusy.out && [ "$(klp_level)" = 1 ]; then
+	klp_pass ebusy "$(oneline ebusy)"
+else
+	klp_fail ebusy "level $(klp_level): $(oneline ebusy)"
+fi
+wait "$reader" 2>/dev/null
+$A klp disable klp_cmdline_1 >/dev/null 2>&1
+rmmod klp_stall 2>/dev/null
+$RPM -e --nodeps klp-stall >/dev/null 2>&1
+
+# --- the floor: bare rpm -U && insmod && wait, in this same guest ------------
+for lvl in 1 2 3; do
+	t0=$(klp_cs)
+	$RPM -U --replacepkgs --oldpackage "$R/klp-cmdline-$lvl-1.x86_64.rpm" &&
+		insmod "/usr/lib/klp-agent/livepatches/$KREL/klp_cmdline_$lvl.ko" &&
+		klp_wait 60 klp_transition_done "klp_cmdline_$lvl"
+	echo "KLP-E2E: time bare-$lvl $(($(klp_cs) - t0))0ms"
+	[ "$(klp_level)" = "$lvl" ] || klp_fail bare "bare level $lvl not visible"
+	prev=$((lvl - 1))
+	[ $prev = 0 ] || klp_rmmod "klp_cmdline_$prev"
+done
+run list $A klp list --json
+if grep -q '"name": "klp_cmdline_3"' /tmp/list.out && grep -q '"enabled": true' /tmp/list.out; then
+	klp_pass list-foreign "a livepatch the agent did not load is listed: $(oneline list)"
+else
+	klp_fail list-foreign "$(oneline list)"
+fi
+[ "$KLP_FAILED" = 0 ]

@@ -1,0 +1,193 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// repoDir is the repository root (this file lives in e2e/).
+func repoDir(t *testing.T) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+// kernelEnv reads what e2e/setup.sh resolved. A missing harness fails the
+// test loudly: CI must never count a real-kernel test it did not run.
+func kernelEnv(t *testing.T) map[string]string {
+	t.Helper()
+	cache := os.Getenv("KLP_E2E_CACHE")
+	if cache == "" {
+		cache = "/var/cache/klp-agent-e2e"
+	}
+	b, err := os.ReadFile(filepath.Join(cache, "current.env"))
+	if err != nil {
+		t.Fatalf("real-kernel harness not set up (%v): run 'sudo e2e/setup.sh' or 'sudo make e2e'", err)
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			env[k] = v
+		}
+	}
+	for _, k := range []string{"KLP_E2E_KREL", "KLP_E2E_VMLINUZ"} {
+		if _, err := os.Stat(env[k]); k == "KLP_E2E_VMLINUZ" && err != nil {
+			t.Fatalf("%s: %v: run 'sudo e2e/setup.sh'", k, err)
+		}
+		if env[k] == "" {
+			t.Fatalf("%s missing from current.env: run 'sudo e2e/setup.sh'", k)
+		}
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Fatalf("qemu-system-x86_64 not found: run 'sudo e2e/setup.sh'")
+	}
+	return env
+}
+
+func runCmd(t *testing.T, dir string, env []string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// buildAgent builds the static binary users install.
+func buildAgent(t *testing.T, out string) string {
+	t.Helper()
+	bin := filepath.Join(out, "klp-agent")
+	runCmd(t, repoDir(t), []string{"CGO_ENABLED=0"}, "go", "build", "-trimpath", "-o", bin, ".")
+	return bin
+}
+
+// buildRPMs builds the test modules against the real headers and packages
+// them with rpmbuild.
+func buildRPMs(t *testing.T, out string) {
+	t.Helper()
+	runCmd(t, repoDir(t), nil, "e2e/build-rpms.sh", out)
+}
+
+// rpmFiles stages what the real rpm needs inside a busybox guest and
+// returns mkinitramfs -f arguments: its binaries in /usr/local/bin (busybox
+// has an rpm applet of its own in /usr/bin), their shared libraries at the
+// paths ldd names (copied, not linked: the guest has no merged /usr), and
+// its configuration.
+func rpmFiles(t *testing.T, work string) []string {
+	t.Helper()
+	stage := filepath.Join(work, "rpmstage")
+	if err := os.MkdirAll(stage, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	var args []string
+	add := func(src, dest string) {
+		if seen[dest] {
+			return
+		}
+		seen[dest] = true
+		b, err := os.ReadFile(src) // follows symlinks
+		if err != nil {
+			t.Fatalf("stage %s: %v (install rpm: make deps)", src, err)
+		}
+		staged := filepath.Join(stage, strconv.Itoa(len(seen)))
+		if err := os.WriteFile(staged, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, staged+":"+dest)
+	}
+	re := regexp.MustCompile(`(/[^ ]+) \(0x`)
+	for _, bin := range []string{"rpm", "rpmkeys", "rpmdb"} {
+		path := "/usr/bin/" + bin
+		add(path, "/usr/local/bin/"+bin)
+		if bin == "rpmdb" {
+			add(path, "/usr/bin/rpmdb") // rpm --initdb runs it by this path
+		}
+		out, err := exec.Command("ldd", path).Output()
+		if err != nil {
+			t.Fatalf("ldd %s: %v (install rpm: make deps)", path, err)
+		}
+		for _, m := range re.FindAllStringSubmatch(string(out), -1) {
+			add(m[1], m[1])
+		}
+	}
+	args = append(args, "/usr/lib/rpm:/usr/lib/rpm")
+	if _, err := os.Stat("/etc/rpm"); err == nil {
+		args = append(args, "/etc/rpm:/etc/rpm")
+	}
+	sort.Strings(args)
+	return args
+}
+
+// Marker is one "KLP-E2E: ..." line from the guest's serial console.
+type marker struct {
+	name, status, detail string
+}
+
+// bootScenario builds an initramfs around a scenario script and files,
+// boots it, and returns the markers and the serial log.
+func bootScenario(t *testing.T, work, scenario string, timeout time.Duration, files []string, kos []string) ([]marker, string) {
+	t.Helper()
+	initrd := filepath.Join(work, "initrd.cpio.gz")
+	args := []string{"-o", initrd, "-s", scenario}
+	for _, f := range files {
+		args = append(args, "-f", f)
+	}
+	for _, k := range kos {
+		args = append(args, "-k", k)
+	}
+	runCmd(t, repoDir(t), nil, "e2e/guest/mkinitramfs.sh", args...)
+	log := filepath.Join(work, "serial.log")
+	start := time.Now()
+	cmd := exec.Command("e2e/guest/run-qemu.sh", "-i", initrd, "-l", log, "-q", "-t", strconv.Itoa(int(timeout.Seconds())))
+	cmd.Dir = repoDir(t)
+	out, err := cmd.CombinedOutput()
+	t.Logf("guest ran %.1fs: %s", time.Since(start).Seconds(), strings.TrimSpace(string(out)))
+	raw, rerr := os.ReadFile(log)
+	if rerr != nil {
+		t.Fatalf("no serial log: %v (qemu: %v)", rerr, err)
+	}
+	// Keep the console log past the test's temp dir, for whoever debugs.
+	keep := filepath.Join(os.TempDir(), "klp-e2e-"+t.Name()+".serial.log")
+	if werr := os.WriteFile(keep, raw, 0o644); werr == nil {
+		t.Logf("serial log kept at %s", keep)
+	}
+	var ms []marker
+	sc := bufio.NewScanner(strings.NewReader(strings.ReplaceAll(string(raw), "\r", "")))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	re := regexp.MustCompile(`KLP-E2E: (\S+) (PASS|FAIL)(?: (.*))?$`)
+	timeRE := regexp.MustCompile(`KLP-E2E: time (\S+) (.*)$`)
+	for sc.Scan() {
+		line := sc.Text()
+		if m := timeRE.FindStringSubmatch(line); m != nil {
+			ms = append(ms, marker{m[1], "TIME", m[2]})
+		} else if m := re.FindStringSubmatch(line); m != nil {
+			ms = append(ms, marker{m[1], m[2], m[3]})
+		}
+	}
+	if err != nil {
+		t.Errorf("guest run failed: %v; serial log tail:\n%s", err, tail(string(raw), 60))
+	}
+	return ms, string(raw)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
