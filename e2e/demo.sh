@@ -16,48 +16,25 @@ t0=$EPOCHREALTIME
 step() { printf '\n== %s\n' "$*"; }
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2fs", b - a }'; }
 
-krel=6.1.0-28-amd64 # the demo's hosts run this kernel (written into their fake /proc)
-mkdir -p "$work"/{www/rpms,keys,build}
+mkdir -p "$work"/{www/rpms,keys}
 
 step "1. a release key (ed25519), as a publisher makes it once"
 "$bin" manifest keygen --out "$work/keys/release1"
 
-step "2. three cumulative livepatch RPMs for $krel, built with rpmbuild"
-for level in 1 2 3; do
-  mod=klp_cmdline_$level
-  mkdir -p "$work/build/$level"
-  printf 'placeholder module %s\n' "$mod" > "$work/build/$level/$mod.ko"
-  cat > "$work/build/$level/klp.spec" <<SPEC
-Name: klp-cmdline
-Version: $level
-Release: 1
-Summary: demo cumulative livepatch level $level
-License: GPL-2.0
-BuildArch: noarch
-Provides: klp-livepatch($krel) = $level
-Provides: klp-module($mod) = $level
-%global debug_package %{nil}
-%define __os_install_post %{nil}
-%define _binary_payload w9.gzdio
-%description
-Demo livepatch.
-%install
-mkdir -p %{buildroot}/usr/lib/klp-agent/livepatches/$krel
-install -m 0644 $work/build/$level/$mod.ko %{buildroot}/usr/lib/klp-agent/livepatches/$krel/$mod.ko
-%files
-/usr/lib/klp-agent/livepatches/$krel/$mod.ko
-SPEC
-  rpmbuild -bb --quiet --define "_topdir $work/build/$level/top" --define "_rpmdir $work/www/rpms" \
-    --define "_build_name_fmt %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm" "$work/build/$level/klp.spec"
-done
+step "2. cumulative livepatch RPMs for Debian's current kernel: our test modules built against its headers, packaged with rpmbuild"
+"$repo/e2e/setup.sh"
+"$repo/e2e/build-rpms.sh" "$work/kernel-rpms" 2>&1 | tail -n 1
+krel=$(awk -F'\t' '$2 == "klp-cmdline" && $4 == 1 && $1 !~ /otherkrel/ { print $5 }' "$work/kernel-rpms/index.tsv")
+for level in 1 2 3; do cp "$work/kernel-rpms/klp-cmdline-$level-1.x86_64.rpm" "$work/www/rpms/"; done
 ls -l "$work/www/rpms"
+echo "the demo's hosts run $krel"
 
 step "3. the manifest: level 1 for everyone, 2 ramping over a day, 3 to the canary tier only"
 start=$(date -u -d '-14 hours' +%Y-%m-%dT%H:%M:%SZ)
-"$bin" manifest add --manifest "$work/manifest.yaml" --rpm "$work/www/rpms/klp-cmdline-1-1.noarch.rpm" --url rpms/klp-cmdline-1-1.noarch.rpm
-"$bin" manifest add --manifest "$work/manifest.yaml" --rpm "$work/www/rpms/klp-cmdline-2-1.noarch.rpm" --url rpms/klp-cmdline-2-1.noarch.rpm \
+"$bin" manifest add --manifest "$work/manifest.yaml" --rpm "$work/www/rpms/klp-cmdline-1-1.x86_64.rpm" --url rpms/klp-cmdline-1-1.x86_64.rpm
+"$bin" manifest add --manifest "$work/manifest.yaml" --rpm "$work/www/rpms/klp-cmdline-2-1.x86_64.rpm" --url rpms/klp-cmdline-2-1.x86_64.rpm \
   --tier canary --start "$start" --start-percent 10 --duration 24h
-"$bin" manifest add --manifest "$work/manifest.yaml" --rpm "$work/www/rpms/klp-cmdline-3-1.noarch.rpm" --url rpms/klp-cmdline-3-1.noarch.rpm \
+"$bin" manifest add --manifest "$work/manifest.yaml" --rpm "$work/www/rpms/klp-cmdline-3-1.x86_64.rpm" --url rpms/klp-cmdline-3-1.x86_64.rpm \
   --tier canary --start "$start"
 "$bin" manifest sign --in "$work/manifest.yaml" --key "$work/keys/release1.key" --out "$work/www/manifest.json"
 "$bin" manifest lint "$work/www/manifest.json"
@@ -126,5 +103,26 @@ if "$bin" explain --config "$work/hosts/web-17/config.yaml"; then
   echo "demo: FAIL: tampered manifest accepted" >&2; exit 1
 fi
 
-printf '\n== summary\nsigned manifest published and served by nginx; canary host wants level 3, other hosts level 1 or 2 by their stable bucket, level 2 for all after the ramp; tampered manifest refused.\ndemo files in %s; total %s\n' "$work" "$(elapsed "$t0")"
-echo "The real-kernel part (qemu guest loading these levels) arrives with the klp harness (issue 3)."
+t_kernel=$EPOCHREALTIME
+step "8. the real kernel: $krel in qemu; klp-agent applies the published RPMs, pinned to the manifest's sha256 and size"
+# The pins come from the signed manifest (good copy kept before step 7).
+pins=$(awk '/sha256:|size:|level:/ { printf "%s ", $2 } /size:/ { print "" }' "$work/manifest.yaml")
+echo "$pins" | awk 'NF { printf "level %s: sha256 %.16s... size %s\n", $1, $2, $3 }'
+echo "$pins" > "$work/www/rpms/pins"
+files=()
+for b in rpm rpmdb; do
+  files+=(-f "/usr/bin/$b:/usr/local/bin/$b")
+  while read -r lib; do files+=(-f "$(readlink -f "$lib"):$lib"); done < <(ldd "/usr/bin/$b" | grep -o '/[^ ]* (0x' | cut -d' ' -f1)
+done
+files+=(-f "/usr/bin/rpmdb:/usr/bin/rpmdb" -f /usr/lib/rpm:/usr/lib/rpm -f "$bin:/usr/bin/klp-agent" -f "$work/www/rpms:/rpms")
+"$repo/e2e/guest/mkinitramfs.sh" -o "$work/demo-initrd.gz" -s "$repo/e2e/guest/scenarios/demo.sh" "${files[@]}"
+if ! "$repo/e2e/guest/run-qemu.sh" -i "$work/demo-initrd.gz" -l "$work/demo-serial.log" -q -t 240; then
+  tr -d '\r' <"$work/demo-serial.log" | tail -n 40
+  echo "demo: FAIL: the guest run failed (log $work/demo-serial.log)" >&2; exit 1
+fi
+tr -d '\r' <"$work/demo-serial.log" | grep -a -E '^(DEMO: |KLP-E2E: [a-z0-9-]+ PASS)' | sed -e 's/^KLP-E2E: \([a-z0-9-]*\) PASS /  \1: /'
+
+printf '\n== summary\n'
+printf 'trust chain: signed manifest of real livepatch RPMs served by nginx; canary host wants level 3, others 1 or 2 by stable bucket, 2 for all after the ramp; tampered manifest refused (%s)\n' "$(awk -v a="$t0" -v b="$t_kernel" 'BEGIN { printf "%.1fs", b - a }')"
+printf 'real kernel: levels 1 -> 2 -> 3 -> 2 -> none applied to %s by klp-agent, each visible in /proc/cmdline (%s)\n' "$krel" "$(elapsed "$t_kernel")"
+printf 'total %s; files in %s\n' "$(elapsed "$t0")" "$work"
