@@ -1,0 +1,298 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/e2e/rpmtest"
+	"github.com/klp-agent/klp-agent/klp"
+	"github.com/klp-agent/klp-agent/klp/klptest"
+	"github.com/klp-agent/klp-agent/manifest"
+)
+
+const krel = "6.1.0-56-amd64"
+
+// host is one simulated machine: a simulated kernel (new at each boot), a
+// real rpm database in a test root and the agent's state dir (both kept
+// across boots, like a disk).
+type host struct {
+	t        *testing.T
+	root     string
+	stateDir string
+	rpmDir   string
+	srv      *httptest.Server
+	now      time.Time
+	boot     int
+	kernel   *klptest.Kernel
+	agent    *Agent
+	patches  map[int]manifest.Patch
+	kdumps   []string
+}
+
+func newHost(t *testing.T, levels ...int) *host {
+	h := &host{t: t, root: t.TempDir(), stateDir: t.TempDir(), rpmDir: t.TempDir(),
+		now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC), patches: map[int]manifest.Patch{}}
+	h.srv = httptest.NewServer(http.FileServer(http.Dir(h.rpmDir)))
+	t.Cleanup(h.srv.Close)
+	for _, l := range levels {
+		name := fmt.Sprintf("klp_cmdline_%d", l)
+		ko := rpmtest.Module(t, "livepatch=Y", "vermagic="+krel+" SMP preempt mod_unload modversions ", "name="+name)
+		f := rpmtest.Build(t, h.rpmDir, rpmtest.Spec{Family: "cmdline", Module: name, Level: l, KernelRelease: krel, KO: ko})
+		sum, size, err := klp.FileSHA256(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.patches[l] = manifest.Patch{Kernel: krel, Name: name, Level: l, URL: filepath.Base(f), SHA256: sum, Size: size}
+	}
+	h.reboot()
+	return h
+}
+
+// reboot starts a new boot: an empty kernel and a new agent process.
+func (h *host) reboot() {
+	h.boot++
+	h.kernel = klptest.New()
+	for l, p := range h.patches {
+		h.kernel.AddFile(filepath.Join(h.root, "usr/lib/klp-agent/livepatches", krel, p.Name+".ko"),
+			klptest.Module{Name: p.Name, Livepatch: true, Replace: true, Funcs: map[string][]string{"vmlinux": {"cmdline_proc_show"}}})
+		_ = l
+	}
+	h.restart()
+}
+
+// restart starts a new agent process in the same boot.
+func (h *host) restart() {
+	ctrl := &klp.Controller{Sysfs: &klp.Sysfs{FS: h.kernel, Poll: time.Millisecond}, Modules: h.kernel,
+		Opts: klp.Options{TransitionTimeout: 300 * time.Millisecond, UnloadTimeout: time.Second}}
+	h.agent = New(Deps{
+		Now:       func() time.Time { return h.now },
+		Store:     &state.Store{Dir: h.stateDir, Now: func() time.Time { return h.now }},
+		Host:      manifest.Host{ID: "host-1", Kernel: krel},
+		Installer: &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
+		Soak:      30 * time.Minute,
+		BootID:    func() (string, error) { return fmt.Sprintf("boot-%d", h.boot), nil },
+		CrashSince: func(time.Time) ([]string, error) {
+			return h.kdumps, nil
+		},
+	})
+	if err := h.agent.Start(context.Background()); err != nil {
+		h.t.Fatalf("start (boot %d): %v", h.boot, err)
+	}
+}
+
+func (h *host) manifest(levels []int, revoked ...int) *manifest.Verified {
+	m := &manifest.Manifest{Schema: 1, Version: 1, Expires: h.now.Add(24 * time.Hour)}
+	for _, l := range levels {
+		m.Patches = append(m.Patches, h.patches[l])
+	}
+	for _, l := range revoked {
+		m.Revoked = append(m.Revoked, manifest.Revoked{Name: h.patches[l].Name, Level: l, Reason: "bad"})
+	}
+	return &manifest.Verified{Manifest: m}
+}
+
+func (h *host) converge(levels []int, revoked ...int) error {
+	return h.agent.Converge(context.Background(), h.manifest(levels, revoked...), h.srv.URL+"/manifest.json")
+}
+
+// expect checks the kernel and the recorded state agree on the level.
+func (h *host) expect(phase state.Phase, level int) {
+	h.t.Helper()
+	k := h.agent.State().Kernels[krel]
+	served := h.kernel.Patched("cmdline_proc_show")
+	want := ""
+	if level > 0 {
+		want = h.patches[level].Name
+	}
+	cur := 0
+	if k.Current != nil {
+		cur = k.Current.Level
+	}
+	if k.Phase != phase || cur != level || served != want {
+		h.t.Fatalf("phase %s, recorded level %d, kernel serves %q; want %s, level %d", k.Phase, cur, served, phase, level)
+	}
+	// What is on disk must say the same.
+	st, err := (&state.Store{Dir: h.stateDir}).Load()
+	if err != nil || st.Kernels[krel].Phase != phase {
+		h.t.Fatalf("state file: %v %v", st, err)
+	}
+}
+
+func (h *host) soak() {
+	h.t.Helper()
+	h.now = h.now.Add(31 * time.Minute)
+	if err := h.agent.Tick(); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func TestApplySoakUpgradeRevoke(t *testing.T) {
+	h := newHost(t, 1, 2, 3)
+	h.expect(state.PhaseNone, 0)
+	if err := h.converge([]int{1}); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseSoaking, 1)
+	// One change at a time: a newer level waits for the soak.
+	if err := h.converge([]int{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseSoaking, 1)
+	h.soak()
+	h.expect(state.PhaseGood, 1)
+	if err := h.converge([]int{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseSoaking, 2)
+	h.soak()
+	// Level 2 revoked: back to 1 (still patched throughout), 2 blocked.
+	if err := h.converge([]int{1, 2}, 2); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseGood, 1)
+	k := h.agent.State().Kernels[krel]
+	if !k.IsBlocked(h.patches[2].Name, 2, h.patches[2].SHA256) {
+		t.Fatal("revoked level not blocked")
+	}
+	// Even if the revocation is lifted, this host never takes 2 again, but 3 is fine.
+	if err := h.converge([]int{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseGood, 1)
+	if err := h.converge([]int{1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseSoaking, 3)
+}
+
+func TestHealthRollbackToPreviousGoodAndToNone(t *testing.T) {
+	h := newHost(t, 1, 2)
+	h.converge([]int{1})
+	h.soak()
+	h.converge([]int{1, 2})
+	if err := h.agent.Rollback(context.Background(), "oops attributed to klp_cmdline_2", []string{"BUG: kernel NULL pointer dereference"}, true); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseGood, 1)
+	// Level 1 also goes bad: nothing older is good, so no patch at all.
+	if err := h.agent.Rollback(context.Background(), "operator", nil, true); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseNone, 0)
+	if loaded := h.kernel.Loaded(); len(loaded) != 0 {
+		t.Fatalf("modules still loaded: %v", loaded)
+	}
+	if err := h.converge([]int{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseNone, 0)
+}
+
+func TestRebootReappliesOfflineAndRestartDoesNothing(t *testing.T) {
+	h := newHost(t, 1)
+	h.converge([]int{1})
+	h.soak()
+	loads := len(h.kernel.Loads)
+	h.agent.Stop()
+	h.restart() // same boot: the kernel still has it
+	h.expect(state.PhaseGood, 1)
+	if len(h.kernel.Loads) != loads {
+		t.Fatal("a restart in the same boot loaded the module again")
+	}
+	h.srv.Close() // no network from here on
+	h.agent.Stop()
+	h.reboot()
+	h.expect(state.PhaseGood, 1)
+	if len(h.kernel.Loads) != 1 {
+		t.Fatalf("after reboot: %d loads, want the good level re-applied once", len(h.kernel.Loads))
+	}
+}
+
+func TestRebootAfterCrashWhileSoakingBlocks(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		clean  bool
+		kdumps []string
+	}{
+		{"no clean stop", false, nil},
+		{"kdump dump", true, []string{"/var/crash/202611251230/dmesg.202611251230: BUG: kernel NULL pointer dereference in klp_cmdline_2"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHost(t, 1, 2)
+			h.converge([]int{1})
+			h.soak()
+			h.converge([]int{1, 2})
+			if tt.clean {
+				h.agent.Stop()
+			}
+			h.kdumps = tt.kdumps
+			h.reboot()
+			h.expect(state.PhaseGood, 1)
+			k := h.agent.State().Kernels[krel]
+			if !k.IsBlocked(h.patches[2].Name, 2, h.patches[2].SHA256) {
+				t.Fatal("the patch live at the crash is not blocked")
+			}
+			if tt.kdumps != nil && !strings.Contains(strings.Join(k.Blocked[0].Evidence, "\n"), "dmesg.202611251230") {
+				t.Fatalf("evidence %v does not name the dump", k.Blocked[0].Evidence)
+			}
+		})
+	}
+}
+
+func TestCleanRebootWhileSoakingKeepsSoaking(t *testing.T) {
+	h := newHost(t, 1)
+	h.converge([]int{1})
+	until := h.agent.State().Kernels[krel].SoakUntil
+	h.agent.Stop()
+	h.now = h.now.Add(5 * time.Minute)
+	h.reboot()
+	h.expect(state.PhaseSoaking, 1)
+	if got := h.agent.State().Kernels[krel].SoakUntil; !got.Equal(until) {
+		t.Fatalf("soak restarted: until %v, was %v", got, until)
+	}
+}
+
+func TestDigestMismatchAppliesNothing(t *testing.T) {
+	h := newHost(t, 1)
+	m := h.manifest([]int{1})
+	m.Patches[0].SHA256 = strings.Repeat("0", 64)
+	err := h.agent.Converge(context.Background(), m, h.srv.URL+"/manifest.json")
+	if !errors.Is(err, klp.ErrDigest) {
+		t.Fatalf("err = %v, want ErrDigest", err)
+	}
+	h.expect(state.PhaseNone, 0)
+	ents, _ := os.ReadDir(filepath.Join(h.stateDir, "rpms"))
+	if len(ents) != 0 {
+		t.Fatalf("a rejected download was kept: %v", ents)
+	}
+}
+
+func TestStalledApplyIsRetriedNotBlocked(t *testing.T) {
+	h := newHost(t, 1, 2)
+	h.converge([]int{1})
+	h.soak()
+	h.kernel.SetTask(klptest.Task{PID: 77, Comm: "stuck", Blocking: true})
+	go func() { time.Sleep(600 * time.Millisecond); h.kernel.SetTask(klptest.Task{PID: 77, Comm: "stuck"}) }()
+	err := h.converge([]int{1, 2})
+	if !errors.Is(err, klp.ErrStalled) {
+		t.Fatalf("err = %v, want ErrStalled", err)
+	}
+	h.expect(state.PhaseGood, 1)
+	if h.agent.State().Kernels[krel].IsBlocked(h.patches[2].Name, 2, h.patches[2].SHA256) {
+		t.Fatal("a stall is not a regression: the patch must not be blocked")
+	}
+	time.Sleep(700 * time.Millisecond) // the blocking task is gone
+	if err := h.converge([]int{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseSoaking, 2)
+}

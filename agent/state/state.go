@@ -1,0 +1,266 @@
+// Package state is the agent's memory: what it applied, what is good, what
+// hurt this host and is blocked, and which step an apply or rollback was in
+// when the agent last wrote. It is one versioned JSON file written
+// atomically (temp file, fsync, rename, directory fsync) under an exclusive
+// lock, so kill -9 or power loss at any point leaves the old or the new
+// state, and two agents (or the CLI and the daemon) never act at once.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"time"
+
+	"github.com/gofrs/flock"
+
+	"github.com/klp-agent/klp-agent/agent/atomicfile"
+)
+
+// Format is the state file format this agent writes. Older formats are
+// migrated on load; newer ones are refused rather than misread.
+const Format = 1
+
+// Phase is where a kernel's patch stands.
+type Phase string
+
+// Phases, in the order an apply goes through them.
+const (
+	PhaseNone        Phase = "none"
+	PhaseDownloading Phase = "downloading"
+	PhaseInstalling  Phase = "installing"
+	PhaseEnabling    Phase = "enabling"
+	PhaseSoaking     Phase = "soaking"
+	PhaseGood        Phase = "good"
+	PhaseRollingBack Phase = "rolling-back"
+)
+
+// Sentinel errors.
+var (
+	ErrLocked    = errors.New("another klp-agent holds the state lock")
+	ErrFormat    = errors.New("unsupported state format")
+	ErrCorrupt   = errors.New("state file is damaged")
+	ErrBadRecord = errors.New("invalid patch record")
+)
+
+// Patch identifies one livepatch RPM as the manifest pinned it.
+type Patch struct {
+	Name    string    `json:"name"`
+	Level   int       `json:"level"`
+	SHA256  string    `json:"sha256"`
+	Size    int64     `json:"size"`
+	URL     string    `json:"url,omitempty"`
+	RPMName string    `json:"rpm_name,omitempty"` // package name, for rpm -e
+	Applied time.Time `json:"applied,omitempty"`  // transition finished
+	Good    time.Time `json:"good,omitempty"`     // soak passed
+}
+
+// ID names a patch in logs.
+func (p *Patch) ID() string { return fmt.Sprintf("%s@%d", p.Name, p.Level) }
+
+// Same reports whether two records are the same pinned RPM.
+func (p *Patch) Same(q *Patch) bool {
+	return p != nil && q != nil && p.Name == q.Name && p.Level == q.Level && p.SHA256 == q.SHA256
+}
+
+var (
+	nameRE = regexp.MustCompile(`^[A-Za-z0-9_]{1,55}$`)
+	shaRE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// Validate checks fields that become paths or module names.
+func (p *Patch) Validate() error {
+	if !nameRE.MatchString(p.Name) || p.Level < 1 || !shaRE.MatchString(p.SHA256) || p.Size <= 0 {
+		return fmt.Errorf("%w: %+v", ErrBadRecord, *p)
+	}
+	return nil
+}
+
+// Blocked is a patch that hurt this host: it is never applied again here.
+type Blocked struct {
+	Patch
+	Reason   string    `json:"reason"`
+	Evidence []string  `json:"evidence,omitempty"`
+	At       time.Time `json:"at"`
+}
+
+// Kernel is the state for one kernel release.
+type Kernel struct {
+	Phase   Phase   `json:"phase"`
+	Current *Patch  `json:"current,omitempty"` // enabled in the kernel (or being soaked)
+	Target  *Patch  `json:"target,omitempty"`  // in flight: being applied, or rolled back to
+	From    *Patch  `json:"from,omitempty"`    // rolling back from this one
+	Reason  string  `json:"reason,omitempty"`  // why the in-flight rollback
+	Good    []Patch `json:"good,omitempty"`    // levels that passed their soak here, oldest first
+
+	SoakUntil time.Time `json:"soak_until,omitempty"`
+	Blocked   []Blocked `json:"blocked,omitempty"`
+}
+
+// IsBlocked reports whether the pinned patch is blocked on this host.
+func (k *Kernel) IsBlocked(name string, level int, sha string) bool {
+	return slices.ContainsFunc(k.Blocked, func(b Blocked) bool {
+		return b.Name == name && b.Level == level && (b.SHA256 == "" || b.SHA256 == sha)
+	})
+}
+
+// Block records p as blocked (once).
+func (k *Kernel) Block(p Patch, reason string, evidence []string, at time.Time) {
+	if k.IsBlocked(p.Name, p.Level, p.SHA256) {
+		return
+	}
+	k.Blocked = append(k.Blocked, Blocked{Patch: p, Reason: reason, Evidence: evidence, At: at})
+	// A blocked patch is no longer a good fallback.
+	k.Good = slices.DeleteFunc(k.Good, func(g Patch) bool { return g.Same(&p) })
+}
+
+// MarkGood appends p to the good history (once, newest last).
+func (k *Kernel) MarkGood(p Patch) {
+	k.Good = slices.DeleteFunc(k.Good, func(g Patch) bool { return g.Same(&p) })
+	k.Good = append(k.Good, p)
+	if len(k.Good) > 8 {
+		k.Good = k.Good[len(k.Good)-8:]
+	}
+}
+
+// PreviousGood returns the newest good patch with a lower level than
+// level, which is what a rollback steps back to (nil: back to no patch).
+func (k *Kernel) PreviousGood(level int) *Patch {
+	for i := len(k.Good) - 1; i >= 0; i-- {
+		if k.Good[i].Level < level {
+			p := k.Good[i]
+			return &p
+		}
+	}
+	return nil
+}
+
+// Poll is the last poll's outcome, for status.
+type Poll struct {
+	At              time.Time `json:"at"`
+	OK              bool      `json:"ok"`
+	Error           string    `json:"error,omitempty"`
+	ManifestVersion uint64    `json:"manifest_version,omitempty"`
+	Next            time.Time `json:"next,omitempty"`
+}
+
+// State is the whole file.
+type State struct {
+	Format    int                `json:"format"`
+	BootID    string             `json:"boot_id,omitempty"`    // boot of the last write
+	CleanStop bool               `json:"clean_stop,omitempty"` // the last run stopped cleanly
+	Kernels   map[string]*Kernel `json:"kernels"`
+	LastPoll  *Poll              `json:"last_poll,omitempty"`
+	Updated   time.Time          `json:"updated"`
+}
+
+// Kernel returns (creating) the state for release krel.
+func (s *State) Kernel(krel string) *Kernel {
+	if s.Kernels == nil {
+		s.Kernels = map[string]*Kernel{}
+	}
+	k, ok := s.Kernels[krel]
+	if !ok {
+		k = &Kernel{Phase: PhaseNone}
+		s.Kernels[krel] = k
+	}
+	return k
+}
+
+// Store reads and writes the state file under dir.
+type Store struct {
+	Dir  string
+	Now  func() time.Time
+	lock *flock.Flock
+}
+
+// Path is the state file.
+func (s *Store) Path() string { return filepath.Join(s.Dir, "state.json") }
+
+// Lock takes the exclusive lock, without waiting: a second agent must fail
+// loudly, not queue behind the first.
+func (s *Store) Lock() error {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	s.lock = flock.New(filepath.Join(s.Dir, "lock"))
+	ok, err := s.lock.TryLock()
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", s.lock.Path(), err)
+	}
+	if !ok {
+		return fmt.Errorf("%w (%s)", ErrLocked, s.lock.Path())
+	}
+	return nil
+}
+
+// Unlock releases the lock.
+func (s *Store) Unlock() error {
+	if s.lock == nil {
+		return nil
+	}
+	return s.lock.Unlock()
+}
+
+// Load reads the state; a missing file is an empty state.
+func (s *Store) Load() (*State, error) {
+	b, err := os.ReadFile(s.Path())
+	if errors.Is(err, fs.ErrNotExist) {
+		return &State{Format: Format, Kernels: map[string]*Kernel{}}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load state: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		// Never start from scratch silently: that would forget blocks and
+		// re-apply a patch that hurt this host. The operator decides.
+		return nil, fmt.Errorf("%w: %s: %w (move it aside to start fresh)", ErrCorrupt, s.Path(), err)
+	}
+	if st.Format != Format {
+		return nil, fmt.Errorf("%w: %s has format %d, this agent reads %d", ErrFormat, s.Path(), st.Format, Format)
+	}
+	if st.Kernels == nil {
+		st.Kernels = map[string]*Kernel{}
+	}
+	for krel, k := range st.Kernels {
+		for _, p := range []*Patch{k.Current, k.Target, k.From} {
+			if p != nil {
+				if err := p.Validate(); err != nil {
+					return nil, fmt.Errorf("%w: kernel %s: %w", ErrCorrupt, krel, err)
+				}
+			}
+		}
+	}
+	return &st, nil
+}
+
+// Save writes the state atomically.
+func (s *Store) Save(st *State) error {
+	st.Format = Format
+	if s.Now != nil {
+		st.Updated = s.Now().UTC()
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	return atomicfile.WriteFile(s.Path(), append(b, '\n'), 0o600)
+}
+
+// RPMPath is where the verified copy of a patch's RPM is kept, named by
+// its digest (validated, so it is a safe path component).
+func (s *Store) RPMPath(p *Patch) (string, error) {
+	if !shaRE.MatchString(p.SHA256) {
+		return "", fmt.Errorf("%w: sha256 %q", ErrBadRecord, p.SHA256)
+	}
+	return filepath.Join(s.Dir, "rpms", p.SHA256+".rpm"), nil
+}

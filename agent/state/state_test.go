@@ -1,0 +1,109 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func p(level int) Patch {
+	return Patch{Name: fmt.Sprintf("klp_cmdline_%d", level), Level: level, SHA256: fmt.Sprintf("%064x", level), Size: 100}
+}
+
+func TestSaveLoadRoundTrip(t *testing.T) {
+	s := &Store{Dir: t.TempDir(), Now: func() time.Time { return time.Unix(1700000000, 0) }}
+	st, err := s.Load()
+	if err != nil || len(st.Kernels) != 0 {
+		t.Fatalf("empty load: %+v %v", st, err)
+	}
+	k := st.Kernel("6.1.0-56-amd64")
+	c := p(2)
+	k.Phase, k.Current = PhaseSoaking, &c
+	k.MarkGood(p(1))
+	k.Block(p(3), "oops attributed to klp_cmdline_3", []string{"BUG: kernel NULL pointer dereference"}, time.Unix(1700000001, 0))
+	st.BootID = "b1"
+	if err := s.Save(st); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gk := got.Kernels["6.1.0-56-amd64"]
+	if gk.Phase != PhaseSoaking || !gk.Current.Same(&c) || len(gk.Good) != 1 || !gk.IsBlocked("klp_cmdline_3", 3, fmt.Sprintf("%064x", 3)) || got.BootID != "b1" {
+		t.Fatalf("round trip lost data: %+v", gk)
+	}
+	if fi, err := os.Stat(s.Path()); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("state file mode: %v %v", fi, err)
+	}
+}
+
+func TestLoadRefusesDamage(t *testing.T) {
+	tests := []struct {
+		name, content string
+		want          error
+	}{
+		{"truncated", `{"format": 1, "kernels": {`, ErrCorrupt},
+		{"future format", `{"format": 2, "kernels": {}}`, ErrFormat},
+		{"bad record", `{"format": 1, "kernels": {"k": {"phase": "good", "current": {"name": "../x", "level": 1, "sha256": "00", "size": 1}}}}`, ErrCorrupt},
+	}
+	for _, tt := range tests {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "state.json"), []byte(tt.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (&Store{Dir: dir}).Load(); !errors.Is(err, tt.want) {
+			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
+		}
+	}
+}
+
+func TestLockIsExclusive(t *testing.T) {
+	dir := t.TempDir()
+	a, b := &Store{Dir: dir}, &Store{Dir: dir}
+	if err := a.Lock(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Lock(); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second lock: %v, want ErrLocked", err)
+	}
+	if err := a.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Lock(); err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	b.Unlock()
+}
+
+func TestGoodAndBlocked(t *testing.T) {
+	var k Kernel
+	for _, l := range []int{1, 2, 3} {
+		k.MarkGood(p(l))
+	}
+	if g := k.PreviousGood(3); g == nil || g.Level != 2 {
+		t.Fatalf("PreviousGood(3) = %v", g)
+	}
+	k.Block(p(2), "x", nil, time.Now())
+	if g := k.PreviousGood(3); g == nil || g.Level != 1 {
+		t.Fatalf("after blocking 2, PreviousGood(3) = %v", g)
+	}
+	k.Block(p(2), "again", nil, time.Now())
+	if len(k.Blocked) != 1 {
+		t.Fatalf("blocked twice: %d", len(k.Blocked))
+	}
+	if g := k.PreviousGood(1); g != nil {
+		t.Fatalf("PreviousGood(1) = %v, want none", g)
+	}
+	// The same name and level with another digest is a different RPM.
+	if k.IsBlocked("klp_cmdline_2", 2, fmt.Sprintf("%064x", 99)) {
+		t.Fatal("block matched another digest")
+	}
+	s := &Store{Dir: "/var/lib/klp-agent"}
+	if _, err := s.RPMPath(&Patch{SHA256: "../../etc/passwd"}); !errors.Is(err, ErrBadRecord) {
+		t.Fatalf("RPMPath with a bad digest: %v", err)
+	}
+}
