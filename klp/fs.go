@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // FS is the slice of the filesystem klp reads and writes: sysfs and procfs
@@ -70,4 +71,6 @@ func readBool(fsys FS, name string) (bool, error) {
 	return false, fmt.Errorf("%s: unexpected value %q", name, s)
 }
 
-func notExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
+// notExist: a sysfs attribute of a kobject being removed (a patch freed
+// after its disable or replace) reads ENODEV rather than ENOENT.
+func notExist(err error) bool { return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENODEV) }

@@ -34,7 +34,8 @@ type patch struct {
 	since      time.Time
 	forced     bool
 	order      int
-	freeAt     time.Time // replaced: still visible (enabled=0) until then
+	freeAt     time.Time // replaced or disabled: still visible until then
+	going      bool      // disabled: its attributes read ENODEV until freed
 }
 
 // Task is a simulated task; a Blocking one keeps any transition from
@@ -106,12 +107,10 @@ func (k *Kernel) settle() {
 func (k *Kernel) finish(name string, p *patch) {
 	p.transition = false
 	if !p.enabled {
-		// Unpatched: the patch is freed and its module reference dropped,
-		// unless it was forced.
-		delete(k.patches, name)
-		if !p.forced {
-			k.loaded[name] = 0
-		}
+		// Unpatched: the patch is freed a moment later (its directory
+		// lingers with attributes that read ENODEV, as on the real kernel)
+		// and its module reference dropped then, unless it was forced.
+		p.going, p.freeAt = true, k.Now().Add(k.TransitionTime)
 		return
 	}
 	if p.mod.Replace {
@@ -243,6 +242,9 @@ func (k *Kernel) ReadFile(name string) ([]byte, error) {
 		p, ok := k.patches[parts[3]]
 		if !ok {
 			break
+		}
+		if p.going {
+			return nil, &fs.PathError{Op: "read", Path: name, Err: syscall.ENODEV}
 		}
 		switch parts[4] {
 		case "enabled":

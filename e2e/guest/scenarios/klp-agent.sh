@@ -89,7 +89,9 @@ set -- "$R"/kpatch-patch-*.rpm
 if run kpatch $A klp apply --nodeps --rpm "$1" &&
 	[ "$(klp_level)" = 1 ] && [ -d $KLP_LP/kpatch_cmdline_1 ]; then
 	klp_pass kpatch "$(oneline kpatch)"
-	$A klp disable kpatch_cmdline_1 >/dev/null 2>&1 || klp_fail kpatch-disable "could not disable kpatch_cmdline_1"
+	if ! run kpatch-disable $A klp disable kpatch_cmdline_1; then
+		klp_fail kpatch-disable "$(oneline kpatch-disable); livepatches: $(ls $KLP_LP); refcnt $(klp_read /sys/module/kpatch_cmdline_1/refcnt)"
+	fi
 else
 	klp_fail kpatch "$(oneline kpatch)"
 fi
