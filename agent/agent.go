@@ -87,6 +87,9 @@ func New(d Deps) *Agent {
 
 func (a *Agent) kernel() *state.Kernel { return a.st.Kernel(a.d.Host.Kernel) }
 
+// Host is who this agent selects patches for.
+func (a *Agent) Host() manifest.Host { return a.d.Host }
+
 // State returns the in-memory state (for status and tests).
 func (a *Agent) State() *state.State { return a.st }
 

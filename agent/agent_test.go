@@ -25,17 +25,19 @@ const krel = "6.1.0-56-amd64"
 // real rpm database in a test root and the agent's state dir (both kept
 // across boots, like a disk).
 type host struct {
-	t        *testing.T
-	root     string
-	stateDir string
-	rpmDir   string
-	srv      *httptest.Server
-	now      time.Time
-	boot     int
-	kernel   *klptest.Kernel
-	agent    *Agent
-	patches  map[int]manifest.Patch
-	kdumps   []string
+	t         *testing.T
+	root      string
+	stateDir  string
+	rpmDir    string
+	srv       *httptest.Server
+	now       time.Time
+	boot      int
+	kernel    *klptest.Kernel
+	agent     *Agent
+	patches   map[int]manifest.Patch
+	kdumps    []string
+	source    *manifest.Source
+	published int
 }
 
 func newHost(t *testing.T, levels ...int) *host {
@@ -76,6 +78,7 @@ func (h *host) restart() {
 	h.agent = New(Deps{
 		Now:       func() time.Time { return h.now },
 		Store:     &state.Store{Dir: h.stateDir, Now: func() time.Time { return h.now }},
+		Source:    h.source,
 		Host:      manifest.Host{ID: "host-1", Kernel: krel},
 		Installer: &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
 		Soak:      30 * time.Minute,

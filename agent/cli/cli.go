@@ -35,6 +35,9 @@ var errUsage = errors.New("usage")
 func commands() map[string]command {
 	return map[string]command{
 		"version":      {"print the version", cmdVersion},
+		"run":          {"the daemon: re-apply after boot, poll, apply, soak, roll back (systemd Type=notify)", cmdRun},
+		"status":       {"what this host runs, wants, soaks and has blocked (--json)", cmdStatus},
+		"rollback":     {"step back from the current patch now (--block: never re-apply it here)", cmdRollback},
 		"check-config": {"validate the configuration and print the effective settings", cmdCheckConfig},
 		"explain":      {"show, for this host, every manifest entry for its kernel and why it is or is not chosen", cmdExplain},
 		"manifest":     {"publisher tools: keygen, add, sign, verify, lint", cmdManifest},

@@ -33,8 +33,26 @@ type Config struct {
 	Manifest ManifestConfig `yaml:"manifest"`
 	Trust    TrustConfig    `yaml:"trust"`
 	Host     HostConfig     `yaml:"host"`
+	Apply    ApplyConfig    `yaml:"apply"`
+	Metrics  MetricsConfig  `yaml:"metrics"`
 	Paths    PathsConfig    `yaml:"paths"`
 	Log      LogConfig      `yaml:"log"`
+}
+
+// ApplyConfig tunes how a patch goes in and how long it must prove itself.
+type ApplyConfig struct {
+	Soak              time.Duration `yaml:"soak"`
+	TransitionTimeout time.Duration `yaml:"transition_timeout"`
+	ForceOnStall      bool          `yaml:"force_on_stall"`
+	RPMNoDeps         bool          `yaml:"rpm_nodeps"`
+	RequireSignature  bool          `yaml:"require_signature"`
+	RPMKeyring        string        `yaml:"rpm_keyring"`
+}
+
+// MetricsConfig says where Prometheus metrics go.
+type MetricsConfig struct {
+	Textfile string `yaml:"textfile"` // node_exporter textfile collector file (*.prom)
+	Listen   string `yaml:"listen"`   // optional loopback HTTP listener, e.g. 127.0.0.1:9797
 }
 
 // ManifestConfig says where the signed manifest is and how to poll it.
@@ -85,6 +103,7 @@ func Default() Config {
 			MaxSize:      manifest.DefaultMaxSize,
 		},
 		Trust: TrustConfig{KeysDir: "/etc/klp-agent/keys", Threshold: 1},
+		Apply: ApplyConfig{Soak: 30 * time.Minute, TransitionTimeout: 60 * time.Second},
 		Host:  HostConfig{IDFile: "/etc/machine-id"},
 		Paths: PathsConfig{Root: "/", StateDir: "/var/lib/klp-agent"},
 		Log:   LogConfig{Level: "info", Format: "auto"},
@@ -204,6 +223,18 @@ func (l *Loaded) Validate() error {
 	}
 	if c.Manifest.MaxSize < 1024 || c.Manifest.MaxSize > 64<<20 {
 		bad("manifest.max_size", "%s not in [1KiB,64MiB]", c.Manifest.MaxSize)
+	}
+	if c.Apply.Soak < 0 || c.Apply.Soak > 7*24*time.Hour {
+		bad("apply.soak", "%s not in [0,168h]", c.Apply.Soak)
+	}
+	if c.Apply.TransitionTimeout < time.Second || c.Apply.TransitionTimeout > time.Hour {
+		bad("apply.transition_timeout", "%s not in [1s,1h]", c.Apply.TransitionTimeout)
+	}
+	if c.Apply.RPMKeyring != "" && !filepath.IsAbs(c.Apply.RPMKeyring) {
+		bad("apply.rpm_keyring", "%q must be an absolute path", c.Apply.RPMKeyring)
+	}
+	if c.Metrics.Textfile != "" && (!filepath.IsAbs(c.Metrics.Textfile) || !strings.HasSuffix(c.Metrics.Textfile, ".prom")) {
+		bad("metrics.textfile", "%q must be an absolute path ending in .prom", c.Metrics.Textfile)
 	}
 	if c.Trust.Threshold < 1 {
 		bad("trust.threshold", "must be >= 1")

@@ -1,0 +1,143 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"go.uber.org/zap"
+
+	"github.com/klp-agent/klp-agent/agent"
+	"github.com/klp-agent/klp-agent/agent/config"
+	"github.com/klp-agent/klp-agent/agent/logging"
+	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/klp"
+	"github.com/klp-agent/klp-agent/manifest"
+)
+
+// built is a daemon assembled from one configuration.
+type built struct {
+	cfg    *config.Loaded
+	log    *zap.Logger
+	daemon *agent.Daemon
+}
+
+// build assembles the agent from the configuration; the state lock is
+// taken separately, once, by the caller.
+func build(path string, store *state.Store, stderr *os.File) (*built, error) {
+	l, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	log, err := logging.New(logging.Options{Level: l.Log.Level, Format: l.Log.Format, Stderr: stderr})
+	if err != nil {
+		return nil, err
+	}
+	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
+	if err != nil {
+		return nil, err
+	}
+	if len(kr) < l.Trust.Threshold {
+		return nil, fmt.Errorf("trust.threshold %d but %s holds %d key(s)", l.Trust.Threshold, l.Trust.KeysDir, len(kr))
+	}
+	id, err := l.HostID()
+	if err != nil {
+		return nil, err
+	}
+	krel, err := klp.KernelRelease(l.Paths.Root)
+	if err != nil {
+		return nil, err
+	}
+	store.Dir = l.Paths.StateDir
+	var src *manifest.Source
+	if l.Manifest.URL != "" {
+		f, err := manifest.NewFetcher(manifest.FetcherConfig{
+			URL: l.Manifest.URL, CABundle: l.Manifest.CABundle, Timeout: l.Manifest.Timeout,
+			Retries: l.Manifest.Retries, MaxSize: int64(l.Manifest.MaxSize), UserAgent: "klp-agent/" + Version,
+			Logger: logging.RetryableLogger(log),
+		})
+		if err != nil {
+			return nil, err
+		}
+		src = &manifest.Source{
+			Fetcher: f, Trust: manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold},
+			Store:    &manifest.FileVersionStore{Path: filepath.Join(l.Paths.StateDir, "manifest-version.json")},
+			CacheDir: l.Paths.StateDir,
+		}
+	} else {
+		log.Warn("manifest.url is not set: re-applying the recorded patch only, no polling")
+	}
+	ctrl := &klp.Controller{
+		Sysfs:   &klp.Sysfs{FS: klp.OSFS{Root: l.Paths.Root}},
+		Modules: klp.KernelModules{},
+		Opts:    klp.Options{TransitionTimeout: l.Apply.TransitionTimeout, ForceOnStall: l.Apply.ForceOnStall},
+	}
+	a := agent.New(agent.Deps{
+		Log:    log,
+		Store:  store,
+		Source: src,
+		Host:   manifest.Host{ID: id, Tier: l.Host.Tier, Kernel: krel},
+		Installer: &klp.Installer{
+			RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: l.Paths.Root, NoDeps: l.Apply.RPMNoDeps, Keyring: l.Apply.RPMKeyring},
+			Controller: ctrl, Root: l.Paths.Root, CheckSig: l.Apply.RequireSignature,
+		},
+		Soak:   l.Apply.Soak,
+		BootID: func() (string, error) { return agent.BootID(l.Paths.Root) },
+	})
+	return &built{cfg: l, log: log, daemon: &agent.Daemon{
+		Agent: a, Source: src, ManifestURL: l.Manifest.URL,
+		Interval: l.Manifest.PollInterval, Jitter: l.Manifest.PollJitter,
+	}}, nil
+}
+
+func cmdRun(env *Env, args []string) error {
+	fs := newFlags(env, "run", "run [--config PATH]")
+	path := fs.String("config", config.DefaultPath, "main configuration file")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	store := &state.Store{}
+	b, err := build(*path, store, os.Stderr)
+	if err != nil {
+		return err
+	}
+	if err := store.Lock(); err != nil {
+		return err
+	}
+	defer store.Unlock()
+	ctx, stop := signal.NotifyContext(env.Ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		b.log.Info("klp-agent "+Version+" starting", zap.String("KERNEL_RELEASE", b.daemon.Agent.Host().Kernel),
+			zap.String("HOST_TIER", b.daemon.Agent.Host().Tier), zap.String("MANIFEST_URL", b.cfg.Manifest.URL))
+		if err := b.daemon.Agent.Start(ctx); err != nil {
+			// Keep running: polling may fix what a boot re-apply could not.
+			b.log.Error("start: " + err.Error())
+		}
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- b.daemon.Run(runCtx) }()
+		select {
+		case err := <-done:
+			cancel()
+			b.log.Info("klp-agent stopped")
+			return err
+		case <-hup:
+			cancel()
+			<-done
+			nb, err := build(*path, store, os.Stderr)
+			if err != nil {
+				b.log.Error("reload refused, keeping the running configuration: " + err.Error())
+				continue
+			}
+			b = nb
+			b.log.Info("configuration reloaded from " + *path)
+		}
+	}
+}

@@ -1,0 +1,226 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/klp-agent/klp-agent/agent/atomicfile"
+	"github.com/klp-agent/klp-agent/agent/logging"
+	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/manifest"
+)
+
+// Notifier is what the daemon tells its service manager (agent/notify
+// implements it for systemd).
+type Notifier interface {
+	Ready() error
+	Status(string) error
+	Stopping() error
+}
+
+type nopNotifier struct{}
+
+func (nopNotifier) Ready() error        { return nil }
+func (nopNotifier) Status(string) error { return nil }
+func (nopNotifier) Stopping() error     { return nil }
+
+// Daemon runs the agent: poll with jitter, converge, end soaks, take
+// operator requests, until its context ends.
+type Daemon struct {
+	Agent       *Agent
+	Source      *manifest.Source
+	ManifestURL string
+	Interval    time.Duration
+	Jitter      float64
+	Tick        time.Duration // soak and request check period; 0 = 1 s
+	Notify      Notifier
+	// Changed is called after anything an exporter shows may have changed
+	// (metrics textfile).
+	Changed func()
+	// Events delivers health verdicts; a verdict asking for a rollback rolls
+	// the current patch back and blocks it.
+	Verdicts <-chan Verdict
+	Rand     *rand.Rand
+}
+
+// Verdict is a health judgement about the current patch.
+type Verdict struct {
+	Rollback bool
+	Reason   string
+	Evidence []string
+}
+
+// RollbackRequest is an operator's `klp-agent rollback`, handed to a
+// running daemon through the state dir.
+type RollbackRequest struct {
+	Reason string    `json:"reason"`
+	Block  bool      `json:"block"`
+	At     time.Time `json:"at"`
+}
+
+// RequestPath is where a rollback request waits for the daemon.
+func RequestPath(stateDir string) string { return filepath.Join(stateDir, "rollback-request.json") }
+
+// WriteRequest hands a rollback request to the daemon.
+func WriteRequest(stateDir string, r RollbackRequest) error {
+	b, _ := json.Marshal(r)
+	return atomicfile.WriteFile(RequestPath(stateDir), b, 0o600)
+}
+
+// rejected reports whether err is the manifest failing its trust checks,
+// as opposed to the server being unreachable.
+func rejected(err error) bool {
+	for _, e := range []error{manifest.ErrBadSignature, manifest.ErrNoSignature, manifest.ErrUnknownKey, manifest.ErrThreshold,
+		manifest.ErrPayloadType, manifest.ErrExpired, manifest.ErrRollback, manifest.ErrVersionConflict, manifest.ErrInvalid,
+		manifest.ErrInvalidName, manifest.ErrDuplicate, manifest.ErrSchema, manifest.ErrTooLarge} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *Daemon) status() string {
+	k := d.Agent.kernel()
+	s := string(k.Phase)
+	if k.Current != nil {
+		s += " " + k.Current.ID()
+	}
+	if k.Phase == state.PhaseSoaking {
+		s += fmt.Sprintf(" (soak ends in %s)", k.SoakUntil.Sub(d.Agent.d.Now()).Round(time.Second))
+	}
+	return s
+}
+
+func (d *Daemon) changed() {
+	if d.Notify != nil {
+		d.Notify.Status(d.status())
+	}
+	if d.Changed != nil {
+		d.Changed()
+	}
+}
+
+// PollOnce polls, records the outcome, and converges on the manifest in
+// force (the cached one when the server is unreachable, so a rollout that
+// ramps with time still advances; an expired one applies nothing).
+func (d *Daemon) PollOnce(ctx context.Context) error {
+	a := d.Agent
+	log := a.log()
+	res, err := d.Source.Poll(ctx)
+	p := &state.Poll{At: a.d.Now(), OK: err == nil}
+	if res.Manifest != nil {
+		p.ManifestVersion = res.Manifest.Version
+	}
+	if err != nil {
+		p.Error = err.Error()
+		if rejected(err) {
+			log.Error("manifest rejected: "+err.Error(), logging.MessageID(MsgManifestRejected), zap.Uint64("MANIFEST_VERSION", p.ManifestVersion))
+		} else {
+			log.Warn("manifest poll failed: "+err.Error(), zap.Uint64("MANIFEST_VERSION", p.ManifestVersion))
+		}
+	} else if res.Changed {
+		log.Info(fmt.Sprintf("manifest version %d accepted", res.Manifest.Version), zap.Uint64("MANIFEST_VERSION", res.Manifest.Version))
+	}
+	a.st.LastPoll = p
+	if serr := a.save(); serr != nil {
+		return serr
+	}
+	m := res.Manifest
+	if m == nil || m.Expired(a.d.Now()) {
+		return err
+	}
+	if cerr := a.Converge(context.WithoutCancel(ctx), m, d.ManifestURL); cerr != nil {
+		log.Error("converge: "+cerr.Error(), patchFields(a.kernel().Current)...)
+		return errors.Join(err, cerr)
+	}
+	return err
+}
+
+// handleRequest performs a pending operator rollback.
+func (d *Daemon) handleRequest(ctx context.Context) {
+	path := RequestPath(d.Agent.d.Store.Dir)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	var r RollbackRequest
+	if err == nil {
+		err = json.Unmarshal(b, &r)
+	}
+	if err == nil {
+		reason := "operator: " + r.Reason
+		err = d.Agent.Rollback(ctx, reason, nil, r.Block)
+	}
+	if err != nil {
+		d.Agent.log().Error("operator rollback failed: " + err.Error())
+	}
+	os.Remove(path)
+	d.changed()
+}
+
+// Run loops until ctx ends. Work in flight when ctx ends (an apply, a
+// rollback) finishes first: it runs on a context that is not cancelled,
+// and the kernel is never left half-way.
+func (d *Daemon) Run(ctx context.Context) error {
+	if d.Notify == nil {
+		d.Notify = nopNotifier{}
+	}
+	if d.Rand == nil {
+		d.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	tickEvery := d.Tick
+	if tickEvery <= 0 {
+		tickEvery = time.Second
+	}
+	work := context.WithoutCancel(ctx)
+	d.Notify.Ready()
+	d.changed()
+	poll := time.NewTimer(0) // first poll right away: a booted host wants its patch
+	defer poll.Stop()
+	tick := time.NewTicker(tickEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			d.Notify.Stopping()
+			return d.Agent.Stop()
+		case <-poll.C:
+			if d.Source != nil {
+				d.PollOnce(work)
+			}
+			next := manifest.NextInterval(d.Interval, d.Jitter, d.Rand)
+			if lp := d.Agent.st.LastPoll; lp != nil {
+				lp.Next = d.Agent.d.Now().Add(next)
+				d.Agent.save()
+			}
+			poll.Reset(next)
+			d.changed()
+		case v := <-d.Verdicts:
+			if v.Rollback && d.Agent.kernel().Current != nil {
+				if err := d.Agent.Rollback(work, v.Reason, v.Evidence, true); err != nil {
+					d.Agent.log().Error("health rollback failed: " + err.Error())
+				}
+				d.changed()
+			}
+		case <-tick.C:
+			before := d.Agent.kernel().Phase
+			if err := d.Agent.Tick(); err != nil {
+				d.Agent.log().Error("tick: " + err.Error())
+			}
+			d.handleRequest(work)
+			if d.Agent.kernel().Phase != before {
+				d.changed()
+			}
+		}
+	}
+}

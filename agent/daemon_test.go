@@ -1,0 +1,110 @@
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/manifest"
+)
+
+// publish signs a manifest with the given levels into the served dir.
+func (h *host) publish(key ed25519.PrivateKey, version uint64, levels []int, revoked ...int) {
+	h.t.Helper()
+	m := h.manifest(levels, revoked...).Manifest
+	m.Version = version
+	payload, err := manifest.Marshal(m)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	env, err := manifest.SignPayload(context.Background(), payload, manifest.NewSigner(key))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.serve(env)
+}
+
+// serve replaces the served manifest. HTTP validators have one-second
+// resolution, so each version gets a distinct modification time.
+func (h *host) serve(b []byte) {
+	h.t.Helper()
+	p := filepath.Join(h.rpmDir, "manifest.json")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	h.published++
+	mt := time.Unix(1700000000+int64(h.published), 0)
+	if err := os.Chtimes(p, mt, mt); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestDaemonPollsAppliesAndTakesRequests(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	h := newHost(t, 1, 2)
+	h.publish(priv, 1, []int{1})
+	f, err := manifest.NewFetcher(manifest.FetcherConfig{URL: h.srv.URL + "/manifest.json", RetryWait: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.source = &manifest.Source{Fetcher: f, Trust: manifest.Trust{Keys: manifest.Keyring{manifest.KeyID(pub): pub}, Threshold: 1},
+		Store: &manifest.MemVersionStore{}, CacheDir: h.stateDir, Now: func() time.Time { return h.now }}
+	h.restart()
+	verdicts := make(chan Verdict)
+	d := &Daemon{Agent: h.agent, Source: h.source, ManifestURL: h.srv.URL + "/manifest.json",
+		Interval: 20 * time.Millisecond, Tick: 5 * time.Millisecond, Verdicts: verdicts}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	kernelLevel := func() string { return h.kernel.Patched("cmdline_proc_show") }
+	waitFor(t, "level 1 applied from the manifest", func() bool { return kernelLevel() == "klp_cmdline_1" })
+
+	// A health verdict rolls back and blocks.
+	verdicts <- Verdict{Rollback: true, Reason: "oops attributed to klp_cmdline_1", Evidence: []string{"Oops: 0002"}}
+	waitFor(t, "health rollback to no patch", func() bool { return kernelLevel() == "" })
+
+	// A tampered manifest is rejected and recorded in the last poll.
+	h.serve([]byte(`{"payloadType":"x","payload":"","signatures":[]}`))
+	waitFor(t, "rejection recorded", func() bool {
+		st, err := (&state.Store{Dir: h.stateDir}).Load()
+		return err == nil && st.LastPoll != nil && !st.LastPoll.OK && strings.Contains(st.LastPoll.Error, "payload type")
+	})
+
+	// Level 2 published: applied; then an operator rollback through the
+	// request file steps back to no patch (1 is blocked) and blocks 2.
+	h.publish(priv, 2, []int{1, 2})
+	waitFor(t, "level 2 applied", func() bool { return kernelLevel() == "klp_cmdline_2" })
+	if err := WriteRequest(h.stateDir, RollbackRequest{Reason: "test", Block: true}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "operator rollback", func() bool {
+		_, err := os.Stat(RequestPath(h.stateDir))
+		return errors.Is(err, os.ErrNotExist) && kernelLevel() == ""
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st, err := (&state.Store{Dir: h.stateDir}).Load()
+	if err != nil || !st.CleanStop || len(st.Kernels[krel].Blocked) != 2 {
+		t.Fatalf("after stop: clean=%v blocked=%d err=%v", st.CleanStop, len(st.Kernels[krel].Blocked), err)
+	}
+}
