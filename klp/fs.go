@@ -73,4 +73,6 @@ func readBool(fsys FS, name string) (bool, error) {
 
 // notExist: a sysfs attribute of a kobject being removed (a patch freed
 // after its disable or replace) reads ENODEV rather than ENOENT.
-func notExist(err error) bool { return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENODEV) }
+func notExist(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENODEV)
+}
