@@ -31,7 +31,13 @@ const (
 	LayoutKpatch Layout = "kpatch"
 )
 
-// Sentinel errors for RPM inspection.
+// Directories of the two layouts; the kernel release is the next component.
+const (
+	klpModuleDir    = "/usr/lib/klp-agent/livepatches/"
+	kpatchModuleDir = "/usr/lib/kpatch/"
+)
+
+// Sentinel errors for RPM inspection and module checks.
 var (
 	ErrNotRPM             = errors.New("not a binary RPM")
 	ErrModuleCount        = errors.New("livepatch RPM must hold exactly one .ko")
@@ -48,25 +54,37 @@ var (
 var (
 	moduleNameRE = regexp.MustCompile(`^[A-Za-z0-9_]{1,55}$`)
 	krelRE       = regexp.MustCompile(`^[A-Za-z0-9._+~-]{1,64}$`)
-	provideRE    = regexp.MustCompile(`^klp-livepatch\(([^()]*)\)$`)
+	// Levels are plain decimals: no sign, no leading zero, no epoch, and
+	// short enough to fit an int everywhere.
+	levelRE = regexp.MustCompile(`^[1-9][0-9]{0,8}$`)
 )
 
 // RPMInfo is what a livepatch RPM's header and bytes say about it.
 type RPMInfo struct {
 	Name, Version, Release, Arch string
-	Level                        int
-	KernelRelease                string
-	ModulePath                   string
-	ModuleName                   string
+	Level                        int    // cumulative livepatch level
+	KernelRelease                string // exact `uname -r` the module is built for
+	ModulePath                   string // the one .ko, as installed
+	ModuleName                   string // KBUILD_MODNAME of ModulePath
 	Layout                       Layout
-	Provides, Requires           []string
-	SHA256                       string
-	Size                         int64
-	PayloadCompression           string
+	Provides, Requires           []string // "name op evr", for display
+	SHA256                       string   // of the whole file
+	Size                         int64    // of the whole file
+	PayloadCompression           string   // the header's PayloadCompressor
 }
 
-// MaxHeaderBytes bounds the lead and both headers together.
+// MaxHeaderBytes bounds the lead and both headers together. Livepatch
+// RPMs have a few KiB of header; this only stops hostile files.
 const MaxHeaderBytes = 16 << 20
+
+// maxDecodedBytes bounds what cavaliergopher/rpm allocates while decoding
+// the headers, estimated per index entry (it widens integers to int64 and
+// gives every string its own 16-byte slot).
+const maxDecodedBytes = 64 << 20
+
+// entryCost is roughly what the library spends per index entry besides
+// its data: a 16-byte copy of the entry, a *Tag and a map slot.
+const entryCost = 128
 
 // InspectRPM reads a livepatch RPM without installing it.
 func InspectRPM(file string) (*RPMInfo, error) {
@@ -83,26 +101,23 @@ func InspectRPM(file string) (*RPMInfo, error) {
 }
 
 // InspectRPMReader parses the headers from r, then reads r to the end to
-// hash and size the whole file.
+// hash and size the whole file. When the header was readable but the
+// package breaks a livepatch rule, it returns the partial RPMInfo with the
+// error: with ErrNoLevel everything but Level is filled in, so a caller
+// that knows the level from elsewhere can go on.
 func InspectRPMReader(r io.Reader) (*RPMInfo, error) {
 	h := sha256.New()
 	cr := &countingReader{r: io.TeeReader(r, h)}
 	br := bufio.NewReader(cr)
-	head, err := headerBytes(br)
+	pkg, err := readPackage(br)
 	if err != nil {
 		return nil, err
-	}
-	pkg, err := rpm.Read(bytes.NewReader(head))
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotRPM, err)
 	}
 	if _, err := io.Copy(io.Discard, br); err != nil {
 		return nil, fmt.Errorf("read payload: %w", err)
 	}
 	info, err := describe(pkg)
-	if info != nil {
-		info.SHA256, info.Size = hex.EncodeToString(h.Sum(nil)), cr.n
-	}
+	info.SHA256, info.Size = hex.EncodeToString(h.Sum(nil)), cr.n
 	return info, err
 }
 
@@ -117,86 +132,240 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// headerBytes reads the lead and both headers, checking every index entry
-// against the store size first: the rpm library allocates count-sized
-// arrays before it bounds-checks them, so a hostile count would otherwise
-// exhaust memory.
+// readPackage parses the lead and both headers, leaving r at the payload.
+func readPackage(r *bufio.Reader) (*rpm.Package, error) {
+	head, err := headerBytes(r)
+	if err != nil {
+		return nil, err
+	}
+	pkg, err := rpm.Read(bytes.NewReader(head))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotRPM, err)
+	}
+	return pkg, nil
+}
+
+// headerBytes reads the lead and both headers into memory and checks every
+// index entry before cavaliergopher/rpm sees them. The library trusts the
+// file: it allocates count-sized slices before bounds-checking them, can
+// slice past the store on an unterminated string, copies every string of
+// every entry (so entries aliasing one region multiply memory), and reads
+// its 16-byte header intros with a single Read. Handing it a checked,
+// in-memory copy keeps all of that bounded.
 func headerBytes(r *bufio.Reader) ([]byte, error) {
 	var buf bytes.Buffer
-	lead := make([]byte, 96)
-	if _, err := io.ReadFull(r, lead); err != nil {
+	if _, err := io.CopyN(&buf, r, 96); err != nil {
 		return nil, fmt.Errorf("%w: lead: %w", ErrNotRPM, err)
 	}
+	lead := buf.Bytes()
 	if !bytes.Equal(lead[:4], []byte{0xed, 0xab, 0xee, 0xdb}) {
 		return nil, fmt.Errorf("%w: bad lead magic", ErrNotRPM)
+	}
+	if lead[4] != 3 && lead[4] != 4 {
+		return nil, fmt.Errorf("%w: RPM format version %d", ErrNotRPM, lead[4])
 	}
 	if binary.BigEndian.Uint16(lead[6:8]) != 0 {
 		return nil, fmt.Errorf("%w: source RPM", ErrNotRPM)
 	}
-	buf.Write(lead)
-	for i, pad := range []bool{true, false} {
-		intro := make([]byte, 16)
-		if _, err := io.ReadFull(r, intro); err != nil {
-			return nil, fmt.Errorf("%w: header %d: %w", ErrNotRPM, i, err)
+	budget := int64(maxDecodedBytes)
+	for i, name := range []string{"signature header", "header"} {
+		start := int64(buf.Len())
+		if _, err := io.CopyN(&buf, r, 16); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrNotRPM, name, err)
 		}
-		if !bytes.Equal(intro[:3], []byte{0x8e, 0xad, 0xe8}) {
-			return nil, fmt.Errorf("%w: header %d: bad magic", ErrNotRPM, i)
+		intro := buf.Bytes()[start:]
+		if !bytes.Equal(intro[:4], []byte{0x8e, 0xad, 0xe8, 0x01}) {
+			return nil, fmt.Errorf("%w: %s: bad magic", ErrNotRPM, name)
 		}
 		count := int64(binary.BigEndian.Uint32(intro[8:12]))
 		size := int64(binary.BigEndian.Uint32(intro[12:16]))
-		if count*16+size+int64(buf.Len()) > MaxHeaderBytes {
-			return nil, fmt.Errorf("%w: header %d: %d entries, %d bytes: over %d bytes", ErrNotRPM, i, count, size, MaxHeaderBytes)
+		if start+16+count*16+size > MaxHeaderBytes {
+			return nil, fmt.Errorf("%w: %s: %d entries, %d bytes: over %d bytes", ErrNotRPM, name, count, size, MaxHeaderBytes)
 		}
-		rest := make([]byte, count*16+size)
-		if _, err := io.ReadFull(r, rest); err != nil {
-			return nil, fmt.Errorf("%w: header %d: %w", ErrNotRPM, i, err)
+		// CopyN grows the buffer as bytes arrive, so a short file that
+		// claims a big header costs only what it holds.
+		if _, err := io.CopyN(&buf, r, count*16+size); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrNotRPM, name, err)
 		}
-		for e := int64(0); e < count; e++ {
-			ent := rest[e*16 : e*16+16]
-			typ := binary.BigEndian.Uint32(ent[4:8])
-			off := int64(binary.BigEndian.Uint32(ent[8:12]))
-			n := int64(binary.BigEndian.Uint32(ent[12:16]))
-			width := map[uint32]int64{1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 1, 9: 1}[typ]
-			if width == 0 && typ != 0 || off > size || n > size || off+n*width > size {
-				return nil, fmt.Errorf("%w: header %d entry %d out of range", ErrNotRPM, i, e)
+		index := buf.Bytes()[start+16 : start+16+count*16]
+		store := buf.Bytes()[start+16+count*16:]
+		if err := checkIndex(index, store, &budget); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrNotRPM, name, err)
+		}
+		// Only the signature header is padded to 8 bytes.
+		if pad := (8 - size%8) % 8; i == 0 && pad != 0 {
+			if _, err := io.CopyN(&buf, r, pad); err != nil {
+				return nil, fmt.Errorf("%w: %s padding: %w", ErrNotRPM, name, err)
 			}
-		}
-		buf.Write(intro)
-		buf.Write(rest)
-		if pad && size%8 != 0 {
-			p := make([]byte, 8-size%8)
-			if _, err := io.ReadFull(r, p); err != nil {
-				return nil, fmt.Errorf("%w: header padding: %w", ErrNotRPM, err)
-			}
-			buf.Write(p)
 		}
 	}
 	return buf.Bytes(), nil
 }
 
-func depStrings(ds []rpm.Dependency) []string {
-	out := make([]string, 0, len(ds))
-	for _, d := range ds {
-		s := d.Name()
-		if v := d.Version(); v != "" {
-			op := ""
-			if d.Flags()&rpm.DepFlagLesser != 0 {
-				op += "<"
-			}
-			if d.Flags()&rpm.DepFlagGreater != 0 {
-				op += ">"
-			}
-			if d.Flags()&rpm.DepFlagEqual != 0 {
-				op += "="
-			}
-			s += " " + op + " " + v
-			if rel := d.Release(); rel != "" {
-				s += "-" + rel
-			}
+var intWidth = [...]int64{rpm.TagTypeInt16: 2, rpm.TagTypeInt32: 4, rpm.TagTypeInt64: 8}
+
+// checkIndex checks that every entry's data lies inside the store and
+// charges what decoding it will allocate against budget.
+func checkIndex(index, store []byte, budget *int64) error {
+	size := int64(len(store))
+	for e := 0; e+16 <= len(index); e += 16 {
+		ent := index[e : e+16]
+		tag := binary.BigEndian.Uint32(ent[0:4])
+		typ := rpm.TagType(binary.BigEndian.Uint32(ent[4:8]))
+		off := int64(binary.BigEndian.Uint32(ent[8:12]))
+		n := int64(binary.BigEndian.Uint32(ent[12:16]))
+		if n < 1 || off >= size {
+			return fmt.Errorf("tag %d: offset %d, count %d: out of range", tag, off, n)
 		}
-		out = append(out, s)
+		cost := int64(entryCost)
+		switch typ {
+		case rpm.TagTypeNull:
+		case rpm.TagTypeChar, rpm.TagTypeInt8, rpm.TagTypeBinary:
+			if n > size-off {
+				return fmt.Errorf("tag %d: %d bytes at %d: out of range", tag, n, off)
+			}
+			cost += n
+		case rpm.TagTypeInt16, rpm.TagTypeInt32, rpm.TagTypeInt64:
+			if n > (size-off)/intWidth[typ] {
+				return fmt.Errorf("tag %d: %d integers at %d: out of range", tag, n, off)
+			}
+			cost += 8 * n
+		case rpm.TagTypeString, rpm.TagTypeStringArray, rpm.TagTypeI18NString:
+			if n > size-off {
+				return fmt.Errorf("tag %d: %d strings at %d: out of range", tag, n, off)
+			}
+			// Charge the slots first so a huge count is refused before
+			// the walk below.
+			cost += 16 * n
+			if *budget < cost {
+				return fmt.Errorf("tag %d: headers decode to over %d bytes", tag, maxDecodedBytes)
+			}
+			o := off
+			for s := int64(0); s < n; s++ {
+				j := bytes.IndexByte(store[o:], 0)
+				if j < 0 {
+					return fmt.Errorf("tag %d: string %d runs off the store", tag, s)
+				}
+				o += int64(j) + 1
+				if s+1 < n && o >= size {
+					return fmt.Errorf("tag %d: string %d runs off the store", tag, s+1)
+				}
+			}
+			cost += o - off
+		default:
+			return fmt.Errorf("tag %d: unknown type %d", tag, typ)
+		}
+		if *budget -= cost; *budget < 0 {
+			return fmt.Errorf("tag %d: headers decode to over %d bytes", tag, maxDecodedBytes)
+		}
 	}
-	return out
+	return nil
+}
+
+// Header tags read directly: the library's Files, Provides and Requires
+// index parallel arrays without comparing their lengths and panic on a
+// header where they differ.
+const (
+	tagSourceRPM     = 1044
+	tagProvideName   = 1047
+	tagRequireFlags  = 1048
+	tagRequireName   = 1049
+	tagRequireVer    = 1050
+	tagProvideFlags  = 1112
+	tagProvideVer    = 1113
+	tagDirIndexes    = 1116
+	tagBaseNames     = 1117
+	tagDirNames      = 1118
+	tagFileModes     = 1030
+	tagFileFlags     = 1037
+	fileFlagGhost    = 1 << 6
+	senseComparisons = rpm.DepFlagLesser | rpm.DepFlagGreater | rpm.DepFlagEqual
+)
+
+type dep struct {
+	name  string
+	flags int64
+	evr   string // raw [epoch:]version[-release]
+}
+
+func (d dep) String() string {
+	if d.evr == "" {
+		return d.name
+	}
+	op := ""
+	if d.flags&rpm.DepFlagLesser != 0 {
+		op += "<"
+	}
+	if d.flags&rpm.DepFlagGreater != 0 {
+		op += ">"
+	}
+	if d.flags&rpm.DepFlagEqual != 0 {
+		op += "="
+	}
+	return d.name + " " + op + " " + d.evr
+}
+
+// isEqual says whether the dependency is "name = evr" and nothing looser.
+func (d dep) isEqual() bool { return d.flags&senseComparisons == rpm.DepFlagEqual && d.evr != "" }
+
+func deps(h *rpm.Header, nameTag, flagsTag, verTag int) ([]dep, error) {
+	names := h.GetTag(nameTag).StringSlice()
+	flags := h.GetTag(flagsTag).Int64Slice()
+	vers := h.GetTag(verTag).StringSlice()
+	if len(flags) != len(names) || len(vers) != len(names) {
+		return nil, fmt.Errorf("%w: tags %d/%d/%d hold %d names, %d flags, %d versions",
+			ErrNotRPM, nameTag, flagsTag, verTag, len(names), len(flags), len(vers))
+	}
+	out := make([]dep, len(names))
+	for i := range names {
+		out[i] = dep{names[i], flags[i], vers[i]}
+	}
+	return out, nil
+}
+
+// rpmFile keeps directory and base name apart: joining them for every
+// file would let a header with many files in one huge directory name
+// allocate without bound.
+type rpmFile struct {
+	dir, base string
+	mode      int64
+	ghost     bool
+}
+
+func (f rpmFile) name() string    { return f.dir + f.base }
+func (f rpmFile) isDir() bool     { return f.mode&0o170000 == 0o040000 }
+func (f rpmFile) isRegular() bool { return f.mode&0o170000 == 0o100000 }
+
+func files(h *rpm.Header) ([]rpmFile, error) {
+	base := h.GetTag(tagBaseNames).StringSlice()
+	dirs := h.GetTag(tagDirNames).StringSlice()
+	idx := h.GetTag(tagDirIndexes).Int64Slice()
+	modes := h.GetTag(tagFileModes).Int64Slice()
+	flags := h.GetTag(tagFileFlags).Int64Slice()
+	if len(idx) != len(base) || len(modes) != len(base) || (flags != nil && len(flags) != len(base)) {
+		return nil, fmt.Errorf("%w: file list holds %d names, %d directory indexes, %d modes, %d flags",
+			ErrNotRPM, len(base), len(idx), len(modes), len(flags))
+	}
+	out := make([]rpmFile, len(base))
+	for i := range base {
+		if idx[i] < 0 || idx[i] >= int64(len(dirs)) {
+			return nil, fmt.Errorf("%w: file %s: directory index %d of %d", ErrNotRPM, short(base[i]), idx[i], len(dirs))
+		}
+		out[i] = rpmFile{dir: dirs[idx[i]], base: base[i], mode: modes[i]}
+		if flags != nil {
+			out[i].ghost = flags[i]&fileFlagGhost != 0
+		}
+	}
+	return out, nil
+}
+
+// short quotes a header string for an error message, cut to a sane length.
+func short(s string) string {
+	const limit = 160
+	if len(s) > limit {
+		return strconv.Quote(s[:limit]) + "..."
+	}
+	return strconv.Quote(s)
 }
 
 // ModuleNameOf applies the kernel's KBUILD_MODNAME rule to a .ko path.
@@ -206,83 +375,115 @@ func ModuleNameOf(koPath string) string {
 
 func validKernelRelease(s string) bool { return krelRE.MatchString(s) && s != "." && s != ".." }
 
+// splitModulePath matches p against the two layouts: exactly
+// <dir><krel>/<file>.ko, with nothing in between and nothing to clean.
+func splitModulePath(p string) (Layout, string, string, error) {
+	var layout Layout
+	rest, ok := strings.CutPrefix(p, klpModuleDir)
+	if ok {
+		layout = LayoutKLP
+	} else if rest, ok = strings.CutPrefix(p, kpatchModuleDir); ok {
+		layout = LayoutKpatch
+	} else {
+		return "", "", "", fmt.Errorf("%w: %s", ErrLayout, short(p))
+	}
+	krel, file, ok := strings.Cut(rest, "/")
+	if !ok || strings.Contains(file, "/") {
+		return "", "", "", fmt.Errorf("%w: %s: want %s<kernel-release>/<module>.ko", ErrLayout, short(p), strings.TrimSuffix(p, rest))
+	}
+	if !validKernelRelease(krel) {
+		return "", "", "", fmt.Errorf("%w: kernel release %s in %s", ErrInvalidName, short(krel), short(p))
+	}
+	if name := ModuleNameOf(file); !moduleNameRE.MatchString(name) {
+		return "", "", "", fmt.Errorf("%w: module name %s from %s", ErrInvalidName, short(name), short(p))
+	}
+	return layout, krel, file, nil
+}
+
 func describe(pkg *rpm.Package) (*RPMInfo, error) {
 	info := &RPMInfo{
 		Name: pkg.Name(), Version: pkg.Version(), Release: pkg.Release(), Arch: pkg.Architecture(),
-		Provides: depStrings(pkg.Provides()), Requires: depStrings(pkg.Requires()),
 		PayloadCompression: pkg.PayloadCompression(),
 	}
-	var kos []string
-	for _, f := range pkg.Files() {
-		if strings.HasSuffix(f.Name(), ".ko") && !f.IsDir() {
-			kos = append(kos, f.Name())
+	// rpm itself calls a header without SOURCERPM a source package.
+	if pkg.Header.GetTag(tagSourceRPM) == nil {
+		return info, fmt.Errorf("%w: source RPM (no SOURCERPM tag)", ErrNotRPM)
+	}
+	provides, err := deps(&pkg.Header, tagProvideName, tagProvideFlags, tagProvideVer)
+	if err != nil {
+		return info, err
+	}
+	requires, err := deps(&pkg.Header, tagRequireName, tagRequireFlags, tagRequireVer)
+	if err != nil {
+		return info, err
+	}
+	for _, d := range provides {
+		info.Provides = append(info.Provides, d.String())
+	}
+	for _, d := range requires {
+		info.Requires = append(info.Requires, d.String())
+	}
+	fs, err := files(&pkg.Header)
+	if err != nil {
+		return info, err
+	}
+	var kos []rpmFile
+	var names []string
+	for _, f := range fs {
+		if strings.HasSuffix(f.base, ".ko") && !f.isDir() {
+			kos = append(kos, f)
+			if len(names) < 3 {
+				names = append(names, short(f.name()))
+			}
 		}
 	}
 	if len(kos) != 1 {
-		return info, fmt.Errorf("%w: found %d (%s)", ErrModuleCount, len(kos), strings.Join(kos, ", "))
+		return info, fmt.Errorf("%w: found %d %s", ErrModuleCount, len(kos), strings.Join(names, ", "))
 	}
-	info.ModulePath = kos[0]
-	dir, file := path.Split(info.ModulePath)
-	krel := path.Base(dir)
-	switch path.Dir(path.Clean(dir)) {
-	case "/usr/lib/klp-agent/livepatches":
-		info.Layout = LayoutKLP
-	case "/usr/lib/kpatch":
-		info.Layout = LayoutKpatch
-	default:
-		return info, fmt.Errorf("%w: %s", ErrLayout, info.ModulePath)
+	ko, modulePath := kos[0], kos[0].name()
+	layout, krel, file, err := splitModulePath(modulePath)
+	if err != nil {
+		return info, err
 	}
-	if !validKernelRelease(krel) {
-		return info, fmt.Errorf("%w: kernel release %q", ErrInvalidName, krel)
+	// A symlink could point the loader at any module on the host; a ghost
+	// is not in the payload at all.
+	if !ko.isRegular() || ko.ghost {
+		return info, fmt.Errorf("%w: %s is not a regular packaged file (mode %o, ghost %t)", ErrLayout, modulePath, ko.mode, ko.ghost)
 	}
-	info.KernelRelease = krel
-	info.ModuleName = ModuleNameOf(file)
-	if !moduleNameRE.MatchString(info.ModuleName) {
-		return info, fmt.Errorf("%w: module name %q", ErrInvalidName, info.ModuleName)
-	}
-	for _, d := range pkg.Requires() {
-		if d.Name() == "kernel-uname-r" && d.Version() != "" {
-			if v := d.Version() + suffix("-", d.Release()); v != krel {
-				return info, fmt.Errorf("%w: requires kernel-uname-r = %s, module path says %s", ErrKernelMismatch, v, krel)
-			}
+	info.Layout, info.KernelRelease, info.ModulePath, info.ModuleName = layout, krel, modulePath, ModuleNameOf(file)
+	for _, d := range requires {
+		if d.name == "kernel-uname-r" && (!d.isEqual() || d.evr != krel) {
+			return info, fmt.Errorf("%w: requires %s, module path says %s", ErrKernelMismatch, short(d.String()), krel)
 		}
 	}
-	version, verr := strconv.Atoi(info.Version)
 	switch info.Layout {
 	case LayoutKLP:
 		found := false
-		for _, d := range pkg.Provides() {
-			m := provideRE.FindStringSubmatch(d.Name())
-			if m == nil {
+		for _, d := range provides {
+			k, ok := strings.CutPrefix(d.name, "klp-livepatch(")
+			if !ok {
 				continue
 			}
-			if m[1] != krel {
-				return info, fmt.Errorf("%w: provides klp-livepatch(%s), module path says %s", ErrKernelMismatch, m[1], krel)
+			if k, ok = strings.CutSuffix(k, ")"); !ok || k != krel {
+				return info, fmt.Errorf("%w: provides %s, module path says %s", ErrKernelMismatch, short(d.String()), krel)
 			}
-			lvl, err := strconv.Atoi(d.Version())
-			if err != nil || lvl < 1 {
-				return info, fmt.Errorf("%w: klp-livepatch(%s) = %q", ErrNoLevel, m[1], d.Version())
+			if !d.isEqual() || !levelRE.MatchString(d.evr) {
+				return info, fmt.Errorf("%w: provides %s: want klp-livepatch(%s) = <positive integer>", ErrNoLevel, short(d.String()), krel)
 			}
-			if verr != nil || lvl != version {
-				return info, fmt.Errorf("%w: provides level %d, package version %s", ErrLevelMismatch, lvl, info.Version)
+			if d.evr != info.Version {
+				return info, fmt.Errorf("%w: provides level %s, package version %s", ErrLevelMismatch, d.evr, short(info.Version))
 			}
-			info.Level, found = lvl, true
+			found = true
 		}
 		if !found {
-			return info, fmt.Errorf("%w: no Provides: klp-livepatch(%s)", ErrNoLevel, krel)
+			return info, fmt.Errorf("%w: no Provides: klp-livepatch(%s) = <level>", ErrNoLevel, krel)
 		}
 	case LayoutKpatch:
-		if verr != nil || version < 1 {
-			return info, fmt.Errorf("%w: version %q is not a positive integer", ErrNoLevel, info.Version)
+		if !levelRE.MatchString(info.Version) {
+			return info, fmt.Errorf("%w: version %s is not a positive integer", ErrNoLevel, short(info.Version))
 		}
-		info.Level = version
 	}
+	// Both branches checked Version against levelRE, which fits an int.
+	info.Level, _ = strconv.Atoi(info.Version)
 	return info, nil
-}
-
-func suffix(sep, s string) string {
-	if s == "" {
-		return ""
-	}
-	return sep + s
 }
