@@ -24,10 +24,8 @@ func (ExecRunner) Run(ctx context.Context, name string, args ...string) ([]byte,
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			msg = strings.TrimSpace(stdout.String())
-		}
+		// rpm reports some failures on stdout; keep both.
+		msg := strings.TrimSpace(strings.TrimSpace(stderr.String()) + "\n" + strings.TrimSpace(stdout.String()))
 		return stdout.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
 	}
 	return stdout.Bytes(), nil
@@ -42,13 +40,20 @@ type RPM struct {
 	Root    string // rpm --root; "" or "/" for the host
 	Keyring string // rpmkeys --define "_keyringpath ..."; "" = rpm's configured keyring
 	NoDeps  bool   // kpatch-patch RPMs require kernel-uname-r, which Debian's rpm database lacks
+	// DBPath overrides rpm's %_dbpath. Debian's rpm computes it with
+	// `bash -c 'echo ~/.rpmdb'`, which fails without bash or a home.
+	DBPath string
 }
 
 func (r *RPM) rootArgs() []string {
-	if r.Root == "" || r.Root == "/" {
-		return nil
+	var args []string
+	if r.Root != "" && r.Root != "/" {
+		args = append(args, "--root", r.Root)
 	}
-	return []string{"--root", r.Root}
+	if r.DBPath != "" {
+		args = append(args, "--dbpath", r.DBPath)
+	}
+	return args
 }
 
 // Install installs exactly this file: an upgrade, a reinstall or a

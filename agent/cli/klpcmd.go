@@ -33,6 +33,7 @@ type klpFlags struct {
 	poll       *time.Duration
 	keyring    *string
 	requireSig *bool
+	dbpath     *string
 }
 
 func addKLPFlags(fs interface {
@@ -48,6 +49,7 @@ func addKLPFlags(fs interface {
 		poll:       fs.Duration("poll", 10*time.Millisecond, "transition poll period"),
 		keyring:    fs.String("rpm-keyring", "", "rpm keyring path for the signature check"),
 		requireSig: fs.Bool("require-signature", false, "refuse RPMs without a signature from the rpm keyring"),
+		dbpath:     fs.String("rpm-dbpath", "", "rpm --dbpath (default: rpm's own)"),
 	}
 }
 
@@ -118,7 +120,7 @@ func cmdKLPApply(env *Env, args []string) error {
 		want.Size = info.Size
 	}
 	in := &klp.Installer{
-		RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: *f.root, NoDeps: *f.nodeps, Keyring: *f.keyring},
+		RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: *f.root, NoDeps: *f.nodeps, Keyring: *f.keyring, DBPath: *f.dbpath},
 		Controller: f.controller(),
 		Root:       *f.root,
 		CheckSig:   *f.requireSig,

@@ -81,7 +81,8 @@ func build(path string, store *state.Store, stderr *os.File) (*built, error) {
 		Source: src,
 		Host:   manifest.Host{ID: id, Tier: l.Host.Tier, Kernel: krel},
 		Installer: &klp.Installer{
-			RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: l.Paths.Root, NoDeps: l.Apply.RPMNoDeps, Keyring: l.Apply.RPMKeyring},
+			RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: l.Paths.Root, NoDeps: l.Apply.RPMNoDeps,
+				Keyring: l.Apply.RPMKeyring, DBPath: l.Apply.RPMDBPath},
 			Controller: ctrl, Root: l.Paths.Root, CheckSig: l.Apply.RequireSignature,
 		},
 		Soak:   l.Apply.Soak,

@@ -47,6 +47,7 @@ type ApplyConfig struct {
 	RPMNoDeps         bool          `yaml:"rpm_nodeps"`
 	RequireSignature  bool          `yaml:"require_signature"`
 	RPMKeyring        string        `yaml:"rpm_keyring"`
+	RPMDBPath         string        `yaml:"rpm_dbpath"`
 }
 
 // MetricsConfig says where Prometheus metrics go.
@@ -229,6 +230,9 @@ func (l *Loaded) Validate() error {
 	}
 	if c.Apply.TransitionTimeout < time.Second || c.Apply.TransitionTimeout > time.Hour {
 		bad("apply.transition_timeout", "%s not in [1s,1h]", c.Apply.TransitionTimeout)
+	}
+	if c.Apply.RPMDBPath != "" && !filepath.IsAbs(c.Apply.RPMDBPath) {
+		bad("apply.rpm_dbpath", "%q must be an absolute path", c.Apply.RPMDBPath)
 	}
 	if c.Apply.RPMKeyring != "" && !filepath.IsAbs(c.Apply.RPMKeyring) {
 		bad("apply.rpm_keyring", "%q must be an absolute path", c.Apply.RPMKeyring)
