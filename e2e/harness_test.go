@@ -137,31 +137,58 @@ type marker struct {
 	name, status, detail string
 }
 
+// guest describes one boot.
+type guest struct {
+	scenario string
+	files    []string // mkinitramfs -f SRC:/DEST
+	kos      []string // extra .ko files for /klp
+	kmods    []string // kernel modules to load at boot (virtio_net, ext4, ...)
+	disk     string   // attached as /dev/vda
+	net      bool     // user networking: the host's loopback is 10.0.2.2
+	timeout  time.Duration
+	name     string // for the kept serial log
+}
+
 // bootScenario builds an initramfs around a scenario script and files,
 // boots it, and returns the markers and the serial log.
 func bootScenario(t *testing.T, work, scenario string, timeout time.Duration, files []string, kos []string) ([]marker, string) {
 	t.Helper()
-	initrd := filepath.Join(work, "initrd.cpio.gz")
-	args := []string{"-o", initrd, "-s", scenario}
-	for _, f := range files {
+	return boot(t, work, guest{scenario: scenario, files: files, kos: kos, timeout: timeout})
+}
+
+func boot(t *testing.T, work string, g guest) ([]marker, string) {
+	t.Helper()
+	initrd := filepath.Join(work, "initrd-"+g.name+".cpio.gz")
+	args := []string{"-o", initrd, "-s", g.scenario}
+	for _, f := range g.files {
 		args = append(args, "-f", f)
 	}
-	for _, k := range kos {
+	for _, k := range g.kos {
 		args = append(args, "-k", k)
 	}
+	for _, m := range g.kmods {
+		args = append(args, "-m", m)
+	}
 	runCmd(t, repoDir(t), nil, "e2e/guest/mkinitramfs.sh", args...)
-	log := filepath.Join(work, "serial.log")
+	log := filepath.Join(work, "serial-"+g.name+".log")
 	start := time.Now()
-	cmd := exec.Command("e2e/guest/run-qemu.sh", "-i", initrd, "-l", log, "-q", "-t", strconv.Itoa(int(timeout.Seconds())))
+	qargs := []string{"-i", initrd, "-l", log, "-q", "-t", strconv.Itoa(int(g.timeout.Seconds()))}
+	if g.disk != "" {
+		qargs = append(qargs, "-d", g.disk)
+	}
+	if g.net {
+		qargs = append(qargs, "-n")
+	}
+	cmd := exec.Command("e2e/guest/run-qemu.sh", qargs...)
 	cmd.Dir = repoDir(t)
 	out, err := cmd.CombinedOutput()
-	t.Logf("guest ran %.1fs: %s", time.Since(start).Seconds(), strings.TrimSpace(string(out)))
+	t.Logf("guest %s ran %.1fs: %s", g.name, time.Since(start).Seconds(), strings.TrimSpace(string(out)))
 	raw, rerr := os.ReadFile(log)
 	if rerr != nil {
 		t.Fatalf("no serial log: %v (qemu: %v)", rerr, err)
 	}
 	// Keep the console log past the test's temp dir, for whoever debugs.
-	keep := filepath.Join(os.TempDir(), "klp-e2e-"+t.Name()+".serial.log")
+	keep := filepath.Join(os.TempDir(), "klp-e2e-"+strings.ReplaceAll(t.Name(), "/", "_")+g.name+".serial.log")
 	if werr := os.WriteFile(keep, raw, 0o644); werr == nil {
 		t.Logf("serial log kept at %s", keep)
 	}
@@ -179,7 +206,7 @@ func bootScenario(t *testing.T, work, scenario string, timeout time.Duration, fi
 		}
 	}
 	if err != nil {
-		t.Errorf("guest run failed: %v; serial log tail:\n%s", err, tail(string(raw), 60))
+		t.Errorf("guest %s failed: %v; serial log tail:\n%s", g.name, err, tail(string(raw), 60))
 	}
 	return ms, string(raw)
 }

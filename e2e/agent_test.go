@@ -1,0 +1,128 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klp-agent/klp-agent/e2e/nginxtest"
+)
+
+// TestAgentRealKernel runs the daemon in a guest against a signed manifest
+// served by nginx on the host: a fresh host applies level 2, upgrades to 3
+// when 3's rollout starts, and after a reboot without network re-applies 3
+// from its state dir before its first poll.
+func TestAgentRealKernel(t *testing.T) {
+	kernelEnv(t)
+	work := t.TempDir()
+	bin := buildAgent(t, work)
+	rpms := filepath.Join(work, "rpms")
+	buildRPMs(t, rpms)
+	www := filepath.Join(work, "www")
+	keys := filepath.Join(work, "keys")
+	for _, d := range []string{filepath.Join(www, "rpms"), keys} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	agentCLI := func(args ...string) string { return runCmd(t, work, nil, bin, args...) }
+	agentCLI("manifest", "keygen", "--out", filepath.Join(keys, "release"))
+	src := filepath.Join(work, "manifest.yaml")
+	t0 := time.Now().UTC()
+	for _, l := range []struct {
+		level string
+		extra []string
+	}{
+		{"1", nil},
+		{"2", nil},
+		// Level 3 only from t0+40s: by then level 2 has been applied and soaked.
+		{"3", []string{"--start", t0.Add(40 * time.Second).Format(time.RFC3339), "--start-percent", "100"}},
+	} {
+		f := "klp-cmdline-" + l.level + "-1.x86_64.rpm"
+		b, err := os.ReadFile(filepath.Join(rpms, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(www, "rpms", f), b, 0o644)
+		agentCLI(append([]string{"manifest", "add", "--manifest", src, "--rpm", filepath.Join(www, "rpms", f), "--url", "rpms/" + f}, l.extra...)...)
+	}
+	agentCLI("manifest", "sign", "--in", src, "--key", filepath.Join(keys, "release.key"), "--out", filepath.Join(www, "manifest.json"))
+	srv := nginxtest.Start(t, www)
+	port := srv.URL[strings.LastIndex(srv.URL, ":")+1:]
+
+	cfg := filepath.Join(work, "config.yaml")
+	os.WriteFile(cfg, []byte(`manifest:
+  url: http://10.0.2.2:`+port+`/manifest.json
+  poll_interval: 10s
+  poll_jitter: 0
+  timeout: 20s
+  retries: 1
+trust:
+  keys_dir: /etc/klp-agent/keys
+host:
+  id: e2e-guest-1
+apply:
+  soak: 15s
+  # Debian's rpm finds its database with bash, which the guest lacks.
+  rpm_dbpath: /var/lib/rpm
+log:
+  level: debug
+  format: console
+`), 0o644)
+	disk := filepath.Join(work, "disk.img")
+	runCmd(t, work, nil, "mke2fs", "-q", "-t", "ext4", "-F", disk, "64M")
+	files := append(rpmFiles(t, work), bin+":/usr/bin/klp-agent", cfg+":/etc/klp-agent/config.yaml",
+		filepath.Join(keys, "release.pub")+":/etc/klp-agent/keys/release.pub",
+		filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-lib.sh")+":/lib/agent-lib.sh")
+	kmods := []string{"virtio_pci", "virtio_blk", "virtio_net", "ext4", "crc32c_generic"}
+
+	check := func(ms []marker, log string, want ...string) {
+		t.Helper()
+		got := map[string]marker{}
+		for _, m := range ms {
+			if m.status == "FAIL" && !contains(want, m.name) {
+				t.Errorf("guest step %s FAIL: %s", m.name, m.detail)
+			}
+			got[m.name] = m
+		}
+		for _, name := range want {
+			m, ok := got[name]
+			switch {
+			case !ok:
+				t.Errorf("%s: never reported; log tail:\n%s", name, tail(log, 40))
+			case m.status != "PASS":
+				t.Errorf("%s: %s", name, m.detail)
+			default:
+				t.Logf("%s: %s", name, m.detail)
+			}
+		}
+	}
+	ms, log := boot(t, work, guest{name: "boot1", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot1.sh"),
+		files: files, kmods: kmods, disk: disk, net: true, timeout: 300 * time.Second})
+	check(ms, log, "applied-2", "upgraded-3", "clean-stop")
+	if t.Failed() {
+		return
+	}
+	ms, log = boot(t, work, guest{name: "boot2", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot2.sh"),
+		files: files, kmods: kmods, disk: disk, timeout: 180 * time.Second})
+	check(ms, log, "reapplied-3", "before-poll")
+	// The state on the disk says the same as the kernel did.
+	out, err := exec.Command("debugfs", "-R", "cat /klp-agent/state.json", disk).Output()
+	if err != nil || !strings.Contains(string(out), `"name": "klp_cmdline_3"`) || !strings.Contains(string(out), `"phase": "good"`) {
+		t.Errorf("state.json on the disk: %v\n%s", err, out)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

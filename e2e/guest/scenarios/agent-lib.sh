@@ -1,0 +1,55 @@
+# shellcheck shell=dash
+# SPDX-License-Identifier: GPL-2.0
+# Shared set-up for the agent scenarios: the persistent disk (state dir and
+# rpm database survive reboots, as on a real host), the real rpm, and the
+# daemon started in the background with its log on the console and disk.
+. /lib/klp-e2e.sh
+export PATH=/usr/local/bin:$PATH HOME=/root
+A=/usr/bin/klp-agent
+RPM=/usr/local/bin/rpm
+
+agent_disk() {
+	mkdir -p /mnt/disk /var/lib
+	if ! mount -t ext4 /dev/vda /mnt/disk; then
+		klp_fail disk "cannot mount /dev/vda"
+		return 1
+	fi
+	# Bind mounts, not symlinks: rpm resolves its database path itself.
+	mkdir -p /mnt/disk/klp-agent /mnt/disk/rpm /var/lib/klp-agent /var/lib/rpm
+	mount -o bind /mnt/disk/klp-agent /var/lib/klp-agent
+	mount -o bind /mnt/disk/rpm /var/lib/rpm
+	# The initramfs root reports no free space, which rpm's disk space check
+	# refuses; installed modules go to a tmpfs, as on a host's /usr.
+	mkdir -p /usr/lib/klp-agent && mount -t tmpfs tmpfs /usr/lib/klp-agent
+	if [ ! -e /var/lib/rpm/rpmdb.sqlite ] && ! $RPM --dbpath /var/lib/rpm --initdb >/tmp/initdb.out 2>&1; then
+		klp_fail rpmdb "rpm --initdb: $(tr '\n' ' ' </tmp/initdb.out)"
+	fi
+}
+
+agent_net() {
+	ip link set lo up
+	ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+}
+
+# agent_start LOGNAME: the daemon, logging to /mnt/disk/LOGNAME and the console.
+agent_start() {
+	$A run >"/mnt/disk/$1" 2>&1 &
+	AGENT_PID=$!
+	tail -f "/mnt/disk/$1" >/dev/console &
+	TAIL_PID=$!
+}
+
+agent_stop() {
+	kill -TERM "$AGENT_PID"
+	wait "$AGENT_PID"
+	AGENT_RC=$?
+	kill "$TAIL_PID" 2>/dev/null
+}
+
+level_is() { [ "$(klp_level)" = "$1" ]; }
+
+agent_end() {
+	sync
+	umount /var/lib/rpm /var/lib/klp-agent /mnt/disk /usr/lib/klp-agent
+	[ "$KLP_FAILED" = 0 ]
+}
