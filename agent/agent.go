@@ -60,6 +60,9 @@ type Deps struct {
 	// CrashSince reports crash evidence (kdump dumps) newer than t, from the
 	// previous boot; nil means no kdump scanning.
 	CrashSince func(t time.Time) ([]string, error)
+	// Crashpoint, if set, is called at every step boundary; the
+	// crash-consistency tests kill the process there.
+	Crashpoint func(step string)
 }
 
 // Agent is one host's agent.
@@ -86,6 +89,12 @@ func New(d Deps) *Agent {
 }
 
 func (a *Agent) kernel() *state.Kernel { return a.st.Kernel(a.d.Host.Kernel) }
+
+func (a *Agent) crashpoint(step string) {
+	if a.d.Crashpoint != nil {
+		a.d.Crashpoint(step)
+	}
+}
 
 // Host is who this agent selects patches for.
 func (a *Agent) Host() manifest.Host { return a.d.Host }
@@ -308,10 +317,12 @@ func (a *Agent) apply(ctx context.Context, p state.Patch) error {
 	if err := a.setPhase(state.PhaseDownloading); err != nil {
 		return err
 	}
+	a.crashpoint("apply:intent")
 	rpm, err := a.download(ctx, &p)
 	if err != nil {
 		return a.abandon(fmt.Errorf("download %s: %w", p.ID(), err))
 	}
+	a.crashpoint("apply:downloaded")
 	if info, err := klp.InspectRPM(rpm); err == nil {
 		p.RPMName = info.Name
 		k.Target = &p
@@ -319,6 +330,7 @@ func (a *Agent) apply(ctx context.Context, p state.Patch) error {
 	if err := a.setPhase(state.PhaseEnabling); err != nil {
 		return err
 	}
+	a.crashpoint("apply:enabling")
 	res, err := a.d.Installer.Apply(ctx, rpm, klp.Want{KernelRelease: a.d.Host.Kernel, Name: p.Name, Level: p.Level, SHA256: p.SHA256, Size: p.Size})
 	if err != nil {
 		if errors.Is(err, klp.ErrStalled) {
@@ -334,6 +346,7 @@ func (a *Agent) apply(ctx context.Context, p state.Patch) error {
 	if err := a.setPhase(state.PhaseSoaking); err != nil {
 		return err
 	}
+	a.crashpoint("apply:soaking")
 	t := res.Timing
 	log.Info(fmt.Sprintf("applied %s; soaking until %s", p.ID(), k.SoakUntil.UTC().Format(time.RFC3339)),
 		logging.MessageID(MsgApplied), zap.Duration("VERIFY", t.Verify), zap.Duration("INSTALL", t.Install),
@@ -455,6 +468,7 @@ func (a *Agent) rollback(ctx context.Context, from state.Patch, reason string, e
 	if err := a.setPhase(state.PhaseRollingBack); err != nil {
 		return err
 	}
+	a.crashpoint("rollback:intent")
 	return a.finishRollback(ctx)
 }
 
@@ -478,6 +492,7 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 			return fmt.Errorf("roll back %s: %w", from.ID(), err)
 		}
 	}
+	a.crashpoint("rollback:stepped-back")
 	k.Current, k.Target, k.From = to, nil, nil
 	ph := state.PhaseNone
 	if to != nil {
@@ -488,6 +503,7 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 	if err := a.setPhase(ph); err != nil {
 		return err
 	}
+	a.crashpoint("rollback:done")
 	dest := "no patch"
 	if to != nil {
 		dest = to.ID()

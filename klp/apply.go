@@ -31,6 +31,15 @@ type Installer struct {
 	Controller *Controller
 	Root       string // where rpm installs (the module path is read under it)
 	CheckSig   bool   // also require an RPM signature from the rpm keyring
+	// Hook, if set, is called after each step ("installed", "enabled");
+	// crash-consistency tests kill the process there.
+	Hook func(step string)
+}
+
+func (in *Installer) hook(step string) {
+	if in.Hook != nil {
+		in.Hook(step)
+	}
 }
 
 // ApplyTiming breaks an apply down for status and benchmarks.
@@ -114,6 +123,7 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 		return res, err
 	}
 	res.Timing.Install = time.Since(t1)
+	in.hook("installed")
 	ko := filepath.Join(in.Root, info.ModulePath)
 	b, err := readLimited(ko, 64<<20)
 	if err != nil {
@@ -125,6 +135,9 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 	res.Result, err = in.Controller.Enable(ctx, ko, want.Name)
 	res.Timing.Timing = res.Result.Timing
 	res.Timing.Total = time.Since(t0)
+	if err == nil {
+		in.hook("enabled")
+	}
 	return res, err
 }
 

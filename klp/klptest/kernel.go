@@ -8,7 +8,9 @@
 package klptest
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
 	"io/fs"
 	"path"
 	"sort"
@@ -61,6 +63,8 @@ type Kernel struct {
 	tasks   map[int]*Task
 
 	Loads, Unloads []string // call log, for assertions
+
+	persist string // Persist path, "" = memory only
 }
 
 // New returns an empty simulated kernel with 20 ms transitions.
@@ -76,6 +80,7 @@ func New() *Kernel {
 func (k *Kernel) AddFile(path string, m Module) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	defer k.saveLocked() // after the change, before the unlock
 	k.files[path] = &m
 }
 
@@ -83,6 +88,7 @@ func (k *Kernel) AddFile(path string, m Module) {
 func (k *Kernel) SetTask(t Task) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	defer k.saveLocked() // after the change, before the unlock
 	k.tasks[t.PID] = &t
 }
 
@@ -150,6 +156,7 @@ func (k *Kernel) transitioning() string {
 func (k *Kernel) Load(file string) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	defer k.saveLocked() // after the change, before the unlock
 	k.settle()
 	m, ok := k.files[file]
 	if !ok {
@@ -175,6 +182,7 @@ func (k *Kernel) Load(file string) error {
 func (k *Kernel) Unload(name string) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	defer k.saveLocked() // after the change, before the unlock
 	k.settle()
 	ref, ok := k.loaded[name]
 	if !ok {
@@ -229,6 +237,7 @@ var errNotExist = fs.ErrNotExist
 func (k *Kernel) ReadFile(name string) ([]byte, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	defer k.saveLocked() // after the change, before the unlock
 	k.settle()
 	parts := strings.Split(path.Clean(name), "/")
 	b01 := func(v bool) []byte {
@@ -310,6 +319,7 @@ func atoi(s string) int {
 func (k *Kernel) WriteFile(name string, data []byte) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	defer k.saveLocked() // after the change, before the unlock
 	k.settle()
 	parts := strings.Split(path.Clean(name), "/")
 	perr := func(err error) error { return &fs.PathError{Op: "write", Path: name, Err: err} }
@@ -362,6 +372,7 @@ func (k *Kernel) WriteFile(name string, data []byte) error {
 func (k *Kernel) ReadDir(name string) ([]fs.DirEntry, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	defer k.saveLocked() // after the change, before the unlock
 	k.settle()
 	parts := strings.Split(path.Clean(name), "/")
 	var ents []fs.DirEntry
@@ -431,3 +442,86 @@ func (e entry) Type() fs.FileMode {
 	return 0
 }
 func (e entry) Info() (fs.FileInfo, error) { return nil, fs.ErrInvalid }
+
+// snapshot is the kernel's state on disk, so that a simulated kernel can
+// outlive the agent process that drives it (kill -9 tests: the agent dies,
+// the kernel does not).
+type snapshot struct {
+	Files   map[string]*Module
+	Loaded  map[string]int
+	Forced  map[string]bool
+	Patches map[string]*patchSnap
+	Order   int
+	Tasks   map[int]*Task
+	Loads   []string
+	Unloads []string
+}
+
+type patchSnap struct {
+	Mod                 *Module
+	Enabled, Transition bool
+	Since, FreeAt       time.Time
+	Forced, Going       bool
+	Order               int
+}
+
+// Persist makes every operation save the kernel's state to path.
+func (k *Kernel) Persist(path string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.persist = path
+	return k.saveLocked()
+}
+
+func (k *Kernel) saveLocked() error {
+	if k.persist == "" {
+		return nil
+	}
+	s := snapshot{Files: k.files, Loaded: k.loaded, Forced: k.forced, Patches: map[string]*patchSnap{},
+		Order: k.order, Tasks: k.tasks, Loads: k.Loads, Unloads: k.Unloads}
+	for n, p := range k.patches {
+		s.Patches[n] = &patchSnap{p.mod, p.enabled, p.transition, p.since, p.freeAt, p.forced, p.going, p.order}
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	tmp := k.persist + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, k.persist)
+}
+
+// Open restores a kernel saved by Persist and keeps persisting to path.
+func Open(path string) (*Kernel, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var s snapshot
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("simulated kernel %s: %w", path, err)
+	}
+	k := New()
+	k.files, k.loaded, k.forced, k.order, k.tasks = s.Files, s.Loaded, s.Forced, s.Order, s.Tasks
+	k.Loads, k.Unloads = s.Loads, s.Unloads
+	for n, p := range s.Patches {
+		k.patches[n] = &patch{mod: p.Mod, enabled: p.Enabled, transition: p.Transition, since: p.Since,
+			freeAt: p.FreeAt, forced: p.Forced, going: p.Going, order: p.Order}
+	}
+	if k.loaded == nil {
+		k.loaded = map[string]int{}
+	}
+	if k.files == nil {
+		k.files = map[string]*Module{}
+	}
+	if k.forced == nil {
+		k.forced = map[string]bool{}
+	}
+	if k.tasks == nil {
+		k.tasks = map[int]*Task{}
+	}
+	k.persist = path
+	return k, nil
+}
