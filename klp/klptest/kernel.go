@@ -10,8 +10,8 @@ package klptest
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"io/fs"
+	"os"
 	"path"
 	"sort"
 	"strconv"
