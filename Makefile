@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 60s
 BIN := bin/klp-agent
 
-.PHONY: all build test lint fuzz deps check demo clean staticcheck e2e e2e-setup
+.PHONY: all build test lint fuzz deps check demo clean staticcheck e2e e2e-setup rpm
 
 all: build
 
@@ -51,7 +51,20 @@ deps:
 	.ci/deps.sh
 
 # Everything CI runs: the README's test command.
-check: deps lint test fuzz e2e
+check: deps lint test rpm fuzz e2e
+
+# The agent's own RPM (rpmbuild, from the static binary and packaging/).
+RPM_VERSION ?= 0.1.0
+RPM_RELEASE ?= 1.g$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
+rpm: build
+	rm -rf bin/rpmbuild && mkdir -p bin/rpmbuild
+	rpmbuild -bb --quiet --define '_topdir $(CURDIR)/bin/rpmbuild' --define '_rpmdir $(CURDIR)/bin' \
+	  --define '_build_name_fmt %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm' \
+	  --define 'version $(RPM_VERSION)' --define 'release $(RPM_RELEASE)' --define 'srcdir $(CURDIR)' packaging/klp-agent.spec
+	@ls -l bin/klp-agent-*.rpm
+	@# The package must carry exactly what packaging/ promises.
+	@rpm -qpl bin/klp-agent-$(RPM_VERSION)-$(RPM_RELEASE).x86_64.rpm | diff -u packaging/rpm-files.txt - && echo "rpm file list OK"
+	@rpm -qpc bin/klp-agent-$(RPM_VERSION)-$(RPM_RELEASE).x86_64.rpm | grep -qx /etc/klp-agent/config.yaml && echo "config(noreplace) OK"
 
 demo: deps build
 	e2e/demo.sh
