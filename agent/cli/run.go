@@ -114,7 +114,10 @@ func cmdRun(env *Env, args []string) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	notify := sdNotifier{}
+	go watchdog(ctx)
 	for {
+		b.daemon.Notify = notify
 		b.log.Info("klp-agent "+Version+" starting", zap.String("KERNEL_RELEASE", b.daemon.Agent.Host().Kernel),
 			zap.String("HOST_TIER", b.daemon.Agent.Host().Tier), zap.String("MANIFEST_URL", b.cfg.Manifest.URL))
 		if err := b.daemon.Agent.Start(ctx); err != nil {
@@ -130,6 +133,7 @@ func cmdRun(env *Env, args []string) error {
 			b.log.Info("klp-agent stopped")
 			return err
 		case <-hup:
+			notify.Reloading()
 			cancel()
 			<-done
 			nb, err := build(*path, store, os.Stderr)
