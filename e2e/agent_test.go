@@ -16,7 +16,8 @@ import (
 // TestAgentRealKernel runs the daemon in a guest against a signed manifest
 // served by nginx on the host: a fresh host applies level 2, upgrades to 3
 // when 3's rollout starts, and after a reboot without network re-applies 3
-// from its state dir before its first poll.
+// from its state dir before its first poll; then level 4 goes in, the
+// kernel crashes while it soaks, and the next boot blocks 4 and runs 3.
 func TestAgentRealKernel(t *testing.T) {
 	kernelEnv(t)
 	work := t.TempDir()
@@ -113,9 +114,35 @@ log:
 	check(ms, log, "reapplied-3", "before-poll")
 	// The state on the disk says the same as the kernel did.
 	out, err := exec.Command("debugfs", "-R", "cat /klp-agent/state.json", disk).Output()
-	if err != nil || !strings.Contains(string(out), `"name": "klp_cmdline_3"`) || !strings.Contains(string(out), `"phase": "good"`) {
-		t.Errorf("state.json on the disk: %v\n%s", err, out)
+	if err != nil || !strings.Contains(string(out), `"name": "klp_cmdline_3"`) {
+		t.Fatalf("state.json on the disk: %v\n%s", err, out)
 	}
+
+	// Level 4 published; the kernel crashes while it soaks.
+	f4 := "klp-cmdline-4-1.warn.x86_64.rpm"
+	b4, err := os.ReadFile(filepath.Join(rpms, f4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(www, "rpms", f4), b4, 0o644)
+	agentCLI("manifest", "add", "--manifest", src, "--rpm", filepath.Join(www, "rpms", f4), "--url", "rpms/"+f4)
+	signed := filepath.Join(work, "signed.json")
+	agentCLI("manifest", "sign", "--in", src, "--key", filepath.Join(keys, "release.key"), "--out", signed)
+	if err := os.Rename(signed, filepath.Join(www, "manifest.json")); err != nil {
+		t.Fatal(err)
+	}
+	ms, log = boot(t, work, guest{name: "boot3", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot3.sh"),
+		files: files, kmods: kmods, disk: disk, net: true, timeout: 240 * time.Second, crashes: true})
+	check(ms, log, "applied-4", "soaking-4")
+	if !strings.Contains(log, "sysrq: Trigger a crash") && !strings.Contains(log, "Kernel panic") {
+		t.Fatalf("the guest did not crash:\n%s", tail(log, 30))
+	}
+	if t.Failed() {
+		return
+	}
+	ms, log = boot(t, work, guest{name: "boot4", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot4.sh"),
+		files: files, kmods: kmods, disk: disk, timeout: 180 * time.Second})
+	check(ms, log, "back-to-3", "blocked-4", "journal-blocked")
 }
 
 func contains(list []string, s string) bool {

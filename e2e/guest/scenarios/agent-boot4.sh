@@ -1,0 +1,20 @@
+# shellcheck shell=dash
+# SPDX-License-Identifier: GPL-2.0
+# Fourth boot, after the crash: the agent blocks level 4 (it was soaking
+# and the boot did not end with a clean stop) and applies level 3.
+. /lib/agent-lib.sh
+agent_disk || exit 1
+agent_start agent-boot4.log
+if klp_wait 60 level_is 3; then
+	klp_pass back-to-3 "$($A status | tr '\n' ' ')"
+else
+	klp_fail back-to-3 "level $(klp_level): $($A status | tr '\n' ' ')"
+fi
+st=$($A status --json)
+case $st in
+*'"name": "klp_warn_4"'*'"reason": "previous boot crashed while it was soaking"'*) klp_pass blocked-4 "$(echo "$st" | tr -d '\n')" ;;
+*) klp_fail blocked-4 "$(echo "$st" | tr -d '\n')" ;;
+esac
+grep -q "blocked klp_warn_4@4" /mnt/disk/agent-boot4.log && klp_pass journal-blocked "$(grep -m1 'blocked klp_warn_4@4' /mnt/disk/agent-boot4.log)" || klp_fail journal-blocked "no 'blocked' log line"
+agent_stop
+agent_end
