@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -28,28 +27,17 @@ type built struct {
 // build assembles the agent from the configuration; the state lock is
 // taken separately, once, by the caller.
 func build(path string, store *state.Store, stderr *os.File) (*built, error) {
-	l, err := config.Load(path)
+	h, err := loadHost(path)
 	if err != nil {
 		return nil, err
 	}
+	l, kr := h.cfg, h.trust.Keys
 	log, err := logging.New(logging.Options{Level: l.Log.Level, Format: l.Log.Format, Stderr: stderr})
-	if err != nil {
-		return nil, err
-	}
-	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
 	if err != nil {
 		return nil, err
 	}
 	if len(kr) < l.Trust.Threshold {
 		return nil, fmt.Errorf("trust.threshold %d but %s holds %d key(s)", l.Trust.Threshold, l.Trust.KeysDir, len(kr))
-	}
-	id, err := l.HostID()
-	if err != nil {
-		return nil, err
-	}
-	krel, err := klp.KernelRelease(l.Paths.Root)
-	if err != nil {
-		return nil, err
 	}
 	store.Dir = l.Paths.StateDir
 	var src *manifest.Source
@@ -63,8 +51,8 @@ func build(path string, store *state.Store, stderr *os.File) (*built, error) {
 			return nil, err
 		}
 		src = &manifest.Source{
-			Fetcher: f, Trust: manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold},
-			Store:    &manifest.FileVersionStore{Path: filepath.Join(l.Paths.StateDir, "manifest-version.json")},
+			Fetcher: f, Trust: h.trust,
+			Store:    h.versionStore(),
 			CacheDir: l.Paths.StateDir,
 		}
 	} else {
@@ -79,7 +67,7 @@ func build(path string, store *state.Store, stderr *os.File) (*built, error) {
 		Log:    log,
 		Store:  store,
 		Source: src,
-		Host:   manifest.Host{ID: id, Tier: l.Host.Tier, Kernel: krel},
+		Host:   h.host,
 		Installer: &klp.Installer{
 			RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: l.Paths.Root, NoDeps: l.Apply.RPMNoDeps,
 				Keyring: l.Apply.RPMKeyring, DBPath: l.Apply.RPMDBPath},
