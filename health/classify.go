@@ -1,0 +1,204 @@
+package health
+
+import (
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Kind is a class of kernel report.
+type Kind string
+
+// Kinds, with how bad each is (higher is worse) for grouping.
+const (
+	KindWarning    Kind = "warning"
+	KindHungTask   Kind = "hung-task"
+	KindRCUStall   Kind = "rcu-stall"
+	KindSoftLockup Kind = "soft-lockup"
+	KindHardLockup Kind = "hard-lockup"
+	KindBug        Kind = "bug"
+	KindKernelBug  Kind = "kernel-bug"
+	KindOops       Kind = "oops"
+	KindPanic      Kind = "panic"
+)
+
+var severity = map[Kind]int{KindWarning: 1, KindHungTask: 2, KindRCUStall: 3, KindSoftLockup: 4, KindHardLockup: 5,
+	KindBug: 6, KindKernelBug: 7, KindOops: 8, KindPanic: 9}
+
+// CrashClass reports whether k means the kernel hit a fatal path.
+func (k Kind) CrashClass() bool { return severity[k] >= severity[KindHardLockup] }
+
+// markers start a report; substrings, because formats drift across versions.
+var markers = []struct {
+	sub  string
+	kind Kind
+}{
+	{"Kernel panic - not syncing:", KindPanic},
+	{"Oops:", KindOops},
+	{"kernel BUG at", KindKernelBug},
+	{"BUG: kernel NULL pointer dereference", KindBug},
+	{"BUG: unable to handle page fault", KindBug},
+	{"BUG: unable to handle kernel", KindBug},
+	{"Watchdog detected hard LOCKUP", KindHardLockup},
+	{"watchdog: BUG: soft lockup - CPU#", KindSoftLockup},
+	{"detected stalls", KindRCUStall},
+	{"blocked for more than", KindHungTask},
+	{"WARNING: CPU:", KindWarning},
+	{"------------[ cut here ]------------", KindWarning},
+}
+
+// Frame is one call-trace line.
+type Frame struct {
+	Func   string `json:"func"`
+	Module string `json:"module,omitempty"`
+}
+
+// Event is one whole report, header to end of trace.
+type Event struct {
+	Kind    Kind      `json:"kind"`
+	Header  string    `json:"header"`
+	At      time.Time `json:"at"`
+	RIP     Frame     `json:"rip"`
+	Frames  []Frame   `json:"frames,omitempty"`
+	Modules []string  `json:"modules,omitempty"` // "Modules linked in:", taint letters stripped
+	Lines   []string  `json:"lines"`
+	Source  string    `json:"source"`
+}
+
+var (
+	frameRE   = regexp.MustCompile(`(?:^|\s)(?:\? )?([A-Za-z0-9_.$]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[([A-Za-z0-9_]+)\])?`)
+	ripRE     = regexp.MustCompile(`(?:RIP|EIP|pc) ?: ?(?:[0-9a-f]{4}:)?([A-Za-z0-9_.$]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[([A-Za-z0-9_]+)\])?`)
+	warnAtRE  = regexp.MustCompile(`WARNING: CPU: \d+ PID: \d+ at .* ([A-Za-z0-9_.$]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[([A-Za-z0-9_]+)\])?`)
+	modNameRE = regexp.MustCompile(`^([A-Za-z0-9_]+)(?:\([A-Z]+\))?$`)
+)
+
+// MaxEventLines bounds one event's memory.
+const MaxEventLines = 400
+
+// Classifier groups records into events. It is fed in order and is not
+// safe for concurrent use.
+type Classifier struct {
+	cur      *Event
+	lastSeen time.Time
+	// Idle closes an open report after this long without a record that
+	// belongs to it (default 2 s).
+	Idle time.Duration
+}
+
+func (c *Classifier) idle() time.Duration {
+	if c.Idle > 0 {
+		return c.Idle
+	}
+	return 2 * time.Second
+}
+
+// Feed takes one record seen at now and returns the events it completed.
+func (c *Classifier) Feed(r Record, now time.Time) []Event {
+	var done []Event
+	if c.cur != nil && now.Sub(c.lastSeen) > c.idle() {
+		done = append(done, c.close())
+	}
+	text := r.Text
+	kind, isMarker := Kind(""), false
+	for _, m := range markers {
+		if strings.Contains(text, m.sub) {
+			kind, isMarker = m.kind, true
+			break
+		}
+	}
+	if c.cur == nil {
+		if !isMarker {
+			return done
+		}
+		c.cur = &Event{Kind: kind, Header: text, At: now, Source: r.Source}
+	} else if isMarker && severity[kind] > severity[c.cur.Kind] {
+		// "BUG: ... NULL pointer" then "Oops:" is one report: keep the worst.
+		c.cur.Kind = kind
+	}
+	c.lastSeen = now
+	c.add(text)
+	if strings.Contains(text, "---[ end trace") || strings.Contains(text, "---[ end Kernel panic") || len(c.cur.Lines) >= MaxEventLines {
+		done = append(done, c.close())
+	}
+	return done
+}
+
+// Flush closes an open report (at shutdown, or when the stream is idle).
+func (c *Classifier) Flush(now time.Time) []Event {
+	if c.cur == nil || now.Sub(c.lastSeen) <= c.idle() {
+		return nil
+	}
+	return []Event{c.close()}
+}
+
+func (c *Classifier) add(text string) {
+	e := c.cur
+	e.Lines = append(e.Lines, text)
+	if m := ripRE.FindStringSubmatch(text); m != nil && e.RIP.Func == "" {
+		e.RIP = Frame{Func: m[1], Module: m[2]}
+	} else if m := warnAtRE.FindStringSubmatch(text); m != nil && e.RIP.Func == "" {
+		e.RIP = Frame{Func: m[1], Module: m[2]}
+	} else if _, list, ok := strings.Cut(text, "Modules linked in:"); ok {
+		for _, f := range strings.Fields(list) {
+			if m := modNameRE.FindStringSubmatch(strings.Trim(f, "[]")); m != nil {
+				e.Modules = append(e.Modules, m[1])
+			}
+		}
+	} else if m := frameRE.FindStringSubmatch(text); m != nil {
+		e.Frames = append(e.Frames, Frame{Func: m[1], Module: m[2]})
+	}
+}
+
+func (c *Classifier) close() Event {
+	e := *c.cur
+	c.cur = nil
+	return e
+}
+
+// Patch is what attribution needs to know about a livepatch.
+type Patch struct {
+	Name      string   // module name
+	Functions []string // replaced functions ("func" or "func,sympos")
+}
+
+// Attributed reports whether ev's code path runs through patch p: its
+// faulting function or a call-trace frame is in p's module, or is one of
+// the functions p replaces.
+func Attributed(ev Event, p Patch) bool {
+	if p.Name == "" {
+		return false
+	}
+	fns := map[string]bool{}
+	for _, f := range p.Functions {
+		name, _, _ := strings.Cut(f, ",")
+		fns[name] = true
+	}
+	for _, f := range append([]Frame{ev.RIP}, ev.Frames...) {
+		if f.Module == p.Name || (f.Func != "" && fns[f.Func]) {
+			return true
+		}
+	}
+	return false
+}
+
+// Verdict is the policy's answer for one event.
+type Verdict struct {
+	Rollback bool
+	Reason   string
+}
+
+// Judge applies the default policy: an event attributed to the current
+// patch (crash-class or a WARNING) rolls it back at once; an unattributed
+// crash-class event while the patch is soaking rolls it back too (it may
+// be the patch's doing through another path). Everything else is recorded
+// only.
+func Judge(ev Event, p Patch, soaking bool) Verdict {
+	attributed := Attributed(ev, p)
+	switch {
+	case attributed && (ev.Kind.CrashClass() || ev.Kind == KindWarning):
+		return Verdict{true, string(ev.Kind) + " attributed to " + p.Name + ": " + ev.Header}
+	case soaking && ev.Kind.CrashClass() && p.Name != "":
+		return Verdict{true, string(ev.Kind) + " while " + p.Name + " was soaking: " + ev.Header}
+	}
+	return Verdict{}
+}

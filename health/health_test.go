@@ -1,0 +1,162 @@
+package health
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// records turns a fixture report into kmsg records, one per line, the way
+// the kernel emits them (with an unrelated record interleaved).
+func records(t *testing.T, file string, interleave bool) []Record {
+	t.Helper()
+	f, err := os.Open("testdata/" + file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []Record
+	sc := bufio.NewScanner(f)
+	seq := 100
+	for sc.Scan() {
+		seq++
+		r, err := ParseKmsg([]byte(fmt.Sprintf("4,%d,%d,-;%s\n SUBSYSTEM=cpu\n", seq, seq*1000, sc.Text())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+		if interleave && seq == 104 {
+			out = append(out, Record{Text: "e1000: eth0 NIC Link is Up 1000 Mbps Full Duplex"})
+		}
+	}
+	return out
+}
+
+func TestParseKmsg(t *testing.T) {
+	tests := []struct {
+		in     string
+		ok     bool
+		level  int
+		seq    uint64
+		text   string
+		dictKV string
+	}{
+		{"6,339,5140900,-;NET: Registered PF_INET6 protocol family\n", true, 6, 339, "NET: Registered PF_INET6 protocol family", ""},
+		{"12,1,2,-,caller=T1;hello\\x0aworld\n SUBSYSTEM=pci\n DEVICE=+pci:0000:00:02.0\n", true, 4, 1, "hello\nworld", "SUBSYSTEM=pci"},
+		{"4,5,6,c;continued", true, 4, 5, "continued", ""},
+		{"garbage", false, 0, 0, "", ""},
+		{"a,b,c,d;x", false, 0, 0, "", ""},
+		{"6,1;x", false, 0, 0, "", ""},
+		{"-1,1,1,-;x", false, 0, 0, "", ""},
+	}
+	for _, tt := range tests {
+		r, err := ParseKmsg([]byte(tt.in))
+		if (err == nil) != tt.ok {
+			t.Errorf("%q: err %v", tt.in, err)
+			continue
+		}
+		if !tt.ok {
+			continue
+		}
+		if r.Level != tt.level || r.Seq != tt.seq || r.Text != tt.text {
+			t.Errorf("%q: got %+v", tt.in, r)
+		}
+		if tt.dictKV != "" {
+			k, v, _ := strings.Cut(tt.dictKV, "=")
+			if r.Dict[k] != v {
+				t.Errorf("%q: dict %v", tt.in, r.Dict)
+			}
+		}
+	}
+}
+
+func TestClassifyAndAttribute(t *testing.T) {
+	now := time.Unix(1700000000, 0)
+	cur := Patch{Name: "klp_oops_4", Functions: []string{"cmdline_proc_show,1"}}
+	tests := []struct {
+		file       string
+		kind       Kind
+		rip        string
+		patch      Patch
+		attributed bool
+		rollback   bool // while not soaking
+	}{
+		{"oops-klp.txt", KindOops, "klp_fault", cur, true, true},
+		{"warn-klp.txt", KindWarning, "klp_fault", Patch{Name: "klp_warn_4"}, true, true},
+		{"warn-other.txt", KindWarning, "dev_watchdog", Patch{Name: "klp_cmdline_3", Functions: []string{"cmdline_proc_show,1"}}, false, false},
+		{"softlockup.txt", KindSoftLockup, "native_safe_halt", Patch{Name: "klp_cmdline_3"}, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			var c Classifier
+			var evs []Event
+			for i, r := range records(t, tt.file, true) {
+				evs = append(evs, c.Feed(r, now.Add(time.Duration(i)*time.Millisecond))...)
+			}
+			evs = append(evs, c.Flush(now.Add(time.Minute))...)
+			if len(evs) != 1 {
+				t.Fatalf("%d events, want one report: %+v", len(evs), evs)
+			}
+			ev := evs[0]
+			if ev.Kind != tt.kind || ev.RIP.Func != tt.rip {
+				t.Fatalf("kind %s rip %+v", ev.Kind, ev.RIP)
+			}
+			if got := Attributed(ev, tt.patch); got != tt.attributed {
+				t.Fatalf("attributed = %v (frames %+v)", got, ev.Frames)
+			}
+			if v := Judge(ev, tt.patch, false); v.Rollback != tt.rollback {
+				t.Fatalf("verdict %+v", v)
+			}
+		})
+	}
+}
+
+func TestUnattributedCrashWhileSoaking(t *testing.T) {
+	var c Classifier
+	var evs []Event
+	for _, r := range records(t, "oops-klp.txt", false) {
+		evs = append(evs, c.Feed(r, time.Unix(1, 0))...)
+	}
+	other := Patch{Name: "klp_cmdline_3", Functions: []string{"version_proc_show,1"}}
+	if Attributed(evs[0], other) {
+		t.Fatal("oops in klp_oops_4 attributed to klp_cmdline_3")
+	}
+	if v := Judge(evs[0], other, true); !v.Rollback || !strings.Contains(v.Reason, "while klp_cmdline_3 was soaking") {
+		t.Fatalf("soaking verdict %+v", v)
+	}
+	if v := Judge(evs[0], other, false); v.Rollback {
+		t.Fatalf("after the soak an unattributed oops must not roll back: %+v", v)
+	}
+}
+
+func TestEventsAreBounded(t *testing.T) {
+	var c Classifier
+	c.Feed(Record{Text: "WARNING: CPU: 0 PID: 1 at x.c:1 f+0x1/0x2"}, time.Unix(1, 0))
+	var done []Event
+	for i := 0; i < 2*MaxEventLines; i++ {
+		done = append(done, c.Feed(Record{Text: " f+0x1/0x2"}, time.Unix(1, 0))...)
+	}
+	if len(done) != 1 || len(done[0].Lines) != MaxEventLines {
+		t.Fatalf("events %d, first has %d lines", len(done), len(done[0].Lines))
+	}
+}
+
+func FuzzParseKmsg(f *testing.F) {
+	f.Add([]byte("6,339,5140900,-;NET: Registered PF_INET6 protocol family\n"))
+	f.Add([]byte("12,1,2,-,caller=T1;hello\\x0aworld\n SUBSYSTEM=pci\n"))
+	f.Add([]byte("4,1,1,-;BUG: kernel NULL pointer dereference, address: 0\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ParseKmsg(b)
+		if err != nil {
+			return
+		}
+		if r.Level < 0 || r.Level > 7 || r.Time < 0 {
+			t.Fatalf("accepted out of range: %+v", r)
+		}
+		var c Classifier
+		c.Feed(r, time.Unix(0, 0))
+	})
+}

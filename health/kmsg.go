@@ -1,0 +1,139 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Record is one kernel log record, from /dev/kmsg or netconsole.
+type Record struct {
+	Level  int
+	Seq    uint64
+	Time   time.Duration // since boot
+	Text   string
+	Dict   map[string]string
+	Source string
+}
+
+// ErrRecord marks a malformed record.
+var ErrRecord = errors.New("malformed kmsg record")
+
+// ParseKmsg parses one /dev/kmsg record:
+// "prio,seq,usec,flag[,more];message\n" then " KEY=value" dictionary lines.
+// The kernel escapes unprintable bytes as \xNN; they are unescaped.
+func ParseKmsg(b []byte) (Record, error) {
+	s := strings.TrimRight(string(b), "\n")
+	head, rest, ok := strings.Cut(s, ";")
+	if !ok {
+		return Record{}, fmt.Errorf("%w: no ';'", ErrRecord)
+	}
+	f := strings.Split(head, ",")
+	if len(f) < 4 {
+		return Record{}, fmt.Errorf("%w: header %q", ErrRecord, head)
+	}
+	prio, err1 := strconv.Atoi(f[0])
+	seq, err2 := strconv.ParseUint(f[1], 10, 64)
+	usec, err3 := strconv.ParseInt(f[2], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || prio < 0 || usec < 0 {
+		return Record{}, fmt.Errorf("%w: header %q", ErrRecord, head)
+	}
+	lines := strings.Split(rest, "\n")
+	r := Record{Level: prio & 7, Seq: seq, Time: time.Duration(usec) * time.Microsecond, Text: unescape(lines[0]), Source: "kmsg"}
+	for _, l := range lines[1:] {
+		if k, v, ok := strings.Cut(strings.TrimPrefix(l, " "), "="); ok && strings.HasPrefix(l, " ") {
+			if r.Dict == nil {
+				r.Dict = map[string]string{}
+			}
+			r.Dict[k] = unescape(v)
+		}
+	}
+	return r, nil
+}
+
+func unescape(s string) string {
+	if !strings.Contains(s, `\x`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) && s[i+1] == 'x' {
+			if v, err := strconv.ParseUint(s[i+2:i+4], 16, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// KmsgReader follows /dev/kmsg: one record per read(2), blocking, no polling.
+type KmsgReader struct {
+	f       *os.File
+	buf     []byte
+	Dropped int // records the kernel overwrote before we read them (EPIPE)
+}
+
+// OpenKmsg opens path (normally /dev/kmsg) positioned after the records
+// already there: only what happens from now on counts.
+func OpenKmsg(path string) (*KmsgReader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("seek %s: %w", path, err)
+	}
+	return &KmsgReader{f: f, buf: make([]byte, 8192)}, nil
+}
+
+// Next blocks for the next record. EPIPE (records overwritten) is counted
+// and reading resumes at the next available record.
+func (k *KmsgReader) Next() (Record, error) {
+	for {
+		n, err := k.f.Read(k.buf)
+		if errors.Is(err, syscall.EPIPE) {
+			k.Dropped++
+			continue
+		}
+		if err != nil {
+			return Record{}, err
+		}
+		r, perr := ParseKmsg(k.buf[:n])
+		if perr != nil {
+			continue // skip what cannot be parsed; the stream goes on
+		}
+		return r, nil
+	}
+}
+
+// Close unblocks a pending Next.
+func (k *KmsgReader) Close() error { return k.f.Close() }
+
+// Follow sends records to out until ctx ends or the source fails.
+func (k *KmsgReader) Follow(ctx context.Context, out chan<- Record) error {
+	go func() { <-ctx.Done(); k.Close() }()
+	for {
+		r, err := k.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		select {
+		case out <- r:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
