@@ -16,6 +16,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/atomicfile"
 	"github.com/klp-agent/klp-agent/agent/logging"
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -46,10 +47,38 @@ type Daemon struct {
 	// Changed is called after anything an exporter shows may have changed
 	// (metrics textfile).
 	Changed func()
-	// Events delivers health verdicts; a verdict asking for a rollback rolls
-	// the current patch back and blocks it.
+	// Verdicts delivers health verdicts; a verdict asking for a rollback
+	// rolls the current patch back and blocks it.
 	Verdicts <-chan Verdict
-	Rand     *rand.Rand
+	// Events delivers kernel reports (from the kmsg monitor); the daemon
+	// judges each against the current patch.
+	Events <-chan health.Event
+	Rand   *rand.Rand
+}
+
+// judge turns a kernel report into a verdict about the current patch.
+func (d *Daemon) judge(ev health.Event) Verdict {
+	a := d.Agent
+	k := a.kernel()
+	log := a.log()
+	var p health.Patch
+	if c := k.Current; c != nil {
+		p.Name = c.Name
+		if lp, err := a.d.Installer.Controller.Sysfs.Get(c.Name); err == nil {
+			for _, o := range lp.Objects {
+				p.Functions = append(p.Functions, o.Functions...)
+			}
+		}
+	}
+	v := health.Judge(ev, p, k.Phase == state.PhaseSoaking)
+	log.Warn(fmt.Sprintf("kernel %s report: %s", ev.Kind, ev.Header), zap.String("KLP_EVENT_KIND", string(ev.Kind)),
+		zap.Bool("KLP_ATTRIBUTED", health.Attributed(ev, p)), zap.String("KLP_RIP", ev.RIP.Func+" "+ev.RIP.Module),
+		zap.Bool("KLP_ROLLBACK", v.Rollback))
+	if !v.Rollback {
+		return Verdict{}
+	}
+	ev.Lines = ev.Lines[:min(len(ev.Lines), 40)]
+	return Verdict{Rollback: true, Reason: v.Reason, Evidence: ev.Lines}
 }
 
 // Verdict is a health judgement about the current patch.
@@ -205,6 +234,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 			poll.Reset(next)
 			d.changed()
+		case ev := <-d.Events:
+			if v := d.judge(ev); v.Rollback && d.Agent.kernel().Current != nil {
+				if err := d.Agent.Rollback(work, v.Reason, v.Evidence, true); err != nil {
+					d.Agent.log().Error("health rollback failed: " + err.Error())
+				}
+				d.changed()
+			}
 		case v := <-d.Verdicts:
 			if v.Rollback && d.Agent.kernel().Current != nil {
 				if err := d.Agent.Rollback(work, v.Reason, v.Evidence, true); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -106,5 +107,32 @@ func TestDaemonPollsAppliesAndTakesRequests(t *testing.T) {
 	st, err := (&state.Store{Dir: h.stateDir}).Load()
 	if err != nil || !st.CleanStop || len(st.Kernels[krel].Blocked) != 2 {
 		t.Fatalf("after stop: clean=%v blocked=%d err=%v", st.CleanStop, len(st.Kernels[krel].Blocked), err)
+	}
+}
+
+// A kernel report attributed to the current patch rolls it back and blocks
+// it; an unrelated one after the soak does not.
+func TestDaemonJudgesKernelReports(t *testing.T) {
+	h := newHost(t, 1, 2)
+	h.converge([]int{1})
+	h.soak()
+	h.converge([]int{1, 2})
+	h.soak()
+	events := make(chan health.Event)
+	d := &Daemon{Agent: h.agent, Interval: time.Hour, Tick: 5 * time.Millisecond, Events: events}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	events <- health.Event{Kind: health.KindWarning, Header: "WARNING: CPU: 0 PID: 0 at net/sched/sch_generic.c:525 dev_watchdog+0x207/0x210",
+		RIP: health.Frame{Func: "dev_watchdog"}}
+	// Replaced functions count even without a module name in the trace.
+	events <- health.Event{Kind: health.KindOops, Header: "Oops: 0002 [#1] PREEMPT SMP NOPTI",
+		RIP: health.Frame{Func: "klp_fault", Module: "other"}, Frames: []health.Frame{{Func: "cmdline_proc_show"}}}
+	waitFor(t, "rollback to level 1", func() bool { return h.kernel.Patched("cmdline_proc_show") == "klp_cmdline_1" })
+	cancel()
+	<-done
+	k := h.agent.State().Kernels[krel]
+	if !k.IsBlocked("klp_cmdline_2", 2, h.patches[2].SHA256) || !strings.Contains(k.Blocked[0].Reason, "oops attributed to klp_cmdline_2") {
+		t.Fatalf("blocked %+v", k.Blocked)
 	}
 }

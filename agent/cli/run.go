@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/agent/logging"
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -82,6 +85,52 @@ func build(path string, store *state.Store, stderr *os.File) (*built, error) {
 	}}, nil
 }
 
+// monitorKmsg follows /dev/kmsg and delivers whole kernel reports. Without
+// a readable /dev/kmsg (a container) the agent runs on, without this
+// signal, and says so.
+func monitorKmsg(ctx context.Context, root string, log *zap.Logger) <-chan health.Event {
+	out := make(chan health.Event, 16)
+	k, err := health.OpenKmsg(filepath.Join(root, "dev/kmsg"))
+	if err != nil {
+		log.Error("kernel log monitor disabled: " + err.Error())
+		return out
+	}
+	recs := make(chan health.Record, 256)
+	go func() {
+		if err := k.Follow(ctx, recs); err != nil {
+			log.Error("kernel log monitor stopped: " + err.Error())
+		}
+		close(recs)
+	}()
+	go func() {
+		var c health.Classifier
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		emit := func(evs []health.Event) {
+			for _, ev := range evs {
+				select {
+				case out <- ev:
+				case <-ctx.Done():
+				}
+			}
+		}
+		for {
+			select {
+			case r, ok := <-recs:
+				if !ok {
+					return
+				}
+				emit(c.Feed(r, time.Now()))
+			case <-tick.C:
+				emit(c.Flush(time.Now()))
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
+
 func cmdRun(env *Env, args []string) error {
 	fs := newFlags(env, "run", "run [--config PATH]")
 	path := fs.String("config", config.DefaultPath, "main configuration file")
@@ -104,8 +153,10 @@ func cmdRun(env *Env, args []string) error {
 	defer signal.Stop(hup)
 	notify := sdNotifier{}
 	go watchdog(ctx)
+	events := monitorKmsg(ctx, b.cfg.Paths.Root, b.log)
 	for {
 		b.daemon.Notify = notify
+		b.daemon.Events = events
 		b.log.Info("klp-agent "+Version+" starting", zap.String("KERNEL_RELEASE", b.daemon.Agent.Host().Kernel),
 			zap.String("HOST_TIER", b.daemon.Agent.Host().Tier), zap.String("MANIFEST_URL", b.cfg.Manifest.URL))
 		if err := b.daemon.Agent.Start(ctx); err != nil {
