@@ -143,6 +143,25 @@ log:
 	ms, log = boot(t, work, guest{name: "boot4", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot4.sh"),
 		files: files, kmods: kmods, disk: disk, timeout: 180 * time.Second})
 	check(ms, log, "back-to-3", "blocked-4", "journal-blocked")
+	if t.Failed() {
+		return
+	}
+
+	// A faulty level 4 (a different RPM, so not blocked) oopses when used:
+	// the daemon must see it on /dev/kmsg and roll back to 3 by itself.
+	f4 = "klp-cmdline-4-1.oops.x86_64.rpm"
+	if b4, err = os.ReadFile(filepath.Join(rpms, f4)); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(www, "rpms", f4), b4, 0o644)
+	agentCLI("manifest", "add", "--manifest", src, "--rpm", filepath.Join(www, "rpms", f4), "--url", "rpms/"+f4, "--replace")
+	agentCLI("manifest", "sign", "--in", src, "--key", filepath.Join(keys, "release.key"), "--out", signed)
+	if err := os.Rename(signed, filepath.Join(www, "manifest.json")); err != nil {
+		t.Fatal(err)
+	}
+	ms, log = boot(t, work, guest{name: "boot5", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot5.sh"),
+		files: files, kmods: kmods, disk: disk, net: true, timeout: 240 * time.Second})
+	check(ms, log, "applied-oops-4", "auto-rollback", "blocked-oops-4", "attributed")
 }
 
 func contains(list []string, s string) bool {
