@@ -42,6 +42,7 @@ const (
 	MsgManifestRejected = "1ebb7e0d7b404f9eb3fba2a8f4d99e91"
 	MsgGood             = "c9f10de955234c509eff71deb31a4c69"
 	MsgReapplied        = "f0ad8c489b0d404495f09341f9a8f84c"
+	MsgHealthEvent      = "afc50722c68d4f2cbf7bc878288c11bb"
 )
 
 // Deps is everything the agent acts through, injected so tests can use a

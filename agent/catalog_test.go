@@ -20,7 +20,8 @@ func TestMessageIDsInCatalog(t *testing.T) {
 		ids[m[1]] = true
 	}
 	for name, id := range map[string]string{"applied": MsgApplied, "rolled back": MsgRolledBack, "blocked": MsgBlocked,
-		"stalled": MsgStalled, "manifest rejected": MsgManifestRejected, "good": MsgGood, "re-applied": MsgReapplied} {
+		"stalled": MsgStalled, "manifest rejected": MsgManifestRejected, "good": MsgGood, "re-applied": MsgReapplied,
+		"health event": MsgHealthEvent} {
 		if !logging.ValidMessageID(id) {
 			t.Errorf("%s: %q is not a valid MESSAGE_ID", name, id)
 		}
@@ -28,7 +29,7 @@ func TestMessageIDsInCatalog(t *testing.T) {
 			t.Errorf("%s: MESSAGE_ID %s has no catalog entry", name, id)
 		}
 	}
-	if len(ids) != 7 {
-		t.Errorf("catalog has %d entries, the agent logs 7 kinds", len(ids))
+	if len(ids) != 8 {
+		t.Errorf("catalog has %d entries, the agent logs 8 kinds", len(ids))
 	}
 }

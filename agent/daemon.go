@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -53,10 +54,15 @@ type Daemon struct {
 	// Events delivers kernel reports (from the kmsg monitor); the daemon
 	// judges each against the current patch.
 	Events <-chan health.Event
-	Rand   *rand.Rand
+	// Judge applies the health policy to Events (nil: the default policy).
+	Judge *health.Judge
+	// Observe sees every judged event (metrics); patch is the current one.
+	Observe func(ev health.Event, v health.Verdict, patch string)
+	Rand    *rand.Rand
 }
 
-// judge turns a kernel report into a verdict about the current patch.
+// judge turns a health event into a verdict about the current patch, under
+// the daemon's policy (health.DefaultPolicy when none is set).
 func (d *Daemon) judge(ev health.Event) Verdict {
 	a := d.Agent
 	k := a.kernel()
@@ -70,10 +76,17 @@ func (d *Daemon) judge(ev health.Event) Verdict {
 			}
 		}
 	}
-	v := health.Judge(ev, p, k.Phase == state.PhaseSoaking)
-	log.Warn(fmt.Sprintf("kernel %s report: %s", ev.Kind, ev.Header), zap.String("KLP_EVENT_KIND", string(ev.Kind)),
-		zap.Bool("KLP_ATTRIBUTED", health.Attributed(ev, p)), zap.String("KLP_RIP", ev.RIP.Func+" "+ev.RIP.Module),
-		zap.Bool("KLP_ROLLBACK", v.Rollback))
+	if d.Judge == nil {
+		d.Judge = &health.Judge{Policy: health.DefaultPolicy()}
+	}
+	v := d.Judge.Judge(ev, p, k.Phase == state.PhaseSoaking, a.d.Now())
+	log.Warn(fmt.Sprintf("%s %s report: %s", ev.Source, ev.Kind, ev.Header), zap.String("KLP_EVENT_KIND", string(ev.Kind)),
+		zap.String("KLP_EVENT_SOURCE", ev.Source), zap.Bool("KLP_ATTRIBUTED", v.Attributed),
+		zap.String("KLP_RIP", strings.TrimSpace(ev.RIP.Func+" "+ev.RIP.Module)), zap.String("KLP_PATCH", p.Name),
+		zap.Bool("KLP_ROLLBACK", v.Rollback), logging.MessageID(MsgHealthEvent))
+	if d.Observe != nil {
+		d.Observe(ev, v, p.Name)
+	}
 	if !v.Rollback {
 		return Verdict{}
 	}

@@ -180,25 +180,3 @@ func Attributed(ev Event, p Patch) bool {
 	}
 	return false
 }
-
-// Verdict is the policy's answer for one event.
-type Verdict struct {
-	Rollback bool
-	Reason   string
-}
-
-// Judge applies the default policy: an event attributed to the current
-// patch (crash-class or a WARNING) rolls it back at once; an unattributed
-// crash-class event while the patch is soaking rolls it back too (it may
-// be the patch's doing through another path). Everything else is recorded
-// only.
-func Judge(ev Event, p Patch, soaking bool) Verdict {
-	attributed := Attributed(ev, p)
-	switch {
-	case attributed && (ev.Kind.CrashClass() || ev.Kind == KindWarning):
-		return Verdict{true, string(ev.Kind) + " attributed to " + p.Name + ": " + ev.Header}
-	case soaking && ev.Kind.CrashClass() && p.Name != "":
-		return Verdict{true, string(ev.Kind) + " while " + p.Name + " was soaking: " + ev.Header}
-	}
-	return Verdict{}
-}

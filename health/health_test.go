@@ -107,7 +107,7 @@ func TestClassifyAndAttribute(t *testing.T) {
 			if got := Attributed(ev, tt.patch); got != tt.attributed {
 				t.Fatalf("attributed = %v (frames %+v)", got, ev.Frames)
 			}
-			if v := Judge(ev, tt.patch, false); v.Rollback != tt.rollback {
+			if v := (&Judge{Policy: DefaultPolicy()}).Judge(ev, tt.patch, false, time.Unix(2, 0)); v.Rollback != tt.rollback {
 				t.Fatalf("verdict %+v", v)
 			}
 		})
@@ -124,10 +124,11 @@ func TestUnattributedCrashWhileSoaking(t *testing.T) {
 	if Attributed(evs[0], other) {
 		t.Fatal("oops in klp_oops_4 attributed to klp_cmdline_3")
 	}
-	if v := Judge(evs[0], other, true); !v.Rollback || !strings.Contains(v.Reason, "while klp_cmdline_3 was soaking") {
+	j := &Judge{Policy: DefaultPolicy()}
+	if v := j.Judge(evs[0], other, true, time.Unix(2, 0)); !v.Rollback || !strings.Contains(v.Reason, "while klp_cmdline_3 was soaking") {
 		t.Fatalf("soaking verdict %+v", v)
 	}
-	if v := Judge(evs[0], other, false); v.Rollback {
+	if v := j.Judge(evs[0], other, false, time.Unix(3, 0)); v.Rollback {
 		t.Fatalf("after the soak an unattributed oops must not roll back: %+v", v)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -34,6 +37,7 @@ type Config struct {
 	Trust    TrustConfig    `yaml:"trust"`
 	Host     HostConfig     `yaml:"host"`
 	Apply    ApplyConfig    `yaml:"apply"`
+	Health   HealthConfig   `yaml:"health"`
 	Metrics  MetricsConfig  `yaml:"metrics"`
 	Paths    PathsConfig    `yaml:"paths"`
 	Log      LogConfig      `yaml:"log"`
@@ -48,6 +52,26 @@ type ApplyConfig struct {
 	RequireSignature  bool          `yaml:"require_signature"`
 	RPMKeyring        string        `yaml:"rpm_keyring"`
 	RPMDBPath         string        `yaml:"rpm_dbpath"`
+}
+
+// HealthConfig selects the crash signals the agent watches and the policy
+// that turns them into rollbacks.
+type HealthConfig struct {
+	Kmsg          bool          `yaml:"kmsg"`           // follow /dev/kmsg
+	Netconsole    string        `yaml:"netconsole"`     // UDP listen address; "" = off
+	KdumpDir      string        `yaml:"kdump_dir"`      // under paths.root; "" = no kdump scan
+	Taint         bool          `yaml:"taint"`          // watch /proc/sys/kernel/tainted
+	TaintInterval time.Duration `yaml:"taint_interval"` // how often
+	Command       CommandConfig `yaml:"command"`
+	Policy        health.Policy `yaml:"policy"`
+}
+
+// CommandConfig is the operator's own health check, run without a shell.
+type CommandConfig struct {
+	Argv     []string      `yaml:"argv"` // empty = none
+	Timeout  time.Duration `yaml:"timeout"`
+	Interval time.Duration `yaml:"interval"`
+	Failures int           `yaml:"failures"` // consecutive failures that count as one event
 }
 
 // MetricsConfig says where Prometheus metrics go.
@@ -105,6 +129,11 @@ func Default() Config {
 		},
 		Trust: TrustConfig{KeysDir: "/etc/klp-agent/keys", Threshold: 1},
 		Apply: ApplyConfig{Soak: 30 * time.Minute, TransitionTimeout: 60 * time.Second},
+		Health: HealthConfig{
+			Kmsg: true, KdumpDir: "/var/crash", Taint: true, TaintInterval: 5 * time.Second,
+			Command: CommandConfig{Argv: []string{}, Timeout: 30 * time.Second, Interval: time.Minute, Failures: 3},
+			Policy:  health.DefaultPolicy(),
+		},
 		Host:  HostConfig{IDFile: "/etc/machine-id"},
 		Paths: PathsConfig{Root: "/", StateDir: "/var/lib/klp-agent"},
 		Log:   LogConfig{Level: "info", Format: "auto"},
@@ -162,8 +191,10 @@ func (l *Loaded) apply(path string) error {
 // document does not mention keep their current value, which is how
 // drop-ins override only what they name.
 func Decode(b []byte, cfg *Config) error {
-	// Decode into a copy so a file that fails half-way changes nothing.
+	// Decode into a copy so a file that fails half-way changes nothing;
+	// maps are shared by a struct copy, so copy those too.
 	tmp := *cfg
+	tmp.Health.Policy.Thresholds = maps.Clone(cfg.Health.Policy.Thresholds)
 	if err := manifest.DecodeStrict(b, &tmp); err != nil {
 		if errors.Is(err, manifest.ErrEmptyDocument) {
 			return errors.New("empty file (write at least one setting, or remove the file)")
@@ -193,6 +224,17 @@ func recordOrigins(n *yaml.Node, prefix, file string, out map[string]string) {
 func (l *Loaded) at(key string) string {
 	if o, ok := l.Origin[key]; ok {
 		return o
+	}
+	// A section: name where its first setting came from.
+	var keys []string
+	for k := range l.Origin {
+		if strings.HasPrefix(k, key+".") {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) > 0 {
+		sort.Strings(keys)
+		return l.Origin[keys[0]]
 	}
 	return "default"
 }
@@ -236,6 +278,28 @@ func (l *Loaded) Validate() error {
 	}
 	if c.Apply.RPMKeyring != "" && !filepath.IsAbs(c.Apply.RPMKeyring) {
 		bad("apply.rpm_keyring", "%q must be an absolute path", c.Apply.RPMKeyring)
+	}
+	if c.Health.Netconsole != "" {
+		if _, _, err := net.SplitHostPort(c.Health.Netconsole); err != nil {
+			bad("health.netconsole", "%q is not host:port (e.g. 0.0.0.0:6666)", c.Health.Netconsole)
+		}
+	}
+	if c.Health.KdumpDir != "" && !filepath.IsAbs(c.Health.KdumpDir) {
+		bad("health.kdump_dir", "%q must be an absolute path", c.Health.KdumpDir)
+	}
+	if c.Health.Taint && c.Health.TaintInterval < 100*time.Millisecond {
+		bad("health.taint_interval", "%s is below 100ms", c.Health.TaintInterval)
+	}
+	if cmd := c.Health.Command; len(cmd.Argv) > 0 {
+		if !filepath.IsAbs(cmd.Argv[0]) {
+			bad("health.command.argv", "%q: the program must be an absolute path (no shell, no PATH lookup)", cmd.Argv[0])
+		}
+		if cmd.Timeout <= 0 || cmd.Interval < time.Second || cmd.Failures < 1 {
+			bad("health.command", "timeout > 0, interval >= 1s and failures >= 1 required")
+		}
+	}
+	if err := c.Health.Policy.Validate(); err != nil {
+		bad("health.policy", "%v", err)
 	}
 	if c.Metrics.Textfile != "" && (!filepath.IsAbs(c.Metrics.Textfile) || !strings.HasSuffix(c.Metrics.Textfile, ".prom")) {
 		bad("metrics.textfile", "%q must be an absolute path ending in .prom", c.Metrics.Textfile)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -65,8 +66,8 @@ func TestLoadRejects(t *testing.T) {
 	}{
 		{"unknown key", map[string]string{"config.yaml": "manifest:\n  url: https://x/m\n  pol_interval: 5m\n"},
 			[]string{"config.yaml", "line 3", "pol_interval"}, ErrInvalid},
-		{"unknown section", map[string]string{"config.yaml": "log:\n  level: info\nhealth:\n  x: 1\n"},
-			[]string{"line 3", "health"}, ErrInvalid},
+		{"unknown section", map[string]string{"config.yaml": "log:\n  level: info\nhealthz:\n  x: 1\n"},
+			[]string{"line 3", "healthz"}, ErrInvalid},
 		{"duplicate key", map[string]string{"config.yaml": "log:\n  level: info\n  level: debug\n"},
 			[]string{"config.yaml", "line 3", "already defined"}, ErrInvalid},
 		{"empty file", map[string]string{"config.yaml": "log: {level: info}\n", "config.d/50-empty.yaml": "# nothing\n"},
@@ -77,6 +78,16 @@ func TestLoadRejects(t *testing.T) {
 			[]string{"config.yaml", "line 2"}, ErrInvalid},
 		{"bad size", map[string]string{"config.yaml": "manifest:\n  max_size: lots\n"},
 			[]string{"line 2", "size"}, ErrInvalid},
+		{"policy kind typo", map[string]string{"config.yaml": "health:\n  policy:\n    attributed: [opps]\n"},
+			[]string{"health.policy", "config.yaml:3", `unknown kind "opps"`}, ErrInvalid},
+		{"threshold zero", map[string]string{"config.yaml": "health:\n  policy:\n    thresholds: {warning: 0}\n"},
+			[]string{"health.policy", "warning: 0 must be >= 1"}, ErrInvalid},
+		{"health command through a shell", map[string]string{"config.yaml": "health:\n  command:\n    argv: [sh, -c, 'curl x']\n"},
+			[]string{"health.command.argv", "absolute path"}, ErrInvalid},
+		{"netconsole address", map[string]string{"config.yaml": "health:\n  netconsole: 6666\n"},
+			[]string{"health.netconsole", "host:port"}, ErrInvalid},
+		{"kdump dir relative", map[string]string{"config.yaml": "health:\n  kdump_dir: var/crash\n"},
+			[]string{"health.kdump_dir", "absolute"}, ErrInvalid},
 		{"top level list", map[string]string{"config.yaml": "- a\n- b\n"},
 			[]string{"config.yaml", "line 1"}, ErrInvalid},
 		{"validation names origin", map[string]string{"config.yaml": "log: {level: info}\n", "config.d/10-x.yaml": "manifest:\n  poll_interval: 1s\n"},
@@ -147,7 +158,7 @@ func TestSampleConfigIsDefaults(t *testing.T) {
 	if err := Decode(b, &c); err != nil {
 		t.Fatalf("packaging/config.yaml: %v", err)
 	}
-	if c != Default() {
+	if !reflect.DeepEqual(c, Default()) {
 		t.Fatalf("packaging/config.yaml differs from Default():\n%+v\n%+v", c, Default())
 	}
 }
@@ -174,7 +185,7 @@ func TestEffectiveYAMLGolden(t *testing.T) {
 	// And it must load back to the same config.
 	c2 := Default()
 	c2.Log.Level = "error"
-	if err := Decode(got, &c2); err != nil || c2 != c {
+	if err := Decode(got, &c2); err != nil || !reflect.DeepEqual(c2, c) {
 		t.Fatalf("effective YAML does not round-trip: %v", err)
 	}
 }
@@ -208,7 +219,7 @@ func FuzzDecode(f *testing.F) {
 		c := Default()
 		before := c
 		if err := Decode(b, &c); err != nil {
-			if c != before {
+			if !reflect.DeepEqual(c, before) {
 				t.Fatal("rejected input changed the config")
 			}
 			return
@@ -222,7 +233,7 @@ func FuzzDecode(f *testing.F) {
 		if err := Decode(out, &c2); err != nil {
 			t.Fatalf("re-decode of rendered config: %v\n%s", err, out)
 		}
-		if c2 != c {
+		if !reflect.DeepEqual(c2, c) {
 			t.Fatalf("round trip changed the config:\n%+v\n%+v", c, c2)
 		}
 	})

@@ -29,6 +29,6 @@ case $st in
 *'"name": "klp_oops_4"'*'"reason": "oops attributed to klp_oops_4'*) klp_pass blocked-oops-4 "$(echo "$st" | grep -m1 '"reason": "oops')" ;;
 *) klp_fail blocked-oops-4 "$(echo "$st" | tr -d '\n')" ;;
 esac
-grep -q "KLP_ATTRIBUTED.: true" /mnt/disk/agent-boot5.log && klp_pass attributed "$(grep -m1 'kernel oops report' /mnt/disk/agent-boot5.log)" || klp_fail attributed "no attributed report in the log"
+grep -q "KLP_ATTRIBUTED.: true" /mnt/disk/agent-boot5.log && klp_pass attributed "$(grep -m1 'kmsg oops report' /mnt/disk/agent-boot5.log)" || klp_fail attributed "no attributed report in the log"
 agent_stop
 agent_end
