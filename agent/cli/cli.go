@@ -39,6 +39,7 @@ func commands() map[string]command {
 		"status":       {"what this host runs, wants, soaks and has blocked (--json)", cmdStatus},
 		"rollback":     {"step back from the current patch now (--block: never re-apply it here)", cmdRollback},
 		"check-config": {"validate the configuration and print the effective settings", cmdCheckConfig},
+		"reload":       {"validate the configuration, then tell the daemon to re-read it (the unit's ExecReload)", cmdReload},
 		"explain":      {"show, for this host, every manifest entry for its kernel and why it is or is not chosen", cmdExplain},
 		"manifest":     {"publisher tools: keygen, add, sign, verify, lint", cmdManifest},
 		"klp":          {"by hand: list livepatches, apply one RPM, disable one patch", cmdKLP},
