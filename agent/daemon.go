@@ -26,14 +26,12 @@ import (
 type Notifier interface {
 	Ready() error
 	Status(string) error
-	Stopping() error
 }
 
 type nopNotifier struct{}
 
 func (nopNotifier) Ready() error        { return nil }
 func (nopNotifier) Status(string) error { return nil }
-func (nopNotifier) Stopping() error     { return nil }
 
 // Daemon runs the agent: poll with jitter, converge, end soaks, take
 // operator requests, until its context ends.
@@ -83,7 +81,7 @@ func (d *Daemon) judge(ev health.Event) Verdict {
 	log.Warn(fmt.Sprintf("%s %s report: %s", ev.Source, ev.Kind, ev.Header), zap.String("KLP_EVENT_KIND", string(ev.Kind)),
 		zap.String("KLP_EVENT_SOURCE", ev.Source), zap.Bool("KLP_ATTRIBUTED", v.Attributed),
 		zap.String("KLP_RIP", strings.TrimSpace(ev.RIP.Func+" "+ev.RIP.Module)), zap.String("KLP_PATCH", p.Name),
-		zap.Bool("KLP_ROLLBACK", v.Rollback), logging.MessageID(MsgHealthEvent))
+		zap.Bool("KLP_ROLLBACK", v.Rollback), zap.Int64("KLP_DETECT_US", ev.Detect.Microseconds()), logging.MessageID(MsgHealthEvent))
 	if d.Observe != nil {
 		d.Observe(ev, v, p.Name)
 	}
@@ -234,7 +232,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			d.Notify.Stopping()
+			// No STOPPING=1 here: ctx also ends for a reload, and the
+			// service manager would take that for a shutdown. The caller
+			// that owns the process says it.
 			return d.Agent.Stop()
 		case <-poll.C:
 			if d.Source != nil {

@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -162,6 +164,17 @@ log:
 	ms, log = boot(t, work, guest{name: "boot5", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot5.sh"),
 		files: files, kmods: kmods, disk: disk, net: true, timeout: 240 * time.Second})
 	check(ms, log, "applied-oops-4", "auto-rollback", "blocked-oops-4", "attributed")
+	// The bar: the kmsg source has the whole report, attributed, within
+	// 100 ms of its last record appearing in the kernel log.
+	m := regexp.MustCompile(`kmsg oops report: .*"KLP_ATTRIBUTED": true.*"KLP_DETECT_US": (\d+)`).FindStringSubmatch(log)
+	if m == nil {
+		t.Fatalf("no attributed kmsg oops report with KLP_DETECT_US in the log:\n%s", tail(log, 40))
+	}
+	us, _ := strconv.Atoi(m[1])
+	t.Logf("kmsg detection latency: %.1f ms after the report's last record", float64(us)/1000)
+	if us > 100_000 {
+		t.Errorf("kmsg detection took %d us, the bar is 100 ms", us)
+	}
 }
 
 func contains(list []string, s string) bool {

@@ -51,7 +51,7 @@ if ! make -s -C "$KLP_E2E_HEADERS" M="$work/src" KCFLAGS="-ffile-prefix-map=$wor
 fi
 klp_log "modules built in $(klp_elapsed "$start")s"
 
-mods=(klp_cmdline_1 klp_cmdline_2 klp_cmdline_3 klp_oops_4 klp_warn_4 kpatch_cmdline_1
+mods=(klp_cmdline_1 klp_cmdline_2 klp_cmdline_3 klp_oops_3 klp_oops_4 klp_warn_4 kpatch_cmdline_1
 	klp_victim klp_stall klp_notlp)
 mkdir -p "$out/ko"
 for m in "${mods[@]}"; do
@@ -68,13 +68,15 @@ done
 kpatch_name=kpatch-patch-${krel//./_}
 
 # layout  rpm-name  level  kernel-release  module  file-tag
-# file-tag keeps NEVRA-identical packages apart in OUTDIR: both faulty
+# file-tag keeps NEVRA-identical packages apart in OUTDIR: the faulty level 3
+# is klp-cmdline-3-1 like the good one (it must upgrade level 2), both faulty
 # level 4 variants are klp-cmdline-4-1 (each must upgrade level 3), and the
 # other-kernel package is klp-cmdline-1-1 too.
 rpms=(
 	"klp klp-cmdline 1 $krel klp_cmdline_1 -"
 	"klp klp-cmdline 2 $krel klp_cmdline_2 -"
 	"klp klp-cmdline 3 $krel klp_cmdline_3 -"
+	"klp klp-cmdline 3 $krel klp_oops_3 oops"
 	"klp klp-cmdline 4 $krel klp_oops_4 oops"
 	"klp klp-cmdline 4 $krel klp_warn_4 warn"
 	"klp klp-stall 1 $krel klp_stall -"

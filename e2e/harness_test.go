@@ -172,25 +172,33 @@ func boot(t *testing.T, work string, g guest) ([]marker, string) {
 		args = append(args, "-m", m)
 	}
 	runCmd(t, repoDir(t), nil, "e2e/guest/mkinitramfs.sh", args...)
-	log := filepath.Join(work, "serial-"+g.name+".log")
-	start := time.Now()
-	qargs := []string{"-i", initrd, "-l", log, "-q", "-t", strconv.Itoa(int(g.timeout.Seconds()))}
+	qargs := []string{"-i", initrd, "-t", strconv.Itoa(int(g.timeout.Seconds()))}
 	if g.disk != "" {
 		qargs = append(qargs, "-d", g.disk)
 	}
 	if g.net {
 		qargs = append(qargs, "-n")
 	}
+	return bootWith(t, work, g.name, qargs, g.crashes)
+}
+
+// bootWith runs run-qemu.sh with qargs and returns the markers and the
+// serial log; crashes says no DONE marker is expected.
+func bootWith(t *testing.T, work, name string, qargs []string, crashes bool) ([]marker, string) {
+	t.Helper()
+	log := filepath.Join(work, "serial-"+name+".log")
+	start := time.Now()
+	qargs = append([]string{"-l", log, "-q"}, qargs...)
 	cmd := exec.Command("e2e/guest/run-qemu.sh", qargs...)
 	cmd.Dir = repoDir(t)
 	out, err := cmd.CombinedOutput()
-	t.Logf("guest %s ran %.1fs: %s", g.name, time.Since(start).Seconds(), strings.TrimSpace(string(out)))
+	t.Logf("guest %s ran %.1fs: %s", name, time.Since(start).Seconds(), strings.TrimSpace(string(out)))
 	raw, rerr := os.ReadFile(log)
 	if rerr != nil {
 		t.Fatalf("no serial log: %v (qemu: %v)", rerr, err)
 	}
 	// Keep the console log past the test's temp dir, for whoever debugs.
-	keep := filepath.Join(os.TempDir(), "klp-e2e-"+strings.ReplaceAll(t.Name(), "/", "_")+g.name+".serial.log")
+	keep := filepath.Join(os.TempDir(), "klp-e2e-"+strings.ReplaceAll(t.Name(), "/", "_")+name+".serial.log")
 	if werr := os.WriteFile(keep, raw, 0o644); werr == nil {
 		t.Logf("serial log kept at %s", keep)
 	}
@@ -210,9 +218,9 @@ func boot(t *testing.T, work string, g guest) ([]marker, string) {
 	// run-qemu.sh exits 2 when no DONE marker came, which is what a
 	// crashing scenario expects.
 	var ee *exec.ExitError
-	crashedAsPlanned := g.crashes && errors.As(err, &ee) && ee.ExitCode() == 2
+	crashedAsPlanned := crashes && errors.As(err, &ee) && ee.ExitCode() == 2
 	if err != nil && !crashedAsPlanned {
-		t.Errorf("guest %s failed: %v; serial log tail:\n%s", g.name, err, tail(string(raw), 60))
+		t.Errorf("guest %s failed: %v; serial log tail:\n%s", name, err, tail(string(raw), 60))
 	}
 	return ms, string(raw)
 }

@@ -63,6 +63,12 @@ type Event struct {
 	Modules []string  `json:"modules,omitempty"` // "Modules linked in:", taint letters stripped
 	Lines   []string  `json:"lines"`
 	Source  string    `json:"source"`
+	// KernelTime is the kernel's timestamp (since boot) of the record that
+	// completed the report, when the source has one: detection latency is
+	// measured from it.
+	KernelTime time.Duration `json:"kernel_time,omitempty"`
+	// Detect is how long after KernelTime the agent had the whole report.
+	Detect time.Duration `json:"detect,omitempty"`
 }
 
 var (
@@ -116,6 +122,7 @@ func (c *Classifier) Feed(r Record, now time.Time) []Event {
 		c.cur.Kind = kind
 	}
 	c.lastSeen = now
+	c.cur.KernelTime = r.Time
 	c.add(text)
 	if strings.Contains(text, "---[ end trace") || strings.Contains(text, "---[ end Kernel panic") || len(c.cur.Lines) >= MaxEventLines {
 		done = append(done, c.close())

@@ -22,7 +22,7 @@ type Policy struct {
 	// Thresholds roll back when this many events of a kind (attributed or
 	// not) arrive within Window while the patch is applied: one WARNING is
 	// noise on many hosts, a burst after a patch is not.
-	Thresholds map[Kind]int `yaml:"thresholds"`
+	Thresholds map[Kind]int  `yaml:"thresholds"`
 	Window     time.Duration `yaml:"window"`
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/agent/config"
@@ -108,6 +109,11 @@ func monitorKmsg(ctx context.Context, root string, log *zap.Logger) <-chan healt
 		defer tick.Stop()
 		emit := func(evs []health.Event) {
 			for _, ev := range evs {
+				if ev.KernelTime > 0 {
+					// printk stamps with local_clock, which tracks
+					// CLOCK_MONOTONIC closely (no suspend on a server).
+					ev.Detect = sinceBoot() - ev.KernelTime
+				}
 				select {
 				case out <- ev:
 				case <-ctx.Done():
@@ -129,6 +135,15 @@ func monitorKmsg(ctx context.Context, root string, log *zap.Logger) <-chan healt
 		}
 	}()
 	return out
+}
+
+// sinceBoot is CLOCK_MONOTONIC, the clock kernel log timestamps follow.
+func sinceBoot() time.Duration {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
 }
 
 func cmdRun(env *Env, args []string) error {
@@ -153,6 +168,12 @@ func cmdRun(env *Env, args []string) error {
 	defer signal.Stop(hup)
 	notify := sdNotifier{}
 	go watchdog(ctx)
+	// STOPPING=1 as soon as a stop signal arrives, while an apply in flight
+	// may still be finishing (a reload cancels only the daemon's context).
+	go func() {
+		<-ctx.Done()
+		notify.Stopping()
+	}()
 	events := monitorKmsg(ctx, b.cfg.Paths.Root, b.log)
 	for {
 		b.daemon.Notify = notify

@@ -77,7 +77,7 @@ klp_level() {
 }
 
 # Read /proc/cmdline as a task whose comm is "klp-trigger", which is what
-# the faulty level 4 modules react to. Runs in a subshell so only it dies
+# the faulty modules (klp_oops_3, klp_oops_4, klp_warn_4) react to. Runs in a subshell so only it dies
 # on an oops; prints what it read and returns the subshell's status.
 klp_trigger_read() {
 	(

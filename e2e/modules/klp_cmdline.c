@@ -3,7 +3,7 @@
  * Cumulative livepatch of cmdline_proc_show() for klp-agent's e2e tests.
  *
  * One source, several modules: Kbuild compiles it once per module name with
- * -DKLP_LEVEL=N (and -DKLP_FAULT=... for the faulty level 4). Every module
+ * -DKLP_LEVEL=N (and -DKLP_FAULT=... for the faulty levels 3 and 4). Every module
  * has its own name because atomic replace loads the new level while the old
  * one is still loaded, and two modules cannot share a name.
  *

@@ -1,0 +1,142 @@
+#!/bin/sh
+# shellcheck shell=dash
+# SPDX-License-Identifier: GPL-2.0
+# The whole system as an operator runs it (TestSystemRealKernel, make demo):
+# the Debian rootfs under systemd installs the agent's own RPM with rpm; the
+# unit starts it; it polls a signed manifest from nginx on the host
+# (10.0.2.2). Installed as /etc/klp-e2e/scenario; it runs once per boot.
+#
+# Boot A: level 1 applied; `systemctl reload` with a drop-in pointing at the
+#   next manifest upgrades to 2; the next one offers a faulty level 3, which
+#   oopses when used and is rolled back to 2 and blocked.
+# Boot B: the unit re-applies 2 before its first poll; `rpm -e klp-agent`
+#   stops the service and leaves level 2 in the kernel.
+# What the host asserts on (journal JSON, status JSON, /proc/cmdline) goes to
+# /var/lib/klp-e2e/out, read from the image after poweroff.
+# shellcheck source-path=SCRIPTDIR source=../klp-e2e.sh
+. /usr/local/lib/klp-e2e.sh
+
+OUT=/var/lib/klp-e2e/out
+A=/usr/bin/klp-agent
+RPMDB="--dbpath /var/lib/rpm"
+DROPIN=/etc/klp-agent/config.d/60-e2e-manifest.yaml
+mkdir -p "$OUT"
+phase=$(cat /var/lib/klp-e2e/phase 2>/dev/null || echo A)
+
+level_is() { [ "$(klp_level)" = "$1" ]; }
+active() { [ "$(systemctl is-active klp-agent)" = active ]; }
+phase_is() { $A status --json 2>/dev/null | grep -q "\"phase\": \"$1\""; }
+good_level() { level_is "$1" && phase_is good; }
+soaking_level() { level_is "$1" && phase_is soaking; }
+agent_state() { $A status 2>&1 | tr '\n' ' ' | cut -c1-400; }
+
+# use_manifest N: point the agent at manifest-N.json and reload it.
+use_manifest() {
+	printf 'manifest:\n  url: %s/manifest-%s.json\n' "$(cat /etc/klp-e2e/base-url)" "$1" >"$DROPIN"
+	systemctl reload klp-agent
+}
+
+# wait_step NAME SECONDS CHECK ARGS...: PASS with the time it took, or FAIL
+# with the agent's status.
+wait_step() {
+	local name="$1" secs="$2" t
+	shift 2
+	t=$(klp_cs)
+	if klp_wait "$secs" "$@"; then
+		klp_pass "$name" "$(klp_since "$t")s"
+	else
+		klp_fail "$name" "$(agent_state)"
+		return 1
+	fi
+}
+
+# save SUFFIX: what the host asserts on, and what the demo shows.
+save() {
+	$A status >"$OUT/status-$1.txt" 2>&1
+	$A status --json >"$OUT/status-$1.json" 2>&1
+	journalctl -b -u klp-agent -o json >"$OUT/journal-$1.json"
+	journalctl -b -u klp-agent -o short-monotonic --no-hostname >"$OUT/journal-$1.txt"
+	cat /proc/cmdline >"$OUT/cmdline-$1"
+	systemctl show klp-agent >"$OUT/unit-$1.txt"
+}
+
+boot_a() {
+	local t wd1 wd2
+	t=$(klp_cs)
+	rpm $RPMDB --initdb
+	# --nodeps: Debian's rpm database does not know dpkg's systemd and kmod.
+	if rpm -i --nodeps --force-debian $RPMDB /root/klp-agent.rpm 2>"$OUT/rpm-i.err"; then
+		klp_pass agent-installed "$(rpm -q $RPMDB klp-agent) in $(klp_since "$t")s"
+	else
+		klp_fail agent-installed "$(tr '\n' ' ' <"$OUT/rpm-i.err")"
+		return 1
+	fi
+	[ "$(systemctl is-enabled klp-agent)" = enabled ] && klp_pass enabled "by %post" || klp_fail enabled "$(systemctl is-enabled klp-agent)"
+	# Type=notify: "active" only once the agent sent READY=1.
+	wait_step ready 30 active || return 1
+	klp_note "status text: $(systemctl show -P StatusText klp-agent)"
+	wait_step applied-1 120 good_level 1 || return 1
+	# WatchdogSec=6s from the test's unit drop-in: a ping every 3 s.
+	wd1=$(systemctl show -P WatchdogTimestampMonotonic klp-agent)
+	sleep 7
+	wd2=$(systemctl show -P WatchdogTimestampMonotonic klp-agent)
+	if [ -n "$wd1" ] && [ "$wd1" != 0 ] && [ "$wd2" != "$wd1" ]; then
+		klp_pass watchdog "pinged: $wd1 -> $wd2 us"
+	else
+		klp_fail watchdog "WatchdogTimestampMonotonic $wd1 -> $wd2"
+	fi
+	use_manifest 2
+	wait_step upgraded-2 120 good_level 2 || return 1
+	if journalctl -b -u klp-agent | grep -q 'configuration reloaded'; then
+		klp_pass reload "config re-read on systemctl reload"
+	else
+		klp_fail reload "no 'configuration reloaded' in the journal"
+	fi
+	use_manifest 3
+	wait_step applied-3 120 soaking_level 3 || return 1
+	t=$(klp_cs)
+	klp_trigger_read >/dev/null 2>&1
+	if klp_wait 60 good_level 2; then
+		klp_pass rolled-back-2 "$(klp_since "$t")s after the oops"
+	else
+		klp_fail rolled-back-2 "$(agent_state)"
+	fi
+	echo B >/var/lib/klp-e2e/phase
+}
+
+boot_b() {
+	local t
+	wait_step reapplied-2 60 level_is 2 || return 1
+	active && klp_pass active-after-boot "$(systemctl show -P ActiveEnterTimestampMonotonic klp-agent)" || klp_fail active-after-boot "$(systemctl is-active klp-agent)"
+	wait_step good-2 60 phase_is good
+	save B
+	t=$(klp_cs)
+	if rpm -e --nodeps $RPMDB klp-agent 2>"$OUT/rpm-e.err"; then
+		klp_pass agent-erased "$(klp_since "$t")s"
+	else
+		klp_fail agent-erased "$(tr '\n' ' ' <"$OUT/rpm-e.err")"
+	fi
+	case $(systemctl is-active klp-agent) in
+	active | activating | deactivating) klp_fail erase-stops "$(systemctl is-active klp-agent)" ;;
+	*) klp_pass erase-stops "$(systemctl is-active klp-agent)" ;;
+	esac
+	if level_is 2 && [ "$(cat /sys/kernel/livepatch/klp_cmdline_2/enabled)" = 1 ]; then
+		klp_pass patch-stays "klp_cmdline_2 enabled, $(cut -c1-80 /proc/cmdline)"
+	else
+		klp_fail patch-stays "level $(klp_level)"
+	fi
+	cat /proc/cmdline >"$OUT/cmdline-after-erase"
+	echo done >/var/lib/klp-e2e/phase
+}
+
+# Saved whatever happened, for the host's assertions or a failure's story.
+case $phase in
+A)
+	boot_a
+	save A
+	;;
+B) boot_b || save B ;;
+*) klp_fail phase "unexpected phase $phase" ;;
+esac
+sync
+exit "$KLP_FAILED"

@@ -1,0 +1,287 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klp-agent/klp-agent/agent"
+	"github.com/klp-agent/klp-agent/e2e/nginxtest"
+)
+
+// TestSystemRealKernel is the whole system as an operator runs it, and what
+// `make demo` shows: the Debian rootfs boots under systemd in qemu, installs
+// the agent's own RPM with rpm, and the unit polls signed manifests served by
+// nginx on the host. Level 1 goes in, `systemctl reload` moves it to a
+// manifest with level 2, then to one with a faulty level 3 that oopses when
+// used and is rolled back to 2 and blocked; after a reboot the unit
+// re-applies 2 before its first poll, and `rpm -e klp-agent` leaves 2 in the
+// kernel. KLP_DEMO_OUT=DIR keeps what the guest saved and a summary there.
+func TestSystemRealKernel(t *testing.T) {
+	kernelEnv(t)
+	start := time.Now()
+	work := t.TempDir()
+	bin := buildAgent(t, work)
+	rpms := filepath.Join(work, "rpms")
+	buildRPMs(t, rpms)
+	runCmd(t, repoDir(t), nil, "make", "-s", "rpm", "RPM_RELEASE=e2e")
+	agentRPM := filepath.Join(repoDir(t), "bin", "klp-agent-0.1.0-e2e.x86_64.rpm")
+
+	www, keys := filepath.Join(work, "www"), filepath.Join(work, "keys")
+	for _, d := range []string{filepath.Join(www, "rpms"), keys} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli := func(args ...string) string { return runCmd(t, work, nil, bin, args...) }
+	cli("manifest", "keygen", "--out", filepath.Join(keys, "release"))
+	// Three manifest versions, as a publisher releases them: 1; 1+2; 1+2+faulty 3.
+	src := filepath.Join(work, "manifest.yaml")
+	for i, f := range []string{"klp-cmdline-1-1.x86_64.rpm", "klp-cmdline-2-1.x86_64.rpm", "klp-cmdline-3-1.oops.x86_64.rpm"} {
+		b, err := os.ReadFile(filepath.Join(rpms, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(www, "rpms", f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cli("manifest", "add", "--manifest", src, "--rpm", filepath.Join(www, "rpms", f), "--url", "rpms/"+f)
+		cli("manifest", "sign", "--in", src, "--key", filepath.Join(keys, "release.key"),
+			"--out", filepath.Join(www, fmt.Sprintf("manifest-%d.json", i+1)))
+	}
+	srv := nginxtest.Start(t, www)
+	baseURL := "http://10.0.2.2:" + srv.URL[strings.LastIndex(srv.URL, ":")+1:]
+
+	// The image: the RPM to install, the release key, and site config as an
+	// operator's configuration management would drop it in.
+	ov := filepath.Join(work, "overlay")
+	write := func(path, content string, mode os.FileMode) {
+		t.Helper()
+		p := filepath.Join(ov, path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(path string) string {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	write("root/klp-agent.rpm", read(agentRPM), 0o644)
+	write("etc/klp-agent/keys/release.pub", read(filepath.Join(keys, "release.pub")), 0o644)
+	write("etc/klp-e2e/base-url", baseURL, 0o644)
+	write("etc/klp-e2e/scenario", read(filepath.Join(repoDir(t), "e2e/guest/scenarios/system.sh")), 0o755)
+	write("etc/klp-agent/config.d/50-site.yaml", `# The test fleet: fast polls and a short soak, so the demo takes minutes.
+manifest:
+  url: `+baseURL+`/manifest-1.json
+  poll_interval: 10s
+  poll_jitter: 0
+  timeout: 20s
+  retries: 1
+host:
+  id: e2e-system-1
+apply:
+  soak: 10s
+  # The unit's ProtectHome hides Debian's default rpm database (~/.rpmdb).
+  rpm_dbpath: /var/lib/rpm
+`, 0o644)
+	// A watchdog ping every 3 s, so the test sees pings within seconds.
+	write("etc/systemd/system/klp-agent.service.d/50-e2e.conf", "[Service]\nWatchdogSec=6s\n", 0o644)
+
+	img := filepath.Join(work, "rootfs.img")
+	runCmd(t, repoDir(t), nil, "e2e/guest/mkrootfs.sh", "-o", img, "-O", ov)
+	initrd := filepath.Join(work, "rootfs.cpio.gz")
+	runCmd(t, repoDir(t), nil, "e2e/guest/mkinitramfs.sh", "-o", initrd, "-r")
+
+	timings := map[string]string{}
+	check := func(ms []marker, log string, want ...string) {
+		t.Helper()
+		got := map[string]marker{}
+		for _, m := range ms {
+			if m.status == "FAIL" {
+				t.Errorf("guest step %s FAIL: %s", m.name, m.detail)
+			}
+			got[m.name] = m
+		}
+		for _, name := range want {
+			m, ok := got[name]
+			switch {
+			case !ok:
+				t.Errorf("%s: never reported; log tail:\n%s", name, tail(log, 40))
+			case m.status == "PASS":
+				timings[name] = m.detail
+				t.Logf("%s: %s", name, m.detail)
+			}
+		}
+	}
+	ms, log := bootRootfs(t, work, initrd, img, "systemA", 420*time.Second)
+	check(ms, log, "agent-installed", "enabled", "ready", "applied-1", "watchdog", "upgraded-2", "reload", "applied-3", "rolled-back-2")
+	if t.Failed() {
+		return
+	}
+	ms, log = bootRootfs(t, work, initrd, img, "systemB", 300*time.Second)
+	check(ms, log, "reapplied-2", "active-after-boot", "good-2", "agent-erased", "erase-stops", "patch-stays")
+
+	out := filepath.Join(work, "out")
+	runCmd(t, work, nil, "debugfs", "-R", "rdump /var/lib/klp-e2e/out "+work, img)
+	outs := func(name string) string { return read(filepath.Join(out, name)) }
+
+	// Boot A's journal: every transition once, with its MESSAGE_ID and fields.
+	ja := journal(t, outs("journal-A.json"))
+	wantEntry(t, ja, agent.MsgApplied, "klp_cmdline_1", "1")
+	wantEntry(t, ja, agent.MsgGood, "klp_cmdline_1", "1")
+	wantEntry(t, ja, agent.MsgApplied, "klp_cmdline_2", "2")
+	wantEntry(t, ja, agent.MsgGood, "klp_cmdline_2", "2")
+	wantEntry(t, ja, agent.MsgApplied, "klp_oops_3", "3")
+	rb := wantEntry(t, ja, agent.MsgRolledBack, "klp_oops_3", "3")
+	if r := rb["KLP_ROLLBACK_REASON"]; !strings.Contains(r, "attributed to klp_oops_3") {
+		t.Errorf("rollback reason %q, want the oops attributed to klp_oops_3", r)
+	}
+	wantEntry(t, ja, agent.MsgBlocked, "klp_oops_3", "3")
+	for _, e := range ja {
+		if e["MESSAGE_ID"] == agent.MsgApplied && e["KLP_PATCH"] == "klp_cmdline_1" && e["_SYSTEMD_UNIT"] != "klp-agent.service" {
+			t.Errorf("applied entry from unit %q, want klp-agent.service", e["_SYSTEMD_UNIT"])
+		}
+	}
+	// status --json agrees with the journal.
+	var st struct {
+		Kernel  string `json:"kernel"`
+		Current *struct {
+			Name  string `json:"name"`
+			Level int    `json:"level"`
+		} `json:"applied"`
+		Phase   string `json:"phase"`
+		Blocked []struct {
+			Name   string `json:"name"`
+			Level  int    `json:"level"`
+			Reason string `json:"reason"`
+		} `json:"blocked"`
+	}
+	if err := json.Unmarshal([]byte(outs("status-A.json")), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, outs("status-A.json"))
+	}
+	if st.Current == nil || st.Current.Name != "klp_cmdline_2" || st.Current.Level != 2 || st.Phase != "good" {
+		t.Errorf("status after the rollback: %s", outs("status-A.json"))
+	}
+	if len(st.Blocked) != 1 || st.Blocked[0].Name != "klp_oops_3" || st.Blocked[0].Level != 3 {
+		t.Errorf("blocked: %+v, want klp_oops_3 level 3", st.Blocked)
+	}
+	for _, f := range []string{"cmdline-A", "cmdline-B", "cmdline-after-erase"} {
+		if !strings.HasSuffix(strings.TrimSpace(outs(f)), "klp_level=2") {
+			t.Errorf("%s: %q, want level 2's text", f, outs(f))
+		}
+	}
+
+	// Boot B: level 2 back from the state dir before the first poll result.
+	jb := journal(t, outs("journal-B.json"))
+	re := -1
+	firstPoll := -1
+	for i, e := range jb {
+		if e["MESSAGE_ID"] == agent.MsgReapplied && e["KLP_PATCH"] == "klp_cmdline_2" && re < 0 {
+			re = i
+		}
+		if m := e["MESSAGE"]; firstPoll < 0 && (strings.HasPrefix(m, "manifest version") || strings.HasPrefix(m, "manifest poll failed")) {
+			firstPoll = i
+		}
+	}
+	switch {
+	case re < 0:
+		t.Errorf("boot B: no re-applied entry for klp_cmdline_2")
+	case firstPoll >= 0 && firstPoll < re:
+		t.Errorf("boot B: the first poll (%q) came before the re-apply", jb[firstPoll]["MESSAGE"])
+	}
+	if d := os.Getenv("KLP_DEMO_OUT"); d != "" {
+		demoSummary(t, d, out, timings, time.Since(start))
+	}
+}
+
+// bootRootfs boots the systemd image once; its scenario powers it off.
+func bootRootfs(t *testing.T, work, initrd, img, name string, timeout time.Duration) ([]marker, string) {
+	t.Helper()
+	return bootWith(t, work, name, []string{"-i", initrd, "-d", img, "-n", "-t", fmt.Sprint(int(timeout.Seconds()))}, false)
+}
+
+// journal parses `journalctl -o json` output.
+func journal(t *testing.T, s string) []map[string]string {
+	t.Helper()
+	var out []map[string]string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		raw := map[string]any{}
+		if err := json.Unmarshal(sc.Bytes(), &raw); err != nil {
+			t.Fatalf("journal line %q: %v", sc.Text(), err)
+		}
+		e := map[string]string{}
+		for k, v := range raw {
+			if s, ok := v.(string); ok {
+				e[k] = s
+			}
+		}
+		out = append(out, e)
+	}
+	if len(out) == 0 {
+		t.Fatal("empty journal")
+	}
+	return out
+}
+
+// wantEntry finds exactly one entry with the MESSAGE_ID for patch at level.
+func wantEntry(t *testing.T, j []map[string]string, id, patch, level string) map[string]string {
+	t.Helper()
+	var found []map[string]string
+	for _, e := range j {
+		if e["MESSAGE_ID"] == id && e["KLP_PATCH"] == patch {
+			found = append(found, e)
+		}
+	}
+	if len(found) != 1 {
+		t.Errorf("MESSAGE_ID=%s KLP_PATCH=%s: %d entries, want 1", id, patch, len(found))
+		return map[string]string{}
+	}
+	if found[0]["KLP_LEVEL"] != level || len(found[0]["KLP_SHA256"]) != 64 {
+		t.Errorf("MESSAGE_ID=%s KLP_PATCH=%s: level %q sha256 %q", id, patch, found[0]["KLP_LEVEL"], found[0]["KLP_SHA256"])
+	}
+	return found[0]
+}
+
+// demoSummary keeps the guest's outputs and writes what `make demo` prints.
+func demoSummary(t *testing.T, dir, out string, timings map[string]string, total time.Duration) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	runCmd(t, out, nil, "cp", "-r", ".", dir)
+	var b strings.Builder
+	fmt.Fprintf(&b, "klp-agent demo: a Debian guest under systemd, the agent installed with rpm, manifests from nginx\n\n")
+	for _, s := range []struct{ step, what string }{
+		{"agent-installed", "rpm -i klp-agent (the unit enabled and started by %post)"},
+		{"ready", "unit active: READY=1 after start-up"},
+		{"applied-1", "level 1 applied and soaked"},
+		{"upgraded-2", "systemctl reload, new manifest: upgraded to 2"},
+		{"applied-3", "faulty level 3 applied"},
+		{"rolled-back-2", "its oops seen on /dev/kmsg, rolled back to 2, 3 blocked"},
+		{"reapplied-2", "after a reboot: 2 re-applied by the unit"},
+		{"agent-erased", "rpm -e klp-agent: service stopped"},
+		{"patch-stays", "level 2 still in the kernel"},
+	} {
+		fmt.Fprintf(&b, "  %-14s %-58s %s\n", s.step, s.what, timings[s.step])
+	}
+	fmt.Fprintf(&b, "\ntotal %.0fs; guest outputs in %s\n", total.Seconds(), dir)
+	if err := os.WriteFile(filepath.Join(dir, "summary.txt"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
