@@ -39,6 +39,9 @@ type LivepatchRow struct {
 	Owner string `json:"owner"` // "klp-agent" or "foreign"
 }
 
+// maxEvidenceLines bounds the evidence the human status shows per block.
+const maxEvidenceLines = 4
+
 func cmdStatus(env *Env, args []string) error {
 	fs := newFlags(env, "status", "status [--config PATH] [--json]")
 	path := fs.String("config", config.DefaultPath, "main configuration file")
@@ -164,8 +167,13 @@ func writeStatus(env *Env, s *Status) {
 	fmt.Fprintf(w, "blocked:    %d\n", len(s.Blocked))
 	for _, b := range s.Blocked {
 		fmt.Fprintf(w, "  %s at %s: %s\n", b.ID(), ts(b.At), b.Reason)
-		for _, e := range b.Evidence {
+		// A whole oops is evidence, not a status line: the head here, the
+		// rest in --json.
+		for _, e := range b.Evidence[:min(len(b.Evidence), maxEvidenceLines)] {
 			fmt.Fprintf(w, "    %s\n", e)
+		}
+		if n := len(b.Evidence) - maxEvidenceLines; n > 0 {
+			fmt.Fprintf(w, "    ... %d more evidence lines in status --json\n", n)
 		}
 	}
 	fmt.Fprintf(w, "livepatches in the kernel: %d\n", len(s.Livepatches))

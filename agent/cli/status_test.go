@@ -27,8 +27,9 @@ func TestStatus(t *testing.T) {
 	cur := state.Patch{Name: "klp_cmdline_2", Level: 2, SHA256: sha(2), Size: 10, Applied: t0}
 	st := &state.State{Kernels: map[string]*state.Kernel{testKernel: {
 		Phase: state.PhaseSoaking, Current: &cur, SoakUntil: t0.Add(30 * time.Minute),
-		Good:    []state.Patch{{Name: "klp_cmdline_1", Level: 1, SHA256: sha(1), Size: 10}},
-		Blocked: []state.Blocked{{Patch: state.Patch{Name: "klp_cmdline_3", Level: 3, SHA256: sha(3), Size: 10}, Reason: "oops attributed to klp_cmdline_3", At: t0}},
+		Good: []state.Patch{{Name: "klp_cmdline_1", Level: 1, SHA256: sha(1), Size: 10}},
+		Blocked: []state.Blocked{{Patch: state.Patch{Name: "klp_cmdline_3", Level: 3, SHA256: sha(3), Size: 10}, Reason: "oops attributed to klp_cmdline_3", At: t0,
+			Evidence: []string{"BUG: kernel NULL pointer dereference", "Oops: 0002 [#1] PREEMPT SMP NOPTI", "RIP: 0010:klp_fault+0x5/0x10 [klp_cmdline_3]", "Call Trace:", "l5", "l6", "l7"}}},
 	}}, LastPoll: &state.Poll{At: t0, OK: true, ManifestVersion: 7}}
 	if err := (&state.Store{Dir: stateDir}).Save(st); err != nil {
 		t.Fatal(err)
@@ -53,10 +54,14 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("owners %v", owners)
 	}
 	text := run(t, t0.Add(10*time.Minute), "status", "--config", cfg)
-	for _, want := range []string{"state:      soaking (soak ends in 20m0s)", "applied:    klp_cmdline_2 level 2", "klp_cmdline_3@3", "oops attributed", "vendor_fix", "foreign", "good:       klp_cmdline_1@1"} {
+	for _, want := range []string{"state:      soaking (soak ends in 20m0s)", "applied:    klp_cmdline_2 level 2", "klp_cmdline_3@3", "oops attributed", "vendor_fix", "foreign", "good:       klp_cmdline_1@1",
+		"    RIP: 0010:klp_fault", "... 3 more evidence lines in status --json"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("status text lacks %q:\n%s", want, text)
 		}
+	}
+	if strings.Contains(text, "l5") || len(s.Blocked[0].Evidence) != 7 {
+		t.Errorf("evidence: the human status shows the head, --json all of it:\n%s", text)
 	}
 	// The recorded patch missing from the kernel is called out.
 	os.WriteFile(filepath.Join(root, "sys/kernel/livepatch/klp_cmdline_2/enabled"), []byte("0\n"), 0o644)
