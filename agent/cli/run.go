@@ -77,13 +77,34 @@ func build(path string, store *state.Store, stderr *os.File) (*built, error) {
 				Keyring: l.Apply.RPMKeyring, DBPath: l.Apply.RPMDBPath},
 			Controller: ctrl, Root: l.Paths.Root, CheckSig: l.Apply.RequireSignature,
 		},
-		Soak:   l.Apply.Soak,
-		BootID: func() (string, error) { return agent.BootID(l.Paths.Root) },
+		Soak:       l.Apply.Soak,
+		BootID:     func() (string, error) { return agent.BootID(l.Paths.Root) },
+		CrashSince: crashSince(l),
 	})
 	return &built{cfg: l, log: log, daemon: &agent.Daemon{
 		Agent: a, Source: src, ManifestURL: l.Manifest.URL,
 		Interval: l.Manifest.PollInterval, Jitter: l.Manifest.PollJitter,
 	}}, nil
+}
+
+// crashSince reports kdump dumps written after t as block evidence: the
+// dump's cause, then its trace.
+func crashSince(l *config.Loaded) func(time.Time) ([]string, error) {
+	if l.Health.KdumpDir == "" {
+		return nil
+	}
+	sc := health.KdumpScanner{Dir: filepath.Join(l.Paths.Root, l.Health.KdumpDir)}
+	return func(t time.Time) ([]string, error) {
+		dumps, err := sc.Since(t)
+		var ev []string
+		for _, d := range dumps {
+			ev = append(ev, d.Evidence())
+			if c := d.Cause(); c != nil {
+				ev = append(ev, c.Lines[:min(len(c.Lines), 30)]...)
+			}
+		}
+		return ev, err
+	}
 }
 
 // monitorKmsg follows /dev/kmsg and delivers whole kernel reports. Without
