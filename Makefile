@@ -30,7 +30,7 @@ lint: staticcheck
 	staticcheck ./...
 
 # Each fuzz target runs FUZZTIME (60 s in CI) and must not find a crash.
-FUZZ_TARGETS := ./manifest:FuzzParse ./manifest:FuzzVerifyEnvelope ./agent/config:FuzzDecode ./klp:FuzzInspectRPMReader ./health:FuzzParseKmsg
+FUZZ_TARGETS := ./manifest:FuzzParse ./manifest:FuzzVerifyEnvelope ./agent/config:FuzzDecode ./klp:FuzzInspectRPMReader ./health:FuzzParseKmsg ./health:FuzzNetconsole
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; fn=$${t##*:}; \

@@ -107,55 +107,87 @@ func crashSince(l *config.Loaded) func(time.Time) ([]string, error) {
 	}
 }
 
-// monitorKmsg follows /dev/kmsg and delivers whole kernel reports. Without
-// a readable /dev/kmsg (a container) the agent runs on, without this
-// signal, and says so.
-func monitorKmsg(ctx context.Context, root string, log *zap.Logger) <-chan health.Event {
-	out := make(chan health.Event, 16)
-	k, err := health.OpenKmsg(filepath.Join(root, "dev/kmsg"))
-	if err != nil {
-		log.Error("kernel log monitor disabled: " + err.Error())
-		return out
-	}
-	recs := make(chan health.Record, 256)
-	go func() {
-		if err := k.Follow(ctx, recs); err != nil {
-			log.Error("kernel log monitor stopped: " + err.Error())
+// monitorHealth starts the configured crash-signal sources and merges
+// their events. A source that cannot start (no /dev/kmsg in a container,
+// a port in use) is logged and the agent runs on without it.
+func monitorHealth(ctx context.Context, cfg *config.Loaded, host string, log *zap.Logger) <-chan health.Event {
+	h := cfg.Health
+	out := make(chan health.Event, 64)
+	if h.Kmsg {
+		if k, err := health.OpenKmsg(filepath.Join(cfg.Paths.Root, "dev/kmsg")); err != nil {
+			log.Error("kernel log monitor disabled: " + err.Error())
+		} else {
+			recs := make(chan health.Record, 256)
+			go func() {
+				if err := k.Follow(ctx, recs); err != nil {
+					log.Error("kernel log monitor stopped: " + err.Error())
+				}
+				close(recs)
+			}()
+			go classify(ctx, recs, out)
 		}
-		close(recs)
-	}()
-	go func() {
-		var c health.Classifier
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		emit := func(evs []health.Event) {
-			for _, ev := range evs {
-				if ev.KernelTime > 0 {
-					// printk stamps with local_clock, which tracks
-					// CLOCK_MONOTONIC closely (no suspend on a server).
-					ev.Detect = sinceBoot() - ev.KernelTime
+	}
+	if h.Netconsole != "" {
+		nr := &health.NetconsoleReceiver{Addr: h.Netconsole, Release: host}
+		if err := nr.Listen(); err != nil {
+			log.Error("netconsole receiver disabled: " + err.Error())
+		} else {
+			recs := make(chan health.Record, 256)
+			go func() {
+				if err := nr.Run(ctx, recs); err != nil {
+					log.Error("netconsole receiver stopped: " + err.Error())
 				}
-				select {
-				case out <- ev:
-				case <-ctx.Done():
-				}
+				close(recs)
+			}()
+			go classify(ctx, recs, out)
+			log.Info("netconsole receiver on " + nr.LocalAddr().String())
+		}
+	}
+	if h.Taint {
+		go func() {
+			w := health.TaintWatcher{Path: filepath.Join(cfg.Paths.Root, "proc/sys/kernel/tainted"), Every: h.TaintInterval}
+			if err := w.Run(ctx, out); err != nil {
+				log.Error("taint watcher disabled: " + err.Error())
+			}
+		}()
+	}
+	if c := h.Command; len(c.Argv) > 0 {
+		go health.Command{Argv: c.Argv, Timeout: c.Timeout, Every: c.Interval, Failures: c.Failures}.Run(ctx, out)
+	}
+	return out
+}
+
+// classify groups one source's records into reports.
+func classify(ctx context.Context, recs <-chan health.Record, out chan<- health.Event) {
+	var c health.Classifier
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	emit := func(evs []health.Event) {
+		for _, ev := range evs {
+			if ev.KernelTime > 0 && ev.Source == "kmsg" {
+				// printk stamps with local_clock, which tracks
+				// CLOCK_MONOTONIC closely (no suspend on a server).
+				ev.Detect = sinceBoot() - ev.KernelTime
+			}
+			select {
+			case out <- ev:
+			case <-ctx.Done():
 			}
 		}
-		for {
-			select {
-			case r, ok := <-recs:
-				if !ok {
-					return
-				}
-				emit(c.Feed(r, time.Now()))
-			case <-tick.C:
-				emit(c.Flush(time.Now()))
-			case <-ctx.Done():
+	}
+	for {
+		select {
+		case r, ok := <-recs:
+			if !ok {
 				return
 			}
+			emit(c.Feed(r, time.Now()))
+		case <-tick.C:
+			emit(c.Flush(time.Now()))
+		case <-ctx.Done():
+			return
 		}
-	}()
-	return out
+	}
 }
 
 // sinceBoot is CLOCK_MONOTONIC, the clock kernel log timestamps follow.
@@ -195,10 +227,11 @@ func cmdRun(env *Env, args []string) error {
 		<-ctx.Done()
 		notify.Stopping()
 	}()
-	events := monitorKmsg(ctx, b.cfg.Paths.Root, b.log)
+	events := monitorHealth(ctx, b.cfg, b.daemon.Agent.Host().Kernel, b.log)
 	for {
 		b.daemon.Notify = notify
 		b.daemon.Events = events
+		b.daemon.Judge = &health.Judge{Policy: b.cfg.Health.Policy}
 		b.log.Info("klp-agent "+Version+" starting", zap.String("KERNEL_RELEASE", b.daemon.Agent.Host().Kernel),
 			zap.String("HOST_TIER", b.daemon.Agent.Host().Tier), zap.String("MANIFEST_URL", b.cfg.Manifest.URL))
 		if err := b.daemon.Agent.Start(ctx); err != nil {

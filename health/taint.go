@@ -1,0 +1,106 @@
+package health
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Taint is the kernel's taint bitmask (/proc/sys/kernel/tainted).
+type Taint uint64
+
+// Taint bits the agent acts on (Documentation/admin-guide/tainted-kernels.rst).
+const (
+	TaintDied       Taint = 1 << 7  // D: an oops or BUG killed a task
+	TaintWarn       Taint = 1 << 9  // W: a WARN() fired
+	TaintLivepatch  Taint = 1 << 15 // K: live patched
+	taintLetters          = "PFSRMBUDAWCIOELKXTN"
+	taintWatchedSet       = TaintDied | TaintWarn
+)
+
+// String gives the letters of the set bits, e.g. "OEK" for 45056.
+func (t Taint) String() string {
+	var b strings.Builder
+	for i := 0; i < len(taintLetters); i++ {
+		if t&(1<<i) != 0 {
+			b.WriteByte(taintLetters[i])
+		}
+	}
+	return b.String()
+}
+
+// ReadTaint reads the taint mask from path.
+func ReadTaint(path string) (Taint, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read taint: %w", err)
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("read taint %s: %w", path, err)
+	}
+	return Taint(v), nil
+}
+
+// NewBits is what after has of D and W that before had not.
+func NewBits(before, after Taint) Taint { return after &^ before & taintWatchedSet }
+
+// TaintWatcher reports D and W bits that appear while the agent runs: a
+// backstop for reports the kernel log lost (overwritten, or printed where
+// the agent could not read them). Taint bits are sticky until reboot, so
+// each bit is reported once.
+type TaintWatcher struct {
+	Path  string        // <root>/proc/sys/kernel/tainted
+	Every time.Duration // 0 = 5 s
+}
+
+// Run polls until ctx ends. The baseline is the mask at start: bits set
+// before the agent started are an earlier story.
+func (w TaintWatcher) Run(ctx context.Context, out chan<- Event) error {
+	every := w.Every
+	if every <= 0 {
+		every = 5 * time.Second
+	}
+	seen, err := ReadTaint(w.Path)
+	if err != nil {
+		return err
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		now, err := ReadTaint(w.Path)
+		if err != nil {
+			continue // transient; the next tick retries
+		}
+		nb := NewBits(seen, now)
+		seen |= now
+		for _, ev := range taintEvents(nb, now) {
+			select {
+			case out <- ev:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}
+}
+
+func taintEvents(nb, all Taint) []Event {
+	var evs []Event
+	if nb&TaintDied != 0 {
+		evs = append(evs, Event{Kind: KindOops, Source: "taint", At: time.Now(),
+			Header: fmt.Sprintf("kernel taint D (a task died in an oops or BUG) appeared; taint now %s (%d)", all, uint64(all))})
+	}
+	if nb&TaintWarn != 0 {
+		evs = append(evs, Event{Kind: KindWarning, Source: "taint", At: time.Now(),
+			Header: fmt.Sprintf("kernel taint W (a WARNING fired) appeared; taint now %s (%d)", all, uint64(all))})
+	}
+	return evs
+}
