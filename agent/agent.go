@@ -64,6 +64,44 @@ type Deps struct {
 	// Crashpoint, if set, is called at every step boundary; the
 	// crash-consistency tests kill the process there.
 	Crashpoint func(step string)
+	// Recorder hears about applies, rollbacks, polls and health events
+	// (agent/metrics); nil = nobody.
+	Recorder Recorder
+}
+
+// Recorder is what the agent reports for metrics.
+type Recorder interface {
+	Applied(ok bool, d time.Duration)
+	RolledBack(reason string)
+	Polled(result string, at time.Time, manifestVersion uint64)
+	HealthEvent(kind, source string, attributed bool, patch string)
+}
+
+type nopRecorder struct{}
+
+func (nopRecorder) Applied(bool, time.Duration)              {}
+func (nopRecorder) RolledBack(string)                        {}
+func (nopRecorder) Polled(string, time.Time, uint64)         {}
+func (nopRecorder) HealthEvent(string, string, bool, string) {}
+
+func (a *Agent) rec() Recorder {
+	if a.d.Recorder == nil {
+		return nopRecorder{}
+	}
+	return a.d.Recorder
+}
+
+// reasonClass maps a rollback reason to the metrics' closed set.
+func reasonClass(reason string) string {
+	switch {
+	case strings.HasPrefix(reason, "operator"):
+		return "operator"
+	case strings.HasPrefix(reason, "revoked"):
+		return "revoked"
+	case strings.HasPrefix(reason, "previous boot crashed"):
+		return "boot-crash"
+	}
+	return "health"
 }
 
 // Agent is one host's agent.
@@ -215,6 +253,11 @@ func (a *Agent) crashEvidence(cleanStop bool, live *state.Patch) ([]string, bool
 		if err != nil {
 			a.log().Warn("kdump scan failed", zap.Error(err))
 		}
+		for _, d := range dumps {
+			if strings.HasPrefix(d, "kdump ") {
+				a.rec().HealthEvent("kdump", "kdump", false, live.Name)
+			}
+		}
 		ev = append(ev, dumps...)
 	}
 	if !cleanStop {
@@ -314,6 +357,7 @@ func (a *Agent) apply(ctx context.Context, p state.Patch) error {
 	}
 	k := a.kernel()
 	log := a.log().With(patchFields(&p)...)
+	start := a.d.Now()
 	k.Target = &p
 	if err := a.setPhase(state.PhaseDownloading); err != nil {
 		return err
@@ -321,6 +365,7 @@ func (a *Agent) apply(ctx context.Context, p state.Patch) error {
 	a.crashpoint("apply:intent")
 	rpm, err := a.download(ctx, &p)
 	if err != nil {
+		a.rec().Applied(false, 0)
 		return a.abandon(fmt.Errorf("download %s: %w", p.ID(), err))
 	}
 	a.crashpoint("apply:downloaded")
@@ -339,6 +384,7 @@ func (a *Agent) apply(ctx context.Context, p state.Patch) error {
 			// function): the kernel is as before, and the next poll retries.
 			log.Error("livepatch transition stalled; reversed, will retry at the next poll", zap.Error(err), logging.MessageID(MsgStalled))
 		}
+		a.rec().Applied(false, 0)
 		return a.abandon(fmt.Errorf("apply %s: %w", p.ID(), err))
 	}
 	p.Applied = a.d.Now()
@@ -348,6 +394,7 @@ func (a *Agent) apply(ctx context.Context, p state.Patch) error {
 		return err
 	}
 	a.crashpoint("apply:soaking")
+	a.rec().Applied(true, a.d.Now().Sub(start))
 	t := res.Timing
 	log.Info(fmt.Sprintf("applied %s; soaking until %s", p.ID(), k.SoakUntil.UTC().Format(time.RFC3339)),
 		logging.MessageID(MsgApplied), zap.Duration("VERIFY", t.Verify), zap.Duration("INSTALL", t.Install),
@@ -509,6 +556,7 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 	if to != nil {
 		dest = to.ID()
 	}
+	a.rec().RolledBack(reasonClass(reason))
 	log.Warn(fmt.Sprintf("rolled back %s to %s in %s: %s", from.ID(), dest, a.d.Now().Sub(start).Round(time.Millisecond), reason),
 		logging.MessageID(MsgRolledBack), zap.String("KLP_ROLLBACK_REASON", reason))
 	return nil

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +39,32 @@ type host struct {
 	kdumps    []string
 	source    *manifest.Source
 	published int
+	rec       fakeRecorder
+}
+
+// fakeRecorder notes what the agent reports for metrics.
+type fakeRecorder struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (f *fakeRecorder) add(s string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events = append(f.events, s)
+}
+func (f *fakeRecorder) Applied(ok bool, d time.Duration) { f.add(fmt.Sprintf("applied ok=%v", ok)) }
+func (f *fakeRecorder) RolledBack(reason string)         { f.add("rollback " + reason) }
+func (f *fakeRecorder) Polled(result string, _ time.Time, v uint64) {
+	f.add(fmt.Sprintf("poll %s v%d", result, v))
+}
+func (f *fakeRecorder) HealthEvent(kind, source string, attributed bool, patch string) {
+	f.add(fmt.Sprintf("health %s/%s attributed=%v patch=%s", kind, source, attributed, patch))
+}
+func (f *fakeRecorder) String() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return strings.Join(f.events, "; ")
 }
 
 func newHost(t *testing.T, levels ...int) *host {
@@ -86,6 +113,7 @@ func (h *host) restart() {
 		CrashSince: func(time.Time) ([]string, error) {
 			return h.kdumps, nil
 		},
+		Recorder: &h.rec,
 	})
 	if err := h.agent.Start(context.Background()); err != nil {
 		h.t.Fatalf("start (boot %d): %v", h.boot, err)
@@ -175,6 +203,9 @@ func TestApplySoakUpgradeRevoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.expect(state.PhaseSoaking, 3)
+	if got, want := h.rec.String(), "applied ok=true; applied ok=true; rollback revoked; applied ok=true"; got != want {
+		t.Fatalf("recorded %q, want %q", got, want)
+	}
 }
 
 func TestHealthRollbackToPreviousGoodAndToNone(t *testing.T) {
@@ -191,6 +222,9 @@ func TestHealthRollbackToPreviousGoodAndToNone(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.expect(state.PhaseNone, 0)
+	if got := h.rec.String(); !strings.HasSuffix(got, "rollback health; rollback operator") {
+		t.Fatalf("recorded %q: want a health then an operator rollback", got)
+	}
 	if loaded := h.kernel.Loaded(); len(loaded) != 0 {
 		t.Fatalf("modules still loaded: %v", loaded)
 	}
@@ -227,7 +261,7 @@ func TestRebootAfterCrashWhileSoakingBlocks(t *testing.T) {
 		kdumps []string
 	}{
 		{"no clean stop", false, nil},
-		{"kdump dump", true, []string{"/var/crash/202611251230/dmesg.202611251230: BUG: kernel NULL pointer dereference in klp_cmdline_2"}},
+		{"kdump dump", true, []string{"kdump /var/crash/202611251230/dmesg.202611251230: bug: BUG: kernel NULL pointer dereference"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHost(t, 1, 2)
@@ -246,6 +280,10 @@ func TestRebootAfterCrashWhileSoakingBlocks(t *testing.T) {
 			}
 			if tt.kdumps != nil && !strings.Contains(strings.Join(k.Blocked[0].Evidence, "\n"), "dmesg.202611251230") {
 				t.Fatalf("evidence %v does not name the dump", k.Blocked[0].Evidence)
+			}
+			rec := h.rec.String()
+			if !strings.HasSuffix(rec, "rollback boot-crash") || (tt.kdumps != nil) != strings.Contains(rec, "health kdump/kdump attributed=false patch=klp_cmdline_2") {
+				t.Fatalf("recorded %q", rec)
 			}
 		})
 	}

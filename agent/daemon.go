@@ -54,9 +54,7 @@ type Daemon struct {
 	Events <-chan health.Event
 	// Judge applies the health policy to Events (nil: the default policy).
 	Judge *health.Judge
-	// Observe sees every judged event (metrics); patch is the current one.
-	Observe func(ev health.Event, v health.Verdict, patch string)
-	Rand    *rand.Rand
+	Rand  *rand.Rand
 }
 
 // judge turns a health event into a verdict about the current patch, under
@@ -82,9 +80,7 @@ func (d *Daemon) judge(ev health.Event) Verdict {
 		zap.String("KLP_EVENT_SOURCE", ev.Source), zap.Bool("KLP_ATTRIBUTED", v.Attributed),
 		zap.String("KLP_RIP", strings.TrimSpace(ev.RIP.Func+" "+ev.RIP.Module)), zap.String("KLP_PATCH", p.Name),
 		zap.Bool("KLP_ROLLBACK", v.Rollback), zap.Int64("KLP_DETECT_US", ev.Detect.Microseconds()), logging.MessageID(MsgHealthEvent))
-	if d.Observe != nil {
-		d.Observe(ev, v, p.Name)
-	}
+	a.rec().HealthEvent(string(ev.Kind), ev.Source, v.Attributed, p.Name)
 	if !v.Rollback {
 		return Verdict{}
 	}
@@ -172,6 +168,14 @@ func (d *Daemon) PollOnce(ctx context.Context) error {
 		log.Info(fmt.Sprintf("manifest version %d accepted", res.Manifest.Version), zap.Uint64("MANIFEST_VERSION", res.Manifest.Version))
 	}
 	a.st.LastPoll = p
+	switch {
+	case err != nil:
+		a.rec().Polled("error", p.At, p.ManifestVersion)
+	case res.Changed:
+		a.rec().Polled("ok", p.At, p.ManifestVersion)
+	default:
+		a.rec().Polled("not-modified", p.At, p.ManifestVersion)
+	}
 	if serr := a.save(); serr != nil {
 		return serr
 	}

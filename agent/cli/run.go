@@ -15,6 +15,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/agent/logging"
+	"github.com/klp-agent/klp-agent/agent/metrics"
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/klp"
@@ -30,7 +31,7 @@ type built struct {
 
 // build assembles the agent from the configuration; the state lock is
 // taken separately, once, by the caller.
-func build(path string, store *state.Store, stderr *os.File) (*built, error) {
+func build(path string, store *state.Store, stderr *os.File, rec agent.Recorder) (*built, error) {
 	h, err := loadHost(path)
 	if err != nil {
 		return nil, err
@@ -80,6 +81,7 @@ func build(path string, store *state.Store, stderr *os.File) (*built, error) {
 		Soak:       l.Apply.Soak,
 		BootID:     func() (string, error) { return agent.BootID(l.Paths.Root) },
 		CrashSince: crashSince(l),
+		Recorder:   rec,
 	})
 	return &built{cfg: l, log: log, daemon: &agent.Daemon{
 		Agent: a, Source: src, ManifestURL: l.Manifest.URL,
@@ -190,6 +192,32 @@ func classify(ctx context.Context, recs <-chan health.Record, out chan<- health.
 	}
 }
 
+// exportMetrics returns the daemon's Changed hook: the patch info and
+// block count from the state, then the textfile, if configured.
+func exportMetrics(b *built, m *metrics.Metrics) func() {
+	return func() {
+		a := b.daemon.Agent
+		if st := a.State(); st != nil {
+			k := st.Kernel(a.Host().Kernel)
+			name, level := "", 0
+			if k.Current != nil {
+				name, level = k.Current.Name, k.Current.Level
+			}
+			phase := string(k.Phase)
+			if phase == "" {
+				phase = string(state.PhaseNone)
+			}
+			m.SetPatch(a.Host().Kernel, name, level, phase)
+			m.SetBlocked(len(k.Blocked))
+		}
+		if p := b.cfg.Metrics.Textfile; p != "" {
+			if err := m.WriteTextfile(p); err != nil {
+				b.log.Error(err.Error())
+			}
+		}
+	}
+}
+
 // sinceBoot is CLOCK_MONOTONIC, the clock kernel log timestamps follow.
 func sinceBoot() time.Duration {
 	var ts unix.Timespec
@@ -206,7 +234,8 @@ func cmdRun(env *Env, args []string) error {
 		return err
 	}
 	store := &state.Store{}
-	b, err := build(*path, store, os.Stderr)
+	m := metrics.New(Version, "")
+	b, err := build(*path, store, os.Stderr, m)
 	if err != nil {
 		return err
 	}
@@ -228,10 +257,20 @@ func cmdRun(env *Env, args []string) error {
 		notify.Stopping()
 	}()
 	events := monitorHealth(ctx, b.cfg, b.daemon.Agent.Host().Kernel, b.log)
+	// The listener is set up once; a reload changes what it shows, not
+	// where (restart to move it).
+	if addr := b.cfg.Metrics.Listen; addr != "" {
+		if a, err := m.Serve(ctx, addr, b.log); err != nil {
+			b.log.Error("metrics listener disabled: " + err.Error())
+		} else {
+			b.log.Info("metrics on http://" + a.String() + "/metrics")
+		}
+	}
 	for {
 		b.daemon.Notify = notify
 		b.daemon.Events = events
 		b.daemon.Judge = &health.Judge{Policy: b.cfg.Health.Policy}
+		b.daemon.Changed = exportMetrics(b, m)
 		b.log.Info("klp-agent "+Version+" starting", zap.String("KERNEL_RELEASE", b.daemon.Agent.Host().Kernel),
 			zap.String("HOST_TIER", b.daemon.Agent.Host().Tier), zap.String("MANIFEST_URL", b.cfg.Manifest.URL))
 		if err := b.daemon.Agent.Start(ctx); err != nil {
@@ -250,7 +289,7 @@ func cmdRun(env *Env, args []string) error {
 			notify.Reloading()
 			cancel()
 			<-done
-			nb, err := build(*path, store, os.Stderr)
+			nb, err := build(*path, store, os.Stderr, m)
 			if err != nil {
 				b.log.Error("reload refused, keeping the running configuration: " + err.Error())
 				continue

@@ -207,7 +207,7 @@ func cmdRollback(env *Env, args []string) error {
 		return err
 	}
 	store := &state.Store{}
-	b, err := build(*path, store, os.Stderr)
+	b, err := build(*path, store, os.Stderr, nil)
 	if err != nil {
 		return err
 	}
