@@ -46,6 +46,36 @@ func commands() map[string]command {
 	}
 }
 
+// subcommand is one verb of a command group (manifest, klp).
+type subcommand struct {
+	name, summary string
+	run           func(env *Env, args []string) error
+}
+
+// dispatch runs a group's subcommand; "--help" lists them all.
+func dispatch(env *Env, group string, subs []subcommand, args []string) error {
+	names := make([]string, len(subs))
+	for i, s := range subs {
+		names[i] = s.name
+	}
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprintf(env.Stdout, "usage: klp-agent %s SUBCOMMAND [flags]   (klp-agent %s SUBCOMMAND --help for its flags)\n\n", group, group)
+		for _, s := range subs {
+			fmt.Fprintf(env.Stdout, "  %-8s %s\n", s.name, s.summary)
+		}
+		return nil
+	}
+	if len(args) == 0 {
+		return fmt.Errorf("%w: %s %s", errUsage, group, strings.Join(names, "|"))
+	}
+	for _, s := range subs {
+		if s.name == args[0] {
+			return s.run(env, args[1:])
+		}
+	}
+	return fmt.Errorf("%w: unknown subcommand %q (%s)", errUsage, args[0], strings.Join(names, ", "))
+}
+
 // Main runs one command line and returns the process exit code.
 func Main(args []string, env *Env) int {
 	if env.Now == nil {

@@ -171,3 +171,30 @@ func TestCheckConfig(t *testing.T) {
 		t.Fatalf("check-config with a typo: exit %d\n%s", code, out)
 	}
 }
+
+// Every command and subcommand answers --help with its usage and exit 0:
+// that text is the manual (man klp-agent is not shipped).
+func TestHelpCoversEveryCommand(t *testing.T) {
+	top, code := runCode(t, t0, "--help")
+	if code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	groups := map[string][]string{"manifest": {"keygen", "add", "sign", "verify", "lint"}, "klp": {"list", "apply", "disable"}}
+	for name := range commands() {
+		if !strings.Contains(top, "  "+name) {
+			t.Errorf("--help does not list %q:\n%s", name, top)
+		}
+		out, code := runCode(t, t0, name, "--help")
+		if code != 0 || !strings.Contains(out, "usage: klp-agent "+name) {
+			t.Errorf("%s --help: exit %d\n%s", name, code, out)
+		}
+		for _, sub := range groups[name] {
+			if !strings.Contains(out, "  "+sub) {
+				t.Errorf("%s --help does not list %q", name, sub)
+			}
+			if o, c := runCode(t, t0, name, sub, "--help"); c != 0 || !strings.Contains(o, "usage: klp-agent "+name+" "+sub) {
+				t.Errorf("%s %s --help: exit %d\n%s", name, sub, c, o)
+			}
+		}
+	}
+}

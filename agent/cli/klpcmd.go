@@ -14,15 +14,11 @@ import (
 // The klp commands are the operator's (and the real-kernel tests') direct
 // handle on klp/: they do one step by hand, outside the daemon's state.
 func cmdKLP(env *Env, args []string) error {
-	subs := map[string]func(*Env, []string) error{"list": cmdKLPList, "apply": cmdKLPApply, "disable": cmdKLPDisable}
-	if len(args) == 0 {
-		return fmt.Errorf("%w: klp list|apply|disable", errUsage)
-	}
-	sub, ok := subs[args[0]]
-	if !ok {
-		return fmt.Errorf("%w: unknown subcommand %q (list, apply, disable)", errUsage, args[0])
-	}
-	return sub(env, args[1:])
+	return dispatch(env, "klp", []subcommand{
+		{"list", "livepatches in the kernel, with their objects and functions", cmdKLPList},
+		{"apply", "verify, install (rpm -U), load and enable one livepatch RPM, timing each step", cmdKLPApply},
+		{"disable", "disable one livepatch and unload its module", cmdKLPDisable},
+	}, args)
 }
 
 type klpFlags struct {

@@ -15,17 +15,13 @@ import (
 )
 
 func cmdManifest(env *Env, args []string) error {
-	subs := map[string]func(*Env, []string) error{
-		"keygen": cmdKeygen, "add": cmdAdd, "sign": cmdSign, "verify": cmdVerify, "lint": cmdLint,
-	}
-	if len(args) == 0 {
-		return fmt.Errorf("%w: manifest keygen|add|sign|verify|lint", errUsage)
-	}
-	sub, ok := subs[args[0]]
-	if !ok {
-		return fmt.Errorf("%w: unknown subcommand %q (keygen, add, sign, verify, lint)", errUsage, args[0])
-	}
-	return sub(env, args[1:])
+	return dispatch(env, "manifest", []subcommand{
+		{"keygen", "make an ed25519 release key pair", cmdKeygen},
+		{"add", "add a livepatch RPM to an unsigned manifest (pinning its sha256 and size), with its rollout", cmdAdd},
+		{"sign", "sign a manifest into a DSSE envelope, or add a signature to one", cmdSign},
+		{"verify", "check an envelope's signatures, expiry and schema against trusted keys", cmdVerify},
+		{"lint", "find mistakes in a manifest before publishing it", cmdLint},
+	}, args)
 }
 
 func cmdKeygen(env *Env, args []string) error {
