@@ -3,6 +3,9 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +16,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/e2e/nginxtest"
+	"github.com/klp-agent/klp-agent/health"
 )
 
 // TestAgentRealKernel runs the daemon in a guest against a signed manifest
@@ -142,9 +146,36 @@ log:
 	if t.Failed() {
 		return
 	}
+	// What kdump-tools leaves after capturing that crash: the Debian layout,
+	// the kernel's own last messages (from the console) as the dmesg file.
+	var crashAt time.Time
+	for _, m := range ms {
+		if m.name == "crash-at" {
+			if sec, err := strconv.ParseInt(m.detail, 10, 64); err == nil {
+				crashAt = time.Unix(sec+1, 0).UTC()
+			}
+		}
+	}
+	if crashAt.IsZero() {
+		t.Fatalf("boot3 did not report its clock before the crash")
+	}
+	stamp := crashAt.Format("200601021504")
+	var dmesg strings.Builder
+	for _, l := range strings.Split(strings.ReplaceAll(log, "\r", ""), "\n") {
+		if regexp.MustCompile(`^\[\s*\d+\.\d+\] `).MatchString(l) {
+			dmesg.WriteString(l + "\n")
+		}
+	}
+	dm := filepath.Join(work, "dmesg."+stamp)
+	os.WriteFile(dm, []byte(dmesg.String()), 0o644)
+	os.WriteFile(filepath.Join(work, "dump."+stamp), []byte("KDUMP   (makedumpfile output stands here)\n"), 0o644)
+	cmds := filepath.Join(work, "debugfs.cmds")
+	os.WriteFile(cmds, []byte(fmt.Sprintf("mkdir /crash/%[1]s\ncd /crash/%[1]s\nwrite %[2]s dmesg.%[1]s\nwrite %[3]s dump.%[1]s\nsif dmesg.%[1]s mtime @%[4]d\nsif dump.%[1]s mtime @%[4]d\n",
+		stamp, dm, filepath.Join(work, "dump."+stamp), crashAt.Unix())), 0o644)
+	runCmd(t, work, nil, "debugfs", "-w", "-f", cmds, disk)
 	ms, log = boot(t, work, guest{name: "boot4", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot4.sh"),
 		files: files, kmods: kmods, disk: disk, timeout: 180 * time.Second})
-	check(ms, log, "back-to-3", "blocked-4", "journal-blocked")
+	check(ms, log, "back-to-3", "blocked-4", "kdump-evidence", "journal-blocked")
 	if t.Failed() {
 		return
 	}
@@ -161,9 +192,36 @@ log:
 	if err := os.Rename(signed, filepath.Join(www, "manifest.json")); err != nil {
 		t.Fatal(err)
 	}
+	// The guest's netconsole sends the same report to a receiver here.
+	nr := &health.NetconsoleReceiver{Addr: "127.0.0.1:0", Release: kernelEnv(t)["KLP_E2E_KREL"]}
+	if err := nr.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ncCtx, ncStop := context.WithCancel(context.Background())
+	defer ncStop()
+	ncRecs := make(chan health.Record, 4096)
+	go nr.Run(ncCtx, ncRecs)
+	portFile := filepath.Join(work, "netconsole-port")
+	os.WriteFile(portFile, []byte(strconv.Itoa(nr.LocalAddr().(*net.UDPAddr).Port)), 0o644)
 	ms, log = boot(t, work, guest{name: "boot5", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot5.sh"),
-		files: files, kmods: kmods, disk: disk, net: true, timeout: 240 * time.Second})
-	check(ms, log, "applied-oops-4", "auto-rollback", "blocked-oops-4", "attributed")
+		files: append(files, portFile+":/etc/netconsole-port"), kmods: append(kmods, "configfs", "netconsole"), disk: disk, net: true, timeout: 240 * time.Second})
+	check(ms, log, "netconsole", "applied-oops-4", "auto-rollback", "blocked-oops-4", "attributed")
+	var cl health.Classifier
+	var ncEvents []health.Event
+	for len(ncRecs) > 0 {
+		ncEvents = append(ncEvents, cl.Feed(<-ncRecs, time.Now())...)
+	}
+	ncEvents = append(ncEvents, cl.Flush(time.Now().Add(time.Hour))...)
+	found := false
+	for _, ev := range ncEvents {
+		if ev.Kind == health.KindOops && health.Attributed(ev, health.Patch{Name: "klp_oops_4"}) {
+			found = true
+			t.Logf("netconsole: %s report attributed to klp_oops_4, %d lines (receiver %+v)", ev.Kind, len(ev.Lines), nr.Stats())
+		}
+	}
+	if !found {
+		t.Errorf("netconsole receiver: no oops attributed to klp_oops_4 among %d events (stats %+v)", len(ncEvents), nr.Stats())
+	}
 	// The bar: the kmsg source has the whole report, attributed, within
 	// 100 ms of its last record appearing in the kernel log.
 	m := regexp.MustCompile(`kmsg oops report: .*"KLP_ATTRIBUTED": true.*"KLP_DETECT_US": (\d+)`).FindStringSubmatch(log)

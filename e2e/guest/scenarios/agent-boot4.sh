@@ -15,6 +15,12 @@ case $st in
 *'"name": "klp_warn_4"'*'"reason": "previous boot crashed while it was soaking"'*) klp_pass blocked-4 "$(echo "$st" | tr -d '\n')" ;;
 *) klp_fail blocked-4 "$(echo "$st" | tr -d '\n')" ;;
 esac
+# The kdump-tools layout dump the host left (as the capture kernel would)
+# is recognised and its cause recorded as evidence.
+case $st in
+*'"kdump /var/crash/'*'/dmesg.'*': panic: Kernel panic - not syncing: sysrq triggered crash'*) klp_pass kdump-evidence "$(echo "$st" | grep -m1 'kdump /var/crash')" ;;
+*) klp_fail kdump-evidence "no kdump evidence in $(echo "$st" | tr -d '\n' | cut -c1-600)" ;;
+esac
 grep -q "blocked klp_warn_4@4" /mnt/disk/agent-boot4.log && klp_pass journal-blocked "$(grep -m1 'blocked klp_warn_4@4' /mnt/disk/agent-boot4.log)" || klp_fail journal-blocked "no 'blocked' log line"
 agent_stop
 agent_end

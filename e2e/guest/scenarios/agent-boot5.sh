@@ -7,6 +7,20 @@
 . /lib/agent-lib.sh
 agent_disk || exit 1
 agent_net || klp_fail net "no network"
+# netconsole, extended (with the release prefix where the kernel has it:
+# 6.1 does not), to the test's receiver on the host (10.0.2.2 is the host's
+# loopback under qemu user networking).
+nc_port=$(cat /etc/netconsole-port)
+mkdir -p /sys/kernel/config
+mount -t configfs none /sys/kernel/config 2>/dev/null
+NC=/sys/kernel/config/netconsole/e2e
+if mkdir "$NC" && echo eth0 >"$NC/dev_name" && echo 10.0.2.2 >"$NC/remote_ip" && echo "$nc_port" >"$NC/remote_port" &&
+	echo 52:55:0a:00:02:02 >"$NC/remote_mac" && echo 1 >"$NC/extended" &&
+	{ [ ! -e "$NC/release" ] || echo 1 >"$NC/release"; } && echo 1 >"$NC/enabled"; then
+	klp_pass netconsole "target 10.0.2.2:$nc_port extended$([ -e "$NC/release" ] && echo +release)"
+else
+	klp_fail netconsole "configfs target setup failed"
+fi
 agent_start agent-boot5.log
 oops4() { grep -q '"phase": "soaking"' /var/lib/klp-agent/state.json && grep -q '"name": "klp_oops_4"' /var/lib/klp-agent/state.json && [ "$(klp_level)" = 4 ]; }
 if klp_wait 120 oops4; then

@@ -15,9 +15,11 @@ agent_disk() {
 		return 1
 	fi
 	# Bind mounts, not symlinks: rpm resolves its database path itself.
-	mkdir -p /mnt/disk/klp-agent /mnt/disk/rpm /var/lib/klp-agent /var/lib/rpm
+	mkdir -p /mnt/disk/klp-agent /mnt/disk/rpm /mnt/disk/crash /var/lib/klp-agent /var/lib/rpm /var/crash
 	mount -o bind /mnt/disk/klp-agent /var/lib/klp-agent
 	mount -o bind /mnt/disk/rpm /var/lib/rpm
+	# Where kdump-tools leaves dumps (the test writes one after a crash).
+	mount -o bind /mnt/disk/crash /var/crash
 	# The initramfs root reports no free space, which rpm's disk space check
 	# refuses; installed modules go to a tmpfs, as on a host's /usr.
 	mkdir -p /usr/lib/klp-agent && mount -t tmpfs tmpfs /usr/lib/klp-agent
@@ -50,6 +52,6 @@ level_is() { [ "$(klp_level)" = "$1" ]; }
 
 agent_end() {
 	sync
-	umount /var/lib/rpm /var/lib/klp-agent /mnt/disk /usr/lib/klp-agent
+	umount /var/lib/rpm /var/lib/klp-agent /var/crash /mnt/disk /usr/lib/klp-agent
 	[ "$KLP_FAILED" = 0 ]
 }
