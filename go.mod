@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/cavaliergopher/rpm v1.3.0
 	github.com/coreos/go-systemd/v22 v22.7.0
+	github.com/go-json-experiment/json v1.27.2
 	github.com/gofrs/flock v0.13.2
 	github.com/google/renameio/v2 v2.0.2
 	github.com/hashicorp/go-cleanhttp v0.5.2

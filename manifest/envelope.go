@@ -1,7 +1,6 @@
 package manifest
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -10,10 +9,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 )
 
@@ -76,14 +75,12 @@ func encodeEnvelope(env *dsse.Envelope) ([]byte, error) {
 
 // decodeEnvelope parses the JSON envelope strictly.
 func decodeEnvelope(b []byte) (*dsse.Envelope, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
+	// json v2: unknown members, duplicate names and trailing data are
+	// errors, names match exactly, and it reads a multi-megabyte base64
+	// string several times faster than encoding/json.
 	var env dsse.Envelope
-	if err := dec.Decode(&env); err != nil {
+	if err := jsonv2.Unmarshal(b, &env, jsonv2.RejectUnknownMembers(true)); err != nil {
 		return nil, fmt.Errorf("%w: envelope: %w", ErrInvalid, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: envelope: trailing data after the JSON object", ErrInvalid)
 	}
 	if env.PayloadType != PayloadType {
 		return nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, PayloadType)
@@ -96,6 +93,14 @@ func decodeEnvelope(b []byte) (*dsse.Envelope, error) {
 type Trust struct {
 	Keys      Keyring
 	Threshold int
+	MaxSize   int // envelope and payload limit in bytes; 0 = DefaultMaxSize
+}
+
+func (t Trust) maxSize() int {
+	if t.MaxSize > 0 {
+		return t.MaxSize
+	}
+	return DefaultMaxSize
 }
 
 // VerifyEnvelope checks the signatures and returns the payload and the ids
@@ -104,8 +109,8 @@ type Trust struct {
 // was altered. Signatures by keys not in the keyring are ignored unless
 // that leaves too few.
 func (t Trust) VerifyEnvelope(envelope []byte) (payload []byte, keyIDs []string, err error) {
-	if len(envelope) > DefaultMaxSize {
-		return nil, nil, fmt.Errorf("%w: envelope is %d bytes (limit %d)", ErrTooLarge, len(envelope), DefaultMaxSize)
+	if len(envelope) > t.maxSize() {
+		return nil, nil, fmt.Errorf("%w: envelope is %d bytes (limit %d)", ErrTooLarge, len(envelope), t.maxSize())
 	}
 	if t.Threshold < 1 || t.Threshold > len(t.Keys) {
 		return nil, nil, fmt.Errorf("threshold %d with %d trusted keys: %w", t.Threshold, len(t.Keys), ErrKey)
@@ -185,7 +190,7 @@ func (t Trust) Verify(envelope []byte, now time.Time, store VersionStore) (*Veri
 	if err != nil {
 		return nil, err
 	}
-	m, err := Parse(payload)
+	m, err := ParseMax(payload, t.maxSize())
 	if err != nil {
 		return nil, err
 	}

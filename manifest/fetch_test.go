@@ -146,7 +146,7 @@ func TestSourcePollCacheAndReject(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &Source{Fetcher: f, Trust: Trust{keyring(k), 1}, Store: store, CacheDir: dir, Now: func() time.Time { return now }}
+		return &Source{Fetcher: f, Trust: Trust{Keys: keyring(k), Threshold: 1}, Store: store, CacheDir: dir, Now: func() time.Time { return now }}
 	}
 	s := mk()
 	ctx := context.Background()

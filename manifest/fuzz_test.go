@@ -15,6 +15,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("schema: 1\nversion: 1\nexpires: 2027-01-01T00:00:00Z\nrevoked: [{name: a, level: 1}]\n"))
 	f.Add([]byte("a: &a [*a, *a]\n"))
 	f.Add([]byte("---\n---\n"))
+	f.Add([]byte(`{"schema":1,"version":3,"version":4,"expires":"2027-01-01T00:00:00Z"}`))
+	f.Add([]byte(`{"schema":1,"version":3,"expires":"2027-01-01T00:00:00Z","patches":[{"kernel":"6.1.0-28-amd64","name":"a","level":1,"url":"r.rpm","sha256":"` + sha(1) + `","size":1,"rollout":{"start_percent":5,"duration":"7d"}}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Parse(b)
 		if err != nil {
@@ -41,6 +43,18 @@ func FuzzParse(f *testing.F) {
 		if !bytes.Equal(out, out2) {
 			t.Fatalf("round trip changed the manifest:\n%s\n%s", out, out2)
 		}
+		// The JSON payload says the same as the YAML one.
+		js, err := MarshalJSON(m)
+		if err != nil {
+			t.Fatalf("marshal JSON: %v", err)
+		}
+		m3, err := Parse(js)
+		if err != nil {
+			t.Fatalf("re-parse of JSON payload: %v\n%s", err, js)
+		}
+		if out3, _ := Marshal(m3); !bytes.Equal(out, out3) {
+			t.Fatalf("JSON round trip changed the manifest:\n%s\n%s", out, out3)
+		}
 	})
 }
 
@@ -48,7 +62,7 @@ func FuzzParse(f *testing.F) {
 // without a real signature.
 func FuzzVerifyEnvelope(f *testing.F) {
 	k := newTestKey(f)
-	tr := Trust{keyring(k), 1}
+	tr := Trust{Keys: keyring(k), Threshold: 1}
 	good := sign(f, validPayload(), k)
 	f.Add(good)
 	f.Add([]byte(`{"payloadType":"application/vnd.klp-agent.manifest.v1+yaml","payload":"","signatures":[{"keyid":"","sig":""}]}`))

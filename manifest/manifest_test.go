@@ -100,13 +100,13 @@ func TestVerifyAccepts(t *testing.T) {
 		trust     Trust
 		wantSigns int
 	}{
-		{"one key", sign(t, validPayload(), k1), Trust{keyring(k1), 1}, 1},
-		{"2 of 3", sign(t, validPayload(), k1, k3), Trust{keyring(k1, k2, k3), 2}, 2},
-		{"extra unknown signature ignored", sign(t, validPayload(), k1, k2), Trust{keyring(k1), 1}, 1},
-		{"json payload", sign(t, `{"schema":1,"version":3,"expires":"2027-01-01T00:00:00Z","patches":[]}`, k1), Trust{keyring(k1), 1}, 1},
+		{"one key", sign(t, validPayload(), k1), Trust{Keys: keyring(k1), Threshold: 1}, 1},
+		{"2 of 3", sign(t, validPayload(), k1, k3), Trust{Keys: keyring(k1, k2, k3), Threshold: 2}, 2},
+		{"extra unknown signature ignored", sign(t, validPayload(), k1, k2), Trust{Keys: keyring(k1), Threshold: 1}, 1},
+		{"json payload", sign(t, `{"schema":1,"version":3,"expires":"2027-01-01T00:00:00Z","patches":[]}`, k1), Trust{Keys: keyring(k1), Threshold: 1}, 1},
 		{"anonymous signature", mutateEnvelope(t, sign(t, validPayload(), k1), func(m map[string]any) {
 			m["signatures"].([]any)[0].(map[string]any)["keyid"] = ""
-		}), Trust{keyring(k1), 1}, 1},
+		}), Trust{Keys: keyring(k1), Threshold: 1}, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -123,7 +123,7 @@ func TestVerifyAccepts(t *testing.T) {
 
 func TestVerifyRejects(t *testing.T) {
 	k1, k2, k3 := newTestKey(t), newTestKey(t), newTestKey(t)
-	one := Trust{keyring(k1), 1}
+	one := Trust{Keys: keyring(k1), Threshold: 1}
 	good := sign(t, validPayload(), k1)
 	replacePayload := func(p string) func(map[string]any) {
 		return func(m map[string]any) { m["payload"] = base64.StdEncoding.EncodeToString([]byte(p)) }
@@ -151,7 +151,7 @@ func TestVerifyRejects(t *testing.T) {
 		{"anonymous by untrusted key", mutateEnvelope(t, sign(t, validPayload(), k2), func(m map[string]any) {
 			m["signatures"].([]any)[0].(map[string]any)["keyid"] = ""
 		}), one, nil, ErrBadSignature},
-		{"below threshold", sign(t, validPayload(), k1), Trust{keyring(k1, k2, k3), 2}, nil, ErrThreshold},
+		{"below threshold", sign(t, validPayload(), k1), Trust{Keys: keyring(k1, k2, k3), Threshold: 2}, nil, ErrThreshold},
 		{"same key twice counts once", func() []byte {
 			b, err := AddSignature(sign(t, validPayload(), k1), k2.signer)
 			if err != nil {
@@ -161,7 +161,7 @@ func TestVerifyRejects(t *testing.T) {
 				sigs := m["signatures"].([]any)
 				m["signatures"] = []any{sigs[0], sigs[0]}
 			})
-		}(), Trust{keyring(k1, k2), 2}, nil, ErrThreshold},
+		}(), Trust{Keys: keyring(k1, k2), Threshold: 2}, nil, ErrThreshold},
 		{"wrong payload type", mutateEnvelope(t, good, func(m map[string]any) { m["payloadType"] = "application/vnd.in-toto+json" }), one, nil, ErrPayloadType},
 		{"unknown envelope field", mutateEnvelope(t, good, func(m map[string]any) { m["extra"] = 1 }), one, nil, ErrInvalid},
 		{"trailing data", append(append([]byte{}, good...), []byte(`{"x":1}`)...), one, nil, ErrInvalid},
@@ -193,7 +193,7 @@ func TestVerifyRejects(t *testing.T) {
 		{"url with credentials", sign(t, patchLine("url: rpms/klp-cmdline-1-1.x86_64.rpm", "url: https://u:p@x/y.rpm"), k1), one, nil, ErrInvalid},
 		{"percent over 100", sign(t, patchLine("start_percent: 1", "start_percent: 101"), k1), one, nil, ErrInvalid},
 		{"bad duration", sign(t, patchLine("duration: 24h", "duration: soon"), k1), one, nil, ErrInvalid},
-		{"threshold above keys", good, Trust{keyring(k1), 2}, nil, ErrKey},
+		{"threshold above keys", good, Trust{Keys: keyring(k1), Threshold: 2}, nil, ErrKey},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -218,7 +218,7 @@ func TestVerifyRejects(t *testing.T) {
 
 func TestFileVersionStorePersists(t *testing.T) {
 	k := newTestKey(t)
-	tr := Trust{keyring(k), 1}
+	tr := Trust{Keys: keyring(k), Threshold: 1}
 	path := filepath.Join(t.TempDir(), "manifest-version.json")
 	v7 := sign(t, validPayload(), k)
 	v8 := sign(t, strings.Replace(validPayload(), "version: 7", "version: 8", 1), k)
@@ -249,7 +249,7 @@ func TestFileVersionStoreDamagedRecordRefuses(t *testing.T) {
 func TestCoSign(t *testing.T) {
 	k1, k2 := newTestKey(t), newTestKey(t)
 	env := sign(t, validPayload(), k1)
-	tr := Trust{keyring(k1, k2), 2}
+	tr := Trust{Keys: keyring(k1, k2), Threshold: 2}
 	if _, _, err := tr.VerifyEnvelope(env); !errors.Is(err, ErrThreshold) {
 		t.Fatalf("one signature of two: %v", err)
 	}
@@ -287,6 +287,41 @@ func TestKeyRoundTrip(t *testing.T) {
 	for _, bad := range []string{"", "garbage", string(priv), string(pub) + "trailing"} {
 		if _, err := ParsePublicKey([]byte(bad)); !errors.Is(err, ErrKey) {
 			t.Errorf("ParsePublicKey(%.20q) = %v, want ErrKey", bad, err)
+		}
+	}
+}
+
+// The JSON payload is as strict as the YAML one and means the same.
+func TestParseJSONPayload(t *testing.T) {
+	m, err := Parse([]byte(validPayload()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := MarshalJSON(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := Parse(js)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, js)
+	}
+	y1, _ := Marshal(m)
+	y2, _ := Marshal(m2)
+	if string(y1) != string(y2) {
+		t.Fatalf("JSON payload differs:\n%s\n%s", y1, y2)
+	}
+	if !strings.Contains(string(js), "},\n{\"kernel\":") {
+		t.Errorf("one patch per line expected:\n%s", js)
+	}
+	for name, bad := range map[string]string{
+		"unknown member": `{"schema":1,"version":1,"expires":"2027-01-01T00:00:00Z","patchez":[]}`,
+		"duplicate key":  `{"schema":1,"version":1,"version":2,"expires":"2027-01-01T00:00:00Z"}`,
+		"trailing value": `{"schema":1,"version":1,"expires":"2027-01-01T00:00:00Z"} {}`,
+		"invalid entry":  `{"schema":1,"version":1,"expires":"2027-01-01T00:00:00Z","patches":[{"kernel":"../x","name":"a","level":1,"url":"u","sha256":"` + sha(1) + `","size":1}]}`,
+		"bad duration":   `{"schema":1,"version":1,"expires":"2027-01-01T00:00:00Z","patches":[{"kernel":"k","name":"a","level":1,"url":"u","sha256":"` + sha(1) + `","size":1,"rollout":{"duration":"soon"}}]}`,
+	} {
+		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrInvalidName) {
+			t.Errorf("%s: %v, want a rejection", name, err)
 		}
 	}
 }

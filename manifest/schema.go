@@ -8,8 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -45,12 +45,42 @@ var (
 	ErrVersionConflict = errors.New("manifest version reused with different content")
 )
 
-var (
-	nameRE          = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
-	kernelReleaseRE = regexp.MustCompile(`^[A-Za-z0-9._+~-]+$`)
-	tierRE          = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
-	sha256RE        = regexp.MustCompile(`^[0-9a-f]{64}$`)
+// Character sets, checked byte by byte: validation runs over every entry
+// of every poll, and regexps cost most of it on a fleet-sized manifest.
+const (
+	nameChars          = "_"
+	kernelReleaseChars = "._+~-"
+	tierChars          = "_.-"
 )
+
+// charsOK reports whether s is non-empty and every byte is an ASCII letter,
+// digit or one of extra.
+func charsOK(s, extra string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') || strings.IndexByte(extra, c) >= 0 {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// validSHA256 is 64 lowercase hex digits.
+func validSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9') && !('a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 // Manifest is the signed payload.
 type Manifest struct {
@@ -78,9 +108,9 @@ type Patch struct {
 // ramp at StartPercent (0 = tiers only), which is how a stage is paused.
 type Rollout struct {
 	Tiers        []string  `yaml:"tiers,omitempty" json:"tiers,omitempty"`
-	Start        time.Time `yaml:"start,omitempty" json:"start,omitempty"`
-	StartPercent float64   `yaml:"start_percent,omitempty" json:"start_percent,omitempty"`
-	Duration     Duration  `yaml:"duration,omitempty" json:"duration,omitempty"`
+	Start        time.Time `yaml:"start,omitempty" json:"start,omitzero"`
+	StartPercent float64   `yaml:"start_percent,omitempty" json:"start_percent,omitzero"`
+	Duration     Duration  `yaml:"duration,omitempty" json:"duration,omitzero"`
 }
 
 // Revoked pulls a patch back everywhere. Kernel and SHA256 narrow the match
@@ -105,16 +135,16 @@ func (r *Revoked) Matches(p *Patch) bool {
 
 // ValidName reports whether s may be used as a livepatch/module name. Names
 // become sysfs and state-dir paths, so only [A-Za-z0-9_] is allowed.
-func ValidName(s string) bool { return len(s) <= MaxNameLen && nameRE.MatchString(s) }
+func ValidName(s string) bool { return len(s) <= MaxNameLen && charsOK(s, nameChars) }
 
 // ValidKernelRelease reports whether s may be a `uname -r` value used as a
 // path component.
 func ValidKernelRelease(s string) bool {
-	return len(s) <= MaxKernelReleaseLen && s != "." && s != ".." && kernelReleaseRE.MatchString(s)
+	return len(s) <= MaxKernelReleaseLen && s != "." && s != ".." && charsOK(s, kernelReleaseChars)
 }
 
 // ValidTier reports whether s may be a rollout tier name.
-func ValidTier(s string) bool { return len(s) <= MaxTierLen && tierRE.MatchString(s) }
+func ValidTier(s string) bool { return len(s) <= MaxTierLen && charsOK(s, tierChars) }
 
 // Validate checks everything that does not depend on time or keys.
 func (m *Manifest) Validate() error {
@@ -164,7 +194,7 @@ func (p *Patch) validate() error {
 	if p.Level < 1 {
 		return fmt.Errorf("%w: %s: level must be >= 1", ErrInvalid, p.Name)
 	}
-	if !sha256RE.MatchString(p.SHA256) {
+	if !validSHA256(p.SHA256) {
 		return fmt.Errorf("%w: %s: sha256 must be 64 lowercase hex digits", ErrInvalid, p.ID())
 	}
 	if p.Size <= 0 {
@@ -206,7 +236,7 @@ func (r *Revoked) validate() error {
 	if r.Kernel != "" && !ValidKernelRelease(r.Kernel) {
 		return fmt.Errorf("%w: kernel %q", ErrInvalidName, r.Kernel)
 	}
-	if r.SHA256 != "" && !sha256RE.MatchString(r.SHA256) {
+	if r.SHA256 != "" && !validSHA256(r.SHA256) {
 		return fmt.Errorf("%w: %s@%d: sha256 must be 64 lowercase hex digits", ErrInvalid, r.Name, r.Level)
 	}
 	return nil

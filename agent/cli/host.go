@@ -76,7 +76,7 @@ func loadHost(path string) (*hostContext, error) {
 	}
 	return &hostContext{
 		cfg:   l,
-		trust: manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold},
+		trust: manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold, MaxSize: int(l.Manifest.MaxSize)},
 		host:  manifest.Host{ID: id, Tier: l.Host.Tier, Kernel: krel},
 	}, nil
 }

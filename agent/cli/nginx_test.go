@@ -149,7 +149,10 @@ func TestPublishAndFetchThroughNginx(t *testing.T) {
 		t.Fatal(err)
 	}
 	payload, _ := base64.StdEncoding.DecodeString(env["payload"].(string))
-	env["payload"] = base64.StdEncoding.EncodeToString(bytes.Replace(payload, []byte("level: 2"), []byte("level: 9"), 1))
+	if !bytes.Contains(payload, []byte(`"level":2`)) {
+		t.Fatalf("payload to tamper with:\n%s", payload)
+	}
+	env["payload"] = base64.StdEncoding.EncodeToString(bytes.Replace(payload, []byte(`"level":2`), []byte(`"level":9`), 1))
 	bad, _ := json.Marshal(env)
 	replaceAtomically(t, envPath, bad, now.Add(time.Minute))
 	res, err = src0.Poll(ctx)

@@ -173,11 +173,15 @@ func cmdSign(env *Env, args []string) error {
 	in := fs.String("in", "", "unsigned manifest source to sign")
 	out := fs.String("out", "", "signed envelope to write")
 	cosign := fs.String("envelope", "", "existing envelope to add signatures to, in place")
+	format := fs.String("format", "json", "payload to sign: json (the manifest re-rendered canonically; hosts parse it an order of magnitude faster) or yaml (the --in file byte for byte)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	if len(keys) == 0 || (*cosign == "") == (*in == "" || *out == "") {
 		return fmt.Errorf("%w: give --key and either --in and --out, or --envelope", errUsage)
+	}
+	if *format != "json" && *format != "yaml" {
+		return fmt.Errorf("%w: --format %q: json or yaml", errUsage, *format)
 	}
 	signers := make([]*manifest.Signer, 0, len(keys))
 	for _, k := range keys {
@@ -190,7 +194,7 @@ func cmdSign(env *Env, args []string) error {
 	var envelope []byte
 	target := *out
 	if *cosign != "" {
-		b, err := readFileLimited(*cosign, manifest.DefaultMaxSize)
+		b, err := readFileLimited(*cosign, manifest.MaxSize)
 		if err != nil {
 			return err
 		}
@@ -201,7 +205,7 @@ func cmdSign(env *Env, args []string) error {
 		}
 		envelope, target = b, *cosign
 	} else {
-		payload, err := readFileLimited(*in, manifest.DefaultMaxSize)
+		payload, err := readFileLimited(*in, manifest.MaxSize)
 		if err != nil {
 			return err
 		}
@@ -211,6 +215,11 @@ func cmdSign(env *Env, args []string) error {
 		}
 		if m.Expired(env.Now()) {
 			return fmt.Errorf("%s: %w at %s; refresh it with 'manifest add' or edit expires", *in, manifest.ErrExpired, m.Expires.Format(time.RFC3339))
+		}
+		if *format == "json" {
+			if payload, err = manifest.MarshalJSON(m); err != nil {
+				return err
+			}
 		}
 		if envelope, err = manifest.SignPayload(env.Ctx, payload, signers...); err != nil {
 			return err

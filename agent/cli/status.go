@@ -107,7 +107,7 @@ func collectStatus(path string, now time.Time) (*Status, error) {
 		kr, kerr := manifest.LoadKeyring(l.Trust.KeysDir)
 		id, ierr := l.HostID()
 		if kerr == nil && ierr == nil {
-			v, verr := manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold}.Verify(env, now, nil)
+			v, verr := manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold, MaxSize: int(l.Manifest.MaxSize)}.Verify(env, now, nil)
 			if verr != nil {
 				s.Problems = append(s.Problems, "cached manifest: "+verr.Error())
 			} else {

@@ -264,7 +264,7 @@ func (l *Loaded) Validate() error {
 	if c.Manifest.Retries < 0 || c.Manifest.Retries > 20 {
 		bad("manifest.retries", "%d not in [0,20]", c.Manifest.Retries)
 	}
-	if c.Manifest.MaxSize < 1024 || c.Manifest.MaxSize > 64<<20 {
+	if c.Manifest.MaxSize < 1024 || c.Manifest.MaxSize > manifest.MaxSize {
 		bad("manifest.max_size", "%s not in [1KiB,64MiB]", c.Manifest.MaxSize)
 	}
 	if c.Apply.Soak < 0 || c.Apply.Soak > 7*24*time.Hour {
