@@ -21,7 +21,7 @@ func TestUsageExitCodes(t *testing.T) {
 		{nil, 2, "usage: klp-agent"},
 		{[]string{"--help"}, 0, "commands:"},
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
-		{[]string{"manifest"}, 2, "keygen|add|sign|verify|lint"},
+		{[]string{"manifest"}, 2, "keygen|add|revoke|sign|verify|lint"},
 		{[]string{"manifest", "nope"}, 2, "unknown subcommand"},
 		{[]string{"manifest", "keygen"}, 2, "--out is required"},
 		{[]string{"manifest", "sign", "--key", "k"}, 2, "either --in and --out"},
@@ -179,7 +179,7 @@ func TestHelpCoversEveryCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("--help: exit %d", code)
 	}
-	groups := map[string][]string{"manifest": {"keygen", "add", "sign", "verify", "lint"}, "klp": {"list", "apply", "disable"}}
+	groups := map[string][]string{"manifest": {"keygen", "add", "revoke", "sign", "verify", "lint"}, "klp": {"list", "apply", "disable"}}
 	for name := range commands() {
 		if !strings.Contains(top, "  "+name) {
 			t.Errorf("--help does not list %q:\n%s", name, top)

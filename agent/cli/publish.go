@@ -18,6 +18,7 @@ func cmdManifest(env *Env, args []string) error {
 	return dispatch(env, "manifest", []subcommand{
 		{"keygen", "make an ed25519 release key pair", cmdKeygen},
 		{"add", "add a livepatch RPM to an unsigned manifest (pinning its sha256 and size), with its rollout", cmdAdd},
+		{"revoke", "pull a patch back everywhere: hosts running it roll back and block it", cmdRevoke},
 		{"sign", "sign a manifest into a DSSE envelope, or add a signature to one", cmdSign},
 		{"verify", "check an envelope's signatures, expiry and schema against trusted keys", cmdVerify},
 		{"lint", "find mistakes in a manifest before publishing it", cmdLint},
@@ -62,7 +63,7 @@ func cmdKeygen(env *Env, args []string) error {
 
 // loadPayload reads an unsigned manifest source, or starts a new one.
 func loadPayload(path string, mustExist bool) (*manifest.Manifest, error) {
-	b, err := readFileLimited(path, manifest.DefaultMaxSize)
+	b, err := readFileLimited(path, manifest.MaxSize)
 	if errors.Is(err, fs.ErrNotExist) && !mustExist {
 		return &manifest.Manifest{Schema: manifest.SchemaVersion}, nil
 	}
@@ -163,6 +164,65 @@ func cmdAdd(env *Env, args []string) error {
 	}
 	fmt.Fprintf(env.Stdout, "added %s level %d for kernel %s (%d bytes, sha256 %s) as %s; manifest version %d, expires %s\n",
 		p.Name, p.Level, p.Kernel, p.Size, p.SHA256, p.URL, m.Version, m.Expires.Format(time.RFC3339))
+	return nil
+}
+
+// cmdRevoke is the fleet's pull-back: every host running the patch rolls
+// back to its previous good level and blocks it, and no host selects it.
+func cmdRevoke(env *Env, args []string) error {
+	fs := newFlags(env, "manifest revoke", "manifest revoke --manifest FILE --name NAME --level N --reason TEXT [--kernel REL] [--sha256 HEX]")
+	path := fs.String("manifest", "manifest.yaml", "unsigned manifest source to edit")
+	name := fs.String("name", "", "livepatch (module) name")
+	level := fs.Int("level", 0, "its cumulative level")
+	kernel := fs.String("kernel", "", "only for this kernel release (default: every kernel)")
+	sum := fs.String("sha256", "", "only this exact RPM")
+	reason := fs.String("reason", "", "why, for every host's journal and block record")
+	absent := fs.Bool("allow-absent", false, "revoke even if no entry in this manifest matches (a patch already removed that hosts still run)")
+	expiresIn := fs.String("expires-in", "14d", "set expires to now plus this")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *name == "" || *level < 1 || strings.TrimSpace(*reason) == "" {
+		return fmt.Errorf("%w: --name, --level and --reason are required", errUsage)
+	}
+	exp, err := manifest.ParseDuration(*expiresIn)
+	if err != nil || exp <= 0 {
+		return fmt.Errorf("%w: --expires-in %q", errUsage, *expiresIn)
+	}
+	m, err := loadPayload(*path, true)
+	if err != nil {
+		return err
+	}
+	r := manifest.Revoked{Name: *name, Level: *level, Kernel: *kernel, SHA256: *sum, Reason: *reason}
+	for _, old := range m.Revoked {
+		if old.Name == r.Name && old.Level == r.Level && old.Kernel == r.Kernel && old.SHA256 == r.SHA256 {
+			return fmt.Errorf("%w: %s@%d is already revoked in %s", manifest.ErrDuplicate, r.Name, r.Level, *path)
+		}
+	}
+	matched := 0
+	for i := range m.Patches {
+		if r.Matches(&m.Patches[i]) {
+			matched++
+		}
+	}
+	if matched == 0 && !*absent {
+		return fmt.Errorf("no entry in %s matches %s@%d (check --name, --level, --kernel, --sha256; or --allow-absent)", *path, r.Name, r.Level)
+	}
+	m.Revoked = append(m.Revoked, r)
+	m.Version++
+	m.Expires = env.Now().UTC().Truncate(time.Second).Add(exp)
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	out, err := manifest.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.WriteFile(*path, out, 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "revoked %s level %d (matching entries: %d) in %s; manifest version %d: sign and publish it\n",
+		r.Name, r.Level, matched, *path, m.Version)
 	return nil
 }
 
