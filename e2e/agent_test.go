@@ -27,18 +27,8 @@ import (
 func TestAgentRealKernel(t *testing.T) {
 	kernelEnv(t)
 	work := t.TempDir()
-	bin := buildAgent(t, work)
-	rpms := filepath.Join(work, "rpms")
-	buildRPMs(t, rpms)
-	www := filepath.Join(work, "www")
-	keys := filepath.Join(work, "keys")
-	for _, d := range []string{filepath.Join(www, "rpms"), keys} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	agentCLI := func(args ...string) string { return runCmd(t, work, nil, bin, args...) }
-	agentCLI("manifest", "keygen", "--out", filepath.Join(keys, "release"))
+	pub := newPublisher(t, work)
+	bin, rpms, www, keys, agentCLI := pub.bin, pub.rpms, pub.www, pub.keys, pub.cli
 	src := filepath.Join(work, "manifest.yaml")
 	t0 := time.Now().UTC()
 	for _, l := range []struct {
@@ -90,24 +80,7 @@ log:
 
 	check := func(ms []marker, log string, want ...string) {
 		t.Helper()
-		got := map[string]marker{}
-		for _, m := range ms {
-			if m.status == "FAIL" && !contains(want, m.name) {
-				t.Errorf("guest step %s FAIL: %s", m.name, m.detail)
-			}
-			got[m.name] = m
-		}
-		for _, name := range want {
-			m, ok := got[name]
-			switch {
-			case !ok:
-				t.Errorf("%s: never reported; log tail:\n%s", name, tail(log, 40))
-			case m.status != "PASS":
-				t.Errorf("%s: %s", name, m.detail)
-			default:
-				t.Logf("%s: %s", name, m.detail)
-			}
-		}
+		checkMarkers(t, ms, log, want...)
 	}
 	ms, log := boot(t, work, guest{name: "boot1", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot1.sh"),
 		files: files, kmods: kmods, disk: disk, net: true, timeout: 300 * time.Second})
@@ -235,11 +208,3 @@ log:
 	}
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}

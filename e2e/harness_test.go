@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"runtime"
 	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -231,4 +232,69 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// checkMarkers asserts that every wanted guest step reported PASS and no
+// other step failed, and returns the PASS details by step.
+func checkMarkers(t *testing.T, ms []marker, log string, want ...string) map[string]string {
+	t.Helper()
+	got := map[string]marker{}
+	for _, m := range ms {
+		if m.status == "FAIL" && !slices.Contains(want, m.name) {
+			t.Errorf("guest step %s FAIL: %s", m.name, m.detail)
+		}
+		got[m.name] = m
+	}
+	details := map[string]string{}
+	for _, name := range want {
+		m, ok := got[name]
+		switch {
+		case !ok:
+			t.Errorf("%s: never reported; log tail:\n%s", name, tail(log, 40))
+		case m.status != "PASS":
+			t.Errorf("%s: %s", name, m.detail)
+		default:
+			details[name] = m.detail
+			t.Logf("%s: %s", name, m.detail)
+		}
+	}
+	return details
+}
+
+// publisher is a release team's side: the agent binary as their CLI, the
+// test livepatch RPMs, a release key and nginx's document root.
+type publisher struct {
+	work, bin, rpms, www, keys string
+	t                          *testing.T
+}
+
+func newPublisher(t *testing.T, work string) *publisher {
+	t.Helper()
+	p := &publisher{work: work, bin: buildAgent(t, work), rpms: filepath.Join(work, "rpms"),
+		www: filepath.Join(work, "www"), keys: filepath.Join(work, "keys"), t: t}
+	buildRPMs(t, p.rpms)
+	for _, d := range []string{filepath.Join(p.www, "rpms"), p.keys} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.cli("manifest", "keygen", "--out", filepath.Join(p.keys, "release"))
+	return p
+}
+
+// cli runs the agent binary's publisher commands.
+func (p *publisher) cli(args ...string) string { return runCmd(p.t, p.work, nil, p.bin, args...) }
+
+// stage copies a built RPM into the web root and returns its path there.
+func (p *publisher) stage(file string) string {
+	p.t.Helper()
+	b, err := os.ReadFile(filepath.Join(p.rpms, file))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	dst := filepath.Join(p.www, "rpms", file)
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+	return dst
 }

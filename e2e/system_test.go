@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,31 +29,14 @@ func TestSystemRealKernel(t *testing.T) {
 	kernelEnv(t)
 	start := time.Now()
 	work := t.TempDir()
-	bin := buildAgent(t, work)
-	rpms := filepath.Join(work, "rpms")
-	buildRPMs(t, rpms)
+	pub := newPublisher(t, work)
 	runCmd(t, repoDir(t), nil, "make", "-s", "rpm", "RPM_RELEASE=e2e")
 	agentRPM := filepath.Join(repoDir(t), "bin", "klp-agent-0.1.0-e2e.x86_64.rpm")
-
-	www, keys := filepath.Join(work, "www"), filepath.Join(work, "keys")
-	for _, d := range []string{filepath.Join(www, "rpms"), keys} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cli := func(args ...string) string { return runCmd(t, work, nil, bin, args...) }
-	cli("manifest", "keygen", "--out", filepath.Join(keys, "release"))
+	www, keys, cli := pub.www, pub.keys, pub.cli
 	// Three manifest versions, as a publisher releases them: 1; 1+2; 1+2+faulty 3.
 	src := filepath.Join(work, "manifest.yaml")
 	for i, f := range []string{"klp-cmdline-1-1.x86_64.rpm", "klp-cmdline-2-1.x86_64.rpm", "klp-cmdline-3-1.oops.x86_64.rpm"} {
-		b, err := os.ReadFile(filepath.Join(rpms, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(www, "rpms", f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		cli("manifest", "add", "--manifest", src, "--rpm", filepath.Join(www, "rpms", f), "--url", "rpms/"+f)
+		cli("manifest", "add", "--manifest", src, "--rpm", pub.stage(f), "--url", "rpms/"+f)
 		cli("manifest", "sign", "--in", src, "--key", filepath.Join(keys, "release.key"),
 			"--out", filepath.Join(www, fmt.Sprintf("manifest-%d.json", i+1)))
 	}
@@ -97,7 +81,10 @@ apply:
   soak: 10s
   # The unit's ProtectHome hides Debian's default rpm database (~/.rpmdb).
   rpm_dbpath: /var/lib/rpm
+metrics:
+  textfile: /var/lib/prometheus/node-exporter/klp-agent.prom
 `, 0o644)
+	write("var/lib/prometheus/node-exporter/.keep", "", 0o644)
 	// A watchdog ping every 3 s, so the test sees pings within seconds.
 	write("etc/systemd/system/klp-agent.service.d/50-e2e.conf", "[Service]\nWatchdogSec=6s\n", 0o644)
 
@@ -109,23 +96,7 @@ apply:
 	timings := map[string]string{}
 	check := func(ms []marker, log string, want ...string) {
 		t.Helper()
-		got := map[string]marker{}
-		for _, m := range ms {
-			if m.status == "FAIL" {
-				t.Errorf("guest step %s FAIL: %s", m.name, m.detail)
-			}
-			got[m.name] = m
-		}
-		for _, name := range want {
-			m, ok := got[name]
-			switch {
-			case !ok:
-				t.Errorf("%s: never reported; log tail:\n%s", name, tail(log, 40))
-			case m.status == "PASS":
-				timings[name] = m.detail
-				t.Logf("%s: %s", name, m.detail)
-			}
-		}
+		maps.Copy(timings, checkMarkers(t, ms, log, want...))
 	}
 	ms, log := bootRootfs(t, work, initrd, img, "systemA", 420*time.Second)
 	check(ms, log, "agent-installed", "enabled", "ready", "applied-1", "watchdog", "upgraded-2", "reload", "applied-3", "rolled-back-2")
@@ -154,6 +125,31 @@ apply:
 	for _, e := range ja {
 		if e["MESSAGE_ID"] == agent.MsgApplied && e["KLP_PATCH"] == "klp_cmdline_1" && e["_SYSTEMD_UNIT"] != "klp-agent.service" {
 			t.Errorf("applied entry from unit %q, want klp-agent.service", e["_SYSTEMD_UNIT"])
+		}
+	}
+	// The health event itself: kmsg, attributed, rolled back.
+	var he map[string]string
+	for _, e := range ja {
+		if e["MESSAGE_ID"] == agent.MsgHealthEvent && e["KLP_PATCH"] == "klp_oops_3" && e["KLP_EVENT_SOURCE"] == "kmsg" {
+			he = e
+		}
+	}
+	if he == nil || he["KLP_ATTRIBUTED"] != "true" || he["KLP_ROLLBACK"] != "true" || he["KLP_EVENT_KIND"] != "oops" {
+		t.Errorf("health event entry: %v", he)
+	}
+	// What node_exporter's textfile collector would export.
+	prom := outs("metrics-A.prom")
+	for _, want := range []string{
+		`klp_agent_patch_info{kernel="` + kernelEnv(t)["KLP_E2E_KREL"] + `",level="2",patch="klp_cmdline_2",state="good"} 1`,
+		`klp_agent_applies_total{result="ok"} 3`,
+		`klp_agent_rollbacks_total{reason="health"} 1`,
+		`klp_agent_crashes_total{patch="klp_oops_3"} 1`,
+		`klp_agent_health_events_total{attributed="true",kind="oops",source="kmsg"} 1`,
+		`klp_agent_blocked_patches 1`,
+		`klp_agent_manifest_version 3`,
+	} {
+		if !strings.Contains(prom, want) {
+			t.Errorf("metrics textfile lacks %s:\n%s", want, prom)
 		}
 	}
 	// status --json agrees with the journal.

@@ -58,6 +58,7 @@ save() {
 	journalctl -b -u klp-agent -o short-monotonic --no-hostname >"$OUT/journal-$1.txt"
 	cat /proc/cmdline >"$OUT/cmdline-$1"
 	systemctl show klp-agent >"$OUT/unit-$1.txt"
+	cp /var/lib/prometheus/node-exporter/klp-agent.prom "$OUT/metrics-$1.prom" 2>/dev/null
 }
 
 boot_a() {
