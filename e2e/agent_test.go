@@ -207,4 +207,3 @@ log:
 		t.Errorf("kmsg detection took %d us, the bar is 100 ms", us)
 	}
 }
-
