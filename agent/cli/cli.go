@@ -43,6 +43,7 @@ func commands() map[string]command {
 		"explain":      {"show, for this host, every manifest entry for its kernel and why it is or is not chosen", cmdExplain},
 		"manifest":     {"publisher tools: keygen, add, sign, verify, lint", cmdManifest},
 		"klp":          {"by hand: list livepatches, apply one RPM, disable one patch", cmdKLP},
+		"simulate":     {"model a fleet rolling a patch out, and the crash-budget pull-back of a bad one", cmdSimulate},
 	}
 }
 
