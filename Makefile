@@ -27,7 +27,10 @@ lint: staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags e2e ./e2e/
 	staticcheck ./...
+	promtool check rules packaging/prometheus/klp-agent.rules.yml
+	cd packaging/prometheus && promtool test rules klp-agent.rules.test.yml
 
 # Each fuzz target runs FUZZTIME (60 s in CI) and must not find a crash.
 FUZZ_TARGETS := ./manifest:FuzzParse ./manifest:FuzzVerifyEnvelope ./agent/config:FuzzDecode ./klp:FuzzInspectRPMReader ./health:FuzzParseKmsg ./health:FuzzNetconsole

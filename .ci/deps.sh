@@ -2,7 +2,8 @@
 # Installs the system packages the tests and the demo use on Debian 12.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
-pkgs=(nginx-light rpm gcc make git ca-certificates curl python3)
+# prometheus: for promtool, which checks and unit-tests the fleet rules.
+pkgs=(nginx-light rpm gcc make git ca-certificates curl python3 prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -17,8 +18,9 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's nginx package starts a system nginx on port 80; the tests run
-# their own instances on loopback and do not need it.
+# Debian's nginx package starts a system nginx on port 80, and prometheus's a
+# server on 9090; the tests run their own nginx on loopback and need
+# neither.
 if command -v go >/dev/null; then
   :
 elif [[ -x /usr/local/go/bin/go ]]; then
