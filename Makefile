@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 60s
 BIN := bin/klp-agent
 
-.PHONY: all build test lint fuzz deps check demo clean staticcheck e2e e2e-setup rpm
+.PHONY: all build test lint fuzz deps check demo clean staticcheck e2e e2e-setup rpm bench
 
 all: build
 
@@ -48,6 +48,22 @@ e2e-setup:
 
 e2e: e2e-setup
 	$(GO) test -tags e2e -count=1 -v -timeout 30m ./e2e/
+
+# Speed and memory, never asserted: Go benchmarks (manifest verify+select,
+# unchanged polls against nginx, the daemon's steady state, the fleet
+# simulator) and the real-kernel run (apply latency against the floor and
+# kpatch's polling, rollback reaction). Tables go to bin/bench/; see
+# docs/benchmarks.md for the last results and how to read them.
+bench: e2e-setup
+	mkdir -p bin/bench
+	@set -e; run() { out=$$1; shift; rc=0; "$$@" >bin/bench/$$out 2>&1 || rc=$$?; cat bin/bench/$$out; return $$rc; }; \
+	run manifest.txt $(GO) test -run '^$$' -bench VerifySelect -benchmem -benchtime 5x ./manifest/; \
+	run poll.txt $(GO) test -run '^$$' -bench PollNotModified -benchmem -benchtime 300x ./manifest/; \
+	run daemon.txt $(GO) test -run '^$$' -bench BenchmarkDaemonSteadyState -benchtime 1x ./agent/; \
+	run fleetsim.txt $(GO) test -run '^$$' -bench . -benchmem -benchtime 3x ./agent/fleetsim/; \
+	run realkernel.log env KLP_BENCH_OUT=$(CURDIR)/bin/bench/realkernel.md $(GO) test -tags 'e2e bench' -count=1 -v \
+	  -timeout 20m -run '^TestBenchRealKernel$$' ./e2e/
+	@cat bin/bench/realkernel.md
 
 # System packages the tests need (root; apt).
 deps:

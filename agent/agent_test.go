@@ -26,7 +26,7 @@ const krel = "6.1.0-56-amd64"
 // real rpm database in a test root and the agent's state dir (both kept
 // across boots, like a disk).
 type host struct {
-	t         *testing.T
+	t         testing.TB
 	root      string
 	stateDir  string
 	rpmDir    string
@@ -67,7 +67,7 @@ func (f *fakeRecorder) String() string {
 	return strings.Join(f.events, "; ")
 }
 
-func newHost(t *testing.T, levels ...int) *host {
+func newHost(t testing.TB, levels ...int) *host {
 	h := &host{t: t, root: t.TempDir(), stateDir: t.TempDir(), rpmDir: t.TempDir(),
 		now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC), patches: map[int]manifest.Patch{}}
 	h.srv = httptest.NewServer(http.FileServer(http.Dir(h.rpmDir)))

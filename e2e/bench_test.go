@@ -1,0 +1,141 @@
+//go:build e2e && bench
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBenchRealKernel is `make bench` on the real kernel: apply latency of
+// the agent against the bare floor and kpatch's one-second polling, and the
+// rollback reaction of the daemon to a faulty patch's oops, in one guest
+// run. It asserts that every measurement was taken, never how fast: the
+// numbers go to the log and, with KLP_BENCH_OUT=FILE, to a markdown table.
+func TestBenchRealKernel(t *testing.T) {
+	env := kernelEnv(t)
+	const rounds = 5
+	work := t.TempDir()
+	pub := newPublisher(t, work)
+	f4 := "klp-cmdline-4-1.oops.x86_64.rpm"
+	src := filepath.Join(work, "manifest.yaml")
+	pub.cli("manifest", "add", "--manifest", src, "--rpm", pub.stage(f4), "--url", "rpms/"+f4)
+	pub.cli("manifest", "sign", "--in", src, "--key", filepath.Join(pub.keys, "release.key"), "--out", filepath.Join(pub.www, "manifest.json"))
+	cfg := filepath.Join(work, "config.yaml")
+	os.WriteFile(cfg, []byte(`manifest:
+  url: http://127.0.0.1:8080/manifest.json
+  poll_interval: 1h
+  retries: 1
+host:
+  id: bench-guest
+apply:
+  soak: 1h
+  rpm_dbpath: /var/lib/rpm
+log:
+  format: console
+`), 0o644)
+	roundsFile := filepath.Join(work, "rounds")
+	os.WriteFile(roundsFile, []byte(strconv.Itoa(rounds)), 0o644)
+	files := append(rpmFiles(t, work), pub.bin+":/usr/bin/klp-agent", pub.rpms+":/rpms", pub.www+":/www",
+		cfg+":/etc/klp-agent/config.yaml", filepath.Join(pub.keys, "release.pub")+":/etc/klp-agent/keys/release.pub",
+		roundsFile+":/etc/bench-rounds")
+	ms, log := boot(t, work, guest{name: "bench", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/bench.sh"),
+		files: files, timeout: 600 * time.Second})
+	checkMarkers(t, ms, log, "apply-rounds")
+
+	times := map[string][]float64{} // approach -> ms per apply
+	parts := map[string][]float64{} // agent step -> ms
+	rollback, detect := []float64{}, []float64{}
+	msRE := regexp.MustCompile(`^(\d+)ms ?(.*)$`)
+	stepRE := regexp.MustCompile(`(verify|rpm|load|transition) ([0-9.]+)(ms|s)`)
+	detRE := regexp.MustCompile(`detect_us=(\d+)`)
+	for _, m := range ms {
+		if m.status != "TIME" {
+			continue
+		}
+		mm := msRE.FindStringSubmatch(m.detail)
+		if mm == nil {
+			t.Errorf("timing %s: %q", m.name, m.detail)
+			continue
+		}
+		v, _ := strconv.ParseFloat(mm[1], 64)
+		kind := m.name[:strings.IndexByte(m.name, '-')]
+		switch kind {
+		case "agent", "bare", "kpatch":
+			times[kind] = append(times[kind], v)
+			if kind == "agent" {
+				for _, s := range stepRE.FindAllStringSubmatch(mm[2], -1) {
+					x, _ := strconv.ParseFloat(s[2], 64)
+					if s[3] == "s" {
+						x *= 1000
+					}
+					parts[s[1]] = append(parts[s[1]], x)
+				}
+			}
+		case "rollback":
+			rollback = append(rollback, v)
+			if d := detRE.FindStringSubmatch(mm[2]); d != nil {
+				us, _ := strconv.ParseFloat(d[1], 64)
+				detect = append(detect, us/1000)
+			}
+		}
+	}
+	for _, k := range []string{"agent", "bare", "kpatch"} {
+		if len(times[k]) != 3*rounds {
+			t.Errorf("%s: %d applies timed, want %d", k, len(times[k]), 3*rounds)
+		}
+	}
+	for _, k := range []string{"verify", "rpm", "load", "transition"} {
+		if len(parts[k]) != 3*rounds {
+			t.Errorf("agent %s step: %d timings, want %d", k, len(parts[k]), 3*rounds)
+		}
+	}
+	if len(rollback) != rounds || len(detect) != rounds {
+		t.Errorf("rollback: %d reactions and %d detection latencies, want %d", len(rollback), len(detect), rounds)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Real kernel %s in qemu (TCG, 2 vCPUs), %d rounds; median [min–max] in ms.\n\n", env["KLP_E2E_KREL"], rounds)
+	fmt.Fprintf(&b, "| what | median | range |\n|---|---|---|\n")
+	row := func(name string, v []float64) {
+		if len(v) == 0 {
+			return
+		}
+		s := slices.Clone(v)
+		slices.Sort(s)
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f–%.0f |\n", name, s[len(s)/2], s[0], s[len(s)-1])
+	}
+	row("apply, klp-agent klp apply (RPM verified → transition 0)", times["agent"])
+	row("  verify (sha256, header, modinfo)", parts["verify"])
+	row("  rpm -U", parts["rpm"])
+	row("  load (finit_module)", parts["load"])
+	row("  transition (enable → transition 0)", parts["transition"])
+	row("apply, floor: rpm -U && insmod && poll 10 ms", times["bare"])
+	row("apply, kpatch's way: rpm -U && insmod && poll 1 s", times["kpatch"])
+	row("rollback: oops written → patch disabled, transition 0", rollback)
+	row("  of which the kmsg source had the whole report", detect)
+	if a, f := median(times["agent"]), median(times["bare"]); f > 0 {
+		fmt.Fprintf(&b, "\nagent / floor = %.2f; agent / kpatch = %.2f\n", a/f, a/median(times["kpatch"]))
+	}
+	t.Log("\n" + b.String())
+	if out := os.Getenv("KLP_BENCH_OUT"); out != "" {
+		if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}

@@ -1,0 +1,92 @@
+# shellcheck shell=dash
+# SPDX-License-Identifier: GPL-2.0
+# `make bench` on the real kernel (TestBenchRealKernel): in one guest run,
+#   apply latency  klp-agent klp apply (verify, rpm, load, transition), the
+#                  bare floor (rpm -U && insmod && poll every 10 ms) and
+#                  kpatch's way (the same, polling once a second), each
+#                  taking levels 1 -> 2 -> 3 by atomic replace, ROUNDS times;
+#   rollback       the daemon (manifest from busybox httpd in the guest)
+#                  applies the faulty klp_oops_4; the oops is triggered;
+#                  time until the patch is disabled with transition 0.
+# Timings print as "KLP-E2E: time NAME MS [detail]".
+. /lib/klp-e2e.sh
+export PATH=/usr/local/bin:$PATH HOME=/root
+A=/usr/bin/klp-agent
+RPM="/usr/local/bin/rpm --dbpath /var/lib/rpm"
+R=/rpms
+KREL=$(uname -r)
+DIR=/usr/lib/klp-agent/livepatches/$KREL
+ROUNDS=$(cat /etc/bench-rounds)
+mkdir -p /var/lib/rpm /root
+$RPM --initdb || klp_fail rpmdb "rpm --initdb"
+ip link set lo up
+
+ms_since() { echo $((($(klp_cs) - $1) * 10)); }
+# poll_transition PERIOD MOD: wait for MOD's transition to finish, checking
+# every PERIOD seconds (the kernel itself retries every second).
+poll_transition() {
+	while [ "$(klp_read "$KLP_LP/$2/transition")" != 0 ] || [ "$(klp_read "$KLP_LP/$2/enabled")" != 1 ]; do
+		sleep "$1"
+	done
+}
+reset() {
+	for m in klp_cmdline_1 klp_cmdline_2 klp_cmdline_3 klp_oops_4; do
+		if [ -d "$KLP_LP/$m" ]; then
+			echo 0 >"$KLP_LP/$m/enabled" 2>/dev/null
+			klp_wait 30 klp_patch_gone "$m"
+		fi
+		[ ! -d "/sys/module/$m" ] || klp_rmmod "$m"
+	done
+	$RPM -e --nodeps klp-cmdline >/dev/null 2>&1
+}
+
+for r in $(seq "$ROUNDS"); do
+	for lvl in 1 2 3; do
+		t0=$(klp_cs)
+		if out=$($A klp apply --rpm-dbpath /var/lib/rpm --rpm "$R/klp-cmdline-$lvl-1.x86_64.rpm" 2>&1); then
+			echo "KLP-E2E: time agent-$lvl-r$r $(ms_since "$t0")ms $out"
+		else
+			klp_fail agent-apply "$out"
+		fi
+	done
+	reset
+	for mode in bare:0.01 kpatch:1; do
+		name=${mode%%:*} period=${mode#*:}
+		for lvl in 1 2 3; do
+			t0=$(klp_cs)
+			$RPM -U --oldpackage "$R/klp-cmdline-$lvl-1.x86_64.rpm" && insmod "$DIR/klp_cmdline_$lvl.ko" &&
+				poll_transition "$period" "klp_cmdline_$lvl"
+			echo "KLP-E2E: time $name-$lvl-r$r $(ms_since "$t0")ms"
+			[ "$(klp_level)" = "$lvl" ] || klp_fail "$name" "level $(klp_level), want $lvl"
+			[ "$lvl" = 1 ] || klp_rmmod "klp_cmdline_$((lvl - 1))"
+		done
+		reset
+	done
+done
+klp_pass apply-rounds "$ROUNDS rounds"
+
+# Rollback reaction through the daemon.
+httpd -p 127.0.0.1:8080 -h /www
+oops_soaking() { grep -q '"phase": "soaking"' /var/lib/klp-agent/state.json 2>/dev/null && [ "$(klp_level)" = 4 ]; }
+oops_gone() { [ ! -d "$KLP_LP/klp_oops_4" ] || { [ "$(klp_read "$KLP_LP/klp_oops_4/enabled")" = 0 ] && [ "$(klp_read "$KLP_LP/klp_oops_4/transition")" = 0 ]; }; }
+for r in $(seq "$ROUNDS"); do
+	rm -rf /var/lib/klp-agent && mkdir -p /var/lib/klp-agent
+	$A run >/tmp/agent-$r.log 2>&1 &
+	pid=$!
+	if ! klp_wait 60 oops_soaking; then
+		klp_fail rollback-r$r "level 4 never soaked: $(tail -n 5 /tmp/agent-$r.log | tr '\n' ' ')"
+		kill "$pid"
+		break
+	fi
+	t0=$(klp_cs)
+	klp_trigger_read >/dev/null 2>&1
+	# The poll itself is 10 ms granular; the daemon acts on its own.
+	while ! oops_gone; do usleep 10000; done
+	ms=$(ms_since "$t0")
+	detect=$(grep -o '"KLP_DETECT_US": [0-9]*' /tmp/agent-$r.log | head -n 1 | grep -o '[0-9]*$')
+	echo "KLP-E2E: time rollback-r$r ${ms}ms detect_us=${detect:-?}"
+	kill -TERM "$pid"
+	wait "$pid"
+	reset
+done
+[ "$KLP_FAILED" = 0 ]
