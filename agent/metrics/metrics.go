@@ -12,7 +12,9 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,15 +27,19 @@ import (
 )
 
 // Rollback reasons: a closed set, so label cardinality stays fixed.
-var rollbackReasons = map[string]bool{"health": true, "revoked": true, "operator": true, "boot-crash": true, "failed-apply": true}
+var rollbackReasons = []string{"health", "revoked", "operator", "boot-crash", "failed-apply", "other"}
 
 // crashKinds count as crashes for the fleet's per-patch crash budget.
 var crashKinds = map[string]bool{"oops": true, "bug": true, "kernel-bug": true, "panic": true, "hard-lockup": true, "kdump": true}
 
+// Poll results: anything else is recorded as "error" (closed set, and an
+// unknown outcome must not pass for a successful poll).
+var pollResults = map[string]bool{"ok": true, "not-modified": true, "error": true}
+
 // Metrics is the agent's metric set. Safe for concurrent use.
 type Metrics struct {
 	reg           *prometheus.Registry
-	patchInfo     *prometheus.GaugeVec
+	patchInfo     *patchInfo
 	applies       *prometheus.CounterVec
 	rollbacks     *prometheus.CounterVec
 	healthEvents  *prometheus.CounterVec
@@ -54,8 +60,8 @@ func New(version, goVersion string) *Metrics {
 	}
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
-	m.patchInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_patch_info",
-		Help: "The livepatch this host runs for its kernel (1); patch \"\" when none."}, []string{"kernel", "patch", "level", "state"})
+	m.patchInfo = &patchInfo{desc: prometheus.NewDesc("klp_agent_patch_info",
+		"The livepatch this host runs for its kernel (1); patch \"\" when none.", []string{"kernel", "patch", "level", "state"}, nil)}
 	m.applies = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "klp_agent_applies_total",
 		Help: "Livepatch applies by result (ok, failed)."}, []string{"result"})
 	m.rollbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "klp_agent_rollbacks_total",
@@ -79,20 +85,55 @@ func New(version, goVersion string) *Metrics {
 		m.manifestVer, m.lastPoll, m.lastOK, m.applyDuration, build} {
 		f(c)
 	}
-	// Series that alert rules rate() over exist from the start, at 0.
+	// Series that alert rules increase() over exist from the start, at 0:
+	// a counter that first appears at 1 shows no increase to Prometheus.
 	for _, r := range []string{"ok", "failed"} {
 		m.applies.WithLabelValues(r)
+	}
+	for _, r := range rollbackReasons {
+		m.rollbacks.WithLabelValues(r)
 	}
 	return m
 }
 
+// patchInfo is klp_agent_patch_info as one series swapped under a lock, so
+// a scrape sees the old patch or the new one, never neither or both
+// (GaugeVec's Reset-then-Set leaves a window with no series).
+type patchInfo struct {
+	desc   *prometheus.Desc
+	mu     sync.Mutex
+	labels []string // kernel, patch, level, state; nil before SetPatch
+}
+
+func (p *patchInfo) Describe(ch chan<- *prometheus.Desc) { ch <- p.desc }
+
+func (p *patchInfo) Collect(ch chan<- prometheus.Metric) {
+	p.mu.Lock()
+	l := p.labels
+	p.mu.Unlock()
+	if l != nil {
+		ch <- prometheus.MustNewConstMetric(p.desc, prometheus.GaugeValue, 1, l...)
+	}
+}
+
+// clean makes a label value valid UTF-8: client_golang panics on anything
+// else, and kernel and patch names come from outside the agent.
+func clean(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+
 // Registry is for tests and the HTTP handler.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// SetPatch records the current patch; the previous series is replaced.
+// SetPatch records the current patch (patch "" and level 0 when none);
+// the previous series is replaced. A patch's crash counter is created at 0
+// here, so its first crash is an increase the fleet's crash budget sees.
 func (m *Metrics) SetPatch(kernel, patch string, level int, state string) {
-	m.patchInfo.Reset()
-	m.patchInfo.WithLabelValues(kernel, patch, strconv.Itoa(level), state).Set(1)
+	labels := []string{clean(kernel), clean(patch), strconv.Itoa(level), clean(state)}
+	m.patchInfo.mu.Lock()
+	m.patchInfo.labels = labels
+	m.patchInfo.mu.Unlock()
+	if patch != "" {
+		m.crashes.WithLabelValues(clean(patch))
+	}
 }
 
 // Applied counts one apply and, when it worked, its duration.
@@ -107,28 +148,36 @@ func (m *Metrics) Applied(ok bool, d time.Duration) {
 
 // RolledBack counts one rollback; unknown reasons count as "other".
 func (m *Metrics) RolledBack(reason string) {
-	if !rollbackReasons[reason] {
+	if !slices.Contains(rollbackReasons, reason) {
 		reason = "other"
 	}
 	m.rollbacks.WithLabelValues(reason).Inc()
 }
 
-// HealthEvent counts one event; a crash-class one seen while patch was
-// applied also counts against that patch's crash budget.
-func (m *Metrics) HealthEvent(kind, source string, attributed bool, patch string) {
-	m.healthEvents.WithLabelValues(kind, source, strconv.FormatBool(attributed)).Inc()
-	if patch != "" && crashKinds[kind] {
-		m.crashes.WithLabelValues(patch).Inc()
+// HealthEvent counts one event; a crash-class one (or any kdump dump)
+// seen while crashPatch was applied also counts against that patch's
+// crash budget.
+func (m *Metrics) HealthEvent(kind, source string, attributed bool, crashPatch string) {
+	m.healthEvents.WithLabelValues(clean(kind), clean(source), strconv.FormatBool(attributed)).Inc()
+	if crashPatch != "" && (crashKinds[kind] || source == "kdump") {
+		m.crashes.WithLabelValues(clean(crashPatch)).Inc()
 	}
 }
 
-// Polled records a poll's result ("ok", "not-modified", "error").
+// Polled records a poll's result ("ok", "not-modified", "error"). Only a
+// poll that ended with a verified manifest moves the last-success time,
+// and version 0 (none known) leaves the last accepted version alone.
 func (m *Metrics) Polled(result string, at time.Time, manifestVersion uint64) {
+	if !pollResults[result] {
+		result = "error"
+	}
 	ts := float64(at.UnixNano()) / 1e9
 	m.lastPoll.WithLabelValues(result).Set(ts)
 	if result != "error" {
 		m.lastOK.Set(ts)
-		m.manifestVer.Set(float64(manifestVersion))
+		if manifestVersion > 0 {
+			m.manifestVer.Set(float64(manifestVersion))
+		}
 	}
 }
 
@@ -158,44 +207,63 @@ func (m *Metrics) WriteTextfile(path string) error {
 	defer m.mu.Unlock()
 	b, err := m.Text()
 	if err != nil {
-		return err
-	}
-	if err := atomicfile.WriteFile(path, b, 0o644); err != nil {
 		return fmt.Errorf("metrics textfile %s: %w", path, err)
+	}
+	// atomicfile's errors already name the path.
+	if err := atomicfile.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("metrics textfile: %w", err)
 	}
 	return nil
 }
 
 // ErrNotLoopback refuses a listener other hosts could reach: the metrics
 // say which kernel bug a host is exposed to.
-var ErrNotLoopback = errors.New("metrics listener must be on loopback")
+var ErrNotLoopback = errors.New("metrics listener must be on loopback (127.0.0.0/8, ::1 or localhost)")
 
-// Serve serves /metrics on addr until ctx ends and returns the bound
-// address.
+// loopback reports whether host names only this machine.
+func loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Serve serves /metrics on addr (loopback only) until ctx ends and returns
+// the bound address.
 func (m *Metrics) Serve(ctx context.Context, addr string, log *zap.Logger) (net.Addr, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listen %q: %w", addr, err)
 	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+	if !loopback(host) {
 		return nil, fmt.Errorf("%w: %q", ErrNotLoopback, addr)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listen: %w", err)
 	}
+	// "localhost" is whatever /etc/hosts says: check what was bound.
+	if ta, ok := ln.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+		ln.Close()
+		return nil, fmt.Errorf("%w: %q bound %s", ErrNotLoopback, addr, ln.Addr())
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	// Timeouts: a stuck client must not pin goroutines in the agent.
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+		WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute, ErrorLog: zap.NewStdLog(log)}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		srv.Shutdown(sctx)
+		srv.Shutdown(sctx) //nolint:errcheck // best effort: the agent is stopping
 	}()
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && log != nil {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics listener stopped: " + err.Error())
 		}
 	}()

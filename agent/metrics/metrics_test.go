@@ -4,19 +4,24 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
-// sample is a fixed sequence of what an agent reports in a day.
+// sample is a fixed sequence of what an agent reports in a day. The Go
+// version is fixed and durations are exact, so the golden file is stable.
 func sample() *Metrics {
 	m := New("0.1.0", "go1.26")
 	m.Polled("ok", t0, 7)
@@ -44,22 +49,77 @@ func TestTextfileGolden(t *testing.T) {
 	}
 	golden := filepath.Join("testdata", "metrics.golden.prom")
 	if os.Getenv("UPDATE_GOLDEN") != "" {
-		os.WriteFile(golden, got, 0o644)
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	want, err := os.ReadFile(golden)
 	if err != nil {
 		t.Fatalf("%v (UPDATE_GOLDEN=1 creates it)", err)
 	}
 	if string(got) != string(want) {
-		t.Fatalf("textfile differs from %s:\n%s", golden, got)
+		t.Fatalf("textfile differs from %s (UPDATE_GOLDEN=1 regenerates it):\n%s", golden, got)
 	}
-	// Atomic replacement leaves nothing else in the directory.
-	ents, _ := os.ReadDir(filepath.Dir(path))
+}
+
+func TestTextfileReplacedAtomically(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "klp-agent.prom")
+	m := New("0.1.0", "go1.26")
+	m.SetPatch("6.1.0-56-amd64", "klp_a", 1, "soaking")
+	if err := m.WriteTextfile(path); err != nil {
+		t.Fatal(err)
+	}
+	ino := inode(t, path)
+	m.SetPatch("6.1.0-56-amd64", "klp_b", 2, "good")
+	if err := m.WriteTextfile(path); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `patch="klp_b"`) || strings.Contains(string(b), `state="soaking"`) {
+		t.Fatalf("second write not in place:\n%s", b)
+	}
+	// A rename, not an in-place rewrite: node_exporter holding the old
+	// file open keeps reading a whole old file.
+	if inode(t, path) == ino {
+		t.Error("the file was rewritten in place")
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(ents) != 1 {
-		t.Fatalf("directory holds %d entries after the write", len(ents))
+		t.Fatalf("directory holds %d entries after two writes (temp files left?)", len(ents))
 	}
-	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o644 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o644 {
 		t.Fatalf("mode %v: node_exporter must read it", fi.Mode())
+	}
+}
+
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino // the agent is Linux-only
+}
+
+func TestTextfileErrorNamesPath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "missing-dir", "klp-agent.prom")
+	err := New("0.1.0", "go1.26").WriteTextfile(path)
+	if err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("error %v does not name %s", err, path)
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("error %v does not wrap the cause", err)
 	}
 }
 
@@ -71,20 +131,119 @@ func TestMetricSemantics(t *testing.T) {
 		want float64
 	}{
 		{"unknown rollback reason counts as other", testutil.ToFloat64(m.rollbacks.WithLabelValues("other")), 1},
+		{"a known reason counts as itself", testutil.ToFloat64(m.rollbacks.WithLabelValues("health")), 1},
+		{"every reason exists at 0 for increase()", float64(testutil.CollectAndCount(m.rollbacks)), 6},
 		{"the previous patch series is gone", float64(testutil.CollectAndCount(m.patchInfo)), 1},
 		{"crash budget counts the oops", testutil.ToFloat64(m.crashes.WithLabelValues("klp_cmdline_2")), 1},
-		{"a warning is not a crash", float64(testutil.CollectAndCount(m.crashes)), 1},
+		{"the current patch's crash counter exists at 0", testutil.ToFloat64(m.crashes.WithLabelValues("klp_cmdline_1")), 0},
+		{"a warning is not a crash", float64(testutil.CollectAndCount(m.crashes)), 2},
 		{"a failed poll keeps the last good one", testutil.ToFloat64(m.lastOK), float64(t0.Unix())},
 		{"and the manifest version", testutil.ToFloat64(m.manifestVer), 7},
+		{"failed applies are not timed", float64(testutil.CollectAndCount(m.applyDuration)), 1},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {
 			t.Errorf("%s: %v, want %v", tt.name, tt.got, tt.want)
 		}
 	}
+}
+
+func TestSetPatchReplaces(t *testing.T) {
+	m := New("0.1.0", "go1.26")
+	if n := testutil.CollectAndCount(m.patchInfo); n != 0 {
+		t.Fatalf("%d patch_info series before SetPatch", n)
+	}
+	steps := []struct {
+		kernel, patch string
+		level         int
+		state         string
+		want          string
+	}{
+		{"6.1.0-56-amd64", "", 0, "none", `klp_agent_patch_info{kernel="6.1.0-56-amd64",level="0",patch="",state="none"} 1`},
+		{"6.1.0-56-amd64", "klp_a", 3, "downloading", `klp_agent_patch_info{kernel="6.1.0-56-amd64",level="3",patch="klp_a",state="downloading"} 1`},
+		{"6.1.0-56-amd64", "klp_a", 3, "soaking", `klp_agent_patch_info{kernel="6.1.0-56-amd64",level="3",patch="klp_a",state="soaking"} 1`},
+		{"6.1.0-56-amd64", "klp_a", 3, "rolling-back", `klp_agent_patch_info{kernel="6.1.0-56-amd64",level="3",patch="klp_a",state="rolling-back"} 1`},
+		{"6.1.0-56-amd64", "bad\xffname", 1, "good", "klp_agent_patch_info{kernel=\"6.1.0-56-amd64\",level=\"1\",patch=\"bad\uFFFDname\",state=\"good\"} 1"},
+	}
+	for _, s := range steps {
+		m.SetPatch(s.kernel, s.patch, s.level, s.state)
+		want := "# HELP klp_agent_patch_info The livepatch this host runs for its kernel (1); patch \"\" when none.\n" +
+			"# TYPE klp_agent_patch_info gauge\n" + s.want + "\n"
+		if err := testutil.CollectAndCompare(m.patchInfo, strings.NewReader(want)); err != nil {
+			t.Errorf("after SetPatch(%q, %d, %q): %v", s.patch, s.level, s.state, err)
+		}
+	}
+}
+
+func TestHealthEventCrashes(t *testing.T) {
+	tests := []struct {
+		kind, source string
+		patch        string
+		crash        bool
+	}{
+		{"oops", "kmsg", "klp_a", true},
+		{"bug", "netconsole", "klp_a", true},
+		{"kernel-bug", "kmsg", "klp_a", true},
+		{"panic", "netconsole", "klp_a", true},
+		{"hard-lockup", "kmsg", "klp_a", true},
+		{"kdump", "kdump", "klp_a", true},
+		{"oops", "kmsg", "", false}, // no patch applied: not a patch's crash
+		{"warning", "kmsg", "klp_a", false},
+		{"soft-lockup", "kmsg", "klp_a", false},
+		{"hung-task", "kmsg", "klp_a", false},
+		{"rcu-stall", "kmsg", "klp_a", false},
+		{"command", "command", "klp_a", false},
+		{"taint", "taint", "klp_a", false},
+	}
+	for _, tt := range tests {
+		m := New("0.1.0", "go1.26")
+		m.HealthEvent(tt.kind, tt.source, true, tt.patch)
+		if got := testutil.ToFloat64(m.healthEvents.WithLabelValues(tt.kind, tt.source, "true")); got != 1 {
+			t.Errorf("%s/%s: health event counted %v", tt.kind, tt.source, got)
+		}
+		want := 0
+		if tt.crash {
+			want = 1
+		}
+		if n := testutil.CollectAndCount(m.crashes); n != want {
+			t.Errorf("%s/%s patch %q: %d crash series, want %d", tt.kind, tt.source, tt.patch, n, want)
+		}
+	}
+}
+
+func TestPolled(t *testing.T) {
+	m := New("0.1.0", "go1.26")
+	m.Polled("ok", t0, 7)
+	m.Polled("not-modified", t0.Add(time.Minute), 0) // no version: keep 7
+	m.Polled("weird", t0.Add(2*time.Minute), 9)      // unknown: an error
+	tests := []struct {
+		name      string
+		got, want float64
+	}{
+		{"not-modified is a success", testutil.ToFloat64(m.lastOK), float64(t0.Add(time.Minute).Unix())},
+		{"version 0 keeps the last", testutil.ToFloat64(m.manifestVer), 7},
+		{"unknown result is an error", testutil.ToFloat64(m.lastPoll.WithLabelValues("error")), float64(t0.Add(2 * time.Minute).Unix())},
+		{"results stay a closed set", float64(testutil.CollectAndCount(m.lastPoll)), 3},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, tt.got, tt.want)
+		}
+	}
+}
+
+func TestLint(t *testing.T) {
+	m := sample()
+	for _, c := range []prometheus.Collector{m.patchInfo, m.applies, m.rollbacks, m.healthEvents, m.crashes,
+		m.blocked, m.manifestVer, m.lastPoll, m.lastOK, m.applyDuration} {
+		problems, err := testutil.CollectAndLint(c)
+		if err != nil || len(problems) > 0 {
+			t.Errorf("promlint: %v %+v", err, problems)
+		}
+	}
 	problems, err := testutil.GatherAndLint(m.Registry())
 	if err != nil || len(problems) > 0 {
-		t.Fatalf("promlint: %v %+v", err, problems)
+		t.Fatalf("promlint (registry): %v %+v", err, problems)
 	}
 }
 
@@ -96,23 +255,106 @@ func TestServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Get("http://" + addr.String() + "/metrics")
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr.String() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(b), `klp_agent_patch_info{kernel="6.1.0-56-amd64",level="1",patch="klp_cmdline_1",state="good"} 1`) {
-		t.Fatalf("served:\n%s", b)
-	}
-	for _, a := range []string{"0.0.0.0:9797", "10.1.2.3:9797", ":9797", "[::]:9797"} {
-		if _, err := m.Serve(ctx, a, nil); !errors.Is(err, ErrNotLoopback) {
-			t.Errorf("%s: %v, want ErrNotLoopback", a, err)
-		}
+	if resp.StatusCode != http.StatusOK ||
+		!strings.Contains(string(b), `klp_agent_patch_info{kernel="6.1.0-56-amd64",level="1",patch="klp_cmdline_1",state="good"} 1`) {
+		t.Fatalf("served %s:\n%s", resp.Status, b)
 	}
 	cancel()
-	time.Sleep(50 * time.Millisecond)
-	if _, err := http.Get("http://" + addr.String() + "/metrics"); err == nil {
-		t.Fatal("listener still serves after ctx ended")
+	// Shutdown is asynchronous: wait for the listener to go, boundedly.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", addr.String(), time.Second)
+		if err != nil {
+			break
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("listener still accepts after ctx ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestServeLoopbackOnly(t *testing.T) {
+	tests := []struct {
+		addr    string
+		refused bool // ErrNotLoopback, before any socket is opened
+	}{
+		{"0.0.0.0:9797", true},
+		{":9797", true},
+		{"[::]:9797", true},
+		{"10.1.2.3:9797", true},
+		{"192.168.1.1:9797", true},
+		{"example.com:9797", true},
+		{"127.0.0.1:0", false},
+		{"127.0.0.2:0", false},
+		{"localhost:0", false},
+		{"LOCALHOST:0", false},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := New("0.1.0", "go1.26")
+	for _, tt := range tests {
+		a, err := m.Serve(ctx, tt.addr, nil)
+		if tt.refused {
+			if !errors.Is(err, ErrNotLoopback) {
+				t.Errorf("%s: %v, want ErrNotLoopback", tt.addr, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tt.addr, err)
+			continue
+		}
+		if ip := a.(*net.TCPAddr).IP; !ip.IsLoopback() {
+			t.Errorf("%s bound %s", tt.addr, a)
+		}
+	}
+	if _, err := m.Serve(ctx, "no-port", nil); err == nil || errors.Is(err, ErrNotLoopback) {
+		t.Errorf("address without a port: %v", err)
+	}
+}
+
+// TestConcurrent is for -race: the daemon, health watchers and the HTTP
+// handler call in from different goroutines.
+func TestConcurrent(t *testing.T) {
+	m := New("0.1.0", "go1.26")
+	path := filepath.Join(t.TempDir(), "klp-agent.prom")
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				m.SetPatch("6.1.0-56-amd64", "klp_a", g*100+i, "soaking")
+				m.Applied(i%2 == 0, time.Duration(i)*time.Millisecond)
+				m.RolledBack("health")
+				m.HealthEvent("oops", "kmsg", true, "klp_a")
+				m.Polled("ok", t0, uint64(i+1))
+				m.SetBlocked(i)
+				if i%10 == 0 {
+					if err := m.WriteTextfile(path); err != nil {
+						t.Error(err)
+					}
+				}
+				if _, err := m.Registry().Gather(); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := testutil.CollectAndCount(m.patchInfo); n != 1 {
+		t.Fatalf("%d patch_info series after concurrent SetPatch", n)
+	}
+	if got := testutil.ToFloat64(m.crashes.WithLabelValues("klp_a")); got != 200 {
+		t.Fatalf("crashes %v, want 200", got)
 	}
 }
