@@ -54,7 +54,7 @@ func BenchmarkVerifySelect(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(env)))
 			for b.Loop() {
-				v, err := trust.Verify(env, now, nil)
+				v, err := trust.VerifyFor(env, now, nil, host.Kernel)
 				if err != nil {
 					b.Fatal(err)
 				}

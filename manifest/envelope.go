@@ -186,11 +186,16 @@ type Verified struct {
 // the highest version this host has seen (store may be nil for offline
 // tools). It records a newly seen higher version in store.
 func (t Trust) Verify(envelope []byte, now time.Time, store VersionStore) (*Verified, error) {
+	return t.VerifyFor(envelope, now, store, "")
+}
+
+// VerifyFor is Verify for a host running kernel: see ParseFor.
+func (t Trust) VerifyFor(envelope []byte, now time.Time, store VersionStore, kernel string) (*Verified, error) {
 	payload, ids, err := t.VerifyEnvelope(envelope)
 	if err != nil {
 		return nil, err
 	}
-	m, err := ParseMax(payload, t.maxSize())
+	m, err := ParseFor(payload, t.maxSize(), kernel)
 	if err != nil {
 		return nil, err
 	}

@@ -43,6 +43,23 @@ func FuzzParse(f *testing.F) {
 		if !bytes.Equal(out, out2) {
 			t.Fatalf("round trip changed the manifest:\n%s\n%s", out, out2)
 		}
+		// A host's filtered parse agrees with the full one.
+		if len(m.Patches) > 0 {
+			krel := m.Patches[0].Kernel
+			mine, err := ParseFor(b, DefaultMaxSize, krel)
+			if err != nil {
+				t.Fatalf("ParseFor(%s) refused what Parse accepted: %v", krel, err)
+			}
+			n := 0
+			for _, p := range m.Patches {
+				if p.Kernel == krel {
+					n++
+				}
+			}
+			if len(mine.Patches) != n || mine.Skipped != len(m.Patches)-n {
+				t.Fatalf("ParseFor(%s): %d patches, %d skipped; full parse has %d of %d", krel, len(mine.Patches), mine.Skipped, n, len(m.Patches))
+			}
+		}
 		// The JSON payload says the same as the YAML one.
 		js, err := MarshalJSON(m)
 		if err != nil {

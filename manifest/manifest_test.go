@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -323,5 +325,68 @@ func TestParseJSONPayload(t *testing.T) {
 		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrInvalidName) {
 			t.Errorf("%s: %v, want a rejection", name, err)
 		}
+	}
+}
+
+// ParseFor gives a host exactly its kernel's entries, as a full parse
+// filtered would, in canonical and hand-written JSON and in YAML.
+func TestParseForKernel(t *testing.T) {
+	m := benchManifest(50)
+	canon, err := MarshalJSON(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yml, _ := Marshal(m)
+	// Hand-written: members in another order, spaces, an escaped release.
+	hand := []byte(strings.Replace(string(canon), `{"kernel":"6.1.0-3-amd64","name":"klp_cmdline_1",`,
+		`{ "name" : "klp_cmdline_1", "kernel" : "6.1.0\u002d3-amd64",`, 1))
+	if bytes.Equal(hand, canon) {
+		t.Fatal("hand-written variant not made")
+	}
+	for name, payload := range map[string][]byte{"canonical": canon, "yaml": yml, "hand-written": hand} {
+		for _, krel := range []string{"6.1.0-3-amd64", "6.1.0-7-amd64", "6.1.0-99-amd64"} {
+			full, err := Parse(payload)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			var want []Patch
+			for _, p := range full.Patches {
+				if p.Kernel == krel {
+					want = append(want, p)
+				}
+			}
+			got, err := ParseFor(payload, DefaultMaxSize, krel)
+			if err != nil {
+				t.Fatalf("%s %s: %v", name, krel, err)
+			}
+			if (len(want) > 0 || len(got.Patches) > 0) && !reflect.DeepEqual(got.Patches, want) || got.Skipped != len(full.Patches)-len(want) {
+				t.Fatalf("%s %s: %d patches (%d skipped), want %d", name, krel, len(got.Patches), got.Skipped, len(want))
+			}
+			if d := Select(got, Host{ID: "h", Kernel: krel}, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), nil); d.OtherKernels != 50-len(want) {
+				t.Fatalf("%s %s: other kernels %d", name, krel, d.OtherKernels)
+			}
+		}
+	}
+	bad := map[string]string{
+		"unknown member":           `{"schema":1,"version":1,"expires":"2027-01-01T00:00:00Z","patchez":[]}`,
+		"duplicate member":         `{"schema":1,"version":1,"version":2,"expires":"2027-01-01T00:00:00Z"}`,
+		"trailing data":            `{"schema":1,"version":1,"expires":"2027-01-01T00:00:00Z"} {}`,
+		"broken entry":             `{"schema":1,"version":1,"expires":"2027-01-01T00:00:00Z","patches":[{"kernel":"k2",}]}`,
+		"own entry invalid":        `{"schema":1,"version":1,"expires":"2027-01-01T00:00:00Z","patches":[{"kernel":"k1","name":"a/b","level":1,"url":"u","sha256":"` + sha(1) + `","size":1}]}`,
+		"own entry unknown member": `{"schema":1,"version":1,"expires":"2027-01-01T00:00:00Z","patches":[{"kernel":"k1","nam":"a","level":1,"url":"u","sha256":"` + sha(1) + `","size":1}]}`,
+	}
+	for name, p := range bad {
+		if _, err := ParseFor([]byte(p), DefaultMaxSize, "k1"); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	// Another kernel's entry is the publisher's to get right (sign and
+	// lint parse everything); a host does not decode it.
+	other := `{"schema":1,"version":1,"expires":"2027-01-01T00:00:00Z","patches":[{"kernel":"k2","nam":"a"}]}`
+	if m, err := ParseFor([]byte(other), DefaultMaxSize, "k1"); err != nil || m.Skipped != 1 {
+		t.Errorf("other kernel's entry: %v %+v", err, m)
+	}
+	if _, err := Parse([]byte(other)); err == nil {
+		t.Error("a full parse accepted an invalid entry")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 
 	json "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -28,7 +29,15 @@ func Parse(payload []byte) (*Manifest, error) { return ParseMax(payload, Default
 
 // ParseMax is Parse with a size limit other than DefaultMaxSize (a fleet
 // with many kernel releases raises manifest.max_size).
-func ParseMax(payload []byte, max int) (*Manifest, error) {
+func ParseMax(payload []byte, max int) (*Manifest, error) { return ParseFor(payload, max, "") }
+
+// ParseFor parses what a host running kernel needs. With kernel "" it is
+// ParseMax. Otherwise, in a JSON payload, entries for other kernel
+// releases are checked as JSON and counted (Manifest.Skipped) but neither
+// decoded nor validated: a host pays for its own kernel's entries, not the
+// fleet's. The publisher's tools (`manifest sign`, `lint`, `verify`) parse
+// everything. A YAML payload is parsed whole and then filtered.
+func ParseFor(payload []byte, max int, kernel string) (*Manifest, error) {
 	if len(payload) > max {
 		return nil, fmt.Errorf("%w: payload is %d bytes (limit %d)", ErrTooLarge, len(payload), max)
 	}
@@ -37,16 +46,135 @@ func ParseMax(payload []byte, max int) (*Manifest, error) {
 		// JSON (the YAML subset `manifest sign` writes by default): the
 		// same strictness, an order of magnitude faster than the YAML
 		// parser on a fleet-sized manifest.
-		if err := json.Unmarshal(payload, &m, json.RejectUnknownMembers(true)); err != nil {
+		var err error
+		if kernel == "" {
+			err = json.Unmarshal(payload, &m, json.RejectUnknownMembers(true))
+		} else {
+			err = decodeJSONFor(payload, kernel, &m)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 	} else if err := DecodeStrict(payload, &m); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	} else if kernel != "" {
+		mine := m.Patches[:0]
+		for _, p := range m.Patches {
+			if p.Kernel == kernel {
+				mine = append(mine, p)
+			} else {
+				m.Skipped++
+			}
+		}
+		m.Patches = mine
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
 	return &m, nil
+}
+
+// decodeJSONFor decodes a JSON payload member by member, materialising
+// only the patches for kernel. A patch that may be for kernel (its raw
+// text holds the release, or an escape that could spell it) is decoded
+// and checked; the others are counted.
+func decodeJSONFor(payload []byte, kernel string, m *Manifest) error {
+	// Duplicate names are checked here for the top level and by Unmarshal
+	// inside every decoded patch; the scanner skips that bookkeeping for
+	// the entries it only counts.
+	dec := jsontext.NewDecoder(bytes.NewBuffer(payload), jsontext.AllowDuplicateNames(true))
+	opts := json.RejectUnknownMembers(true)
+	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
+		return fmt.Errorf("payload is not a JSON object: %v", err)
+	}
+	needle := []byte(kernel)
+	seen := map[string]bool{}
+	for dec.PeekKind() != '}' {
+		tok, err := dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		name := tok.String()
+		if seen[name] {
+			return fmt.Errorf("duplicate member %q", name)
+		}
+		seen[name] = true
+		switch name {
+		case "schema":
+			err = json.UnmarshalDecode(dec, &m.Schema, opts)
+		case "version":
+			err = json.UnmarshalDecode(dec, &m.Version, opts)
+		case "expires":
+			err = json.UnmarshalDecode(dec, &m.Expires, opts)
+		case "revoked":
+			err = json.UnmarshalDecode(dec, &m.Revoked, opts)
+		case "patches":
+			err = decodePatchesFor(dec, needle, m, opts)
+		default:
+			err = fmt.Errorf("unknown member %q", name)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	if _, err := dec.ReadToken(); err != nil { // the closing brace
+		return err
+	}
+	if _, err := dec.ReadToken(); err != io.EOF {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}
+
+// canonicalKernel is how a canonical patch object (MarshalJSON) starts.
+var canonicalKernel = []byte(`{"kernel":"`)
+
+// mayBeFor reports whether the raw patch object could be for the kernel
+// release in needle. In the canonical form the release is read in place;
+// otherwise a patch is skipped only if its text cannot spell the release
+// (does not contain it and has no escape).
+func mayBeFor(raw, needle []byte) bool {
+	if v, ok := bytes.CutPrefix(raw, canonicalKernel); ok {
+		end := bytes.IndexByte(v, '"')
+		if end >= 0 && bytes.IndexByte(v[:end], '\\') < 0 {
+			return bytes.Equal(v[:end], needle)
+		}
+	}
+	return bytes.Contains(raw, needle) || bytes.IndexByte(raw, '\\') >= 0
+}
+
+func decodePatchesFor(dec *jsontext.Decoder, needle []byte, m *Manifest, opts json.Options) error {
+	if dec.PeekKind() == 'n' {
+		_, err := dec.ReadToken()
+		return err
+	}
+	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '[' {
+		return fmt.Errorf("not an array: %v", err)
+	}
+	for dec.PeekKind() != ']' {
+		raw, err := dec.ReadValue()
+		if err != nil {
+			return err
+		}
+		if raw.Kind() != '{' {
+			return errors.New("a patch is not a JSON object")
+		}
+		if !mayBeFor(raw, needle) {
+			m.Skipped++
+			continue
+		}
+		var p Patch
+		if err := json.Unmarshal(raw, &p, opts); err != nil {
+			return err
+		}
+		if p.Kernel != string(needle) {
+			m.Skipped++
+			continue
+		}
+		m.Patches = append(m.Patches, p)
+	}
+	_, err := dec.ReadToken()
+	return err
 }
 
 // DecodeStrict decodes exactly one YAML document into out, refusing unknown

@@ -89,6 +89,8 @@ type Manifest struct {
 	Expires time.Time `yaml:"expires" json:"expires"`
 	Patches []Patch   `yaml:"patches,omitempty" json:"patches,omitempty"`
 	Revoked []Revoked `yaml:"revoked,omitempty" json:"revoked,omitempty"`
+	// Skipped counts entries for other kernels that ParseFor did not decode.
+	Skipped int `yaml:"-" json:"-"`
 }
 
 // Patch is one cumulative livepatch for one exact kernel release.

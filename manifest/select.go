@@ -48,7 +48,7 @@ type Blocked func(*Patch) bool
 // the rollout lets this host have, skipping revoked and locally blocked
 // entries. It is pure: same inputs, same answer.
 func Select(m *Manifest, host Host, now time.Time, blocked Blocked) Decision {
-	d := Decision{Host: host}
+	d := Decision{Host: host, OtherKernels: m.Skipped}
 	for i := range m.Patches {
 		p := &m.Patches[i]
 		if p.Kernel != host.Kernel {

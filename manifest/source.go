@@ -24,6 +24,9 @@ type Source struct {
 	Store    VersionStore
 	CacheDir string // empty: memory only
 	Now      func() time.Time
+	// Kernel, if set, is the host's release: only its entries are decoded
+	// (see ParseFor).
+	Kernel string
 
 	mu         sync.Mutex
 	current    *Verified
@@ -70,7 +73,7 @@ func (s *Source) LoadCache() error {
 	if err != nil {
 		return fmt.Errorf("load cached manifest: %w", err)
 	}
-	v, err := s.Trust.Verify(env, s.now(), s.Store)
+	v, err := s.Trust.VerifyFor(env, s.now(), s.Store, s.Kernel)
 	if err != nil {
 		return fmt.Errorf("cached manifest no longer accepted: %w", err)
 	}
@@ -106,7 +109,7 @@ func (s *Source) Poll(ctx context.Context) (PollResult, error) {
 		}
 		return res, nil
 	}
-	v, err := s.Trust.Verify(fr.Body, s.now(), s.Store)
+	v, err := s.Trust.VerifyFor(fr.Body, s.now(), s.Store, s.Kernel)
 	if err != nil {
 		return res, fmt.Errorf("manifest from %s rejected: %w", s.Fetcher.URL(), err)
 	}

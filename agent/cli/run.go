@@ -59,6 +59,7 @@ func build(path string, store *state.Store, stderr *os.File, rec agent.Recorder)
 			Fetcher: f, Trust: h.trust,
 			Store:    h.versionStore(),
 			CacheDir: l.Paths.StateDir,
+			Kernel:   h.host.Kernel,
 		}
 	} else {
 		log.Warn("manifest.url is not set: re-applying the recorded patch only, no polling")
