@@ -2,8 +2,12 @@ package manifest
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"testing"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // FuzzParse: no input may panic the payload parser, and whatever it
@@ -84,7 +88,27 @@ func FuzzVerifyEnvelope(f *testing.F) {
 	f.Add(good)
 	f.Add([]byte(`{"payloadType":"application/vnd.klp-agent.manifest.v1+yaml","payload":"","signatures":[{"keyid":"","sig":""}]}`))
 	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"payloadType":"x","payload":"QUJD","payload":"QUJD","signatures":[]}`))
+	f.Add([]byte(`{"signatures":[{"payload":"QUJD","sig":""}],"payloadType":"x","payload" : "QU\u004aD"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// The fast envelope path (decodeRawEnvelope, decodePAE) reads the
+		// same payload as the strict decoder and base64, or fails as they do.
+		var fastP, slowP []byte
+		fast, ferr := decodeRawEnvelope(b)
+		if ferr == nil {
+			_, fastP, ferr = decodePAE(fast.PayloadType, fast.Payload)
+		}
+		var slow rawEnvelope
+		serr := jsonv2.Unmarshal(b, &slow, jsonv2.RejectUnknownMembers(true))
+		if serr == nil {
+			var s []byte
+			if s, serr = jsontext.AppendUnquote(nil, slow.Payload); serr == nil {
+				slowP, serr = base64.StdEncoding.DecodeString(string(s))
+			}
+		}
+		if (ferr == nil) != (serr == nil) || (ferr == nil && !bytes.Equal(fastP, slowP)) {
+			t.Fatalf("fast path: %v %q; strict: %v %q; envelope %q", ferr, fastP, serr, slowP, b)
+		}
 		payload, _, err := tr.VerifyEnvelope(b)
 		if err != nil {
 			return
