@@ -147,14 +147,22 @@ func TestExplainRollout(t *testing.T) {
 	}
 }
 
-func TestCheckConfig(t *testing.T) {
-	dir := t.TempDir()
-	keys := filepath.Join(dir, "keys")
+// hostConfig makes a host root and a config with an empty keys dir; extra
+// is more YAML for the config.
+func hostConfig(t *testing.T, extra string) (dir, keys, cfg string) {
+	t.Helper()
+	dir = t.TempDir()
+	keys = filepath.Join(dir, "keys")
 	os.MkdirAll(keys, 0o755)
 	root := t.TempDir()
 	writeHostRoot(t, root, testKernel, "0123456789abcdef0123456789abcdef")
-	cfg := filepath.Join(dir, "config.yaml")
-	os.WriteFile(cfg, []byte("manifest:\n  url: https://patches.example/m.json\ntrust:\n  keys_dir: "+keys+"\npaths:\n  root: "+root+"\n"), 0o644)
+	cfg = filepath.Join(dir, "config.yaml")
+	os.WriteFile(cfg, []byte(extra+"trust:\n  keys_dir: "+keys+"\npaths:\n  root: "+root+"\n"), 0o644)
+	return dir, keys, cfg
+}
+
+func TestCheckConfig(t *testing.T) {
+	dir, keys, cfg := hostConfig(t, "manifest:\n  url: https://patches.example/m.json\n")
 	// No key yet: the effective config is shown, and the problem named.
 	out, code := runCode(t, t0, "check-config", "--config", cfg)
 	if code != 1 || !strings.Contains(out, "poll_interval: 15m0s") || !strings.Contains(out, "holds 0 key(s)") {

@@ -77,6 +77,21 @@ func loadPayload(path string, mustExist bool) (*manifest.Manifest, error) {
 	return &m, nil
 }
 
+// savePayload is every edit's end: a new version with a new expiry,
+// validated, written atomically.
+func savePayload(path string, m *manifest.Manifest, expires time.Time) error {
+	m.Version++
+	m.Expires = expires
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	out, err := manifest.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(path, out, 0o644)
+}
+
 func cmdAdd(env *Env, args []string) error {
 	fs := newFlags(env, "manifest add", "manifest add --manifest FILE --rpm RPM [flags]")
 	path := fs.String("manifest", "manifest.yaml", "unsigned manifest source to edit (created if missing)")
@@ -150,16 +165,7 @@ func cmdAdd(env *Env, args []string) error {
 	if !replaced {
 		m.Patches = append(m.Patches, p)
 	}
-	m.Version++
-	m.Expires = now.Add(exp)
-	if err := m.Validate(); err != nil {
-		return err
-	}
-	out, err := manifest.Marshal(m)
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.WriteFile(*path, out, 0o644); err != nil {
+	if err := savePayload(*path, m, now.Add(exp)); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "added %s level %d for kernel %s (%d bytes, sha256 %s) as %s; manifest version %d, expires %s\n",
@@ -209,16 +215,7 @@ func cmdRevoke(env *Env, args []string) error {
 		return fmt.Errorf("no entry in %s matches %s@%d (check --name, --level, --kernel, --sha256; or --allow-absent)", *path, r.Name, r.Level)
 	}
 	m.Revoked = append(m.Revoked, r)
-	m.Version++
-	m.Expires = env.Now().UTC().Truncate(time.Second).Add(exp)
-	if err := m.Validate(); err != nil {
-		return err
-	}
-	out, err := manifest.Marshal(m)
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.WriteFile(*path, out, 0o644); err != nil {
+	if err := savePayload(*path, m, env.Now().UTC().Truncate(time.Second).Add(exp)); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "revoked %s level %d (matching entries: %d) in %s; manifest version %d: sign and publish it\n",

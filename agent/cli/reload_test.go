@@ -13,13 +13,7 @@ import (
 
 // reload signals the daemon only for a configuration the daemon accepts.
 func TestReload(t *testing.T) {
-	dir := t.TempDir()
-	keys := filepath.Join(dir, "keys")
-	os.MkdirAll(keys, 0o755)
-	root := t.TempDir()
-	writeHostRoot(t, root, testKernel, "0123456789abcdef0123456789abcdef")
-	cfg := filepath.Join(dir, "config.yaml")
-	os.WriteFile(cfg, []byte("trust:\n  keys_dir: "+keys+"\npaths:\n  root: "+root+"\n"), 0o644)
+	dir, keys, cfg := hostConfig(t, "")
 	run(t, t0, "manifest", "keygen", "--out", filepath.Join(keys, "release"))
 
 	hup := make(chan os.Signal, 1)

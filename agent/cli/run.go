@@ -116,18 +116,22 @@ func crashSince(l *config.Loaded) func(time.Time) ([]string, error) {
 func monitorHealth(ctx context.Context, cfg *config.Loaded, host string, log *zap.Logger) <-chan health.Event {
 	h := cfg.Health
 	out := make(chan health.Event, 64)
+	// records runs a record source into its own classifier.
+	records := func(name string, run func(context.Context, chan<- health.Record) error) {
+		recs := make(chan health.Record, 256)
+		go func() {
+			if err := run(ctx, recs); err != nil {
+				log.Error(name + " stopped: " + err.Error())
+			}
+			close(recs)
+		}()
+		go classify(ctx, recs, out)
+	}
 	if h.Kmsg {
 		if k, err := health.OpenKmsg(filepath.Join(cfg.Paths.Root, "dev/kmsg")); err != nil {
 			log.Error("kernel log monitor disabled: " + err.Error())
 		} else {
-			recs := make(chan health.Record, 256)
-			go func() {
-				if err := k.Follow(ctx, recs); err != nil {
-					log.Error("kernel log monitor stopped: " + err.Error())
-				}
-				close(recs)
-			}()
-			go classify(ctx, recs, out)
+			records("kernel log monitor", k.Follow)
 		}
 	}
 	if h.Netconsole != "" {
@@ -135,14 +139,7 @@ func monitorHealth(ctx context.Context, cfg *config.Loaded, host string, log *za
 		if err := nr.Listen(); err != nil {
 			log.Error("netconsole receiver disabled: " + err.Error())
 		} else {
-			recs := make(chan health.Record, 256)
-			go func() {
-				if err := nr.Run(ctx, recs); err != nil {
-					log.Error("netconsole receiver stopped: " + err.Error())
-				}
-				close(recs)
-			}()
-			go classify(ctx, recs, out)
+			records("netconsole receiver", nr.Run)
 			log.Info("netconsole receiver on " + nr.LocalAddr().String())
 		}
 	}
