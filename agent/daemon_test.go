@@ -16,6 +16,19 @@ import (
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
+// polls gives the agent a manifest source for the served manifest,
+// trusting pub, and restarts it.
+func (h *host) polls(pub ed25519.PublicKey) {
+	h.t.Helper()
+	f, err := manifest.NewFetcher(manifest.FetcherConfig{URL: h.srv.URL + "/manifest.json", RetryWait: time.Millisecond})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.source = &manifest.Source{Fetcher: f, Trust: manifest.Trust{Keys: manifest.Keyring{manifest.KeyID(pub): pub}, Threshold: 1},
+		Store: &manifest.MemVersionStore{}, CacheDir: h.stateDir, Now: func() time.Time { return h.now }}
+	h.restart()
+}
+
 // publish signs a manifest with the given levels into the served dir.
 func (h *host) publish(key ed25519.PrivateKey, version uint64, levels []int, revoked ...int) {
 	h.t.Helper()
@@ -62,13 +75,7 @@ func TestDaemonPollsAppliesAndTakesRequests(t *testing.T) {
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	h := newHost(t, 1, 2)
 	h.publish(priv, 1, []int{1})
-	f, err := manifest.NewFetcher(manifest.FetcherConfig{URL: h.srv.URL + "/manifest.json", RetryWait: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.source = &manifest.Source{Fetcher: f, Trust: manifest.Trust{Keys: manifest.Keyring{manifest.KeyID(pub): pub}, Threshold: 1},
-		Store: &manifest.MemVersionStore{}, CacheDir: h.stateDir, Now: func() time.Time { return h.now }}
-	h.restart()
+	h.polls(pub)
 	verdicts := make(chan Verdict)
 	d := &Daemon{Agent: h.agent, Source: h.source, ManifestURL: h.srv.URL + "/manifest.json",
 		Interval: 20 * time.Millisecond, Tick: 5 * time.Millisecond, Verdicts: verdicts}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/state"
-	"github.com/klp-agent/klp-agent/manifest"
 )
 
 // procStatus reads one numeric field of a /proc status file.
@@ -51,13 +50,7 @@ func BenchmarkDaemonSteadyState(b *testing.B) {
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	h := newHost(b, 1)
 	h.publish(priv, 1, []int{1})
-	f, err := manifest.NewFetcher(manifest.FetcherConfig{URL: h.srv.URL + "/manifest.json", RetryWait: time.Millisecond})
-	if err != nil {
-		b.Fatal(err)
-	}
-	h.source = &manifest.Source{Fetcher: f, Trust: manifest.Trust{Keys: manifest.Keyring{manifest.KeyID(pub): pub}, Threshold: 1},
-		Store: &manifest.MemVersionStore{}, CacheDir: h.stateDir, Now: func() time.Time { return h.now }}
-	h.restart()
+	h.polls(pub)
 	for b.Loop() {
 		d := &Daemon{Agent: h.agent, Source: h.source, ManifestURL: h.srv.URL + "/manifest.json", Interval: 2 * time.Millisecond}
 		ctx, cancel := context.WithCancel(context.Background())
