@@ -81,6 +81,11 @@ func (d *Daemon) judge(ev health.Event) Verdict {
 		zap.String("KLP_RIP", strings.TrimSpace(ev.RIP.Func+" "+ev.RIP.Module)), zap.String("KLP_PATCH", p.Name),
 		zap.Bool("KLP_ROLLBACK", v.Rollback), zap.Int64("KLP_DETECT_US", ev.Detect.Microseconds()), logging.MessageID(MsgHealthEvent))
 	a.rec().HealthEvent(string(ev.Kind), ev.Source, v.Attributed, p.Name)
+	a.st.AddEvent(state.Event{At: a.d.Now(), Kind: string(ev.Kind), Source: ev.Source, Header: ev.Header,
+		Patch: p.Name, Attributed: v.Attributed, RolledBack: v.Rollback})
+	if err := a.save(); err != nil {
+		log.Error("record health event: " + err.Error())
+	}
 	if !v.Rollback {
 		return Verdict{}
 	}

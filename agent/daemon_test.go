@@ -142,4 +142,10 @@ func TestDaemonJudgesKernelReports(t *testing.T) {
 	if !k.IsBlocked("klp_cmdline_2", 2, h.patches[2].SHA256) || !strings.Contains(k.Blocked[0].Reason, "oops attributed to klp_cmdline_2") {
 		t.Fatalf("blocked %+v", k.Blocked)
 	}
+	// Both reports are kept for status, on disk.
+	st, err := (&state.Store{Dir: h.stateDir}).Load()
+	if err != nil || len(st.Events) != 2 || st.Events[0].RolledBack || !st.Events[1].RolledBack || !st.Events[1].Attributed ||
+		st.Events[1].Patch != "klp_cmdline_2" || st.Events[1].Kind != "oops" {
+		t.Fatalf("recorded events %+v (%v)", st.Events, err)
+	}
 }

@@ -165,6 +165,12 @@ metrics:
 			Level  int    `json:"level"`
 			Reason string `json:"reason"`
 		} `json:"blocked"`
+		Events []struct {
+			Kind       string `json:"kind"`
+			Source     string `json:"source"`
+			Patch      string `json:"patch"`
+			RolledBack bool   `json:"rolled_back"`
+		} `json:"events"`
 	}
 	if err := json.Unmarshal([]byte(outs("status-A.json")), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, outs("status-A.json"))
@@ -174,6 +180,13 @@ metrics:
 	}
 	if len(st.Blocked) != 1 || st.Blocked[0].Name != "klp_oops_3" || st.Blocked[0].Level != 3 {
 		t.Errorf("blocked: %+v, want klp_oops_3 level 3", st.Blocked)
+	}
+	rolled := false
+	for _, e := range st.Events {
+		rolled = rolled || (e.Kind == "oops" && e.Source == "kmsg" && e.Patch == "klp_oops_3" && e.RolledBack)
+	}
+	if !rolled {
+		t.Errorf("status events %+v: no kmsg oops that rolled klp_oops_3 back", st.Events)
 	}
 	for _, f := range []string{"cmdline-A", "cmdline-B", "cmdline-after-erase"} {
 		if !strings.HasSuffix(strings.TrimSpace(outs(f)), "klp_level=2") {

@@ -30,6 +30,7 @@ type Status struct {
 	Blocked      []state.Blocked `json:"blocked"`
 	LastPoll     *state.Poll     `json:"last_poll,omitempty"`
 	Livepatches  []LivepatchRow  `json:"livepatches"`
+	Events       []state.Event   `json:"events"` // recent health events, newest last
 	Problems     []string        `json:"problems,omitempty"`
 }
 
@@ -78,6 +79,7 @@ func collectStatus(path string, now time.Time) (*Status, error) {
 	}
 	k := st.Kernel(s.Kernel)
 	s.Phase, s.Applied, s.LastPoll = k.Phase, k.Current, st.LastPoll
+	s.Events = append(s.Events, st.Events...)
 	s.Good = append(s.Good, k.Good...)
 	s.Blocked = append(s.Blocked, k.Blocked...)
 	if k.Phase == state.PhaseSoaking {
@@ -175,6 +177,23 @@ func writeStatus(env *Env, s *Status) {
 		if n := len(b.Evidence) - maxEvidenceLines; n > 0 {
 			fmt.Fprintf(w, "    ... %d more evidence lines in status --json\n", n)
 		}
+	}
+	if len(s.Events) > 0 {
+		fmt.Fprintf(w, "health events (last %d):\n", len(s.Events))
+		for _, e := range s.Events[max(len(s.Events)-5, 0):] {
+			what := "recorded"
+			switch {
+			case e.RolledBack:
+				what = "rolled back " + e.Patch
+			case e.Attributed:
+				what = "attributed to " + e.Patch
+			case e.Patch != "":
+				what = "while " + e.Patch + " applied"
+			}
+			fmt.Fprintf(w, "  %s %s/%s (%s): %s\n", ts(e.At), e.Source, e.Kind, what, e.Header)
+		}
+	} else {
+		fmt.Fprintf(w, "health events: none\n")
 	}
 	fmt.Fprintf(w, "livepatches in the kernel: %d\n", len(s.Livepatches))
 	if len(s.Livepatches) > 0 {

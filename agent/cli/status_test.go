@@ -30,7 +30,9 @@ func TestStatus(t *testing.T) {
 		Good: []state.Patch{{Name: "klp_cmdline_1", Level: 1, SHA256: sha(1), Size: 10}},
 		Blocked: []state.Blocked{{Patch: state.Patch{Name: "klp_cmdline_3", Level: 3, SHA256: sha(3), Size: 10}, Reason: "oops attributed to klp_cmdline_3", At: t0,
 			Evidence: []string{"BUG: kernel NULL pointer dereference", "Oops: 0002 [#1] PREEMPT SMP NOPTI", "RIP: 0010:klp_fault+0x5/0x10 [klp_cmdline_3]", "Call Trace:", "l5", "l6", "l7"}}},
-	}}, LastPoll: &state.Poll{At: t0, OK: true, ManifestVersion: 7}}
+	}}, LastPoll: &state.Poll{At: t0, OK: true, ManifestVersion: 7},
+		Events: []state.Event{{At: t0, Kind: "warning", Source: "taint", Header: "kernel taint W appeared", Patch: "klp_cmdline_2"},
+			{At: t0, Kind: "oops", Source: "kmsg", Header: "BUG: kernel NULL pointer dereference", Patch: "klp_cmdline_3", Attributed: true, RolledBack: true}}}
 	if err := (&state.Store{Dir: stateDir}).Save(st); err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +45,7 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
 	if s.Phase != state.PhaseSoaking || s.Applied == nil || s.Applied.Level != 2 || s.SoakLeft != "20m0s" ||
-		len(s.Blocked) != 1 || len(s.Livepatches) != 2 || s.LastPoll.ManifestVersion != 7 {
+		len(s.Blocked) != 1 || len(s.Livepatches) != 2 || s.LastPoll.ManifestVersion != 7 || len(s.Events) != 2 {
 		t.Fatalf("status: %+v", s)
 	}
 	owners := map[string]string{}
@@ -55,7 +57,9 @@ func TestStatus(t *testing.T) {
 	}
 	text := run(t, t0.Add(10*time.Minute), "status", "--config", cfg)
 	for _, want := range []string{"state:      soaking (soak ends in 20m0s)", "applied:    klp_cmdline_2 level 2", "klp_cmdline_3@3", "oops attributed", "vendor_fix", "foreign", "good:       klp_cmdline_1@1",
-		"    RIP: 0010:klp_fault", "... 3 more evidence lines in status --json"} {
+		"    RIP: 0010:klp_fault", "... 3 more evidence lines in status --json",
+		"health events (last 2):", "taint/warning (while klp_cmdline_2 applied): kernel taint W appeared",
+		"kmsg/oops (rolled back klp_cmdline_3): BUG: kernel NULL pointer dereference"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("status text lacks %q:\n%s", want, text)
 		}

@@ -156,7 +156,35 @@ type State struct {
 	CleanStop bool               `json:"clean_stop,omitempty"` // the last run stopped cleanly
 	Kernels   map[string]*Kernel `json:"kernels"`
 	LastPoll  *Poll              `json:"last_poll,omitempty"`
-	Updated   time.Time          `json:"updated"`
+	// Events are the most recent health events (MaxEvents), newest last.
+	Events  []Event   `json:"events,omitempty"`
+	Updated time.Time `json:"updated"`
+}
+
+// MaxEvents bounds the health events the state keeps for `status`; the
+// journal has them all.
+const MaxEvents = 20
+
+// Event is one health event as status shows it.
+type Event struct {
+	At         time.Time `json:"at"`
+	Kind       string    `json:"kind"`
+	Source     string    `json:"source"`
+	Header     string    `json:"header"`
+	Patch      string    `json:"patch,omitempty"` // applied when it came
+	Attributed bool      `json:"attributed"`
+	RolledBack bool      `json:"rolled_back"`
+}
+
+// AddEvent records e, dropping the oldest beyond MaxEvents.
+func (s *State) AddEvent(e Event) {
+	if len(e.Header) > 300 {
+		e.Header = e.Header[:300]
+	}
+	s.Events = append(s.Events, e)
+	if n := len(s.Events) - MaxEvents; n > 0 {
+		s.Events = append(s.Events[:0:0], s.Events[n:]...)
+	}
 }
 
 // Kernel returns (creating) the state for release krel.

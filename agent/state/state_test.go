@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -105,5 +106,19 @@ func TestGoodAndBlocked(t *testing.T) {
 	s := &Store{Dir: "/var/lib/klp-agent"}
 	if _, err := s.RPMPath(&Patch{SHA256: "../../etc/passwd"}); !errors.Is(err, ErrBadRecord) {
 		t.Fatalf("RPMPath with a bad digest: %v", err)
+	}
+}
+
+func TestAddEventKeepsTheNewest(t *testing.T) {
+	var s State
+	for i := 0; i < MaxEvents+7; i++ {
+		s.AddEvent(Event{Kind: "warning", Header: strings.Repeat("x", 400) + string(rune('a'+i%26))})
+	}
+	if len(s.Events) != MaxEvents || len(s.Events[0].Header) != 300 {
+		t.Fatalf("%d events, header %d bytes", len(s.Events), len(s.Events[0].Header))
+	}
+	s.AddEvent(Event{Kind: "oops", Header: "last"})
+	if s.Events[len(s.Events)-1].Header != "last" || len(s.Events) != MaxEvents {
+		t.Fatalf("newest not kept last: %+v", s.Events[len(s.Events)-1])
 	}
 }
