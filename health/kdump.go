@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -193,7 +194,10 @@ func ParseDmesg(r io.Reader, source string) []Event {
 		if m == nil {
 			continue
 		}
-		secs, _ := strconv.ParseInt(m[1], 10, 64)
+		secs, err := strconv.ParseInt(m[1], 10, 64)
+		if err != nil || secs > math.MaxInt64/int64(time.Second)-1 {
+			continue // not a kernel timestamp
+		}
 		frac := m[2] + "000000"
 		usec, _ := strconv.ParseInt(frac[:6], 10, 64)
 		kt := time.Duration(secs)*time.Second + time.Duration(usec)*time.Microsecond

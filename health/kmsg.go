@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -41,7 +42,8 @@ func ParseKmsg(b []byte) (Record, error) {
 	prio, err1 := strconv.Atoi(f[0])
 	seq, err2 := strconv.ParseUint(f[1], 10, 64)
 	usec, err3 := strconv.ParseInt(f[2], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil || prio < 0 || usec < 0 {
+	// usec beyond what a Duration holds (292 years) is not a timestamp.
+	if err1 != nil || err2 != nil || err3 != nil || prio < 0 || usec < 0 || usec > math.MaxInt64/int64(time.Microsecond) {
 		return Record{}, fmt.Errorf("%w: header %q", ErrRecord, head)
 	}
 	lines := strings.Split(rest, "\n")
