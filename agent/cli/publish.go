@@ -191,6 +191,18 @@ func cmdRevoke(env *Env, args []string) error {
 	if *name == "" || *level < 1 || strings.TrimSpace(*reason) == "" {
 		return fmt.Errorf("%w: --name, --level and --reason are required", errUsage)
 	}
+	// Checked before matching, so a typo is reported as one and not as
+	// "no entry matches". sha256sum prints lowercase; a pasted uppercase
+	// digest means the same RPM.
+	*sum = strings.ToLower(*sum)
+	switch {
+	case !manifest.ValidName(*name):
+		return fmt.Errorf("%w: --name %q (allowed: [A-Za-z0-9_], at most %d)", errUsage, *name, manifest.MaxNameLen)
+	case *kernel != "" && !manifest.ValidKernelRelease(*kernel):
+		return fmt.Errorf("%w: --kernel %q", errUsage, *kernel)
+	case *sum != "" && (len(*sum) != 64 || strings.Trim(*sum, "0123456789abcdef") != ""):
+		return fmt.Errorf("%w: --sha256 %q: 64 hex digits", errUsage, *sum)
+	}
 	exp, err := manifest.ParseDuration(*expiresIn)
 	if err != nil || exp <= 0 {
 		return fmt.Errorf("%w: --expires-in %q", errUsage, *expiresIn)

@@ -22,7 +22,9 @@ func cmdSimulate(env *Env, args []string) error {
 	hold := fs.Duration("hold", d.Hold, "how long the ramp holds at start-percent after the canary gets the patch")
 	ramp := fs.Duration("ramp", d.Ramp, "rollout duration: start-percent to 100%")
 	crash := fs.Float64("crash-rate", 0, "crashes per patched host-hour (0: a good patch)")
+	fs.Float64Var(crash, "crash-prob", 0, "same as --crash-rate")
 	budget := fs.Float64("budget", d.BudgetPer1k, "revoke when crashes per 1000 patched hosts exceed this")
+	fs.Float64Var(budget, "revoke-per-1000", d.BudgetPer1k, "same as --budget")
 	window := fs.Duration("window", d.Window, "crash-counting window of the alert rule")
 	minHosts := fs.Int("min-hosts", d.MinHosts, "do not judge the budget on fewer patched hosts")
 	delay := fs.Duration("detect-delay", d.DetectDelay, "from the budget exceeded to the revocation published")
@@ -41,8 +43,11 @@ func cmdSimulate(env *Env, args []string) error {
 	fmt.Fprintf(w, "fleet: %d hosts polling every %s ±%.0f%%; canary %.1f%%, hold %s, ramp %s from %.0f%%\n",
 		p.Hosts, p.Interval, p.Jitter*100, p.Canary*100, p.Hold, p.Ramp, p.StartPercent)
 	if p.CrashRate == 0 {
-		fmt.Fprintf(w, "patched: 50%% after %s, 95%% after %s, 99%% after %s (reboots: %d days)\n",
-			dur(r.P50), dur(r.P95), dur(r.P99), seedRebootDays)
+		fmt.Fprintf(w, "patched: 50%% after %s, 95%% after %s, 99%% after %s (reboots: %d days", dur(r.P50), dur(r.P95), dur(r.P99), seedRebootDays)
+		if r.P99 > 0 {
+			fmt.Fprintf(w, ", %.0fx slower", seedRebootDays*24/r.P99.Hours())
+		}
+		fmt.Fprintln(w, ")")
 	} else {
 		fmt.Fprintf(w, "bad patch: %.4f crashes per patched host-hour; pull back above %.1f per 1000 patched hosts in %s\n",
 			p.CrashRate, p.BudgetPer1k, p.Window)

@@ -96,7 +96,6 @@ func Run(p Params) (Result, error) {
 	}
 	start := time.Now()
 	rng := rand.New(rand.NewPCG(p.Seed, p.Seed^0x9e3779b97f4a7c15))
-	patch := &manifest.Patch{Kernel: "6.1.0-56-amd64", Name: "klp_sim", Level: 1}
 	iv := p.Interval.Hours()
 	a, b := iv*(1-p.Jitter), iv*(1+p.Jitter)
 	// residual samples the time from an arbitrary moment to a host's next
@@ -106,24 +105,14 @@ func Run(p Params) (Result, error) {
 		x := math.Sqrt(a*a + rng.Float64()*(b*b-a*a))
 		return rng.Float64() * x
 	}
-	hold, ramp := p.Hold.Hours(), p.Ramp.Hours()
 	patchAt := make([]float64, p.Hosts) // hours
 	crashAt := make([]float64, p.Hosts) // hours; +Inf: never
 	var id []byte
 	for h := 0; h < p.Hosts; h++ {
-		var eligible float64
+		var eligible float64 // canary hosts: at the publish
 		if rng.Float64() >= p.Canary {
-			id = strconv.AppendInt(id[:0], int64(h), 10)
-			bucket := manifest.Bucket("host-"+string(id), patch)
-			if bucket >= p.StartPercent {
-				switch {
-				case p.StartPercent >= 100:
-				case ramp == 0:
-					eligible = math.Inf(1) // held: never ramps
-				default:
-					eligible = hold + (bucket-p.StartPercent)/(100-p.StartPercent)*ramp
-				}
-			}
+			id = appendHostID(id[:0], h)
+			eligible = p.eligibleAt(manifest.Bucket(string(id), &simPatch))
 		}
 		patchAt[h] = eligible + residual()
 		crashAt[h] = math.Inf(1)
@@ -199,6 +188,31 @@ func Run(p Params) (Result, error) {
 	}
 	res.Elapsed = time.Since(start)
 	return res, nil
+}
+
+// simPatch is the patch rolled out; its identity only shuffles the buckets.
+var simPatch = manifest.Patch{Kernel: "6.1.0-56-amd64", Name: "klp_sim", Level: 1}
+
+// appendHostID names host h as the simulation's hosts are named.
+func appendHostID(b []byte, h int) []byte {
+	return strconv.AppendInt(append(b, "host-"...), int64(h), 10)
+}
+
+// eligibleAt is when Select first lets a non-canary host with this bucket
+// have the patch, in hours after the publish (+Inf: never). The rollout is
+// what an operator publishes: the entry with the canary tier at
+// StartPercent and no duration (held), then after Hold the same entry
+// re-added (add --replace) with its start at that moment and Ramp as its
+// duration. Select admits a host once its bucket is under the share.
+func (p Params) eligibleAt(bucket float64) float64 {
+	switch {
+	case bucket < p.StartPercent:
+		return 0
+	case p.Ramp == 0:
+		return math.Inf(1) // a zero duration holds the ramp
+	default:
+		return p.Hold.Hours() + (bucket-p.StartPercent)/(100-p.StartPercent)*p.Ramp.Hours()
+	}
 }
 
 // upper is how many sorted values are <= x.
