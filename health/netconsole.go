@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"regexp"
 	"strconv"
@@ -13,94 +14,171 @@ import (
 	"time"
 )
 
-// ErrNetconsole marks a datagram that is not netconsole output.
+// ErrNetconsole marks a datagram that claims netconsole's extended format
+// but breaks it.
 var ErrNetconsole = errors.New("malformed netconsole datagram")
 
-// NetconsoleMsg is one datagram, parsed. Plain datagrams carry raw console
-// text (Text, possibly several or partial lines); extended ones
-// ("[release,]prio,seq,usec,flag[,ncfrag=off/total];body") carry one
-// record's body or a fragment of it.
+// NetconsoleMsg is one datagram, parsed.
+//
+// Plain datagrams (Extended false) carry console text as printed: Text
+// holds it, possibly several lines, possibly a partial one.
+//
+// Extended datagrams ("[release,]prio,seq,usec,flag[,key=value...]
+// [,ncfrag=off/total];body") carry one printk record. Body is the raw
+// body (escaped text, "\n", then " KEY=value\n" dictionary lines) and
+// aliases the parsed buffer. When the record fits one datagram
+// (FragTotal 0), Text and Dict hold it decoded; otherwise Body is the
+// chunk that goes at FragOff in a body of FragTotal bytes.
 type NetconsoleMsg struct {
 	Extended  bool
-	Release   string
-	Level     int
+	Release   string // kernel release prefix, when the target sets release
+	Level     int    // prio & 7
 	Seq       uint64
-	Time      time.Duration
-	Cont      bool   // flag 'c': a continuation record
-	Body      []byte // extended: text plus " KEY=value" lines, or a fragment
-	FragOff   int    // with FragTotal > 0: where Body goes in the message
+	Time      time.Duration // since boot
+	Cont      bool          // flag 'c': the rest of a line a previous record began
+	FragOff   int
 	FragTotal int
-	Text      string // plain
+	Body      []byte
+	Text      string
+	Dict      map[string]string
 }
 
-// MaxNetconsoleMessage bounds a reassembled message; the kernel's records
-// are at most 1 KiB of text plus dictionary.
-const MaxNetconsoleMessage = 64 << 10
+// Limits on what a datagram may claim. The kernel's records are at most
+// 8 KiB once escaped (CONSOLE_EXT_LOG_MAX); a header is at most a release
+// (64 bytes) and a few numbers.
+const (
+	MaxNetconsoleMessage = 64 << 10
+	maxNetconsoleHeader  = 256
+)
 
 var releaseRE = regexp.MustCompile(`^[A-Za-z0-9._+~-]{1,64}$`)
 
-// ParseNetconsole parses one datagram. Anything that does not have the
-// extended header is plain text; a header that claims to be extended but
-// is inconsistent is an error.
+// ParseNetconsole parses one datagram. A datagram without the extended
+// header is plain text; one whose header places the flag ('-' or 'c')
+// where the extended format has it, or carries ncfrag, must then be a
+// consistent extended header, else the error wraps ErrNetconsole.
+// A plain datagram with a NUL byte is an error too: printk text never has
+// one, so it is not a console.
 func ParseNetconsole(b []byte) (NetconsoleMsg, error) {
 	if len(b) == 0 {
 		return NetconsoleMsg{}, fmt.Errorf("%w: empty", ErrNetconsole)
 	}
 	semi := bytes.IndexByte(b, ';')
-	if semi < 0 || semi > 200 || bytes.ContainsAny(b[:semi], " \n") {
-		return plain(b)
+	if semi < 0 || semi > maxNetconsoleHeader || !headerBytes(b[:semi]) {
+		return plainMsg(b)
 	}
-	f := strings.Split(string(b[:semi]), ",")
-	m := NetconsoleMsg{Extended: true, Body: b[semi+1:]}
-	if last := f[len(f)-1]; strings.HasPrefix(last, "ncfrag=") {
-		off, total, ok := strings.Cut(strings.TrimPrefix(last, "ncfrag="), "/")
-		o, err1 := strconv.Atoi(off)
-		t, err2 := strconv.Atoi(total)
-		if !ok || err1 != nil || err2 != nil || o < 0 || t <= 0 || t > MaxNetconsoleMessage || o+len(m.Body) > t {
-			return NetconsoleMsg{}, fmt.Errorf("%w: fragment header %q", ErrNetconsole, last)
-		}
-		m.FragOff, m.FragTotal = o, t
-		f = f[:len(f)-1]
-	}
-	switch len(f) {
-	case 4:
-	case 5:
+	head := string(b[:semi])
+	f := strings.Split(head, ",")
+	var m NetconsoleMsg
+	switch {
+	case len(f) >= 4 && isFlag(f[3]):
+		// No release prefix.
+	case len(f) >= 5 && isFlag(f[4]):
 		if !releaseRE.MatchString(f[0]) {
-			return NetconsoleMsg{}, fmt.Errorf("%w: release %q", ErrNetconsole, f[0])
+			return NetconsoleMsg{}, fmt.Errorf("%w: release %q in header %q", ErrNetconsole, f[0], head)
 		}
 		m.Release, f = f[0], f[1:]
 	default:
-		if m.FragTotal > 0 {
-			return NetconsoleMsg{}, fmt.Errorf("%w: header %q", ErrNetconsole, b[:semi])
+		if strings.Contains(head, "ncfrag=") {
+			return NetconsoleMsg{}, fmt.Errorf("%w: header %q", ErrNetconsole, head)
 		}
-		return plain(b)
+		return plainMsg(b)
 	}
-	prio, err1 := strconv.Atoi(f[0])
-	seq, err2 := strconv.ParseUint(f[1], 10, 64)
-	usec, err3 := strconv.ParseInt(f[2], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil || prio < 0 || usec < 0 || (f[3] != "-" && f[3] != "c") {
-		if m.FragTotal > 0 || m.Release != "" {
-			return NetconsoleMsg{}, fmt.Errorf("%w: header %q", ErrNetconsole, b[:semi])
+	prio, ok1 := decimal(f[0], math.MaxInt32)
+	seq, ok2 := decimal(f[1], math.MaxUint64)
+	usec, ok3 := decimal(f[2], math.MaxInt64/uint64(time.Microsecond))
+	if !ok1 || !ok2 || !ok3 {
+		return NetconsoleMsg{}, fmt.Errorf("%w: header %q", ErrNetconsole, head)
+	}
+	m.Extended, m.Level, m.Seq, m.Cont = true, int(prio&7), seq, f[3] == "c"
+	m.Time = time.Duration(usec) * time.Microsecond
+	m.Body = b[semi+1:]
+	// After the flag: printk's own fields (caller=T1), then netconsole's.
+	for _, kv := range f[4:] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return NetconsoleMsg{}, fmt.Errorf("%w: field %q in header %q", ErrNetconsole, kv, head)
 		}
-		return plain(b)
+		if k != "ncfrag" {
+			continue
+		}
+		o, t, ok := strings.Cut(v, "/")
+		off, ok1 := decimal(o, MaxNetconsoleMessage)
+		total, ok2 := decimal(t, MaxNetconsoleMessage)
+		// The kernel never sends an empty chunk, nor one past the end.
+		if !ok || !ok1 || !ok2 || len(m.Body) == 0 || off+uint64(len(m.Body)) > total {
+			return NetconsoleMsg{}, fmt.Errorf("%w: fragment %q with %d bytes", ErrNetconsole, kv, len(m.Body))
+		}
+		m.FragOff, m.FragTotal = int(off), int(total)
 	}
-	m.Level, m.Seq, m.Time, m.Cont = prio&7, seq, time.Duration(usec)*time.Microsecond, f[3] == "c"
+	if m.FragTotal == 0 {
+		m.Text, m.Dict = extBody(m.Body)
+	}
 	return m, nil
 }
 
-func plain(b []byte) (NetconsoleMsg, error) {
+func plainMsg(b []byte) (NetconsoleMsg, error) {
+	if bytes.IndexByte(b, 0) >= 0 {
+		return NetconsoleMsg{}, fmt.Errorf("%w: NUL byte in plain text", ErrNetconsole)
+	}
 	return NetconsoleMsg{Text: string(b)}, nil
 }
 
-// NetconsoleStats counts what a receiver saw.
+// headerBytes: an extended header is printable ASCII without spaces, which
+// tells most console lines that contain a ';' from headers.
+func headerBytes(h []byte) bool {
+	for _, c := range h {
+		if c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func isFlag(s string) bool { return s == "-" || s == "c" }
+
+// decimal parses plain digits (no sign, as the kernel prints them) up to max.
+func decimal(s string, max uint64) (uint64, bool) {
+	if s == "" || len(s) > 20 {
+		return 0, false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	return v, err == nil && v <= max
+}
+
+// extBody decodes a record body: the escaped text up to the first newline,
+// then " KEY=value" dictionary lines (device info, configfs userdata).
+func extBody(body []byte) (string, map[string]string) {
+	lines := strings.Split(string(body), "\n")
+	var dict map[string]string
+	for _, l := range lines[1:] {
+		k, v, ok := strings.Cut(strings.TrimPrefix(l, " "), "=")
+		if !ok || !strings.HasPrefix(l, " ") || k == "" {
+			continue
+		}
+		if dict == nil {
+			dict = map[string]string{}
+		}
+		dict[k] = unescape(v)
+	}
+	return unescape(lines[0]), dict
+}
+
+// NetconsoleStats counts what a reassembler or receiver saw.
 type NetconsoleStats struct {
-	Datagrams   uint64 `json:"datagrams"`
-	Records     uint64 `json:"records"`
-	Garbage     uint64 `json:"garbage"`
-	Reassembled uint64 `json:"reassembled"`
-	Expired     uint64 `json:"expired"` // fragments that never completed
-	Dropped     uint64 `json:"dropped"` // fragments refused or evicted over the limits
-	WrongHost   uint64 `json:"wrong_host"`
+	Datagrams    uint64 `json:"datagrams"`
+	Records      uint64 `json:"records"`
+	Garbage      uint64 `json:"garbage"`     // datagrams ParseNetconsole refused
+	Reassembled  uint64 `json:"reassembled"` // fragmented records completed
+	Expired      uint64 `json:"expired"`     // fragmented records not complete in time
+	Dropped      uint64 `json:"dropped"`     // fragmented records given up over the limits or replaced
+	Duplicates   uint64 `json:"duplicates"`  // fragments of records already delivered
+	OtherRelease uint64 `json:"other_release"`
 }
 
 func (s *NetconsoleStats) add(o NetconsoleStats) {
@@ -110,36 +188,57 @@ func (s *NetconsoleStats) add(o NetconsoleStats) {
 	s.Reassembled += o.Reassembled
 	s.Expired += o.Expired
 	s.Dropped += o.Dropped
-	s.WrongHost += o.WrongHost
+	s.Duplicates += o.Duplicates
+	s.OtherRelease += o.OtherRelease
+}
+
+// fragKey tells fragmented records apart. Seq alone is not enough: it
+// restarts at each boot; with the stamp and the length too, a record of
+// the next boot is not taken for one of the last.
+type fragKey struct {
+	seq   uint64
+	time  time.Duration
+	total int
 }
 
 type partialMsg struct {
-	hdr   NetconsoleMsg
+	hdr   NetconsoleMsg // of the first fragment; Body unused
 	buf   []byte
-	have  []bool
+	have  []uint64 // bitmap of the bytes of buf received
 	got   int
 	first time.Time
 }
 
+func (p *partialMsg) cost() int { return len(p.buf) + 8*len(p.have) }
+
 // Reassembler turns one sender's datagrams into records: plain text split
-// into lines, extended records parsed, fragments put back together. Its
-// memory is bounded whatever arrives. Not safe for concurrent use.
+// into lines, extended records decoded, fragments put back together by
+// seq. Its memory is bounded whatever arrives: MaxPending records of at
+// most MaxBytes in all, plus a partial plain line of at most 4 KiB.
+// The zero value is ready to use; it reads no clock (callers pass now).
+// Not safe for concurrent use.
+//
+// Records have Source "netconsole"; an extended record's release is in
+// Dict["RELEASE"]. Plain lines have Level -1 (the console does not print
+// it) unless the console prints syslog prefixes ("<4>"), and Time from
+// the "[ secs.usecs]" stamp when there is one.
 type Reassembler struct {
-	MaxPending int           // messages being reassembled; 0 = 64
+	MaxPending int           // fragmented records in progress; 0 = 64
 	MaxBytes   int           // bytes held for them; 0 = 1 MiB
-	Timeout    time.Duration // a message not complete by then is dropped; 0 = 5 s
-	Release    string        // if set, extended records from another release are dropped
+	Timeout    time.Duration // for a record's fragments, and a partial plain line; 0 = 5 s
+	Release    string        // if set, extended records that name another release are dropped
 	Stats      NetconsoleStats
 
-	pending map[uint64]*partialMsg
+	pending map[fragKey]*partialMsg
 	bytes   int
+	done    [16]fragKey // recently completed: late duplicates are not new records
+	doneN   int
 	line    []byte // plain text after the last newline
+	lineAt  time.Time
 }
 
 // maxPlainLine bounds a plain line that never ends.
 const maxPlainLine = 4 << 10
-
-var consoleStampRE = regexp.MustCompile(`^\[\s*(\d+)\.(\d{1,9})\] ?`)
 
 func (r *Reassembler) limits() (int, int, time.Duration) {
 	mp, mb, to := r.MaxPending, r.MaxBytes, r.Timeout
@@ -155,24 +254,35 @@ func (r *Reassembler) limits() (int, int, time.Duration) {
 	return mp, mb, to
 }
 
-// Pending reports the messages and bytes held for reassembly.
-func (r *Reassembler) Pending() (int, int) { return len(r.pending), r.bytes }
+// Pending reports the fragmented records in progress and the bytes held
+// for them and for a partial plain line.
+func (r *Reassembler) Pending() (records, bytes int) { return len(r.pending), r.bytes + len(r.line) }
 
-// Expire drops messages whose first fragment is older than the timeout.
-func (r *Reassembler) Expire(now time.Time) {
+// Expire gives up fragmented records whose first fragment is older than
+// the timeout, and returns a partial plain line that waited that long
+// (a console line cut short by a hang would otherwise never show).
+func (r *Reassembler) Expire(now time.Time) []Record {
 	_, _, to := r.limits()
-	for seq, p := range r.pending {
+	for k, p := range r.pending {
 		if now.Sub(p.first) > to {
-			r.drop(seq)
+			r.drop(k)
 			r.Stats.Expired++
 		}
 	}
+	if len(r.line) > 0 && now.Sub(r.lineAt) > to {
+		rec, ok := r.plainRecord(r.line)
+		r.line = nil
+		if ok {
+			return []Record{rec}
+		}
+	}
+	return nil
 }
 
-func (r *Reassembler) drop(seq uint64) {
-	if p, ok := r.pending[seq]; ok {
-		r.bytes -= 2 * len(p.buf)
-		delete(r.pending, seq)
+func (r *Reassembler) drop(k fragKey) {
+	if p, ok := r.pending[k]; ok {
+		r.bytes -= p.cost()
+		delete(r.pending, k)
 	}
 }
 
@@ -180,89 +290,95 @@ func (r *Reassembler) drop(seq uint64) {
 // completed.
 func (r *Reassembler) Feed(b []byte, now time.Time) []Record {
 	r.Stats.Datagrams++
-	r.Expire(now)
+	out := r.Expire(now)
 	m, err := ParseNetconsole(b)
-	if err != nil {
+	switch {
+	case err != nil:
 		r.Stats.Garbage++
-		return nil
+	case !m.Extended:
+		out = append(out, r.plainLines(m.Text, now)...)
+	case r.Release != "" && m.Release != "" && m.Release != r.Release:
+		r.Stats.OtherRelease++
+	case m.FragTotal == 0:
+		out = append(out, r.record(m))
+	default:
+		if rec, ok := r.fragment(m, now); ok {
+			out = append(out, rec)
+		}
 	}
-	if !m.Extended {
-		return r.plainLines(m.Text)
-	}
-	if r.Release != "" && m.Release != "" && m.Release != r.Release {
-		r.Stats.WrongHost++
-		return nil
-	}
-	if m.FragTotal == 0 {
-		return r.record(m, m.Body)
-	}
+	return out
+}
+
+func (r *Reassembler) fragment(m NetconsoleMsg, now time.Time) (Record, bool) {
 	maxPending, maxBytes, _ := r.limits()
-	p := r.pending[m.Seq]
-	if p != nil && p.hdr.FragTotal != m.FragTotal {
-		r.drop(m.Seq) // a new message reusing the seq (a reboot): start over
+	k := fragKey{m.Seq, m.Time, m.FragTotal}
+	for _, d := range r.done[:min(r.doneN, len(r.done))] {
+		if d == k {
+			r.Stats.Duplicates++
+			return Record{}, false
+		}
+	}
+	p := r.pending[k]
+	if p != nil && (p.hdr.Level != m.Level || p.hdr.Cont != m.Cont || p.hdr.Release != m.Release) {
+		r.drop(k) // not the record we were assembling: start over
 		r.Stats.Dropped++
 		p = nil
 	}
 	if p == nil {
-		need := 2 * m.FragTotal
+		p = &partialMsg{hdr: m, first: now}
+		p.hdr.Body = nil
+		need := m.FragTotal + 8*((m.FragTotal+63)/64)
 		if need > maxBytes {
 			r.Stats.Dropped++
-			return nil
+			return Record{}, false
 		}
 		for len(r.pending) >= maxPending || r.bytes+need > maxBytes {
 			r.evictOldest()
 		}
+		p.buf, p.have = make([]byte, m.FragTotal), make([]uint64, (m.FragTotal+63)/64)
 		if r.pending == nil {
-			r.pending = map[uint64]*partialMsg{}
+			r.pending = map[fragKey]*partialMsg{}
 		}
-		p = &partialMsg{hdr: m, buf: make([]byte, m.FragTotal), have: make([]bool, m.FragTotal), first: now}
-		r.pending[m.Seq] = p
-		r.bytes += need
+		r.pending[k] = p
+		r.bytes += p.cost()
 	}
+	// Overlapping or repeated bytes are the same bytes: the later copy wins.
 	copy(p.buf[m.FragOff:], m.Body)
 	for i := m.FragOff; i < m.FragOff+len(m.Body); i++ {
-		if !p.have[i] {
-			p.have[i] = true
+		if w, bit := i/64, uint64(1)<<(i%64); p.have[w]&bit == 0 {
+			p.have[w] |= bit
 			p.got++
 		}
 	}
 	if p.got < len(p.buf) {
-		return nil
+		return Record{}, false
 	}
-	r.drop(m.Seq)
+	r.drop(k)
+	r.done[r.doneN%len(r.done)] = k
+	r.doneN++
 	r.Stats.Reassembled++
-	return r.record(p.hdr, p.buf)
+	whole := p.hdr
+	whole.Text, whole.Dict = extBody(p.buf)
+	return r.record(whole), true
 }
 
 func (r *Reassembler) evictOldest() {
-	var oldest uint64
+	var oldest fragKey
 	var t time.Time
-	first := true
-	for seq, p := range r.pending {
-		if first || p.first.Before(t) {
-			oldest, t, first = seq, p.first, false
+	found := false
+	for k, p := range r.pending {
+		if !found || p.first.Before(t) {
+			oldest, t, found = k, p.first, true
 		}
 	}
-	if !first {
+	if found {
 		r.drop(oldest)
 		r.Stats.Dropped++
 	}
 }
 
-// record parses an extended body (text, then " KEY=value" lines) like a
-// /dev/kmsg record, which has the same shape.
-func (r *Reassembler) record(m NetconsoleMsg, body []byte) []Record {
-	flag := "-"
-	if m.Cont {
-		flag = "c"
-	}
-	head := fmt.Sprintf("%d,%d,%d,%s;", m.Level, m.Seq, m.Time.Microseconds(), flag)
-	rec, err := ParseKmsg(append([]byte(head), body...))
-	if err != nil {
-		r.Stats.Garbage++
-		return nil
-	}
-	rec.Source = "netconsole"
+func (r *Reassembler) record(m NetconsoleMsg) Record {
+	rec := Record{Level: m.Level, Seq: m.Seq, Time: m.Time, Text: m.Text, Dict: m.Dict, Source: "netconsole"}
 	if m.Release != "" {
 		if rec.Dict == nil {
 			rec.Dict = map[string]string{}
@@ -270,53 +386,82 @@ func (r *Reassembler) record(m NetconsoleMsg, body []byte) []Record {
 		rec.Dict["RELEASE"] = m.Release
 	}
 	r.Stats.Records++
-	return []Record{rec}
+	return rec
 }
 
-func (r *Reassembler) plainLines(text string) []Record {
+func (r *Reassembler) plainLines(text string, now time.Time) []Record {
 	var out []Record
 	data := append(r.line, text...)
-	r.line = nil
 	for {
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
 			break
 		}
-		out = append(out, r.plainRecord(string(data[:i])))
+		if rec, ok := r.plainRecord(data[:i]); ok {
+			out = append(out, rec)
+		}
 		data = data[i+1:]
 	}
-	if len(data) > maxPlainLine {
-		// A line that never ends: deliver what there is, bounded.
-		out = append(out, r.plainRecord(string(data[:maxPlainLine])))
-		data = nil
+	for len(data) > maxPlainLine {
+		// A line that does not end: deliver it in bounded pieces.
+		if rec, ok := r.plainRecord(data[:maxPlainLine]); ok {
+			out = append(out, rec)
+		}
+		data = data[maxPlainLine:]
 	}
-	r.line = append([]byte(nil), data...)
+	r.line = append(r.line[:0:0], data...)
+	r.lineAt = now
 	return out
 }
 
-func (r *Reassembler) plainRecord(line string) Record {
-	rec := Record{Text: strings.TrimRight(line, "\r"), Source: "netconsole"}
-	if m := consoleStampRE.FindStringSubmatch(rec.Text); m != nil {
-		secs, _ := strconv.ParseInt(m[1], 10, 64)
-		usec, _ := strconv.ParseInt((m[2] + "000000")[:6], 10, 64)
-		rec.Time = time.Duration(secs)*time.Second + time.Duration(usec)*time.Microsecond
-		rec.Text = rec.Text[len(m[0]):]
+// consolePrefixRE matches what the console prints before a record's text:
+// an optional syslog prefix (console_msg_format=syslog), the printk.time
+// stamp and, with CONFIG_PRINTK_CALLER, the caller.
+var consolePrefixRE = regexp.MustCompile(`^(?:<(\d{1,3})>)?(?:\[\s*(\d{1,10})\.(\d{1,9})\])?(?:\[\s*[TC]\d{1,10}\])?`)
+
+func (r *Reassembler) plainRecord(line []byte) (Record, bool) {
+	text := strings.TrimRight(string(line), "\r")
+	if strings.TrimSpace(text) == "" {
+		return Record{}, false
+	}
+	rec := Record{Level: -1, Text: text, Source: "netconsole"}
+	if m := consolePrefixRE.FindStringSubmatch(text); len(m[0]) > 0 {
+		if m[1] != "" {
+			prio, _ := strconv.Atoi(m[1])
+			rec.Level = prio & 7
+		}
+		if m[2] != "" {
+			secs, _ := strconv.ParseInt(m[2], 10, 64)
+			usec, _ := strconv.ParseInt((m[3] + "00000")[:6], 10, 64)
+			rec.Time = time.Duration(secs)*time.Second + time.Duration(usec)*time.Microsecond
+		}
+		// The console puts one space between the prefix and the text.
+		rec.Text = strings.TrimPrefix(text[len(m[0]):], " ")
 	}
 	r.Stats.Records++
-	return rec
+	return rec, true
 }
 
 // NetconsoleReceiver listens for netconsole on UDP and delivers records,
-// one Reassembler per sender.
+// with one Reassembler per sender address (host and port).
+//
+// Memory is bounded: at most MaxSenders senders (the least recently heard
+// is forgotten), each within the Reassembler's default limits (1 MiB at
+// most), and all of them within MaxBytes (over it, the least recently
+// heard are forgotten too). Records of all senders share out, in the
+// order they complete.
 type NetconsoleReceiver struct {
-	Addr       string // e.g. "0.0.0.0:6666"
-	Release    string // drop extended records from other kernel releases
-	MaxSenders int    // 0 = 256; the least recently heard is forgotten
+	Addr       string // e.g. "0.0.0.0:6666" (netconsole's default port); ":0" picks one
+	Release    string // drop extended records that name another kernel release
+	MaxSenders int    // 0 = 256
+	MaxBytes   int    // held for all senders' partial records; 0 = 8 MiB
 
-	mu      sync.Mutex
-	conn    net.PacketConn
-	senders map[string]*sender
-	stats   NetconsoleStats // of forgotten senders
+	mu        sync.Mutex
+	conn      net.PacketConn
+	senders   map[string]*sender
+	held      int             // sum of the senders' Pending bytes
+	forgotten NetconsoleStats // of senders no longer tracked
+	lastSweep time.Time
 }
 
 type sender struct {
@@ -324,19 +469,23 @@ type sender struct {
 	last time.Time
 }
 
-// Listen binds the socket, so the caller knows the port (Addr ":0").
+// Listen binds the socket, so that the caller knows the address before
+// Run (with Addr ":0"). Run calls it when the caller has not.
 func (nr *NetconsoleReceiver) Listen() error {
+	nr.mu.Lock()
+	defer nr.mu.Unlock()
+	if nr.conn != nil {
+		return fmt.Errorf("netconsole listen %s: already listening on %s", nr.Addr, nr.conn.LocalAddr())
+	}
 	c, err := net.ListenPacket("udp", nr.Addr)
 	if err != nil {
 		return fmt.Errorf("netconsole listen %s: %w", nr.Addr, err)
 	}
-	nr.mu.Lock()
 	nr.conn = c
-	nr.mu.Unlock()
 	return nil
 }
 
-// LocalAddr is the bound address, once listening.
+// LocalAddr is the bound address, nil before Listen.
 func (nr *NetconsoleReceiver) LocalAddr() net.Addr {
 	nr.mu.Lock()
 	defer nr.mu.Unlock()
@@ -346,44 +495,59 @@ func (nr *NetconsoleReceiver) LocalAddr() net.Addr {
 	return nr.conn.LocalAddr()
 }
 
-// Stats sums the counters of every sender heard.
+// Stats sums the counters of every sender heard, forgotten ones included.
 func (nr *NetconsoleReceiver) Stats() NetconsoleStats {
 	nr.mu.Lock()
 	defer nr.mu.Unlock()
-	s := nr.stats
+	s := nr.forgotten
 	for _, sd := range nr.senders {
 		s.add(sd.r.Stats)
 	}
 	return s
 }
 
-// Run receives until ctx ends, listening first if Listen was not called.
+// Pending reports the senders tracked and the bytes held for them.
+func (nr *NetconsoleReceiver) Pending() (senders, bytes int) {
+	nr.mu.Lock()
+	defer nr.mu.Unlock()
+	return len(nr.senders), nr.held
+}
+
+// Run receives until ctx ends (then it returns nil) or the socket fails,
+// and closes the socket. Call it once.
 func (nr *NetconsoleReceiver) Run(ctx context.Context, out chan<- Record) error {
 	if nr.LocalAddr() == nil {
 		if err := nr.Listen(); err != nil {
 			return err
 		}
 	}
+	nr.mu.Lock()
 	c := nr.conn
+	nr.mu.Unlock()
 	defer c.Close()
-	buf := make([]byte, 65536)
+	stop := context.AfterFunc(ctx, func() { c.Close() }) // unblocks ReadFrom
+	defer stop()
+	buf := make([]byte, 64<<10)
 	for {
-		// Wake at least every second to expire fragments and see ctx.
-		c.SetReadDeadline(time.Now().Add(time.Second))
+		// Wake at least every second to expire fragments of silent senders.
+		if err := c.SetReadDeadline(time.Now().Add(time.Second)); err != nil && ctx.Err() == nil {
+			return fmt.Errorf("netconsole receive on %s: %w", c.LocalAddr(), err)
+		}
 		n, from, err := c.ReadFrom(buf)
 		if ctx.Err() != nil {
 			return nil
 		}
-		now := time.Now()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				nr.expire(now)
-				continue
-			}
-			return fmt.Errorf("netconsole receive: %w", err)
+		var ne net.Error
+		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+			return fmt.Errorf("netconsole receive on %s: %w", c.LocalAddr(), err)
 		}
-		for _, rec := range nr.feed(from.String(), buf[:n], now) {
+		var recs []Record
+		if err == nil {
+			recs = nr.feed(from.String(), buf[:n], time.Now())
+		} else {
+			recs = nr.sweep(time.Now())
+		}
+		for _, rec := range recs {
 			select {
 			case out <- rec:
 			case <-ctx.Done():
@@ -393,41 +557,79 @@ func (nr *NetconsoleReceiver) Run(ctx context.Context, out chan<- Record) error 
 	}
 }
 
-func (nr *NetconsoleReceiver) expire(now time.Time) {
+// sweep expires every sender's stale fragments, at most once a second.
+func (nr *NetconsoleReceiver) sweep(now time.Time) []Record {
 	nr.mu.Lock()
 	defer nr.mu.Unlock()
-	for _, sd := range nr.senders {
-		sd.r.Expire(now)
+	return nr.sweepLocked(now)
+}
+
+func (nr *NetconsoleReceiver) sweepLocked(now time.Time) []Record {
+	if now.Sub(nr.lastSweep) < time.Second {
+		return nil
 	}
+	nr.lastSweep = now
+	var out []Record
+	for _, sd := range nr.senders {
+		_, before := sd.r.Pending()
+		out = append(out, sd.r.Expire(now)...)
+		_, after := sd.r.Pending()
+		nr.held += after - before
+	}
+	return out
 }
 
 func (nr *NetconsoleReceiver) feed(from string, b []byte, now time.Time) []Record {
 	nr.mu.Lock()
 	defer nr.mu.Unlock()
-	host, _, _ := net.SplitHostPort(from)
-	sd := nr.senders[host]
+	out := nr.sweepLocked(now)
+	maxSenders, maxBytes := nr.MaxSenders, nr.MaxBytes
+	if maxSenders <= 0 {
+		maxSenders = 256
+	}
+	if maxBytes <= 0 {
+		maxBytes = 8 << 20
+	}
+	sd := nr.senders[from]
 	if sd == nil {
-		max := nr.MaxSenders
-		if max <= 0 {
-			max = 256
+		for len(nr.senders) >= maxSenders {
+			nr.forgetOldest("")
 		}
 		if nr.senders == nil {
 			nr.senders = map[string]*sender{}
 		}
-		for len(nr.senders) >= max {
-			var oldest string
-			var t time.Time
-			for h, s := range nr.senders {
-				if oldest == "" || s.last.Before(t) {
-					oldest, t = h, s.last
-				}
-			}
-			nr.stats.add(nr.senders[oldest].r.Stats)
-			delete(nr.senders, oldest)
-		}
-		sd = &sender{r: &Reassembler{Release: nr.Release}}
-		nr.senders[host] = sd
+		// One sender alone stays within the total.
+		sd = &sender{r: &Reassembler{Release: nr.Release, MaxBytes: min(1<<20, max(maxBytes-maxPlainLine, 1))}}
+		nr.senders[from] = sd
 	}
 	sd.last = now
-	return sd.r.Feed(b, now)
+	_, before := sd.r.Pending()
+	out = append(out, sd.r.Feed(b, now)...)
+	_, after := sd.r.Pending()
+	nr.held += after - before
+	// Over the total: forget other senders, least recently heard first.
+	for nr.held > maxBytes && len(nr.senders) > 1 {
+		nr.forgetOldest(from)
+	}
+	return out
+}
+
+func (nr *NetconsoleReceiver) forgetOldest(keep string) {
+	var oldest string
+	var t time.Time
+	found := false
+	for a, s := range nr.senders {
+		if a != keep && (!found || s.last.Before(t)) {
+			oldest, t, found = a, s.last, true
+		}
+	}
+	if !found {
+		return
+	}
+	sd := nr.senders[oldest]
+	n, held := sd.r.Pending()
+	sd.r.Stats.Dropped += uint64(n)
+	nr.forgotten.add(sd.r.Stats)
+	nr.held -= held
+	delete(nr.senders, oldest)
 }
