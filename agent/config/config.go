@@ -193,16 +193,58 @@ func (l *Loaded) apply(path string) error {
 func Decode(b []byte, cfg *Config) error {
 	// Decode into a copy so a file that fails half-way changes nothing;
 	// maps are shared by a struct copy, so copy those too.
+	//
+	// A map a document names replaces the current one, as a list does: a
+	// drop-in that sets health.policy.thresholds says which thresholds hold,
+	// and one that does not name it keeps them.
 	tmp := *cfg
-	tmp.Health.Policy.Thresholds = maps.Clone(cfg.Health.Policy.Thresholds)
+	tmp.Health.Policy.Thresholds = nil
 	if err := manifest.DecodeStrict(b, &tmp); err != nil {
 		if errors.Is(err, manifest.ErrEmptyDocument) {
 			return errors.New("empty file (write at least one setting, or remove the file)")
 		}
 		return err
 	}
+	if tmp.Health.Policy.Thresholds == nil && !namesThresholds(b) {
+		tmp.Health.Policy.Thresholds = maps.Clone(cfg.Health.Policy.Thresholds)
+	}
+	normalize(&tmp)
 	*cfg = tmp
 	return nil
+}
+
+// namesThresholds reports whether the document sets
+// health.policy.thresholds at all (null included), through aliases too.
+func namesThresholds(b []byte) bool {
+	var doc struct {
+		Health struct {
+			Policy struct {
+				Thresholds yaml.Node `yaml:"thresholds"`
+			} `yaml:"policy"`
+		} `yaml:"health"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return false
+	}
+	return doc.Health.Policy.Thresholds.Kind != 0
+}
+
+// normalize makes "none" one value: a null list or map and an empty one
+// mean the same, so the effective config renders and re-reads unchanged.
+func normalize(c *Config) {
+	if c.Health.Command.Argv == nil {
+		c.Health.Command.Argv = []string{}
+	}
+	p := &c.Health.Policy
+	if p.Attributed == nil {
+		p.Attributed = []health.Kind{}
+	}
+	if p.SoakUnattributed == nil {
+		p.SoakUnattributed = []health.Kind{}
+	}
+	if p.Thresholds == nil {
+		p.Thresholds = map[health.Kind]int{}
+	}
 }
 
 // recordOrigins notes file:line for every scalar setting.

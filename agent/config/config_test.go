@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klp-agent/klp-agent/health"
 )
 
 func writeTree(t *testing.T, files map[string]string) string {
@@ -187,6 +189,46 @@ func TestEffectiveYAMLGolden(t *testing.T) {
 	c2.Log.Level = "error"
 	if err := Decode(got, &c2); err != nil || !reflect.DeepEqual(c2, c) {
 		t.Fatalf("effective YAML does not round-trip: %v", err)
+	}
+}
+
+// A drop-in that names a list or the thresholds map replaces it; one that
+// does not keeps it; null and empty both mean none.
+func TestDecodeListsAndMapsReplace(t *testing.T) {
+	def := Default()
+	for _, tc := range []struct {
+		name, doc  string
+		thresholds map[health.Kind]int
+		attributed []health.Kind
+		argv       []string
+	}{
+		{"unnamed keeps", "health: {policy: {window: 1h}}", def.Health.Policy.Thresholds, def.Health.Policy.Attributed, []string{}},
+		{"named replaces", "health: {policy: {thresholds: {warning: 20}}}", map[health.Kind]int{health.KindWarning: 20}, def.Health.Policy.Attributed, []string{}},
+		{"empty map clears", "health: {policy: {thresholds: {}}}", map[health.Kind]int{}, def.Health.Policy.Attributed, []string{}},
+		{"null map clears", "health:\n  policy:\n    thresholds:\n", map[health.Kind]int{}, def.Health.Policy.Attributed, []string{}},
+		{"null list is empty", "health: {policy: {attributed: null}, command: {argv: ~}}", def.Health.Policy.Thresholds, []health.Kind{}, []string{}},
+		{"list replaces", "health: {policy: {attributed: [panic]}, command: {argv: [/bin/true, -x]}}", def.Health.Policy.Thresholds, []health.Kind{health.KindPanic}, []string{"/bin/true", "-x"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			if err := Decode([]byte(tc.doc), &c); err != nil {
+				t.Fatal(err)
+			}
+			p := c.Health.Policy
+			if !reflect.DeepEqual(p.Thresholds, tc.thresholds) {
+				t.Errorf("thresholds = %v, want %v", p.Thresholds, tc.thresholds)
+			}
+			if !reflect.DeepEqual(p.Attributed, tc.attributed) {
+				t.Errorf("attributed = %v, want %v", p.Attributed, tc.attributed)
+			}
+			if !reflect.DeepEqual(c.Health.Command.Argv, tc.argv) {
+				t.Errorf("argv = %#v, want %#v", c.Health.Command.Argv, tc.argv)
+			}
+			// The default's map is not shared with the result.
+			if def2 := Default(); !reflect.DeepEqual(def2, def) {
+				t.Error("Default() changed")
+			}
+		})
 	}
 }
 
