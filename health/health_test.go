@@ -161,3 +161,17 @@ func FuzzParseKmsg(f *testing.F) {
 		c.Feed(r, time.Unix(0, 0))
 	})
 }
+
+// recv takes the next value from ch, failing the test after 5 s: what a
+// test waits for happens in milliseconds, or not at all.
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(5 * time.Second):
+		t.Fatal("timed out waiting for " + what)
+		var zero T
+		return zero
+	}
+}

@@ -2,26 +2,37 @@ package health
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
-// Dump is one complete kdump capture.
+// Dump is one kdump capture.
 type Dump struct {
-	Dir       string    `json:"dir"`
-	Layout    string    `json:"layout"` // "debian" (kdump-tools) or "rhel" (kexec-tools)
-	At        time.Time `json:"at"`     // from the directory name
-	Written   time.Time `json:"written"`
+	Dir    string `json:"dir"`
+	Layout string `json:"layout"` // "debian" (kdump-tools) or "rhel" (kexec-tools)
+	// At is when the capture kernel started: the directory's stamp (minute
+	// resolution for Debian), or the dmesg file's mtime when the stamp
+	// does not parse.
+	At        time.Time `json:"at"`
+	Written   time.Time `json:"written"` // the dmesg file's mtime
 	DmesgPath string    `json:"dmesg"`
-	Events    []Event   `json:"events,omitempty"`
+	// Partial: the capture failed (its *-incomplete file stayed behind,
+	// typically a full disk), but the dmesg, written on its own, shows the
+	// crash all the same.
+	Partial bool    `json:"partial,omitempty"`
+	Events  []Event `json:"events,omitempty"`
 }
 
 // Cause is the report that most likely brought the kernel down: the first
@@ -51,158 +62,312 @@ func (d Dump) Attributed(p Patch) bool {
 	return false
 }
 
-// Evidence is one line for a block record.
+// Evidence is one line for a block record: the dmesg path and the cause.
 func (d Dump) Evidence() string {
-	if w := d.Cause(); w != nil {
-		return fmt.Sprintf("kdump %s: %s: %s", d.DmesgPath, w.Kind, w.Header)
+	partial := ""
+	if d.Partial {
+		partial = " (capture incomplete)"
 	}
-	return fmt.Sprintf("kdump %s: no kernel report found in it", d.DmesgPath)
+	if w := d.Cause(); w != nil {
+		return fmt.Sprintf("kdump %s%s: %s: %s", d.DmesgPath, partial, w.Kind, oneLine(w.Header, 240))
+	}
+	return fmt.Sprintf("kdump %s%s: no kernel report found in it", d.DmesgPath, partial)
+}
+
+// oneLine keeps text from a dump file printable and bounded in a record.
+func oneLine(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	if len(s) > n {
+		s = strings.ToValidUTF8(s[:n], "") + "..."
+	}
+	return s
 }
 
 // KdumpScanner finds dumps under Dir (e.g. /var/crash) in the layouts of
-// Debian's kdump-tools (<YYYYMMDDHHMM>/dmesg.<stamp> + dump.<stamp>) and
-// RHEL's kexec-tools (<ip>-<YYYY-MM-DD-HH:MM:SS>/vmcore-dmesg.txt + vmcore).
-// A dump still being written (a *-incomplete file) is ignored.
+// Debian's kdump-tools ([<host>-]<YYYYMMDDHHMM>/dmesg.<stamp> + dump.<stamp>)
+// and RHEL's kexec-tools (<host>-<YYYY-MM-DD-HH:MM:SS>/vmcore-dmesg.txt +
+// vmcore). Only what Dir holds is read: symlinked dump directories are
+// skipped and no symlink is followed out of Dir.
 type KdumpScanner struct {
 	Dir string
 	// Location of the stamps in directory names (the crashed host's local
 	// time); nil = time.Local.
 	Location *time.Location
+	// Settle: a *-incomplete file modified within this long is a capture
+	// still being written (to a remote target) and its dump is skipped;
+	// an older one is a capture that failed, reported as Partial. The
+	// capture kernel finishes before the host boots again, so on the
+	// crashed host itself a leftover *-incomplete is a failure. 0 = 10 min.
+	Settle time.Duration
 }
 
-// MaxDmesgBytes bounds how much of a dump's dmesg is read.
+// MaxDmesgBytes bounds how much of a dump's dmesg is read: the end, where
+// the crash is.
 const MaxDmesgBytes = 16 << 20
 
+// maxDmesgLine bounds one line; kernel records are under 1 KiB.
+const maxDmesgLine = 64 << 10
+
 var (
-	debianDirRE = regexp.MustCompile(`^(\d{12})$`)
-	rhelDirRE   = regexp.MustCompile(`^(.+)-(\d{4}-\d{2}-\d{2}-\d{2}:\d{2}:\d{2})$`)
-	// "[   12.345678] text" or "<4>[   12.345678] text"
-	dmesgLineRE = regexp.MustCompile(`^(?:<\d+>)?\[\s*(\d+)\.(\d+)\]\s?(.*)$`)
+	debianDirRE = regexp.MustCompile(`^(?:.+-)?(\d{12})$`)
+	rhelStampRE = regexp.MustCompile(`-(\d{4}-\d{2}-\d{2}-\d{2}:\d{2}:\d{2})$`)
+	// "[   12.345678] text", "<4>[   12.345678] text" (dmesg -r), with an
+	// optional caller id "[  T231] " (CONFIG_PRINTK_CALLER).
+	dmesgLineRE = regexp.MustCompile(`^(?:<\d{1,3}>)?\[\s*(\d{1,19})\.(\d{1,9})\] ?(?:\[\s*[TC]\d+\] ?)?(.*)$`)
 )
 
-// Since returns the complete dumps written after t, oldest first. A
-// missing Dir is no dumps. A dump counts from when it was written (the
-// dmesg file's mtime, set by the capture kernel right after the crash), or
-// its stamp if later: stamps have minute resolution only.
+// Since returns the dumps written after t, oldest first. A dump counts
+// from when it was written (the dmesg file's mtime) or its stamp, whichever
+// is later: stamps have minute resolution only. A missing Dir is no dumps.
+// A dump that cannot be read is left out and named in the error, which
+// comes with the dumps that could.
 func (s KdumpScanner) Since(t time.Time) ([]Dump, error) {
 	all, err := s.Scan()
-	if err != nil {
-		return nil, err
-	}
 	var out []Dump
 	for _, d := range all {
 		if d.Written.After(t) || d.At.After(t) {
 			out = append(out, d)
 		}
 	}
-	return out, nil
+	return out, err
 }
 
-// Scan returns every complete dump under Dir, oldest first.
+// Scan returns every dump under Dir, oldest first (see Since).
 func (s KdumpScanner) Scan() ([]Dump, error) {
+	root, err := os.OpenRoot(s.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kdump scan: %w", err)
+	}
+	defer root.Close()
+	ents, err := readDir(root, ".")
+	if err != nil {
+		return nil, fmt.Errorf("kdump scan %s: %w", s.Dir, err)
+	}
+	var out []Dump
+	var errs []error
+	for _, e := range ents {
+		if !e.IsDir() { // files, and symlinks wherever they point
+			continue
+		}
+		d, ok, err := s.dump(root, e.Name())
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if ok {
+			out = append(out, d)
+		}
+	}
+	slices.SortFunc(out, func(a, b Dump) int {
+		if c := a.At.Compare(b.At); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Dir, b.Dir)
+	})
+	return out, errors.Join(errs...)
+}
+
+// dump reads directory name under root; ok is false for what is not a
+// dump (yet).
+func (s KdumpScanner) dump(root *os.Root, name string) (Dump, bool, error) {
+	ents, err := readDir(root, name)
+	if err != nil {
+		if !debianDirRE.MatchString(name) && !rhelStampRE.MatchString(name) {
+			err = nil // lost+found and the like: not ours to report
+		}
+		return Dump{}, false, wrapNonNil(err, "kdump "+filepath.Join(s.Dir, name))
+	}
+	d := Dump{Dir: filepath.Join(s.Dir, name)}
+	var stamp, layout string
+	files := map[string]fs.DirEntry{}
+	for _, e := range ents {
+		files[e.Name()] = e
+	}
+	// Neither tool makes symlinks: one here is not theirs.
+	isFile := func(n string) bool { e := files[n]; return e != nil && e.Type()&fs.ModeSymlink == 0 }
+	if m := debianDirRE.FindStringSubmatch(name); m != nil && isFile("dmesg."+m[1]) {
+		d.Layout, stamp, layout = "debian", m[1], "200601021504"
+		d.DmesgPath = path.Join(name, "dmesg."+m[1])
+	} else if isFile("vmcore-dmesg.txt") {
+		d.Layout, layout = "rhel", "2006-01-02-15:04:05"
+		if m := rhelStampRE.FindStringSubmatch(name); m != nil {
+			stamp = m[1]
+		}
+		d.DmesgPath = path.Join(name, "vmcore-dmesg.txt")
+	} else {
+		return Dump{}, false, nil // unrelated, or no dmesg (yet)
+	}
+	settle := s.Settle
+	if settle <= 0 {
+		settle = 10 * time.Minute
+	}
+	for n, e := range files {
+		if !strings.Contains(n, "-incomplete") {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil || time.Since(fi.ModTime()) < settle {
+			return Dump{}, false, nil // still being written
+		}
+		d.Partial = true
+	}
+	f, fi, err := openRegular(root, d.DmesgPath)
+	if err != nil {
+		return Dump{}, false, fmt.Errorf("kdump %s: %w", d.Dir, err)
+	}
+	defer f.Close()
+	d.DmesgPath = filepath.Join(s.Dir, filepath.FromSlash(d.DmesgPath))
+	d.Written = fi.ModTime()
 	loc := s.Location
 	if loc == nil {
 		loc = time.Local
 	}
-	ents, err := os.ReadDir(s.Dir)
+	if at, err := time.ParseInLocation(layout, stamp, loc); err == nil && stamp != "" {
+		d.At = at
+	} else {
+		d.At = d.Written
+	}
+	evs, last, err := readDmesg(f, fi.Size())
 	if err != nil {
-		if os.IsNotExist(err) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("kdump scan %s: %w", s.Dir, err)
+		return Dump{}, false, fmt.Errorf("kdump %s: %w", d.DmesgPath, err)
 	}
-	var out []Dump
-	for _, e := range ents {
-		if !e.IsDir() { // symlinks and files are not dumps
-			continue
-		}
-		dir := filepath.Join(s.Dir, e.Name())
-		var d Dump
-		if m := debianDirRE.FindStringSubmatch(e.Name()); m != nil {
-			at, err := time.ParseInLocation("200601021504", m[1], loc)
-			if err != nil {
-				continue
-			}
-			d = Dump{Dir: dir, Layout: "debian", At: at, DmesgPath: filepath.Join(dir, "dmesg."+m[1])}
-		} else if m := rhelDirRE.FindStringSubmatch(e.Name()); m != nil {
-			at, err := time.ParseInLocation("2006-01-02-15:04:05", m[2], loc)
-			if err != nil {
-				continue
-			}
-			d = Dump{Dir: dir, Layout: "rhel", At: at, DmesgPath: filepath.Join(dir, "vmcore-dmesg.txt")}
-		} else {
-			continue
-		}
-		if incomplete(dir) {
-			continue
-		}
-		fi, err := os.Lstat(d.DmesgPath)
-		if err != nil || !fi.Mode().IsRegular() {
-			continue
-		}
-		d.Written = fi.ModTime()
-		evs, err := parseDmesgFile(d.DmesgPath)
-		if err != nil {
-			return nil, err
-		}
-		for i := range evs {
-			evs[i].At = d.At // kernel time since that boot is all the file knows
-		}
-		d.Events = evs
-		out = append(out, d)
+	// A report's wall time, from the dump's: the file only knows kernel
+	// time, and its last record is the crash, moments before the capture.
+	for i := range evs {
+		evs[i].At = d.At.Add(evs[i].KernelTime - last)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].At.Before(out[j].At) })
-	return out, nil
+	d.Events = evs
+	return d, true, nil
 }
 
-func incomplete(dir string) bool {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return true
+func wrapNonNil(err error, what string) error {
+	if err == nil {
+		return nil
 	}
-	for _, e := range ents {
-		if strings.Contains(e.Name(), "-incomplete") {
-			return true
-		}
-	}
-	return false
+	return fmt.Errorf("%s: %w", what, err)
 }
 
-func parseDmesgFile(path string) ([]Event, error) {
-	f, err := os.Open(path)
+func readDir(root *os.Root, name string) ([]fs.DirEntry, error) {
+	f, err := root.Open(name)
 	if err != nil {
-		return nil, fmt.Errorf("kdump dmesg: %w", err)
+		return nil, err
 	}
 	defer f.Close()
-	return ParseDmesg(io.LimitReader(f, MaxDmesgBytes), "kdump"), nil
+	return f.ReadDir(-1)
+}
+
+// openRegular opens name for reading if it is a regular file: a FIFO
+// would block the scan and a device has no end.
+func openRegular(root *os.Root, name string) (*os.File, fs.FileInfo, error) {
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s: not a regular file", name)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, fi, nil
+}
+
+// readDmesg parses the last MaxDmesgBytes of f and returns the kernel
+// time of its last record too.
+func readDmesg(f *os.File, size int64) ([]Event, time.Duration, error) {
+	var r io.Reader = io.LimitReader(f, MaxDmesgBytes)
+	if size > MaxDmesgBytes {
+		if _, err := f.Seek(size-MaxDmesgBytes, io.SeekStart); err != nil {
+			return nil, 0, err
+		}
+		br := bufio.NewReaderSize(r, 64<<10)
+		if _, err := readLine(br); err != nil {
+			return nil, 0, nil // no line end in the tail: nothing to parse
+		}
+		r = br // the line cut in two is dropped
+	}
+	return parseDmesg(r, "kdump")
 }
 
 // ParseDmesg groups the kernel reports in dmesg text ("[ secs.usecs] msg"
 // lines, as dmesg and makedumpfile's vmcore-dmesg write them) into events.
-// Lines without a timestamp continue the previous record.
+// A line without a timestamp continues the record before it (a multi-line
+// record); before the first timestamp, it is not kernel log and is skipped.
 func ParseDmesg(r io.Reader, source string) []Event {
+	evs, _, _ := parseDmesg(r, source)
+	return evs
+}
+
+func parseDmesg(r io.Reader, source string) ([]Event, time.Duration, error) {
 	var c Classifier
-	// The dump is read at once, so grouping runs on kernel time, not on
-	// the time of reading: a report's lines are near each other in it.
+	// The file is read at once, so reports are grouped on kernel time,
+	// not on the time of reading.
 	c.Idle = 2 * time.Second
 	var evs []Event
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		m := dmesgLineRE.FindStringSubmatch(line)
-		if m == nil {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var kt time.Duration
+	stamped := false
+	for {
+		line, err := readLine(br)
+		if line != "" || err == nil {
+			text, t, ok := splitDmesgLine(line)
+			switch {
+			case ok:
+				kt, stamped = t, true
+			case stamped:
+				text = line
+			default:
+				text = ""
+			}
+			if text != "" {
+				evs = append(evs, c.Feed(Record{Time: kt, Text: text, Source: source}, time.Unix(0, 0).Add(kt))...)
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return append(evs, c.Flush(time.Unix(0, 0).Add(math.MaxInt64/2))...), kt, err
+		}
+	}
+	return append(evs, c.Flush(time.Unix(0, 0).Add(math.MaxInt64/2))...), kt, nil
+}
+
+// readLine returns the next line without its end, cut to maxDmesgLine.
+func readLine(br *bufio.Reader) (string, error) {
+	var b []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if len(b) < maxDmesgLine {
+			b = append(b, chunk[:min(len(chunk), maxDmesgLine-len(b))]...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
 		}
-		secs, err := strconv.ParseInt(m[1], 10, 64)
-		if err != nil || secs > math.MaxInt64/int64(time.Second)-1 {
-			continue // not a kernel timestamp
-		}
-		frac := m[2] + "000000"
-		usec, _ := strconv.ParseInt(frac[:6], 10, 64)
-		kt := time.Duration(secs)*time.Second + time.Duration(usec)*time.Microsecond
-		evs = append(evs, c.Feed(Record{Time: kt, Text: m[3], Source: source}, time.Unix(0, 0).Add(kt))...)
+		return strings.TrimRight(string(b), "\r\n"), err
 	}
-	evs = append(evs, c.Flush(time.Unix(0, 0).Add(1<<62))...)
-	return evs
+}
+
+// splitDmesgLine strips "[secs.frac]" (and a <prio> or caller prefix).
+func splitDmesgLine(line string) (string, time.Duration, bool) {
+	m := dmesgLineRE.FindStringSubmatch(line)
+	if m == nil {
+		return "", 0, false
+	}
+	secs, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil || secs > math.MaxInt64/int64(time.Second)-1 {
+		return "", 0, false // not a kernel timestamp
+	}
+	frac := (m[2] + "000000000")[:9]
+	ns, _ := strconv.ParseInt(frac, 10, 64)
+	return m[3], time.Duration(secs)*time.Second + time.Duration(ns), true
 }

@@ -553,13 +553,8 @@ func TestNetconsoleReceiverOops(t *testing.T) {
 				t.Fatalf("stats %+v", s)
 			}
 			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("Run did not return after cancel")
+			if err := recv(t, done, "Run to return after cancel"); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}

@@ -14,14 +14,19 @@ type Taint uint64
 
 // Taint bits the agent acts on (Documentation/admin-guide/tainted-kernels.rst).
 const (
-	TaintDied       Taint = 1 << 7  // D: an oops or BUG killed a task
-	TaintWarn       Taint = 1 << 9  // W: a WARN() fired
-	TaintLivepatch  Taint = 1 << 15 // K: live patched
-	taintLetters          = "PFSRMBUDAWCIOELKXTN"
-	taintWatchedSet       = TaintDied | TaintWarn
+	TaintDied      Taint = 1 << 7  // D: an oops or BUG killed a task
+	TaintWarn      Taint = 1 << 9  // W: a WARN() fired
+	TaintLivepatch Taint = 1 << 15 // K: live patched
+
+	taintWatchedSet = TaintDied | TaintWarn
 )
 
-// String gives the letters of the set bits, e.g. "OEK" for 45056.
+// taintLetters: bit i is letter i. J (bit 19, fwctl) came in 6.15.
+const taintLetters = "PFSRMBUDAWCIOELKXTNJ"
+
+// String gives the letters of the set bits, e.g. "OEK" for 45056. Unlike
+// the kernel's "Tainted:" it leaves out G and the blanks for unset bits;
+// bits newer than this table are left out too.
 func (t Taint) String() string {
 	var b strings.Builder
 	for i := 0; i < len(taintLetters); i++ {
@@ -60,14 +65,21 @@ type TaintWatcher struct {
 // Run polls until ctx ends. The baseline is the mask at start: bits set
 // before the agent started are an earlier story.
 func (w TaintWatcher) Run(ctx context.Context, out chan<- Event) error {
-	every := w.Every
-	if every <= 0 {
-		every = 5 * time.Second
-	}
 	seen, err := ReadTaint(w.Path)
 	if err != nil {
 		return err
 	}
+	return w.RunFrom(ctx, seen, out)
+}
+
+// RunFrom polls until ctx ends and reports D and W bits that baseline (say,
+// the mask when a patch went in) does not have, each once.
+func (w TaintWatcher) RunFrom(ctx context.Context, baseline Taint, out chan<- Event) error {
+	every := w.Every
+	if every <= 0 {
+		every = 5 * time.Second
+	}
+	seen := baseline
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {

@@ -96,7 +96,10 @@ func crashSince(l *config.Loaded) func(time.Time) ([]string, error) {
 	if l.Health.KdumpDir == "" {
 		return nil
 	}
-	sc := health.KdumpScanner{Dir: filepath.Join(l.Paths.Root, l.Health.KdumpDir)}
+	// The capture kernel is done before this host boots again: a
+	// *-incomplete file left in its own /var/crash is a failed capture
+	// (reported as partial), never one still being written.
+	sc := health.KdumpScanner{Dir: filepath.Join(l.Paths.Root, l.Health.KdumpDir), Settle: time.Nanosecond}
 	return func(t time.Time) ([]string, error) {
 		dumps, err := sc.Since(t)
 		var ev []string
