@@ -41,8 +41,11 @@ type Daemon struct {
 	ManifestURL string
 	Interval    time.Duration
 	Jitter      float64
-	Tick        time.Duration // soak and request check period; 0 = 1 s
-	Notify      Notifier
+	// Recheck is the longest the daemon sleeps while a patch soaks: the
+	// soak ends at a wall-clock time, and a clock step moves that. 0 =
+	// 1 min. Between soaks and polls nothing wakes it but events.
+	Recheck time.Duration
+	Notify  Notifier
 	// Changed is called after anything an exporter shows may have changed
 	// (metrics textfile).
 	Changed func()
@@ -227,18 +230,36 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.Rand == nil {
 		d.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	}
-	tickEvery := d.Tick
-	if tickEvery <= 0 {
-		tickEvery = time.Second
+	recheck := d.Recheck
+	if recheck <= 0 {
+		recheck = time.Minute
 	}
 	work := context.WithoutCancel(ctx)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	requests, err := watchRequests(wctx, d.Agent.d.Store.Dir)
+	var fallback <-chan time.Time
+	if err != nil {
+		// No inotify (exhausted instances): look for requests every second.
+		d.Agent.log().Warn("rollback requests checked every second: " + err.Error())
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		fallback = t.C
+	}
 	d.Notify.Ready()
 	d.changed()
+	d.handleRequest(work)    // one written while the daemon was down
 	poll := time.NewTimer(0) // first poll right away: a booted host wants its patch
 	defer poll.Stop()
-	tick := time.NewTicker(tickEvery)
-	defer tick.Stop()
+	soak := time.NewTimer(time.Hour)
+	defer soak.Stop()
 	for {
+		// Wake for the end of a soak, if one runs; otherwise sleep.
+		if k := d.Agent.kernel(); k.Phase == state.PhaseSoaking && k.Current != nil {
+			soak.Reset(min(max(k.SoakUntil.Sub(d.Agent.d.Now()), 0), recheck))
+		} else {
+			soak.Stop()
+		}
 		select {
 		case <-ctx.Done():
 			// No STOPPING=1 here: ctx also ends for a reload, and the
@@ -270,15 +291,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 				}
 				d.changed()
 			}
-		case <-tick.C:
+		case <-soak.C:
 			before := d.Agent.kernel().Phase
 			if err := d.Agent.Tick(); err != nil {
-				d.Agent.log().Error("tick: " + err.Error())
+				d.Agent.log().Error("soak end: " + err.Error())
 			}
-			d.handleRequest(work)
 			if d.Agent.kernel().Phase != before {
 				d.changed()
 			}
+		case <-requests:
+			d.handleRequest(work)
+		case <-fallback:
+			d.handleRequest(work)
 		}
 	}
 }

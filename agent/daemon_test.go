@@ -7,13 +7,17 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/manifest"
+	"golang.org/x/sys/unix"
 )
 
 // polls gives the agent a manifest source for the served manifest,
@@ -78,7 +82,7 @@ func TestDaemonPollsAppliesAndTakesRequests(t *testing.T) {
 	h.polls(pub)
 	verdicts := make(chan Verdict)
 	d := &Daemon{Agent: h.agent, Source: h.source, ManifestURL: h.srv.URL + "/manifest.json",
-		Interval: 20 * time.Millisecond, Tick: 5 * time.Millisecond, Verdicts: verdicts}
+		Interval: 20 * time.Millisecond, Verdicts: verdicts}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
@@ -126,7 +130,7 @@ func TestDaemonJudgesKernelReports(t *testing.T) {
 	h.converge([]int{1, 2})
 	h.soak()
 	events := make(chan health.Event)
-	d := &Daemon{Agent: h.agent, Interval: time.Hour, Tick: 5 * time.Millisecond, Events: events}
+	d := &Daemon{Agent: h.agent, Interval: time.Hour, Events: events}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
@@ -147,5 +151,73 @@ func TestDaemonJudgesKernelReports(t *testing.T) {
 	if err != nil || len(st.Events) != 2 || st.Events[0].RolledBack || !st.Events[1].RolledBack || !st.Events[1].Attributed ||
 		st.Events[1].Patch != "klp_cmdline_2" || st.Events[1].Kind != "oops" {
 		t.Fatalf("recorded events %+v (%v)", st.Events, err)
+	}
+}
+
+// The daemon ends a soak by itself, though nothing ticks: a timer set for
+// the soak's end, and no sooner than Recheck looks again (the wall clock
+// can step).
+func TestDaemonEndsSoak(t *testing.T) {
+	h := newHost(t, 1)
+	if err := h.converge([]int{1}); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseSoaking, 1)
+	var now atomic.Int64 // the daemon reads the clock while the test moves it
+	now.Store(h.now.UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()).UTC() }
+	h.agent.d.Now, h.agent.d.Store.Now = clock, clock
+	d := &Daemon{Agent: h.agent, Interval: time.Hour, Recheck: 5 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	phase := func() state.Phase {
+		st, err := (&state.Store{Dir: h.stateDir}).Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Kernels[krel].Phase
+	}
+	time.Sleep(50 * time.Millisecond) // ten rechecks
+	if p := phase(); p != state.PhaseSoaking {
+		t.Fatalf("phase %s before the soak ended", p)
+	}
+	now.Add(int64(31 * time.Minute))
+	waitFor(t, "the soak to end", func() bool { return phase() == state.PhaseGood })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRequestIn(t *testing.T) {
+	ev := func(mask uint32, name string) []byte {
+		n := len(name)
+		if n > 0 {
+			n = (n + 16) &^ 15 // the kernel pads names with NULs
+		}
+		b := make([]byte, unix.SizeofInotifyEvent+n)
+		*(*unix.InotifyEvent)(unsafe.Pointer(&b[0])) = unix.InotifyEvent{Wd: 1, Mask: mask, Len: uint32(n)}
+		copy(b[unix.SizeofInotifyEvent:], name)
+		return b
+	}
+	want := "rollback-request.json"
+	tests := []struct {
+		name string
+		b    []byte
+		ok   bool
+	}{
+		{"empty", nil, false},
+		{"state saved", ev(unix.IN_MOVED_TO, "state.json"), false},
+		{"request", ev(unix.IN_MOVED_TO, want), true},
+		{"request after others", slices.Concat(ev(unix.IN_CLOSE_WRITE, "state.json.tmp"), ev(unix.IN_MOVED_TO, "state.json"), ev(unix.IN_CLOSE_WRITE, want)), true},
+		{"a longer name", ev(unix.IN_MOVED_TO, want+".tmp"), false},
+		{"overflow", ev(unix.IN_Q_OVERFLOW, ""), true},
+		{"cut short", ev(unix.IN_MOVED_TO, want)[:unix.SizeofInotifyEvent+4], true},
+	}
+	for _, tt := range tests {
+		if got := requestIn(tt.b, want); got != tt.ok {
+			t.Errorf("%s: %v", tt.name, got)
+		}
 	}
 }

@@ -1,0 +1,81 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// watchRequests wakes the daemon when a rollback request lands in dir, so
+// it needs no timer for operators. WriteRequest renames the file in
+// (IN_MOVED_TO); a plain write is seen when closed (IN_CLOSE_WRITE).
+// The channel has room for one wake-up; more while one waits add nothing.
+func watchRequests(ctx context.Context, dir string) (<-chan struct{}, error) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return nil, &os.SyscallError{Syscall: "inotify_init1", Err: err}
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE); err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "inotify_add_watch", Path: dir, Err: err}
+	}
+	// A non-blocking fd goes to Go's poller: Read parks the goroutine
+	// without a thread, and Close wakes it.
+	f := os.NewFile(uintptr(fd), "inotify:"+dir)
+	want := filepath.Base(RequestPath(dir))
+	wake := make(chan struct{}, 1)
+	go func() {
+		<-ctx.Done()
+		f.Close()
+	}()
+	go func() {
+		buf := make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
+		for {
+			n, err := f.Read(buf)
+			if err != nil {
+				if !errors.Is(err, os.ErrClosed) {
+					// Should not happen; the daemon checks at start and
+					// after its own work, so say it and wake it once.
+					select {
+					case wake <- struct{}{}:
+					default:
+					}
+				}
+				return
+			}
+			if requestIn(buf[:n], want) {
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return wake, nil
+}
+
+// requestIn reports whether a batch of inotify events names the request
+// file (or overflowed, when anything may have happened).
+func requestIn(b []byte, want string) bool {
+	for len(b) >= unix.SizeofInotifyEvent {
+		ev := (*unix.InotifyEvent)(unsafe.Pointer(&b[0]))
+		end := unix.SizeofInotifyEvent + int(ev.Len)
+		if end > len(b) {
+			return true // cut short: check anyway
+		}
+		if ev.Mask&unix.IN_Q_OVERFLOW != 0 {
+			return true
+		}
+		name := strings.TrimRight(string(b[unix.SizeofInotifyEvent:end]), "\x00")
+		if name == want {
+			return true
+		}
+		b = b[end:]
+	}
+	return false
+}
