@@ -79,8 +79,12 @@ func (d *Daemon) judge(ev health.Event) Verdict {
 		d.Judge = &health.Judge{Policy: health.DefaultPolicy()}
 	}
 	v := d.Judge.Judge(ev, p, k.Phase == state.PhaseSoaking, a.d.Now())
-	log.Warn(fmt.Sprintf("%s %s report: %s", ev.Source, ev.Kind, ev.Header), zap.String("KLP_EVENT_KIND", string(ev.Kind)),
-		zap.String("KLP_EVENT_SOURCE", ev.Source), zap.Bool("KLP_ATTRIBUTED", v.Attributed),
+	from, sender := ev.Source, zap.Skip()
+	if ev.Sender != "" {
+		from, sender = ev.Source+" ("+ev.Sender+")", zap.String("KLP_EVENT_SENDER", ev.Sender)
+	}
+	log.Warn(fmt.Sprintf("%s %s report: %s", from, ev.Kind, ev.Header), zap.String("KLP_EVENT_KIND", string(ev.Kind)),
+		zap.String("KLP_EVENT_SOURCE", ev.Source), sender, zap.Bool("KLP_ATTRIBUTED", v.Attributed),
 		zap.String("KLP_RIP", strings.TrimSpace(ev.RIP.Func+" "+ev.RIP.Module)), zap.String("KLP_PATCH", p.Name),
 		zap.Bool("KLP_ROLLBACK", v.Rollback), zap.Int64("KLP_DETECT_US", ev.Detect.Microseconds()), logging.MessageID(MsgHealthEvent))
 	a.rec().HealthEvent(string(ev.Kind), ev.Source, v.Attributed, p.Name)

@@ -63,6 +63,7 @@ type Event struct {
 	Modules []string  `json:"modules,omitempty"` // "Modules linked in:", taint letters stripped
 	Lines   []string  `json:"lines"`
 	Source  string    `json:"source"`
+	Sender  string    `json:"sender,omitempty"` // netconsole's host:port
 	// KernelTime is the kernel's timestamp (since boot) of the record that
 	// completed the report, when the source has one: detection latency is
 	// measured from it.
@@ -116,7 +117,7 @@ func (c *Classifier) Feed(r Record, now time.Time) []Event {
 		if !isMarker {
 			return done
 		}
-		c.cur = &Event{Kind: kind, Header: text, At: now, Source: r.Source}
+		c.cur = &Event{Kind: kind, Header: text, At: now, Source: r.Source, Sender: r.Sender}
 	} else if isMarker && severity[kind] > severity[c.cur.Kind] {
 		// "BUG: ... NULL pointer" then "Oops:" is one report: keep the worst.
 		c.cur.Kind = kind
@@ -136,6 +137,66 @@ func (c *Classifier) Flush(now time.Time) []Event {
 		return nil
 	}
 	return []Event{c.close()}
+}
+
+// Deadline is when Flush will close the open report if no record comes
+// first; ok is false when no report is open (nothing to wake for).
+func (c *Classifier) Deadline() (t time.Time, ok bool) {
+	if c.cur == nil {
+		return time.Time{}, false
+	}
+	return c.lastSeen.Add(c.idle() + time.Nanosecond), true
+}
+
+// Reports groups a source's records into reports with one Classifier per
+// sender, so reports from two netconsole senders that arrive interleaved
+// stay apart. It holds a classifier only while its report is open.
+type Reports struct {
+	Idle time.Duration // see Classifier.Idle
+	by   map[string]*Classifier
+}
+
+// Feed takes one record seen at now and returns the reports it completed.
+func (g *Reports) Feed(r Record, now time.Time) []Event {
+	c := g.by[r.Sender]
+	if c == nil {
+		c = &Classifier{Idle: g.Idle}
+	}
+	evs := c.Feed(r, now)
+	g.keep(r.Sender, c)
+	return evs
+}
+
+// Flush closes the reports idle at now.
+func (g *Reports) Flush(now time.Time) []Event {
+	var evs []Event
+	for s, c := range g.by {
+		evs = append(evs, c.Flush(now)...)
+		g.keep(s, c)
+	}
+	return evs
+}
+
+// Deadline is the earliest Flush that will close a report; ok is false
+// when none is open.
+func (g *Reports) Deadline() (t time.Time, ok bool) {
+	for _, c := range g.by {
+		if d, open := c.Deadline(); open && (!ok || d.Before(t)) {
+			t, ok = d, true
+		}
+	}
+	return t, ok
+}
+
+func (g *Reports) keep(sender string, c *Classifier) {
+	if c.cur == nil {
+		delete(g.by, sender)
+		return
+	}
+	if g.by == nil {
+		g.by = map[string]*Classifier{}
+	}
+	g.by[sender] = c
 }
 
 func (c *Classifier) add(text string) {

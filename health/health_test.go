@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -173,5 +174,79 @@ func recv[T any](t *testing.T, ch <-chan T, what string) T {
 		t.Fatal("timed out waiting for " + what)
 		var zero T
 		return zero
+	}
+}
+
+// Two netconsole senders crashing at once: their records interleave on the
+// socket, and each sender's report comes out whole and apart.
+func TestReportsPerSender(t *testing.T) {
+	a, b := records(t, "oops-klp.txt", false), records(t, "warn-other.txt", false)
+	for i := range a {
+		a[i].Sender, a[i].Source = "10.0.0.1:6666", "netconsole"
+	}
+	for i := range b {
+		b[i].Sender, b[i].Source = "10.0.0.2:6666", "netconsole"
+	}
+	var g Reports
+	t0 := time.Unix(1000, 0)
+	if _, ok := g.Deadline(); ok {
+		t.Fatal("deadline with nothing open")
+	}
+	var evs []Event
+	for i := 0; i < max(len(a), len(b)); i++ {
+		now := t0.Add(time.Duration(i) * time.Millisecond)
+		if i < len(a) {
+			evs = append(evs, g.Feed(a[i], now)...)
+		}
+		if i < len(b) {
+			evs = append(evs, g.Feed(b[i], now)...)
+		}
+	}
+	// Whatever did not end with an end-of-trace line closes when idle.
+	last := t0.Add(time.Duration(max(len(a), len(b))-1) * time.Millisecond)
+	if d, ok := g.Deadline(); ok {
+		if d.Sub(last) > 2*time.Second+time.Millisecond {
+			t.Fatalf("deadline %v after the last record", d.Sub(last))
+		}
+		if early := g.Flush(d.Add(-time.Millisecond)); len(early) != 0 {
+			t.Fatalf("flushed before the deadline: %+v", early)
+		}
+		evs = append(evs, g.Flush(d)...)
+	}
+	if len(evs) != 2 {
+		t.Fatalf("%d reports, want 2", len(evs))
+	}
+	bySender := map[string]Event{}
+	for _, ev := range evs {
+		bySender[ev.Sender] = ev
+	}
+	oops, warn := bySender["10.0.0.1:6666"], bySender["10.0.0.2:6666"]
+	if oops.Kind != KindOops || warn.Kind != KindWarning {
+		t.Fatalf("kinds %q %q", oops.Kind, warn.Kind)
+	}
+	// Each is the report its sender alone would have given.
+	alone := func(recs []Record) Event {
+		var c Classifier
+		var evs []Event
+		for i, r := range recs {
+			evs = append(evs, c.Feed(r, t0.Add(time.Duration(i)*time.Millisecond))...)
+		}
+		evs = append(evs, c.Flush(t0.Add(time.Hour))...)
+		if len(evs) != 1 {
+			t.Fatalf("%d reports from one sender", len(evs))
+		}
+		return evs[0]
+	}
+	if want := alone(a); !reflect.DeepEqual(oops.Lines, want.Lines) || !reflect.DeepEqual(oops.Frames, want.Frames) {
+		t.Fatalf("oops lines:\n%s\nwant:\n%s", strings.Join(oops.Lines, "\n"), strings.Join(want.Lines, "\n"))
+	}
+	if want := alone(b); !reflect.DeepEqual(warn.Lines, want.Lines) {
+		t.Fatalf("warning lines:\n%s\nwant:\n%s", strings.Join(warn.Lines, "\n"), strings.Join(want.Lines, "\n"))
+	}
+	if !Attributed(oops, Patch{Name: "klp_oops_4"}) || Attributed(warn, Patch{Name: "klp_oops_4"}) {
+		t.Fatalf("attribution: oops %v, warn %v", oops.Modules, warn.RIP)
+	}
+	if _, ok := g.Deadline(); ok || len(g.by) != 0 {
+		t.Fatalf("%d classifiers held after every report closed", len(g.by))
 	}
 }

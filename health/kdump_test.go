@@ -330,3 +330,31 @@ func TestKdumpDirSymlink(t *testing.T) {
 	}
 	checkKlpOops4Dump(t, dumps[0])
 }
+
+// A dump's dmesg is written by a kernel that is going down and may be cut
+// or corrupt: parsing it never panics, and what it finds is well formed.
+func FuzzParseDmesg(f *testing.F) {
+	for _, name := range []string{"dmesg-debian.txt", "vmcore-dmesg-rhel.txt", "junk.txt"} {
+		if b, err := os.ReadFile(filepath.Join("testdata/kdump", name)); err == nil {
+			f.Add(b)
+		}
+	}
+	f.Add([]byte("<4>[   61.200000] [  T231] BUG: kernel NULL pointer dereference, address: 0000000000000008\n[   61.2\n"))
+	f.Add([]byte("[99999999999999999999.1] Oops: 0000 [#1]\n\r\n[1.1234567890] WARNING: CPU: 0 PID: 1 at x.c:1 f+0x1/0x2\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		evs := ParseDmesg(bytes.NewReader(b), "kdump")
+		for _, ev := range evs {
+			if ev.Kind == "" || ev.Source != "kdump" || len(ev.Lines) == 0 || len(ev.Lines) > MaxEventLines || ev.KernelTime < 0 {
+				t.Fatalf("malformed event %+v", ev)
+			}
+			for _, l := range ev.Lines {
+				if len(l) > maxDmesgLine {
+					t.Fatalf("line of %d bytes kept", len(l))
+				}
+			}
+		}
+		if len(evs) > bytes.Count(b, []byte("\n"))+1 {
+			t.Fatalf("%d events from %d lines", len(evs), bytes.Count(b, []byte("\n"))+1)
+		}
+	})
+}

@@ -21,6 +21,9 @@ type Record struct {
 	Text   string
 	Dict   map[string]string
 	Source string
+	// Sender is the host:port a netconsole record came from; "" for the
+	// local kernel. Reports are grouped per sender.
+	Sender string
 }
 
 // ErrRecord marks a malformed record.

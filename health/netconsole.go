@@ -570,9 +570,9 @@ func (nr *NetconsoleReceiver) sweepLocked(now time.Time) []Record {
 	}
 	nr.lastSweep = now
 	var out []Record
-	for _, sd := range nr.senders {
+	for from, sd := range nr.senders {
 		_, before := sd.r.Pending()
-		out = append(out, sd.r.Expire(now)...)
+		out = append(out, tag(sd.r.Expire(now), from)...)
 		_, after := sd.r.Pending()
 		nr.held += after - before
 	}
@@ -604,7 +604,7 @@ func (nr *NetconsoleReceiver) feed(from string, b []byte, now time.Time) []Recor
 	}
 	sd.last = now
 	_, before := sd.r.Pending()
-	out = append(out, sd.r.Feed(b, now)...)
+	out = append(out, tag(sd.r.Feed(b, now), from)...)
 	_, after := sd.r.Pending()
 	nr.held += after - before
 	// Over the total: forget other senders, least recently heard first.
@@ -612,6 +612,14 @@ func (nr *NetconsoleReceiver) feed(from string, b []byte, now time.Time) []Recor
 		nr.forgetOldest(from)
 	}
 	return out
+}
+
+// tag marks records with the sender they came from.
+func tag(recs []Record, from string) []Record {
+	for i := range recs {
+		recs[i].Sender = from
+	}
+	return recs
 }
 
 func (nr *NetconsoleReceiver) forgetOldest(keep string) {

@@ -517,7 +517,8 @@ func TestNetconsoleReceiverOops(t *testing.T) {
 			for len(evs) == 0 && tt.event {
 				select {
 				case r := <-recs:
-					if r.Source != "netconsole" || (strings.Contains(tt.file, "release") && r.Dict["RELEASE"] != ncRelease) {
+					if r.Source != "netconsole" || r.Sender != c.LocalAddr().String() ||
+						(strings.Contains(tt.file, "release") && r.Dict["RELEASE"] != ncRelease) {
 						t.Fatalf("record %+v", r)
 					}
 					if strings.HasPrefix(r.Text, "Modules linked in:") {
@@ -539,7 +540,8 @@ func TestNetconsoleReceiverOops(t *testing.T) {
 			}
 			if tt.event {
 				ev := evs[0]
-				if ev.Kind != KindOops || ev.RIP.Func != "klp_fault" || !Attributed(ev, Patch{Name: "klp_oops_4"}) || ev.Source != "netconsole" {
+				if ev.Kind != KindOops || ev.RIP.Func != "klp_fault" || !Attributed(ev, Patch{Name: "klp_oops_4"}) || ev.Source != "netconsole" ||
+					ev.Sender != c.LocalAddr().String() {
 					t.Fatalf("event %+v", ev)
 				}
 				for _, r := range ncOopsRecords(t) {

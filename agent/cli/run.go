@@ -160,11 +160,13 @@ func monitorHealth(ctx context.Context, cfg *config.Loaded, host string, log *za
 	return out
 }
 
-// classify groups one source's records into reports.
+// classify groups one source's records into reports (per netconsole
+// sender). It sleeps until a record comes, or until an open report has
+// been quiet long enough to close: a quiet kernel costs no wake-ups.
 func classify(ctx context.Context, recs <-chan health.Record, out chan<- health.Event) {
-	var c health.Classifier
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
+	var g health.Reports
+	idle := time.NewTimer(time.Hour)
+	defer idle.Stop()
 	emit := func(evs []health.Event) {
 		for _, ev := range evs {
 			if ev.KernelTime > 0 && ev.Source == "kmsg" {
@@ -179,14 +181,20 @@ func classify(ctx context.Context, recs <-chan health.Record, out chan<- health.
 		}
 	}
 	for {
+		if t, ok := g.Deadline(); ok {
+			idle.Reset(time.Until(t))
+		} else {
+			idle.Stop()
+		}
 		select {
 		case r, ok := <-recs:
 			if !ok {
+				emit(g.Flush(time.Now().Add(time.Hour))) // the source ended: what is open is all there is
 				return
 			}
-			emit(c.Feed(r, time.Now()))
-		case <-tick.C:
-			emit(c.Flush(time.Now()))
+			emit(g.Feed(r, time.Now()))
+		case <-idle.C:
+			emit(g.Flush(time.Now()))
 		case <-ctx.Done():
 			return
 		}
