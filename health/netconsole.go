@@ -455,6 +455,9 @@ type NetconsoleReceiver struct {
 	Release    string // drop extended records that name another kernel release
 	MaxSenders int    // 0 = 256
 	MaxBytes   int    // held for all senders' partial records; 0 = 8 MiB
+	// Timeout gives up a fragmented record, or delivers a partial plain
+	// line, this long after it began; 0 = 5 s (Reassembler.Timeout).
+	Timeout time.Duration
 
 	mu        sync.Mutex
 	conn      net.PacketConn
@@ -529,8 +532,13 @@ func (nr *NetconsoleReceiver) Run(ctx context.Context, out chan<- Record) error 
 	defer stop()
 	buf := make([]byte, 64<<10)
 	for {
-		// Wake at least every second to expire fragments of silent senders.
-		if err := c.SetReadDeadline(time.Now().Add(time.Second)); err != nil && ctx.Err() == nil {
+		// While fragments or a partial line wait, wake at least every
+		// second to expire those of senders gone silent; else sleep.
+		var wake time.Time
+		if _, held := nr.Pending(); held > 0 {
+			wake = time.Now().Add(time.Second)
+		}
+		if err := c.SetReadDeadline(wake); err != nil && ctx.Err() == nil {
 			return fmt.Errorf("netconsole receive on %s: %w", c.LocalAddr(), err)
 		}
 		n, from, err := c.ReadFrom(buf)
@@ -599,7 +607,7 @@ func (nr *NetconsoleReceiver) feed(from string, b []byte, now time.Time) []Recor
 			nr.senders = map[string]*sender{}
 		}
 		// One sender alone stays within the total.
-		sd = &sender{r: &Reassembler{Release: nr.Release, MaxBytes: min(1<<20, max(maxBytes-maxPlainLine, 1))}}
+		sd = &sender{r: &Reassembler{Release: nr.Release, MaxBytes: min(1<<20, max(maxBytes-maxPlainLine, 1)), Timeout: nr.Timeout}}
 		nr.senders[from] = sd
 	}
 	sd.last = now

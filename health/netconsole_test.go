@@ -625,3 +625,37 @@ func FuzzNetconsole(f *testing.F) {
 		}
 	})
 }
+
+// A sender that goes quiet mid-line (a console cut short by a hang): the
+// receiver, otherwise asleep, wakes to deliver the partial line, then
+// holds nothing.
+func TestNetconsoleReceiverDeliversCutLine(t *testing.T) {
+	nr := &NetconsoleReceiver{Addr: "127.0.0.1:0", Timeout: 100 * time.Millisecond}
+	if err := nr.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	recs := make(chan Record, 4)
+	done := make(chan error, 1)
+	go func() { done <- nr.Run(ctx, recs) }()
+	c, err := net.Dial("udp", nr.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("Kernel panic - not syncing: Hard LOCKUP")); err != nil {
+		t.Fatal(err)
+	}
+	r := recv(t, recs, "the cut line")
+	if r.Text != "Kernel panic - not syncing: Hard LOCKUP" || r.Sender != c.LocalAddr().String() {
+		t.Fatalf("record %+v", r)
+	}
+	if _, held := nr.Pending(); held != 0 {
+		t.Fatalf("%d bytes held after delivery", held)
+	}
+	cancel()
+	if err := recv(t, done, "Run to return"); err != nil {
+		t.Fatal(err)
+	}
+}
