@@ -58,6 +58,9 @@ type Daemon struct {
 	// Judge applies the health policy to Events (nil: the default policy).
 	Judge *health.Judge
 	Rand  *rand.Rand
+	// Heartbeat is marked busy while the loop works on a step, so the
+	// systemd watchdog can tell a stuck step from a quiet daemon.
+	Heartbeat *Heartbeat
 }
 
 // judge turns a health event into a verdict about the current patch, under
@@ -258,6 +261,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	soak := time.NewTimer(time.Hour)
 	defer soak.Stop()
 	for {
+		d.Heartbeat.End()
 		// Wake for the end of a soak, if one runs; otherwise sleep.
 		if k := d.Agent.kernel(); k.Phase == state.PhaseSoaking && k.Current != nil {
 			soak.Reset(min(max(k.SoakUntil.Sub(d.Agent.d.Now()), 0), recheck))
@@ -266,11 +270,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			d.Heartbeat.Begin()
 			// No STOPPING=1 here: ctx also ends for a reload, and the
 			// service manager would take that for a shutdown. The caller
 			// that owns the process says it.
 			return d.Agent.Stop()
 		case <-poll.C:
+			d.Heartbeat.Begin()
 			if d.Source != nil {
 				d.PollOnce(work)
 			}
@@ -282,6 +288,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			poll.Reset(next)
 			d.changed()
 		case ev := <-d.Events:
+			d.Heartbeat.Begin()
 			if v := d.judge(ev); v.Rollback && d.Agent.kernel().Current != nil {
 				if err := d.Agent.Rollback(work, v.Reason, v.Evidence, true); err != nil {
 					d.Agent.log().Error("health rollback failed: " + err.Error())
@@ -289,6 +296,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.changed()
 			}
 		case v := <-d.Verdicts:
+			d.Heartbeat.Begin()
 			if v.Rollback && d.Agent.kernel().Current != nil {
 				if err := d.Agent.Rollback(work, v.Reason, v.Evidence, true); err != nil {
 					d.Agent.log().Error("health rollback failed: " + err.Error())
@@ -296,6 +304,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.changed()
 			}
 		case <-soak.C:
+			d.Heartbeat.Begin()
 			before := d.Agent.kernel().Phase
 			if err := d.Agent.Tick(); err != nil {
 				d.Agent.log().Error("soak end: " + err.Error())
@@ -304,8 +313,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.changed()
 			}
 		case <-requests:
+			d.Heartbeat.Begin()
 			d.handleRequest(work)
 		case <-fallback:
+			d.Heartbeat.Begin()
 			d.handleRequest(work)
 		}
 	}

@@ -167,7 +167,16 @@ func TestDaemonEndsSoak(t *testing.T) {
 	now.Store(h.now.UnixNano())
 	clock := func() time.Time { return time.Unix(0, now.Load()).UTC() }
 	h.agent.d.Now, h.agent.d.Store.Now = clock, clock
-	d := &Daemon{Agent: h.agent, Interval: time.Hour, Recheck: 5 * time.Millisecond}
+	// The watchdog's heartbeat is busy within each step, idle between.
+	hb := &Heartbeat{}
+	var steps, idleSteps atomic.Int32
+	d := &Daemon{Agent: h.agent, Interval: time.Hour, Recheck: 5 * time.Millisecond, Heartbeat: hb,
+		Changed: func() {
+			steps.Add(1)
+			if hb.since.Load() == 0 {
+				idleSteps.Add(1)
+			}
+		}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
@@ -184,6 +193,12 @@ func TestDaemonEndsSoak(t *testing.T) {
 	}
 	now.Add(int64(31 * time.Minute))
 	waitFor(t, "the soak to end", func() bool { return phase() == state.PhaseGood })
+	waitFor(t, "the daemon idle", func() bool { return hb.Busy(time.Now()) == 0 })
+	// Changed runs once at start, outside any step, then in each step
+	// (the first poll, the soak's end).
+	if n, idle := steps.Load(), idleSteps.Load(); n < 3 || idle != 1 {
+		t.Fatalf("%d steps, %d of them with the heartbeat idle", n, idle)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -258,7 +258,8 @@ func cmdRun(env *Env, args []string) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	notify := sdNotifier{}
-	go watchdog(ctx)
+	hb := &agent.Heartbeat{}
+	go watchdog(ctx, hb, stuckAfter, b.log)
 	// STOPPING=1 as soon as a stop signal arrives, while an apply in flight
 	// may still be finishing (a reload cancels only the daemon's context).
 	go func() {
@@ -280,12 +281,15 @@ func cmdRun(env *Env, args []string) error {
 		b.daemon.Events = events
 		b.daemon.Judge = &health.Judge{Policy: b.cfg.Health.Policy}
 		b.daemon.Changed = exportMetrics(b, m)
+		b.daemon.Heartbeat = hb
 		b.log.Info("klp-agent "+Version+" starting", zap.String("KERNEL_RELEASE", b.daemon.Agent.Host().Kernel),
 			zap.String("HOST_TIER", b.daemon.Agent.Host().Tier), zap.String("MANIFEST_URL", b.cfg.Manifest.URL))
+		hb.Begin() // the boot re-apply is a step too
 		if err := b.daemon.Agent.Start(ctx); err != nil {
 			// Keep running: polling may fix what a boot re-apply could not.
 			b.log.Error("start: " + err.Error())
 		}
+		hb.End()
 		runCtx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- b.daemon.Run(runCtx) }()
