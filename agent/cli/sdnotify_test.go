@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,17 +15,25 @@ import (
 	"github.com/klp-agent/klp-agent/agent"
 )
 
-// The notifier speaks to a real unixgram socket, as systemd's is.
-func TestSdNotifyAndWatchdog(t *testing.T) {
+// notifySocket is a unixgram socket in systemd's place, with the watchdog
+// set to every.
+func notifySocket(t *testing.T, every time.Duration) *net.UnixConn {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	t.Setenv("NOTIFY_SOCKET", sock)
-	t.Setenv("WATCHDOG_USEC", "100000") // 100 ms: pings every 50 ms
+	t.Setenv("WATCHDOG_USEC", strconv.FormatInt(every.Microseconds(), 10))
 	t.Setenv("WATCHDOG_PID", "")
+	return conn
+}
+
+// The notifier speaks to a real unixgram socket, as systemd's is.
+func TestSdNotifyAndWatchdog(t *testing.T) {
+	conn := notifySocket(t, 100*time.Millisecond) // pings every 50 ms
 	n := sdNotifier{}
 	for _, f := range []func() error{n.Ready, func() error { return n.Status("soaking klp_cmdline_2@2") }, n.Reloading, n.Stopping} {
 		if err := f(); err != nil {
@@ -57,15 +66,7 @@ func TestSdNotifyAndWatchdog(t *testing.T) {
 // The pings stop while one step of work runs past the limit, and resume
 // when the daemon is idle again.
 func TestWatchdogStopsForAStuckStep(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	t.Setenv("NOTIFY_SOCKET", sock)
-	t.Setenv("WATCHDOG_USEC", "40000") // pings every 20 ms
-	t.Setenv("WATCHDOG_PID", "")
+	conn := notifySocket(t, 40*time.Millisecond) // pings every 20 ms
 	core, logs := observer.New(zap.InfoLevel)
 	hb := &agent.Heartbeat{}
 	ctx, cancel := context.WithCancel(context.Background())
