@@ -2,10 +2,12 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -113,22 +115,41 @@ func crashSince(l *config.Loaded) func(time.Time) ([]string, error) {
 	}
 }
 
-// monitorHealth starts the configured crash-signal sources and merges
-// their events. A source that cannot start (no /dev/kmsg in a container,
-// a port in use) is logged and the agent runs on without it.
-func monitorHealth(ctx context.Context, cfg *config.Loaded, host string, log *zap.Logger) <-chan health.Event {
+// healthMonitor runs the crash-signal sources of one configuration. A
+// source that cannot start (no /dev/kmsg in a container, a port in use)
+// is logged and the agent runs on without it.
+type healthMonitor struct {
+	Events <-chan health.Event
+	key    string // the settings the sources were started with
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// sourcesKey is what, in a configuration, the running sources depend on
+// (the policy and kdump_dir are read afresh by the daemon).
+func sourcesKey(cfg *config.Loaded, host string) string {
+	h := cfg.Health
+	b, _ := json.Marshal([]any{h.Kmsg, h.Netconsole, h.Taint, h.TaintInterval, h.Command, cfg.Paths.Root, host})
+	return string(b)
+}
+
+// startHealth starts the configured sources and merges their events.
+func startHealth(parent context.Context, cfg *config.Loaded, host string, log *zap.Logger) *healthMonitor {
+	ctx, cancel := context.WithCancel(parent)
+	m := &healthMonitor{key: sourcesKey(cfg, host), cancel: cancel}
 	h := cfg.Health
 	out := make(chan health.Event, 64)
+	m.Events = out
 	// records runs a record source into its own classifier.
 	records := func(name string, run func(context.Context, chan<- health.Record) error) {
 		recs := make(chan health.Record, 256)
-		go func() {
+		m.wg.Go(func() {
 			if err := run(ctx, recs); err != nil {
 				log.Error(name + " stopped: " + err.Error())
 			}
 			close(recs)
-		}()
-		go classify(ctx, recs, out)
+		})
+		m.wg.Go(func() { classify(ctx, recs, out) })
 	}
 	if h.Kmsg {
 		if k, err := health.OpenKmsg(filepath.Join(cfg.Paths.Root, "dev/kmsg")); err != nil {
@@ -147,17 +168,38 @@ func monitorHealth(ctx context.Context, cfg *config.Loaded, host string, log *za
 		}
 	}
 	if h.Taint {
-		go func() {
+		m.wg.Go(func() {
 			w := health.TaintWatcher{Path: filepath.Join(cfg.Paths.Root, "proc/sys/kernel/tainted"), Every: h.TaintInterval}
 			if err := w.Run(ctx, out); err != nil {
 				log.Error("taint watcher disabled: " + err.Error())
 			}
-		}()
+		})
 	}
 	if c := h.Command; len(c.Argv) > 0 {
-		go health.Command{Argv: c.Argv, Timeout: c.Timeout, Every: c.Interval, Failures: c.Failures}.Run(ctx, out)
+		m.wg.Go(func() {
+			health.Command{Argv: c.Argv, Timeout: c.Timeout, Every: c.Interval, Failures: c.Failures}.Run(ctx, out)
+		})
 	}
-	return out
+	return m
+}
+
+// stop ends the sources and waits for them (a netconsole port is free
+// again when it returns).
+func (m *healthMonitor) stop() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// reload returns the monitor for cfg: m itself when the sources'
+// settings did not change (the kernel log keeps its place, an open report
+// stays open), else m stopped and a new one started.
+func (m *healthMonitor) reload(parent context.Context, cfg *config.Loaded, host string, log *zap.Logger) *healthMonitor {
+	if sourcesKey(cfg, host) == m.key {
+		return m
+	}
+	m.stop()
+	log.Info("health sources restarted for the new configuration")
+	return startHealth(parent, cfg, host, log)
 }
 
 // classify groups one source's records into reports (per netconsole
@@ -266,7 +308,9 @@ func cmdRun(env *Env, args []string) error {
 		<-ctx.Done()
 		notify.Stopping()
 	}()
-	events := monitorHealth(ctx, b.cfg, b.daemon.Agent.Host().Kernel, b.log)
+	host := b.daemon.Agent.Host().Kernel
+	mon := startHealth(ctx, b.cfg, host, b.log)
+	defer func() { mon.stop() }()
 	// The listener is set up once; a reload changes what it shows, not
 	// where (restart to move it).
 	if addr := b.cfg.Metrics.Listen; addr != "" {
@@ -278,7 +322,7 @@ func cmdRun(env *Env, args []string) error {
 	}
 	for {
 		b.daemon.Notify = notify
-		b.daemon.Events = events
+		b.daemon.Events = mon.Events
 		b.daemon.Judge = &health.Judge{Policy: b.cfg.Health.Policy}
 		b.daemon.Changed = exportMetrics(b, m)
 		b.daemon.Heartbeat = hb
@@ -308,6 +352,7 @@ func cmdRun(env *Env, args []string) error {
 				continue
 			}
 			b = nb
+			mon = mon.reload(ctx, b.cfg, host, b.log)
 			b.log.Info("configuration reloaded from " + *path)
 		}
 	}
