@@ -245,13 +245,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	requests, err := watchRequests(wctx, d.Agent.d.Store.Dir)
-	var fallback <-chan time.Time
 	if err != nil {
 		// No inotify (exhausted instances): look for requests every second.
 		d.Agent.log().Warn("rollback requests checked every second: " + err.Error())
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		fallback = t.C
+		ch := make(chan struct{}, 1)
+		go pollRequests(wctx, ch)
+		requests = ch
 	}
 	d.Notify.Ready()
 	d.changed()
@@ -313,9 +312,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.changed()
 			}
 		case <-requests:
-			d.Heartbeat.Begin()
-			d.handleRequest(work)
-		case <-fallback:
 			d.Heartbeat.Begin()
 			d.handleRequest(work)
 		}

@@ -236,3 +236,24 @@ func TestRequestIn(t *testing.T) {
 		}
 	}
 }
+
+// Without inotify the daemon still takes requests: a wake-up every second.
+func TestPollRequests(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	wake := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() { pollRequests(ctx, wake); close(done) }()
+	for range 2 {
+		select {
+		case <-wake:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no wake-up")
+		}
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("pollRequests did not stop")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -39,12 +40,9 @@ func watchRequests(ctx context.Context, dir string) (<-chan struct{}, error) {
 			n, err := f.Read(buf)
 			if err != nil {
 				if !errors.Is(err, os.ErrClosed) {
-					// Should not happen; the daemon checks at start and
-					// after its own work, so say it and wake it once.
-					select {
-					case wake <- struct{}{}:
-					default:
-					}
+					// Not expected; requests still must not wait forever,
+					// so look for one every second from here on.
+					pollRequests(ctx, wake)
 				}
 				return
 			}
@@ -78,4 +76,21 @@ func requestIn(b []byte, want string) bool {
 		b = b[end:]
 	}
 	return false
+}
+
+// pollRequests wakes the daemon every second until ctx ends.
+func pollRequests(ctx context.Context, wake chan<- struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+	}
 }
