@@ -227,6 +227,18 @@ func (d *Daemon) handleRequest(ctx context.Context) {
 	d.changed()
 }
 
+// act carries out a health verdict: a rollback that blocks the current
+// patch, if one is applied.
+func (d *Daemon) act(ctx context.Context, v Verdict) {
+	if !v.Rollback || d.Agent.kernel().Current == nil {
+		return
+	}
+	if err := d.Agent.Rollback(ctx, v.Reason, v.Evidence, true); err != nil {
+		d.Agent.log().Error("health rollback failed: " + err.Error())
+	}
+	d.changed()
+}
+
 // Run loops until ctx ends. Work in flight when ctx ends (an apply, a
 // rollback) finishes first: it runs on a context that is not cancelled,
 // and the kernel is never left half-way.
@@ -288,20 +300,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.changed()
 		case ev := <-d.Events:
 			d.Heartbeat.Begin()
-			if v := d.judge(ev); v.Rollback && d.Agent.kernel().Current != nil {
-				if err := d.Agent.Rollback(work, v.Reason, v.Evidence, true); err != nil {
-					d.Agent.log().Error("health rollback failed: " + err.Error())
-				}
-				d.changed()
-			}
+			d.act(work, d.judge(ev))
 		case v := <-d.Verdicts:
 			d.Heartbeat.Begin()
-			if v.Rollback && d.Agent.kernel().Current != nil {
-				if err := d.Agent.Rollback(work, v.Reason, v.Evidence, true); err != nil {
-					d.Agent.log().Error("health rollback failed: " + err.Error())
-				}
-				d.changed()
-			}
+			d.act(work, v)
 		case <-soak.C:
 			d.Heartbeat.Begin()
 			before := d.Agent.kernel().Phase

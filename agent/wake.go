@@ -47,10 +47,7 @@ func watchRequests(ctx context.Context, dir string) (<-chan struct{}, error) {
 				return
 			}
 			if requestIn(buf[:n], want) {
-				select {
-				case wake <- struct{}{}:
-				default:
-				}
+				poke(wake)
 			}
 		}
 	}()
@@ -87,10 +84,15 @@ func pollRequests(ctx context.Context, wake chan<- struct{}) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
+			poke(wake)
 		}
+	}
+}
+
+// poke leaves one wake-up waiting; one already waiting is enough.
+func poke(wake chan<- struct{}) {
+	select {
+	case wake <- struct{}{}:
+	default:
 	}
 }
