@@ -177,14 +177,14 @@ func (s KdumpScanner) Scan() ([]Dump, error) {
 // dump reads directory name under root; ok is false for what is not a
 // dump (yet).
 func (s KdumpScanner) dump(root *os.Root, name string) (Dump, bool, error) {
+	d := Dump{Dir: filepath.Join(s.Dir, name)}
 	ents, err := readDir(root, name)
 	if err != nil {
 		if !debianDirRE.MatchString(name) && !rhelStampRE.MatchString(name) {
-			err = nil // lost+found and the like: not ours to report
+			return Dump{}, false, nil // lost+found and the like: not ours to report
 		}
-		return Dump{}, false, wrapNonNil(err, "kdump "+filepath.Join(s.Dir, name))
+		return Dump{}, false, fmt.Errorf("kdump %s: %w", d.Dir, err)
 	}
-	d := Dump{Dir: filepath.Join(s.Dir, name)}
 	var stamp, layout string
 	files := map[string]fs.DirEntry{}
 	for _, e := range ents {
@@ -245,13 +245,6 @@ func (s KdumpScanner) dump(root *os.Root, name string) (Dump, bool, error) {
 	}
 	d.Events = evs
 	return d, true, nil
-}
-
-func wrapNonNil(err error, what string) error {
-	if err == nil {
-		return nil
-	}
-	return fmt.Errorf("%s: %w", what, err)
 }
 
 func readDir(root *os.Root, name string) ([]fs.DirEntry, error) {
