@@ -491,19 +491,7 @@ func TestNetconsoleReceiverOops(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.file+"/"+tt.release, func(t *testing.T) {
 			nr := &NetconsoleReceiver{Addr: "127.0.0.1:0", Release: tt.release}
-			if err := nr.Listen(); err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			recs := make(chan Record, 256)
-			done := make(chan error, 1)
-			go func() { done <- nr.Run(ctx, recs) }()
-			c, err := net.Dial("udp", nr.LocalAddr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			recs, c, stop := runReceiver(t, nr, 256)
 			dgrams := ncDatagrams(t, tt.file)
 			for _, d := range dgrams {
 				if _, err := c.Write(d); err != nil {
@@ -554,8 +542,7 @@ func TestNetconsoleReceiverOops(t *testing.T) {
 			if s.Garbage != 0 || (s.Reassembled > 0) != tt.reassembled || s.Datagrams != uint64(len(dgrams)) {
 				t.Fatalf("stats %+v", s)
 			}
-			cancel()
-			if err := recv(t, done, "Run to return after cancel"); err != nil {
+			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -631,19 +618,7 @@ func FuzzNetconsole(f *testing.F) {
 // holds nothing.
 func TestNetconsoleReceiverDeliversCutLine(t *testing.T) {
 	nr := &NetconsoleReceiver{Addr: "127.0.0.1:0", Timeout: 100 * time.Millisecond}
-	if err := nr.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	recs := make(chan Record, 4)
-	done := make(chan error, 1)
-	go func() { done <- nr.Run(ctx, recs) }()
-	c, err := net.Dial("udp", nr.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	recs, c, stop := runReceiver(t, nr, 4)
 	if _, err := c.Write([]byte("Kernel panic - not syncing: Hard LOCKUP")); err != nil {
 		t.Fatal(err)
 	}
@@ -654,8 +629,30 @@ func TestNetconsoleReceiverDeliversCutLine(t *testing.T) {
 	if _, held := nr.Pending(); held != 0 {
 		t.Fatalf("%d bytes held after delivery", held)
 	}
-	cancel()
-	if err := recv(t, done, "Run to return"); err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// runReceiver runs nr on a record channel of size buf and dials it; stop
+// cancels Run and returns what it returned.
+func runReceiver(t *testing.T, nr *NetconsoleReceiver, buf int) (recs chan Record, c net.Conn, stop func() error) {
+	t.Helper()
+	if err := nr.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	recs = make(chan Record, buf)
+	done := make(chan error, 1)
+	go func() { done <- nr.Run(ctx, recs) }()
+	c, err := net.Dial("udp", nr.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return recs, c, func() error {
+		cancel()
+		return recv(t, done, "Run to return after cancel")
 	}
 }
