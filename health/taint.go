@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -60,6 +61,9 @@ func NewBits(before, after Taint) Taint { return after &^ before & taintWatchedS
 type TaintWatcher struct {
 	Path  string        // <root>/proc/sys/kernel/tainted
 	Every time.Duration // 0 = 5 s
+	// Skip, if set, drops an event that is already known: the bit of an
+	// oops the kernel log reported (see Explained).
+	Skip func(Event) bool
 }
 
 // Run polls until ctx ends. The baseline is the mask at start: bits set
@@ -95,6 +99,9 @@ func (w TaintWatcher) RunFrom(ctx context.Context, baseline Taint, out chan<- Ev
 		nb := NewBits(seen, now)
 		seen |= now
 		for _, ev := range taintEvents(nb, now) {
+			if w.Skip != nil && w.Skip(ev) {
+				continue
+			}
 			select {
 			case out <- ev:
 			case <-ctx.Done():
@@ -115,4 +122,47 @@ func taintEvents(nb, all Taint) []Event {
 			Header: fmt.Sprintf("kernel taint W (a WARNING fired) appeared; taint now %s (%d)", all, uint64(all))})
 	}
 	return evs
+}
+
+// Explained remembers the kernel log's reports so that a taint bit one of
+// them accounts for is not counted as a second incident: an oops or BUG
+// sets D, a WARNING sets W. The taint watcher is the backstop for reports
+// the log lost; without this, the D bit of a faulty patch's oops, seen a
+// poll later, would count as a crash of whatever patch the rollback left
+// in place. (A report still being grouped when the poll comes is not yet
+// known here: the bit is then reported, erring towards telling.)
+type Explained struct {
+	// Within is how long after a report's first record a new bit counts
+	// as its: the taint poll interval and the report's own length.
+	Within time.Duration
+
+	mu           sync.Mutex
+	died, warned time.Time // the last reports that set D and W
+}
+
+// Report notes a report from the kernel log (kmsg, netconsole).
+func (x *Explained) Report(ev Event) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	switch ev.Kind {
+	case KindOops, KindBug, KindKernelBug, KindPanic:
+		x.died = ev.At
+	case KindWarning:
+		x.warned = ev.At
+	}
+}
+
+// Explains reports whether a taint event's bit comes from a report the
+// log already gave.
+func (x *Explained) Explains(taint Event) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var t time.Time
+	switch taint.Kind {
+	case KindOops:
+		t = x.died
+	case KindWarning:
+		t = x.warned
+	}
+	return !t.IsZero() && !t.After(taint.At) && taint.At.Sub(t) <= x.Within
 }

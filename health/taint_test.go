@@ -187,3 +187,56 @@ func TestTaintWatcherMissingFile(t *testing.T) {
 		t.Fatal("a watcher without a taint file started")
 	}
 }
+
+func TestExplained(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	died := Event{Kind: KindOops, Source: "taint", At: at(3 * time.Second)}
+	warned := Event{Kind: KindWarning, Source: "taint", At: at(3 * time.Second)}
+	tests := []struct {
+		name    string
+		reports []Event
+		taint   Event
+		want    bool
+	}{
+		{"nothing reported", nil, died, false},
+		{"the oops sets D", []Event{{Kind: KindOops, At: t0}}, died, true},
+		{"a BUG sets D", []Event{{Kind: KindKernelBug, At: t0}}, died, true},
+		{"an oops does not set W", []Event{{Kind: KindOops, At: t0}}, warned, false},
+		{"a WARNING sets W", []Event{{Kind: KindWarning, At: t0}}, warned, true},
+		{"a WARNING does not set D", []Event{{Kind: KindWarning, At: t0}}, died, false},
+		{"a lockup sets neither", []Event{{Kind: KindSoftLockup, At: t0}, {Kind: KindHungTask, At: t0}}, died, false},
+		{"too long ago", []Event{{Kind: KindOops, At: at(-20 * time.Second)}}, died, false},
+		{"reported after the bit appeared", []Event{{Kind: KindOops, At: at(4 * time.Second)}}, died, false},
+		{"the latest report counts", []Event{{Kind: KindOops, At: at(-20 * time.Second)}, {Kind: KindBug, At: at(time.Second)}}, died, true},
+	}
+	for _, tt := range tests {
+		x := &Explained{Within: 10 * time.Second}
+		for _, r := range tt.reports {
+			x.Report(r)
+		}
+		if got := x.Explains(tt.taint); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// Skip drops what is already known; the rest still comes.
+func TestTaintWatcherSkip(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "tainted")
+	if err := os.WriteFile(p, []byte("0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := make(chan Event, 4)
+	w := TaintWatcher{Path: p, Every: 2 * time.Millisecond, Skip: func(ev Event) bool { return ev.Kind == KindOops }}
+	go w.RunFrom(ctx, 0, out)
+	if err := os.WriteFile(p, []byte(strconv.FormatUint(uint64(TaintDied|TaintWarn), 10)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextTaintEvent(t, out); ev.Kind != KindWarning {
+		t.Fatalf("event %+v, want only the W bit's", ev)
+	}
+	quietTaint(t, out)
+}

@@ -3,6 +3,9 @@ package cli
 import (
 	"context"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -87,4 +90,48 @@ func TestHealthSourcesFollowReload(t *testing.T) {
 		t.Fatalf("old netconsole port still held: %v", err)
 	}
 	c.Close()
+}
+
+// The D bit of an oops the kernel log already reported is not a second
+// crash (it would count against whatever patch the rollback left); a W bit
+// no report explains still comes through.
+func TestTaintExplainedByTheLog(t *testing.T) {
+	l := &config.Loaded{Config: config.Default()}
+	l.Paths.Root = t.TempDir()
+	l.Health.Kmsg = false
+	l.Health.Netconsole = freeUDP(t)
+	l.Health.TaintInterval = 10 * time.Millisecond
+	tainted := filepath.Join(l.Paths.Root, "proc/sys/kernel/tainted")
+	set := func(v health.Taint) {
+		t.Helper()
+		tmp := tainted + ".tmp"
+		if err := os.WriteFile(tmp, []byte(strconv.FormatUint(uint64(v), 10)+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, tainted); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(tainted), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	set(health.TaintLivepatch)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	mon := startHealth(ctx, l, "6.1.0-test", zap.NewNop())
+	defer mon.stop()
+	if ev := netconsoleOops(t, mon, l.Health.Netconsole); ev.Kind != health.KindOops {
+		t.Fatalf("event %+v", ev)
+	}
+	set(health.TaintLivepatch | health.TaintDied) // the oops's own bit
+	time.Sleep(100 * time.Millisecond)            // ten polls
+	set(health.TaintLivepatch | health.TaintDied | health.TaintWarn)
+	select {
+	case ev := <-mon.Events:
+		if ev.Source != "taint" || ev.Kind != health.KindWarning {
+			t.Fatalf("event %+v, want only the W bit's", ev)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event for the unexplained W bit")
+	}
 }

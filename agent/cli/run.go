@@ -140,6 +140,8 @@ func startHealth(parent context.Context, cfg *config.Loaded, host string, log *z
 	h := cfg.Health
 	out := make(chan health.Event, 64)
 	m.Events = out
+	// The log's reports explain the taint bits they set (the same oops).
+	known := &health.Explained{Within: h.TaintInterval + 10*time.Second}
 	// records runs a record source into its own classifier.
 	records := func(name string, run func(context.Context, chan<- health.Record) error) {
 		recs := make(chan health.Record, 256)
@@ -149,7 +151,7 @@ func startHealth(parent context.Context, cfg *config.Loaded, host string, log *z
 			}
 			close(recs)
 		})
-		m.wg.Go(func() { classify(ctx, recs, out) })
+		m.wg.Go(func() { classify(ctx, recs, out, known.Report) })
 	}
 	if h.Kmsg {
 		if k, err := health.OpenKmsg(filepath.Join(cfg.Paths.Root, "dev/kmsg")); err != nil {
@@ -169,7 +171,14 @@ func startHealth(parent context.Context, cfg *config.Loaded, host string, log *z
 	}
 	if h.Taint {
 		m.wg.Go(func() {
-			w := health.TaintWatcher{Path: filepath.Join(cfg.Paths.Root, "proc/sys/kernel/tainted"), Every: h.TaintInterval}
+			w := health.TaintWatcher{Path: filepath.Join(cfg.Paths.Root, "proc/sys/kernel/tainted"), Every: h.TaintInterval,
+				Skip: func(ev health.Event) bool {
+					if !known.Explains(ev) {
+						return false
+					}
+					log.Info("already reported by the kernel log: "+ev.Header, zap.String("KLP_EVENT_SOURCE", "taint"))
+					return true
+				}}
 			if err := w.Run(ctx, out); err != nil {
 				log.Error("taint watcher disabled: " + err.Error())
 			}
@@ -203,9 +212,10 @@ func (m *healthMonitor) reload(parent context.Context, cfg *config.Loaded, host 
 }
 
 // classify groups one source's records into reports (per netconsole
-// sender). It sleeps until a record comes, or until an open report has
-// been quiet long enough to close: a quiet kernel costs no wake-ups.
-func classify(ctx context.Context, recs <-chan health.Record, out chan<- health.Event) {
+// sender), each told to seen before it is sent. It sleeps until a record
+// comes, or until an open report has been quiet long enough to close: a
+// quiet kernel costs no wake-ups.
+func classify(ctx context.Context, recs <-chan health.Record, out chan<- health.Event, seen func(health.Event)) {
 	var g health.Reports
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
@@ -216,6 +226,7 @@ func classify(ctx context.Context, recs <-chan health.Record, out chan<- health.
 				// CLOCK_MONOTONIC closely (no suspend on a server).
 				ev.Detect = sinceBoot() - ev.KernelTime
 			}
+			seen(ev)
 			select {
 			case out <- ev:
 			case <-ctx.Done():
