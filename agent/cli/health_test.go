@@ -2,44 +2,23 @@ package cli
 
 import (
 	"context"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/klp-agent/klp-agent/agent/config"
+	"github.com/klp-agent/klp-agent/e2e/nginxtest"
 	"github.com/klp-agent/klp-agent/health"
 )
 
-// freeUDP is a loopback UDP address nothing listens on, below the
-// ephemeral port range: a port the kernel hands out for ":0" binds and for
-// the client sockets other tests open at the same time could be taken in
-// the moment a test lets it go, and the test would blame the agent.
+// freeUDP is a loopback UDP address nothing listens on.
 func freeUDP(t *testing.T) string {
-	t.Helper()
-	low := 32768 // Linux's default ip_local_port_range starts here
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil {
-				low = n
-			}
-		}
-	}
-	for range 100 {
-		addr := "127.0.0.1:" + strconv.Itoa(10000+rand.IntN(max(low-10000, 1)))
-		if c, err := net.ListenPacket("udp", addr); err == nil {
-			c.Close()
-			return addr
-		}
-	}
-	t.Fatalf("no free UDP port below %d", low)
-	return ""
+	return "127.0.0.1:" + strconv.Itoa(nginxtest.FreePort(t, "udp"))
 }
 
 // netconsoleOops sends a one-line oops to addr until mon reports it.

@@ -6,12 +6,14 @@ package nginxtest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -38,7 +40,7 @@ func Start(t testing.TB, root string) *Server {
 		t.Fatalf("nginx not found: install nginx-light (make deps): %v", err)
 	}
 	prefix := t.TempDir()
-	port := freePort(t)
+	port := FreePort(t, "tcp")
 	user := ""
 	if os.Geteuid() == 0 {
 		user = "user root;" // workers must read the test's private temp dirs
@@ -102,12 +104,39 @@ http {
 	}
 }
 
-func freePort(t testing.TB) int {
+// FreePort is a loopback port (network "tcp" or "udp") nothing listens
+// on, below the ephemeral range: a port the kernel hands out for ":0"
+// binds and other tests' client sockets could be taken between this
+// check and the server's bind, and the test would fail for nothing.
+func FreePort(t testing.TB, network string) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	low := 32768 // Linux's default ip_local_port_range starts here
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for range 100 {
+		port := 10000 + rand.IntN(max(low-10000, 1))
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		var err error
+		if network == "udp" {
+			var c net.PacketConn
+			if c, err = net.ListenPacket("udp", addr); err == nil {
+				c.Close()
+			}
+		} else {
+			var l net.Listener
+			if l, err = net.Listen("tcp", addr); err == nil {
+				l.Close()
+			}
+		}
+		if err == nil {
+			return port
+		}
+	}
+	t.Fatalf("no free %s port below %d", network, low)
+	return 0
 }
