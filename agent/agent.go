@@ -24,9 +24,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/klp-agent/klp-agent/agent/atomicfile"
 	"github.com/klp-agent/klp-agent/agent/logging"
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/internal/atomicfile"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
 )

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/state"
-	"github.com/klp-agent/klp-agent/e2e/rpmtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/rpmtest"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/klp/klptest"
 	"github.com/klp-agent/klp-agent/manifest"

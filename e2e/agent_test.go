@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klp-agent/klp-agent/e2e/nginxtest"
 	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/internal/testutil/nginxtest"
 )
 
 // TestAgentRealKernel runs the daemon in a guest against a signed manifest

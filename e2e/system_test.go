@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent"
-	"github.com/klp-agent/klp-agent/e2e/nginxtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/nginxtest"
 )
 
 // TestSystemRealKernel is the whole system as an operator runs it, and what

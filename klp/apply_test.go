@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klp-agent/klp-agent/e2e/rpmtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/rpmtest"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/klp/klptest"
 )

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/klp-agent/klp-agent/e2e/rpmtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/rpmtest"
 	"github.com/klp-agent/klp-agent/klp"
 )
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klp-agent/klp-agent/e2e/nginxtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/nginxtest"
 )
 
 // countingProxy forwards TCP to target and counts the bytes both ways.

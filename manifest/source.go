@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/klp-agent/klp-agent/agent/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/atomicfile"
 )
 
 // Source is a host's view of the published manifest: it polls the fetcher,

@@ -8,7 +8,7 @@ import (
 	"os"
 	"sync"
 
-	"github.com/klp-agent/klp-agent/agent/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/atomicfile"
 )
 
 // VersionStore remembers the highest manifest version this host accepted,

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klp-agent/klp-agent/e2e/rpmtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/rpmtest"
 )
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)

@@ -12,8 +12,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/klp-agent/klp-agent/agent/config"
-	"github.com/klp-agent/klp-agent/e2e/nginxtest"
 	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/internal/testutil/nginxtest"
 )
 
 // freeUDP is a loopback UDP address nothing listens on.

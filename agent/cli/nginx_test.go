@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klp-agent/klp-agent/e2e/nginxtest"
-	"github.com/klp-agent/klp-agent/e2e/rpmtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/nginxtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/rpmtest"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klp-agent/klp-agent/agent/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/atomicfile"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
 )

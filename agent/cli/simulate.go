@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/klp-agent/klp-agent/agent/fleetsim"
+	"github.com/klp-agent/klp-agent/manifest/fleetsim"
 )
 
 // seedRebootDays is the seed's baseline: a kernel fix reaches the fleet

@@ -23,7 +23,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"go.uber.org/zap"
 
-	"github.com/klp-agent/klp-agent/agent/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/atomicfile"
 )
 
 // Rollback reasons: a closed set, so label cardinality stays fixed.
