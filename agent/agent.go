@@ -154,7 +154,7 @@ func (a *Agent) setPhase(ph state.Phase) error {
 	return a.save()
 }
 
-func patchFields(p *state.Patch) []zap.Field {
+func patchFields(p *state.PatchRecord) []zap.Field {
 	if p == nil {
 		return nil
 	}
@@ -242,7 +242,7 @@ func (a *Agent) Start(ctx context.Context) error {
 
 // crashEvidence decides whether the previous boot ended badly while live
 // was running: a kdump dump newer than its apply, or no clean stop.
-func (a *Agent) crashEvidence(cleanStop bool, live *state.Patch) ([]string, bool) {
+func (a *Agent) crashEvidence(cleanStop bool, live *state.PatchRecord) ([]string, bool) {
 	var ev []string
 	if a.d.CrashSince != nil {
 		since := live.Applied
@@ -267,7 +267,7 @@ func (a *Agent) crashEvidence(cleanStop bool, live *state.Patch) ([]string, bool
 }
 
 // enabled reports whether p is enabled in the kernel right now.
-func (a *Agent) enabled(p *state.Patch) bool {
+func (a *Agent) enabled(p *state.PatchRecord) bool {
 	if p == nil {
 		return false
 	}
@@ -275,7 +275,7 @@ func (a *Agent) enabled(p *state.Patch) bool {
 	return err == nil && lp.Enabled
 }
 
-func (a *Agent) reapply(ctx context.Context, p state.Patch) error {
+func (a *Agent) reapply(ctx context.Context, p state.PatchRecord) error {
 	start := a.d.Now()
 	if err := a.install(ctx, &p); err != nil {
 		return fmt.Errorf("re-apply %s: %w", p.ID(), err)
@@ -286,7 +286,7 @@ func (a *Agent) reapply(ctx context.Context, p state.Patch) error {
 }
 
 // install puts p in the kernel from its local RPM copy.
-func (a *Agent) install(ctx context.Context, p *state.Patch) error {
+func (a *Agent) install(ctx context.Context, p *state.PatchRecord) error {
 	rpm, err := a.d.Store.RPMPath(p)
 	if err != nil {
 		return err
@@ -312,8 +312,8 @@ func (a *Agent) Wanted(m *manifest.Manifest) manifest.Decision {
 	})
 }
 
-func fromManifest(p *manifest.Patch) state.Patch {
-	return state.Patch{Name: p.Name, Level: p.Level, SHA256: p.SHA256, Size: p.Size, URL: p.URL}
+func fromManifest(p *manifest.Patch) state.PatchRecord {
+	return state.PatchRecord{Name: p.Name, Level: p.Level, SHA256: p.SHA256, Size: p.Size, URL: p.URL}
 }
 
 // Converge moves the kernel toward what the manifest wants for this host:
@@ -351,7 +351,7 @@ func (a *Agent) Converge(ctx context.Context, v *manifest.Verified, manifestURL 
 }
 
 // apply takes p through download, install, enable into its soak.
-func (a *Agent) apply(ctx context.Context, p state.Patch) error {
+func (a *Agent) apply(ctx context.Context, p state.PatchRecord) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -424,7 +424,7 @@ func (a *Agent) abandon(cause error) error {
 // download fetches p's RPM into the state dir, checking size and sha256
 // while streaming; a verified copy already there is reused. The copy is
 // kept: it is what a reboot re-applies and a rollback steps back to.
-func (a *Agent) download(ctx context.Context, p *state.Patch) (string, error) {
+func (a *Agent) download(ctx context.Context, p *state.PatchRecord) (string, error) {
 	dst, err := a.d.Store.RPMPath(p)
 	if err != nil {
 		return "", err
@@ -504,7 +504,7 @@ func (a *Agent) Rollback(ctx context.Context, reason string, evidence []string, 
 	return a.rollback(ctx, *k.Current, reason, evidence, block)
 }
 
-func (a *Agent) rollback(ctx context.Context, from state.Patch, reason string, evidence []string, block bool) error {
+func (a *Agent) rollback(ctx context.Context, from state.PatchRecord, reason string, evidence []string, block bool) error {
 	k := a.kernel()
 	if block {
 		// Block first: whatever happens next, this patch is never re-applied.

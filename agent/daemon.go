@@ -69,7 +69,7 @@ func (d *Daemon) judge(ev health.Event) Verdict {
 	a := d.Agent
 	k := a.kernel()
 	log := a.log()
-	var p health.Patch
+	var p health.Suspect
 	if c := k.Current; c != nil {
 		p.Name = c.Name
 		if lp, err := a.d.Installer.Controller.Sysfs.Get(c.Name); err == nil {

@@ -187,7 +187,7 @@ log:
 	ncEvents = append(ncEvents, cl.Flush(time.Now().Add(time.Hour))...)
 	found := false
 	for _, ev := range ncEvents {
-		if ev.Kind == health.KindOops && health.Attributed(ev, health.Patch{Name: "klp_oops_4"}) {
+		if ev.Kind == health.KindOops && health.Attributed(ev, health.Suspect{Name: "klp_oops_4"}) {
 			found = true
 			t.Logf("netconsole: %s report attributed to klp_oops_4, %d lines (receiver %+v)", ev.Kind, len(ev.Lines), nr.Stats())
 		}

@@ -223,8 +223,8 @@ func (c *Classifier) close() Event {
 	return e
 }
 
-// Patch is what attribution needs to know about a livepatch.
-type Patch struct {
+// Suspect is what attribution needs to know about a livepatch.
+type Suspect struct {
 	Name      string   // module name
 	Functions []string // replaced functions ("func" or "func,sympos")
 }
@@ -232,7 +232,7 @@ type Patch struct {
 // Attributed reports whether ev's code path runs through patch p: its
 // faulting function or a call-trace frame is in p's module, or is one of
 // the functions p replaces.
-func Attributed(ev Event, p Patch) bool {
+func Attributed(ev Event, p Suspect) bool {
 	if p.Name == "" {
 		return false
 	}

@@ -76,19 +76,19 @@ func TestParseKmsg(t *testing.T) {
 
 func TestClassifyAndAttribute(t *testing.T) {
 	now := time.Unix(1700000000, 0)
-	cur := Patch{Name: "klp_oops_4", Functions: []string{"cmdline_proc_show,1"}}
+	cur := Suspect{Name: "klp_oops_4", Functions: []string{"cmdline_proc_show,1"}}
 	tests := []struct {
 		file       string
 		kind       Kind
 		rip        string
-		patch      Patch
+		patch      Suspect
 		attributed bool
 		rollback   bool // while not soaking
 	}{
 		{"oops-klp.txt", KindOops, "klp_fault", cur, true, true},
-		{"warn-klp.txt", KindWarning, "klp_fault", Patch{Name: "klp_warn_4"}, true, true},
-		{"warn-other.txt", KindWarning, "dev_watchdog", Patch{Name: "klp_cmdline_3", Functions: []string{"cmdline_proc_show,1"}}, false, false},
-		{"softlockup.txt", KindSoftLockup, "native_safe_halt", Patch{Name: "klp_cmdline_3"}, false, false},
+		{"warn-klp.txt", KindWarning, "klp_fault", Suspect{Name: "klp_warn_4"}, true, true},
+		{"warn-other.txt", KindWarning, "dev_watchdog", Suspect{Name: "klp_cmdline_3", Functions: []string{"cmdline_proc_show,1"}}, false, false},
+		{"softlockup.txt", KindSoftLockup, "native_safe_halt", Suspect{Name: "klp_cmdline_3"}, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -121,7 +121,7 @@ func TestUnattributedCrashWhileSoaking(t *testing.T) {
 	for _, r := range records(t, "oops-klp.txt", false) {
 		evs = append(evs, c.Feed(r, time.Unix(1, 0))...)
 	}
-	other := Patch{Name: "klp_cmdline_3", Functions: []string{"version_proc_show,1"}}
+	other := Suspect{Name: "klp_cmdline_3", Functions: []string{"version_proc_show,1"}}
 	if Attributed(evs[0], other) {
 		t.Fatal("oops in klp_oops_4 attributed to klp_cmdline_3")
 	}
@@ -243,7 +243,7 @@ func TestReportsPerSender(t *testing.T) {
 	if want := alone(b); !reflect.DeepEqual(warn.Lines, want.Lines) {
 		t.Fatalf("warning lines:\n%s\nwant:\n%s", strings.Join(warn.Lines, "\n"), strings.Join(want.Lines, "\n"))
 	}
-	if !Attributed(oops, Patch{Name: "klp_oops_4"}) || Attributed(warn, Patch{Name: "klp_oops_4"}) {
+	if !Attributed(oops, Suspect{Name: "klp_oops_4"}) || Attributed(warn, Suspect{Name: "klp_oops_4"}) {
 		t.Fatalf("attribution: oops %v, warn %v", oops.Modules, warn.RIP)
 	}
 	if _, ok := g.Deadline(); ok || len(g.by) != 0 {

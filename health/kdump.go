@@ -53,7 +53,7 @@ func (d Dump) Cause() *Event {
 }
 
 // Attributed reports whether any report in the dump runs through p.
-func (d Dump) Attributed(p Patch) bool {
+func (d Dump) Attributed(p Suspect) bool {
 	for _, e := range d.Events {
 		if Attributed(e, p) {
 			return true

@@ -152,7 +152,7 @@ func checkKlpOops4Dump(t *testing.T, d Dump) {
 	if c == nil || c.Kind != KindOops || c.Source != "kdump" || c.RIP.Func != "klp_fault" {
 		t.Fatalf("%s: cause %+v", d.Dir, c)
 	}
-	if !Attributed(*c, Patch{Name: "klp_oops_4"}) || Attributed(*c, Patch{Name: "klp_cmdline_3"}) || !d.Attributed(Patch{Name: "klp_oops_4"}) {
+	if !Attributed(*c, Suspect{Name: "klp_oops_4"}) || Attributed(*c, Suspect{Name: "klp_cmdline_3"}) || !d.Attributed(Suspect{Name: "klp_oops_4"}) {
 		t.Fatalf("%s: attribution wrong, frames %+v", d.Dir, c.Frames)
 	}
 	if len(c.Modules) == 0 || c.Modules[0] != "klp_oops_4" {
@@ -276,7 +276,7 @@ func TestParseDmesg(t *testing.T) {
 			}
 		}},
 		{"crash_kexec inside the oops", direct, "oops", func(t *testing.T, evs []Event) {
-			if !Attributed(evs[0], Patch{Name: "klp_oops_4"}) {
+			if !Attributed(evs[0], Suspect{Name: "klp_oops_4"}) {
 				t.Fatalf("frames %+v", evs[0].Frames)
 			}
 		}},

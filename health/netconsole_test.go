@@ -528,7 +528,7 @@ func TestNetconsoleReceiverOops(t *testing.T) {
 			}
 			if tt.event {
 				ev := evs[0]
-				if ev.Kind != KindOops || ev.RIP.Func != "klp_fault" || !Attributed(ev, Patch{Name: "klp_oops_4"}) || ev.Source != "netconsole" ||
+				if ev.Kind != KindOops || ev.RIP.Func != "klp_fault" || !Attributed(ev, Suspect{Name: "klp_oops_4"}) || ev.Source != "netconsole" ||
 					ev.Sender != c.LocalAddr().String() {
 					t.Fatalf("event %+v", ev)
 				}

@@ -110,7 +110,7 @@ type Judge struct {
 
 // Judge decides about ev, seen at now, for the patch currently applied
 // (p.Name empty when none) which is soaking or not.
-func (j *Judge) Judge(ev Event, p Patch, soaking bool, now time.Time) Verdict {
+func (j *Judge) Judge(ev Event, p Suspect, soaking bool, now time.Time) Verdict {
 	v := Verdict{Attributed: Attributed(ev, p)}
 	if p.Name == "" {
 		j.patch, j.seen = "", nil

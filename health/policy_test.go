@@ -37,11 +37,11 @@ func ev(kind Kind, module string) Event {
 }
 
 func TestJudge(t *testing.T) {
-	p := Patch{Name: "klp_x", Functions: []string{"cmdline_proc_show"}}
+	p := Suspect{Name: "klp_x", Functions: []string{"cmdline_proc_show"}}
 	t0 := time.Unix(1000, 0)
 	type step struct {
 		ev       Event
-		patch    Patch
+		patch    Suspect
 		soaking  bool
 		at       time.Duration
 		rollback bool
@@ -71,8 +71,8 @@ func TestJudge(t *testing.T) {
 		}},
 		{"counts restart with a new patch", Policy{Thresholds: map[Kind]int{KindHungTask: 2}, Window: time.Hour}, []step{
 			{ev: ev(KindHungTask, ""), patch: p, at: 0},
-			{ev: ev(KindHungTask, ""), patch: Patch{Name: "klp_y"}, at: time.Minute},
-			{ev: ev(KindHungTask, ""), patch: Patch{Name: "klp_y"}, at: 2 * time.Minute, rollback: true},
+			{ev: ev(KindHungTask, ""), patch: Suspect{Name: "klp_y"}, at: time.Minute},
+			{ev: ev(KindHungTask, ""), patch: Suspect{Name: "klp_y"}, at: 2 * time.Minute, rollback: true},
 		}},
 		{"kinds not in the policy are recorded only", Policy{}, []step{{ev: ev(KindOops, "klp_x"), patch: p, soaking: true}}},
 	}

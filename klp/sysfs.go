@@ -23,9 +23,9 @@ var (
 	ErrStalled      = errors.New("livepatch transition stalled")
 )
 
-// Patch is one livepatch as /sys/kernel/livepatch shows it. Attributes a
+// Livepatch is one livepatch as /sys/kernel/livepatch shows it. Attributes a
 // kernel does not have are nil (6.1 has no replace or stack_order).
-type Patch struct {
+type Livepatch struct {
 	Name       string   `json:"name"`
 	Enabled    bool     `json:"enabled"`
 	Transition bool     `json:"transition"`
@@ -104,7 +104,7 @@ func (s *Sysfs) Supported() error {
 }
 
 // List returns every livepatch the kernel has, loaded by us or not.
-func (s *Sysfs) List() ([]Patch, error) {
+func (s *Sysfs) List() ([]Livepatch, error) {
 	ents, err := s.FS.ReadDir(livepatchDir)
 	if err != nil {
 		if notExist(err) {
@@ -112,7 +112,7 @@ func (s *Sysfs) List() ([]Patch, error) {
 		}
 		return nil, fmt.Errorf("list livepatches: %w", err)
 	}
-	var out []Patch
+	var out []Livepatch
 	for _, e := range ents {
 		if !e.IsDir() {
 			continue
@@ -131,9 +131,9 @@ func (s *Sysfs) List() ([]Patch, error) {
 }
 
 // Get reads one livepatch's attributes.
-func (s *Sysfs) Get(name string) (Patch, error) {
+func (s *Sysfs) Get(name string) (Livepatch, error) {
 	dir := path.Join(livepatchDir, name)
-	p := Patch{Name: name}
+	p := Livepatch{Name: name}
 	var err error
 	if p.Enabled, err = readBool(s.FS, path.Join(dir, "enabled")); err != nil {
 		if notExist(err) {

@@ -72,7 +72,7 @@ func cmdKLPList(env *Env, args []string) error {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
 		if ps == nil {
-			ps = []klp.Patch{}
+			ps = []klp.Livepatch{}
 		}
 		return enc.Encode(ps)
 	}

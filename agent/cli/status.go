@@ -21,12 +21,12 @@ import (
 type Status struct {
 	Kernel       string          `json:"kernel"`
 	Phase        state.Phase     `json:"phase"`
-	Applied      *state.Patch    `json:"applied,omitempty"`
+	Applied      *state.PatchRecord    `json:"applied,omitempty"`
 	Wanted       *manifest.Patch `json:"wanted,omitempty"`
 	WantedReason string          `json:"wanted_reason,omitempty"`
 	SoakUntil    *time.Time      `json:"soak_until,omitempty"`
 	SoakLeft     string          `json:"soak_left,omitempty"`
-	Good         []state.Patch   `json:"good"`
+	Good         []state.PatchRecord   `json:"good"`
 	Blocked      []state.Blocked `json:"blocked"`
 	LastPoll     *state.Poll     `json:"last_poll,omitempty"`
 	Livepatches  []LivepatchRow  `json:"livepatches"`
@@ -36,7 +36,7 @@ type Status struct {
 
 // LivepatchRow is one livepatch in the kernel and whether the agent owns it.
 type LivepatchRow struct {
-	klp.Patch
+	klp.Livepatch
 	Owner string `json:"owner"` // "klp-agent" or "foreign"
 }
 
@@ -68,7 +68,7 @@ func collectStatus(path string, now time.Time) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Status{Good: []state.Patch{}, Blocked: []state.Blocked{}, Livepatches: []LivepatchRow{}}
+	s := &Status{Good: []state.PatchRecord{}, Blocked: []state.Blocked{}, Livepatches: []LivepatchRow{}}
 	if s.Kernel, err = klp.KernelRelease(l.Paths.Root); err != nil {
 		return nil, err
 	}
@@ -96,7 +96,7 @@ func collectStatus(path string, now time.Time) (*Status, error) {
 		if k.Current != nil && p.Name == k.Current.Name {
 			owner = "klp-agent"
 		}
-		s.Livepatches = append(s.Livepatches, LivepatchRow{Patch: p, Owner: owner})
+		s.Livepatches = append(s.Livepatches, LivepatchRow{Livepatch: p, Owner: owner})
 	}
 	if k.Current != nil && k.Phase != state.PhaseRollingBack {
 		if p, err := sysfs.Get(k.Current.Name); err != nil || !p.Enabled {

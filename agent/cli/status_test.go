@@ -24,11 +24,11 @@ func TestStatus(t *testing.T) {
 		os.WriteFile(filepath.Join(d, "transition"), []byte("0\n"), 0o644)
 	}
 	sha := func(i int) string { return fmt.Sprintf("%064x", i) }
-	cur := state.Patch{Name: "klp_cmdline_2", Level: 2, SHA256: sha(2), Size: 10, Applied: t0}
+	cur := state.PatchRecord{Name: "klp_cmdline_2", Level: 2, SHA256: sha(2), Size: 10, Applied: t0}
 	st := &state.State{Kernels: map[string]*state.Kernel{testKernel: {
 		Phase: state.PhaseSoaking, Current: &cur, SoakUntil: t0.Add(30 * time.Minute),
-		Good: []state.Patch{{Name: "klp_cmdline_1", Level: 1, SHA256: sha(1), Size: 10}},
-		Blocked: []state.Blocked{{Patch: state.Patch{Name: "klp_cmdline_3", Level: 3, SHA256: sha(3), Size: 10}, Reason: "oops attributed to klp_cmdline_3", At: t0,
+		Good: []state.PatchRecord{{Name: "klp_cmdline_1", Level: 1, SHA256: sha(1), Size: 10}},
+		Blocked: []state.Blocked{{PatchRecord: state.PatchRecord{Name: "klp_cmdline_3", Level: 3, SHA256: sha(3), Size: 10}, Reason: "oops attributed to klp_cmdline_3", At: t0,
 			Evidence: []string{"BUG: kernel NULL pointer dereference", "Oops: 0002 [#1] PREEMPT SMP NOPTI", "RIP: 0010:klp_fault+0x5/0x10 [klp_cmdline_3]", "Call Trace:", "l5", "l6", "l7"}}},
 	}}, LastPoll: &state.Poll{At: t0, OK: true, ManifestVersion: 7},
 		Events: []state.Event{{At: t0, Kind: "warning", Source: "taint", Header: "kernel taint W appeared", Patch: "klp_cmdline_2"},

@@ -48,8 +48,8 @@ var (
 	ErrBadRecord = errors.New("invalid patch record")
 )
 
-// Patch identifies one livepatch RPM as the manifest pinned it.
-type Patch struct {
+// PatchRecord identifies one livepatch RPM as the manifest pinned it.
+type PatchRecord struct {
 	Name    string    `json:"name"`
 	Level   int       `json:"level"`
 	SHA256  string    `json:"sha256"`
@@ -61,10 +61,10 @@ type Patch struct {
 }
 
 // ID names a patch in logs.
-func (p *Patch) ID() string { return fmt.Sprintf("%s@%d", p.Name, p.Level) }
+func (p *PatchRecord) ID() string { return fmt.Sprintf("%s@%d", p.Name, p.Level) }
 
 // Same reports whether two records are the same pinned RPM.
-func (p *Patch) Same(q *Patch) bool {
+func (p *PatchRecord) Same(q *PatchRecord) bool {
 	return p != nil && q != nil && p.Name == q.Name && p.Level == q.Level && p.SHA256 == q.SHA256
 }
 
@@ -74,7 +74,7 @@ var (
 )
 
 // Validate checks fields that become paths or module names.
-func (p *Patch) Validate() error {
+func (p *PatchRecord) Validate() error {
 	if !nameRE.MatchString(p.Name) || p.Level < 1 || !shaRE.MatchString(p.SHA256) || p.Size <= 0 {
 		return fmt.Errorf("%w: %+v", ErrBadRecord, *p)
 	}
@@ -83,7 +83,7 @@ func (p *Patch) Validate() error {
 
 // Blocked is a patch that hurt this host: it is never applied again here.
 type Blocked struct {
-	Patch
+	PatchRecord
 	Reason   string    `json:"reason"`
 	Evidence []string  `json:"evidence,omitempty"`
 	At       time.Time `json:"at"`
@@ -92,11 +92,11 @@ type Blocked struct {
 // Kernel is the state for one kernel release.
 type Kernel struct {
 	Phase   Phase   `json:"phase"`
-	Current *Patch  `json:"current,omitempty"` // enabled in the kernel (or being soaked)
-	Target  *Patch  `json:"target,omitempty"`  // in flight: being applied, or rolled back to
-	From    *Patch  `json:"from,omitempty"`    // rolling back from this one
+	Current *PatchRecord  `json:"current,omitempty"` // enabled in the kernel (or being soaked)
+	Target  *PatchRecord  `json:"target,omitempty"`  // in flight: being applied, or rolled back to
+	From    *PatchRecord  `json:"from,omitempty"`    // rolling back from this one
 	Reason  string  `json:"reason,omitempty"`  // why the in-flight rollback
-	Good    []Patch `json:"good,omitempty"`    // levels that passed their soak here, oldest first
+	Good    []PatchRecord `json:"good,omitempty"`    // levels that passed their soak here, oldest first
 
 	SoakUntil time.Time `json:"soak_until,omitempty"`
 	Blocked   []Blocked `json:"blocked,omitempty"`
@@ -110,18 +110,18 @@ func (k *Kernel) IsBlocked(name string, level int, sha string) bool {
 }
 
 // Block records p as blocked (once).
-func (k *Kernel) Block(p Patch, reason string, evidence []string, at time.Time) {
+func (k *Kernel) Block(p PatchRecord, reason string, evidence []string, at time.Time) {
 	if k.IsBlocked(p.Name, p.Level, p.SHA256) {
 		return
 	}
-	k.Blocked = append(k.Blocked, Blocked{Patch: p, Reason: reason, Evidence: evidence, At: at})
+	k.Blocked = append(k.Blocked, Blocked{PatchRecord: p, Reason: reason, Evidence: evidence, At: at})
 	// A blocked patch is no longer a good fallback.
-	k.Good = slices.DeleteFunc(k.Good, func(g Patch) bool { return g.Same(&p) })
+	k.Good = slices.DeleteFunc(k.Good, func(g PatchRecord) bool { return g.Same(&p) })
 }
 
 // MarkGood appends p to the good history (once, newest last).
-func (k *Kernel) MarkGood(p Patch) {
-	k.Good = slices.DeleteFunc(k.Good, func(g Patch) bool { return g.Same(&p) })
+func (k *Kernel) MarkGood(p PatchRecord) {
+	k.Good = slices.DeleteFunc(k.Good, func(g PatchRecord) bool { return g.Same(&p) })
 	k.Good = append(k.Good, p)
 	if len(k.Good) > 8 {
 		k.Good = k.Good[len(k.Good)-8:]
@@ -130,7 +130,7 @@ func (k *Kernel) MarkGood(p Patch) {
 
 // PreviousGood returns the newest good patch with a lower level than
 // level, which is what a rollback steps back to (nil: back to no patch).
-func (k *Kernel) PreviousGood(level int) *Patch {
+func (k *Kernel) PreviousGood(level int) *PatchRecord {
 	for i := len(k.Good) - 1; i >= 0; i-- {
 		if k.Good[i].Level < level {
 			p := k.Good[i]
@@ -257,7 +257,7 @@ func (s *Store) Load() (*State, error) {
 		st.Kernels = map[string]*Kernel{}
 	}
 	for krel, k := range st.Kernels {
-		for _, p := range []*Patch{k.Current, k.Target, k.From} {
+		for _, p := range []*PatchRecord{k.Current, k.Target, k.From} {
 			if p != nil {
 				if err := p.Validate(); err != nil {
 					return nil, fmt.Errorf("%w: kernel %s: %w", ErrCorrupt, krel, err)
@@ -286,7 +286,7 @@ func (s *Store) Save(st *State) error {
 
 // RPMPath is where the verified copy of a patch's RPM is kept, named by
 // its digest (validated, so it is a safe path component).
-func (s *Store) RPMPath(p *Patch) (string, error) {
+func (s *Store) RPMPath(p *PatchRecord) (string, error) {
 	if !shaRE.MatchString(p.SHA256) {
 		return "", fmt.Errorf("%w: sha256 %q", ErrBadRecord, p.SHA256)
 	}

@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-func p(level int) Patch {
-	return Patch{Name: fmt.Sprintf("klp_cmdline_%d", level), Level: level, SHA256: fmt.Sprintf("%064x", level), Size: 100}
+func p(level int) PatchRecord {
+	return PatchRecord{Name: fmt.Sprintf("klp_cmdline_%d", level), Level: level, SHA256: fmt.Sprintf("%064x", level), Size: 100}
 }
 
 func TestSaveLoadRoundTrip(t *testing.T) {
@@ -104,7 +104,7 @@ func TestGoodAndBlocked(t *testing.T) {
 		t.Fatal("block matched another digest")
 	}
 	s := &Store{Dir: "/var/lib/klp-agent"}
-	if _, err := s.RPMPath(&Patch{SHA256: "../../etc/passwd"}); !errors.Is(err, ErrBadRecord) {
+	if _, err := s.RPMPath(&PatchRecord{SHA256: "../../etc/passwd"}); !errors.Is(err, ErrBadRecord) {
 		t.Fatalf("RPMPath with a bad digest: %v", err)
 	}
 }
