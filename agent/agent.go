@@ -1,12 +1,13 @@
-// Package agent is the daemon's state machine: it joins the manifest
-// source, the klp installer and the host's health verdicts, and keeps its
+// Package agent is the host's decision maker: the per-kernel state machine
+// (Agent) and the loop that drives it (Loop). It joins the verified
+// manifest, the klp installer and the health verdicts, and keeps its
 // memory in agent/state so that every step survives kill -9 and reboots.
 //
-// Per kernel release a patch goes none → downloading → installing →
-// enabling → soaking → good. A bad verdict or a revocation goes
-// rolling-back → (previous good level | none) and blocks the patch on this
-// host for good. Every step writes its intent before acting and every
-// action is idempotent, so a restarted agent resumes where it stopped.
+// Per kernel release a patch goes none → downloading → enabling → soaking
+// → good. A bad verdict or a revocation goes rolling-back → (previous good
+// level | none) and blocks the patch on this host for good. Every step
+// writes its intent before acting and every action is idempotent, so a
+// restarted agent resumes where it stopped.
 package agent
 
 import (
@@ -16,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +26,7 @@ import (
 
 	"github.com/klp-agent/klp-agent/agent/logging"
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
@@ -45,17 +46,25 @@ const (
 	MsgHealthEvent      = "afc50722c68d4f2cbf7bc878288c11bb"
 )
 
+// Downloader fetches RPMs: the same HTTP client as the manifest
+// (manifest.Client), so a private CA, proxies and limits hold for both.
+type Downloader interface {
+	Download(ctx context.Context, url string, w io.Writer, limit int64) (int64, error)
+}
+
 // Deps is everything the agent acts through, injected so tests can use a
 // simulated kernel, a test rpm root and a fake clock.
 type Deps struct {
-	Log       *zap.Logger
-	Now       func() time.Time
-	Store     *state.Store
-	Source    *manifest.Source // nil: offline (boot re-apply only)
-	Host      manifest.Host
-	Installer *klp.Installer
-	HTTP      *http.Client // RPM downloads
-	Soak      time.Duration
+	Log    *zap.Logger
+	Now    func() time.Time
+	Store  *state.Store
+	Source *manifest.Source // nil: offline (boot re-apply only)
+	// Downloader fetches RPMs; nil: the Source's client (or, without a
+	// Source, a default one).
+	Downloader Downloader
+	Host       manifest.Host
+	Installer  *klp.Installer
+	Soak       time.Duration
 	// BootID identifies the running boot (/proc/sys/kernel/random/boot_id).
 	BootID func() (string, error)
 	// CrashSince reports crash evidence (kdump dumps) newer than t, from the
@@ -72,7 +81,7 @@ type Deps struct {
 // Recorder is what the agent reports for metrics.
 type Recorder interface {
 	Applied(ok bool, d time.Duration)
-	RolledBack(reason string)
+	RolledBack(cause state.Cause)
 	Polled(result string, at time.Time, manifestVersion uint64)
 	HealthEvent(kind, source string, attributed bool, patch string)
 }
@@ -80,38 +89,35 @@ type Recorder interface {
 type nopRecorder struct{}
 
 func (nopRecorder) Applied(bool, time.Duration)              {}
-func (nopRecorder) RolledBack(string)                        {}
+func (nopRecorder) RolledBack(state.Cause)                   {}
 func (nopRecorder) Polled(string, time.Time, uint64)         {}
 func (nopRecorder) HealthEvent(string, string, bool, string) {}
 
-func (a *Agent) rec() Recorder {
-	if a.d.Recorder == nil {
-		return nopRecorder{}
-	}
-	return a.d.Recorder
-}
-
-// reasonClass maps a rollback reason to the metrics' closed set.
-func reasonClass(reason string) string {
-	switch {
-	case strings.HasPrefix(reason, "operator"):
-		return "operator"
-	case strings.HasPrefix(reason, "revoked"):
-		return "revoked"
-	case strings.HasPrefix(reason, "previous boot crashed"):
-		return "boot-crash"
-	}
-	return "health"
-}
-
-// Agent is one host's agent.
+// Agent is one host's agent. Its methods are called from one goroutine at
+// a time (the Loop's, or a CLI command's); Download alone may run beside
+// the others.
 type Agent struct {
-	d  Deps
-	st *state.State
+	d    Deps
+	st   *state.State
+	live []span // which patch was live since when, newest last
 }
+
+// span is a stretch of time during which one patch (or none) was live.
+type span struct {
+	patch   *state.PatchRecord // nil: no patch
+	suspect health.Suspect
+	from    time.Time
+}
+
+// maxSpans bounds the timeline: events are judged within seconds.
+const maxSpans = 8
 
 // ErrNoRPM means a rollback target's RPM is no longer at hand.
 var ErrNoRPM = errors.New("rpm of the previous good level is not at hand")
+
+// maxRPMBytes bounds an RPM download when the manifest pins a size beyond
+// reason (the pinned size is the real limit).
+const maxRPMBytes = 1 << 30
 
 // New makes an agent; Start loads its state.
 func New(d Deps) *Agent {
@@ -121,13 +127,59 @@ func New(d Deps) *Agent {
 	if d.Log == nil {
 		d.Log = zap.NewNop()
 	}
-	if d.HTTP == nil {
-		d.HTTP = &http.Client{Timeout: 10 * time.Minute}
+	a := &Agent{}
+	a.setDeps(d)
+	return a
+}
+
+func (a *Agent) setDeps(d Deps) {
+	if d.Recorder == nil {
+		d.Recorder = nopRecorder{}
 	}
-	return &Agent{d: d}
+	if d.Downloader == nil && d.Source != nil {
+		d.Downloader = d.Source.Fetcher.Client()
+	}
+	if d.Downloader == nil {
+		c, _ := manifest.NewClient(manifest.ClientConfig{})
+		d.Downloader = c
+	}
+	a.d = d
+}
+
+// Settings are what a configuration reload may change.
+type Settings struct {
+	Source     *manifest.Source
+	Downloader Downloader
+	Host       manifest.Host // same kernel release
+	Installer  *klp.Installer
+	Soak       time.Duration
+	CrashSince func(t time.Time) ([]string, error)
+	Log        *zap.Logger
+}
+
+// Reconfigure takes new settings; the state and the kernel are as they were.
+func (a *Agent) Reconfigure(s Settings) error {
+	if s.Host.Kernel != a.d.Host.Kernel {
+		return fmt.Errorf("reconfigure: kernel release %q, running %q", s.Host.Kernel, a.d.Host.Kernel)
+	}
+	d := a.d
+	d.Source, d.Downloader, d.Host, d.Installer, d.Soak, d.CrashSince = s.Source, s.Downloader, s.Host, s.Installer, s.Soak, s.CrashSince
+	if s.Log != nil {
+		d.Log = s.Log
+	}
+	a.setDeps(d)
+	if a.st != nil && a.d.Source != nil {
+		if err := a.d.Source.LoadCache(); err != nil {
+			a.log().Warn("cached manifest not usable: " + err.Error())
+		}
+	}
+	return nil
 }
 
 func (a *Agent) kernel() *state.Kernel { return a.st.Kernel(a.d.Host.Kernel) }
+
+// Kernel is the state for the running kernel release.
+func (a *Agent) Kernel() *state.Kernel { return a.kernel() }
 
 func (a *Agent) crashpoint(step string) {
 	if a.d.Crashpoint != nil {
@@ -138,8 +190,16 @@ func (a *Agent) crashpoint(step string) {
 // Host is who this agent selects patches for.
 func (a *Agent) Host() manifest.Host { return a.d.Host }
 
+// Source is the manifest source; nil when offline.
+func (a *Agent) Source() *manifest.Source { return a.d.Source }
+
 // State returns the in-memory state (for status and tests).
 func (a *Agent) State() *state.State { return a.st }
+
+// Layout names the state directory's files.
+func (a *Agent) Layout() state.Layout { return a.d.Store.Layout() }
+
+func (a *Agent) now() time.Time { return a.d.Now() }
 
 func (a *Agent) save() error {
 	if err := a.d.Store.Save(a.st); err != nil {
@@ -176,6 +236,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		return err
 	}
 	a.st = st
+	defer func() { a.golive(a.kernel().Current, time.Time{}) }()
 	boot := ""
 	if a.d.BootID != nil {
 		if boot, err = a.d.BootID(); err != nil {
@@ -192,17 +253,25 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	if a.d.Source != nil {
 		if err := a.d.Source.LoadCache(); err != nil {
-			log.Warn("cached manifest not usable", zap.Error(err))
+			log.Warn("cached manifest not usable: " + err.Error())
 		}
 	}
 	switch k.Phase {
 	case state.PhaseNone, "":
 		return nil
-	case state.PhaseDownloading, state.PhaseInstalling:
-		// Nothing was loaded yet: start that apply again.
+	case state.PhaseDownloading:
+		// Nothing was loaded yet. A verified copy at hand is installed
+		// now, offline; otherwise the next poll starts the apply again.
 		t := *k.Target
-		log.Info("resuming an interrupted apply", patchFields(&t)...)
-		return a.apply(ctx, t)
+		if rpm, ok := a.cached(&t); ok {
+			log.Info("resuming an interrupted apply", patchFields(&t)...)
+			return a.FinishApply(ctx, t, rpm)
+		}
+		if err := a.AbandonApply(nil); err != nil {
+			return err
+		}
+		log.Info("the apply of "+t.ID()+" was interrupted during its download; the next poll starts it again", patchFields(&t)...)
+		return nil
 	case state.PhaseEnabling:
 		// The patch may have been live when the agent or the host died.
 		if k.Target == nil {
@@ -210,17 +279,21 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 		if rebooted {
 			if evidence, crashed := a.crashEvidence(cleanStop, k.Target); crashed {
-				return a.rollback(ctx, *k.Target, "previous boot crashed while it was being enabled", evidence, true)
+				return a.rollback(ctx, *k.Target, state.CauseBootCrash, "previous boot crashed while it was being enabled", evidence, true)
 			}
 		}
-		return a.apply(ctx, *k.Target)
+		rpm, err := a.d.Store.RPMPath(k.Target)
+		if err != nil {
+			return err
+		}
+		return a.FinishApply(ctx, *k.Target, rpm)
 	case state.PhaseSoaking:
 		if k.Current == nil {
 			return fmt.Errorf("%w: phase soaking without a current patch", state.ErrCorrupt)
 		}
 		if rebooted {
 			if evidence, crashed := a.crashEvidence(cleanStop, k.Current); crashed {
-				return a.rollback(ctx, *k.Current, "previous boot crashed while it was soaking", evidence, true)
+				return a.rollback(ctx, *k.Current, state.CauseBootCrash, "previous boot crashed while it was soaking", evidence, true)
 			}
 		}
 		if rebooted || !a.enabled(k.Current) {
@@ -247,15 +320,15 @@ func (a *Agent) crashEvidence(cleanStop bool, live *state.PatchRecord) ([]string
 	if a.d.CrashSince != nil {
 		since := live.Applied
 		if since.IsZero() {
-			since = a.d.Now().Add(-24 * time.Hour)
+			since = a.now().Add(-24 * time.Hour)
 		}
 		dumps, err := a.d.CrashSince(since)
 		if err != nil {
-			a.log().Warn("kdump scan failed", zap.Error(err))
+			a.log().Warn("kdump scan failed: " + err.Error())
 		}
 		for _, d := range dumps {
 			if strings.HasPrefix(d, "kdump ") {
-				a.rec().HealthEvent("kdump", "kdump", false, live.Name)
+				a.d.Recorder.HealthEvent("kdump", "kdump", false, live.Name)
 			}
 		}
 		ev = append(ev, dumps...)
@@ -275,12 +348,44 @@ func (a *Agent) enabled(p *state.PatchRecord) bool {
 	return err == nil && lp.Enabled
 }
 
+// golive records that p (nil: none) is live from t on, with what
+// attribution needs to know of it: its module and the functions it
+// replaces, as the kernel lists them.
+func (a *Agent) golive(p *state.PatchRecord, t time.Time) {
+	sp := span{from: t}
+	if p != nil {
+		c := *p
+		sp.patch = &c
+		sp.suspect.Name = p.Name
+		if lp, err := a.d.Installer.Controller.Sysfs.Get(p.Name); err == nil {
+			for _, o := range lp.Objects {
+				sp.suspect.Functions = append(sp.suspect.Functions, o.Functions...)
+			}
+		}
+	}
+	a.live = append(a.live, sp)
+	if n := len(a.live) - maxSpans; n > 0 {
+		a.live = append(a.live[:0:0], a.live[n:]...)
+	}
+}
+
+// LiveAt is the patch that was live at t (nil: none) and what attribution
+// needs to know of it.
+func (a *Agent) LiveAt(t time.Time) (*state.PatchRecord, health.Suspect) {
+	for i := len(a.live) - 1; i >= 0; i-- {
+		if !a.live[i].from.After(t) {
+			return a.live[i].patch, a.live[i].suspect
+		}
+	}
+	return nil, health.Suspect{}
+}
+
 func (a *Agent) reapply(ctx context.Context, p state.PatchRecord) error {
-	start := a.d.Now()
+	start := a.now()
 	if err := a.install(ctx, &p); err != nil {
 		return fmt.Errorf("re-apply %s: %w", p.ID(), err)
 	}
-	a.log().Info(fmt.Sprintf("re-applied %s after boot in %s", p.ID(), a.d.Now().Sub(start).Round(time.Millisecond)),
+	a.log().Info(fmt.Sprintf("re-applied %s after boot in %s", p.ID(), a.now().Sub(start).Round(time.Millisecond)),
 		append(patchFields(&p), logging.MessageID(MsgReapplied))...)
 	return nil
 }
@@ -294,7 +399,7 @@ func (a *Agent) install(ctx context.Context, p *state.PatchRecord) error {
 	if _, err := os.Stat(rpm); err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrNoRPM, p.ID(), err)
 	}
-	res, err := a.d.Installer.Apply(ctx, rpm, klp.Want{KernelRelease: a.d.Host.Kernel, Name: p.Name, Level: p.Level, SHA256: p.SHA256, Size: p.Size})
+	res, err := a.d.Installer.Apply(ctx, rpm, a.want(p))
 	if err != nil {
 		return err
 	}
@@ -304,23 +409,37 @@ func (a *Agent) install(ctx context.Context, p *state.PatchRecord) error {
 	return nil
 }
 
-// Wanted is the selection for this host under the manifest in force.
-func (a *Agent) Wanted(m *manifest.Manifest) manifest.Decision {
-	k := a.kernel()
-	return manifest.Select(m, a.d.Host, a.d.Now(), func(p *manifest.Patch) bool {
+func (a *Agent) want(p *state.PatchRecord) klp.Want {
+	return klp.Want{KernelRelease: a.d.Host.Kernel, Name: p.Name, Level: p.Level, SHA256: p.SHA256, Size: p.Size}
+}
+
+// Wanted is the selection for this host under m, as the daemon makes it:
+// patches blocked here are never chosen.
+func Wanted(k *state.Kernel, m *manifest.Manifest, host manifest.Host, now time.Time) manifest.Decision {
+	return manifest.Select(m, host, now, func(p *manifest.Patch) bool {
 		return k.IsBlocked(p.Name, p.Level, p.SHA256)
 	})
 }
 
-func fromManifest(p *manifest.Patch) state.PatchRecord {
-	return state.PatchRecord{Name: p.Name, Level: p.Level, SHA256: p.SHA256, Size: p.Size, URL: p.URL}
+// Wanted is the selection for this host under the manifest m.
+func (a *Agent) Wanted(m *manifest.Manifest) manifest.Decision {
+	return Wanted(a.kernel(), m, a.d.Host, a.now())
 }
 
-// Converge moves the kernel toward what the manifest wants for this host:
-// a revoked current patch is rolled back; a higher eligible level is
-// applied, one change at a time (never while a patch is still soaking).
-// A manifest that stops listing the current patch does not remove it.
-func (a *Agent) Converge(ctx context.Context, v *manifest.Verified, manifestURL string) error {
+// Plan is what a manifest asks of this host now: at most one change.
+type Plan struct {
+	// Revoked: the current patch is revoked and must be rolled back.
+	Revoked *state.PatchRecord
+	Reason  string
+	// Apply: this level is wanted and higher than the current one.
+	Apply *state.PatchRecord
+}
+
+// Plan decides what v asks: a revoked current patch is rolled back; a
+// higher eligible level is applied, one change at a time (never while a
+// patch is still soaking). A manifest that stops listing the current
+// patch does not remove it.
+func (a *Agent) Plan(v *manifest.Verified) (Plan, error) {
 	k := a.kernel()
 	if c := k.Current; c != nil && (k.Phase == state.PhaseSoaking || k.Phase == state.PhaseGood) {
 		for i := range v.Revoked {
@@ -330,107 +449,84 @@ func (a *Agent) Converge(ctx context.Context, v *manifest.Verified, manifestURL 
 				if r.Reason != "" {
 					reason += ": " + r.Reason
 				}
-				return a.rollback(ctx, *c, reason, nil, true)
+				cur := *c
+				return Plan{Revoked: &cur, Reason: reason}, nil
 			}
 		}
 	}
 	d := a.Wanted(v.Manifest)
 	if d.Wanted == nil || k.Phase == state.PhaseSoaking || k.Phase == state.PhaseRollingBack {
-		return nil
+		return Plan{}, nil
 	}
 	if c := k.Current; c != nil && d.Wanted.Level <= c.Level {
+		return Plan{}, nil
+	}
+	u, err := manifest.ResolveURL(v.URL, d.Wanted)
+	if err != nil {
+		return Plan{}, err
+	}
+	p := state.PatchRecord{Name: d.Wanted.Name, Level: d.Wanted.Level, SHA256: d.Wanted.SHA256, Size: d.Wanted.Size, URL: u}
+	return Plan{Apply: &p}, nil
+}
+
+// Converge carries out what v asks (see Plan), start to end.
+func (a *Agent) Converge(ctx context.Context, v *manifest.Verified) error {
+	plan, err := a.Plan(v)
+	switch {
+	case err != nil:
+		return err
+	case plan.Revoked != nil:
+		return a.rollback(ctx, *plan.Revoked, state.CauseRevoked, plan.Reason, nil, true)
+	case plan.Apply == nil:
 		return nil
 	}
-	p := fromManifest(d.Wanted)
-	u, err := manifest.ResolveURL(manifestURL, d.Wanted)
+	p := *plan.Apply
+	rpm, cached, err := a.BeginApply(p)
 	if err != nil {
 		return err
 	}
-	p.URL = u
-	return a.apply(ctx, p)
+	if !cached {
+		if rpm, err = a.Download(ctx, p); err != nil {
+			return a.AbandonApply(fmt.Errorf("download %s: %w", p.ID(), err))
+		}
+	}
+	return a.FinishApply(ctx, p, rpm)
 }
 
-// apply takes p through download, install, enable into its soak.
-func (a *Agent) apply(ctx context.Context, p state.PatchRecord) error {
+// BeginApply records the intent to apply p and says where its RPM goes
+// and whether a verified copy is already there.
+func (a *Agent) BeginApply(p state.PatchRecord) (rpm string, cached bool, err error) {
 	if err := p.Validate(); err != nil {
-		return err
+		return "", false, err
 	}
 	k := a.kernel()
-	log := a.log().With(patchFields(&p)...)
-	start := a.d.Now()
 	k.Target = &p
 	if err := a.setPhase(state.PhaseDownloading); err != nil {
-		return err
+		return "", false, err
 	}
 	a.crashpoint("apply:intent")
-	rpm, err := a.download(ctx, &p)
-	if err != nil {
-		a.rec().Applied(false, 0)
-		return a.abandon(fmt.Errorf("download %s: %w", p.ID(), err))
-	}
-	a.crashpoint("apply:downloaded")
-	if info, err := klp.InspectRPM(rpm); err == nil {
-		p.RPMName = info.Name
-		k.Target = &p
-	}
-	if err := a.setPhase(state.PhaseEnabling); err != nil {
-		return err
-	}
-	a.crashpoint("apply:enabling")
-	res, err := a.d.Installer.Apply(ctx, rpm, klp.Want{KernelRelease: a.d.Host.Kernel, Name: p.Name, Level: p.Level, SHA256: p.SHA256, Size: p.Size})
-	if err != nil {
-		if errors.Is(err, klp.ErrStalled) {
-			// A stall is not a regression (a task sat in a patched
-			// function): the kernel is as before, and the next poll retries.
-			log.Error("livepatch transition stalled; reversed, will retry at the next poll", zap.Error(err), logging.MessageID(MsgStalled))
-		}
-		a.rec().Applied(false, 0)
-		return a.abandon(fmt.Errorf("apply %s: %w", p.ID(), err))
-	}
-	p.Applied = a.d.Now()
-	k.Current, k.Target = &p, nil
-	k.SoakUntil = p.Applied.Add(a.d.Soak)
-	if err := a.setPhase(state.PhaseSoaking); err != nil {
-		return err
-	}
-	a.crashpoint("apply:soaking")
-	a.rec().Applied(true, a.d.Now().Sub(start))
-	t := res.Timing
-	log.Info(fmt.Sprintf("applied %s; soaking until %s", p.ID(), k.SoakUntil.UTC().Format(time.RFC3339)),
-		logging.MessageID(MsgApplied), zap.Duration("VERIFY", t.Verify), zap.Duration("INSTALL", t.Install),
-		zap.Duration("LOAD", t.Load), zap.Duration("TRANSITION", t.Transition), zap.Strings("REPLACED", res.Result.Replaced))
-	return nil
+	rpm, cached = a.cached(&p)
+	return rpm, cached, nil
 }
 
-// abandon records that an apply did not happen: the kernel still runs the
-// current patch (a failed enable reverses itself), so the phase goes back
-// to what Current says.
-func (a *Agent) abandon(cause error) error {
-	k := a.kernel()
-	k.Target = nil
-	ph := state.PhaseNone
-	if c := k.Current; c != nil {
-		ph = state.PhaseSoaking
-		if !c.Good.IsZero() {
-			ph = state.PhaseGood
-		}
-	}
-	if err := a.setPhase(ph); err != nil {
-		return errors.Join(cause, err)
-	}
-	return cause
-}
-
-// download fetches p's RPM into the state dir, checking size and sha256
-// while streaming; a verified copy already there is reused. The copy is
-// kept: it is what a reboot re-applies and a rollback steps back to.
-func (a *Agent) download(ctx context.Context, p *state.PatchRecord) (string, error) {
+// cached returns p's verified local copy, if there is one.
+func (a *Agent) cached(p *state.PatchRecord) (string, bool) {
 	dst, err := a.d.Store.RPMPath(p)
 	if err != nil {
-		return "", err
+		return "", false
 	}
-	if sum, size, err := klp.FileSHA256(dst); err == nil && sum == p.SHA256 && size == p.Size {
-		return dst, nil
+	sum, size, err := klp.FileSHA256(dst)
+	return dst, err == nil && sum == p.SHA256 && size == p.Size
+}
+
+// Download fetches p's RPM into the state dir, checking size and sha256
+// while streaming. The copy is kept: it is what a reboot re-applies and a
+// rollback steps back to. It changes no state, so the Loop runs it beside
+// its other work and cancels it through ctx.
+func (a *Agent) Download(ctx context.Context, p state.PatchRecord) (string, error) {
+	dst, err := a.d.Store.RPMPath(&p)
+	if err != nil {
+		return "", err
 	}
 	if p.URL == "" {
 		return "", fmt.Errorf("%w: no URL for %s", ErrNoRPM, p.ID())
@@ -438,25 +534,13 @@ func (a *Agent) download(ctx context.Context, p *state.PatchRecord) (string, err
 	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 		return "", err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL, nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := a.d.HTTP.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s: %s", p.URL, resp.Status)
-	}
 	tmp := dst + ".part"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return "", err
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(resp.Body, p.Size+1))
+	n, err := a.d.Downloader.Download(ctx, p.URL, io.MultiWriter(f, h), min(p.Size, maxRPMBytes))
 	if err == nil {
 		err = f.Sync()
 	}
@@ -477,13 +561,74 @@ func (a *Agent) download(ctx context.Context, p *state.PatchRecord) (string, err
 	return dst, atomicfile.SyncDir(filepath.Dir(dst))
 }
 
+// FinishApply installs and enables p from its verified copy rpm and starts
+// its soak.
+func (a *Agent) FinishApply(ctx context.Context, p state.PatchRecord, rpm string) error {
+	k := a.kernel()
+	log := a.log().With(patchFields(&p)...)
+	start := a.now()
+	a.crashpoint("apply:downloaded")
+	if info, err := klp.InspectRPM(rpm); err == nil {
+		p.RPMName = info.Name
+	}
+	k.Target = &p
+	if err := a.setPhase(state.PhaseEnabling); err != nil {
+		return err
+	}
+	a.crashpoint("apply:enabling")
+	loading := a.now()
+	res, err := a.d.Installer.Apply(ctx, rpm, a.want(&p))
+	if err != nil {
+		if errors.Is(err, klp.ErrStalled) {
+			// A stall is not a regression (a task sat in a patched
+			// function): the kernel is as before, and the next poll retries.
+			log.Error("livepatch transition stalled; reversed, will retry at the next poll: "+err.Error(), logging.MessageID(MsgStalled))
+		}
+		a.d.Recorder.Applied(false, 0)
+		return a.AbandonApply(fmt.Errorf("apply %s: %w", p.ID(), err))
+	}
+	p.Applied = a.now()
+	k.Current, k.Target = &p, nil
+	k.SoakUntil = p.Applied.Add(a.d.Soak)
+	if err := a.setPhase(state.PhaseSoaking); err != nil {
+		return err
+	}
+	a.golive(&p, loading)
+	a.crashpoint("apply:soaking")
+	a.d.Recorder.Applied(true, a.now().Sub(start))
+	t := res.Timing
+	log.Info(fmt.Sprintf("applied %s; soaking until %s", p.ID(), k.SoakUntil.UTC().Format(time.RFC3339)),
+		logging.MessageID(MsgApplied), zap.Duration("VERIFY", t.Verify), zap.Duration("INSTALL", t.Install),
+		zap.Duration("LOAD", t.Load), zap.Duration("TRANSITION", t.Transition), zap.Strings("REPLACED", res.Result.Replaced))
+	return nil
+}
+
+// AbandonApply records that an apply did not happen: the kernel still runs
+// the current patch (a failed enable reverses itself), so the phase goes
+// back to what Current says. It returns cause (nil: only the record).
+func (a *Agent) AbandonApply(cause error) error {
+	k := a.kernel()
+	k.Target = nil
+	ph := state.PhaseNone
+	if c := k.Current; c != nil {
+		ph = state.PhaseSoaking
+		if !c.Good.IsZero() {
+			ph = state.PhaseGood
+		}
+	}
+	if err := a.setPhase(ph); err != nil {
+		return errors.Join(cause, err)
+	}
+	return cause
+}
+
 // Tick ends a soak whose time has come: the patch becomes good.
 func (a *Agent) Tick() error {
 	k := a.kernel()
-	if k.Phase != state.PhaseSoaking || k.Current == nil || a.d.Now().Before(k.SoakUntil) {
+	if k.Phase != state.PhaseSoaking || k.Current == nil || a.now().Before(k.SoakUntil) {
 		return nil
 	}
-	k.Current.Good = a.d.Now()
+	k.Current.Good = a.now()
 	k.MarkGood(*k.Current)
 	if err := a.setPhase(state.PhaseGood); err != nil {
 		return err
@@ -496,23 +641,35 @@ func (a *Agent) Tick() error {
 // Rollback steps back from the current patch: to the previous good level
 // if its RPM is at hand (atomic replace keeps the kernel patched), else to
 // no patch. With block, the current patch is never applied here again.
-func (a *Agent) Rollback(ctx context.Context, reason string, evidence []string, block bool) error {
+func (a *Agent) Rollback(ctx context.Context, cause state.Cause, reason string, evidence []string, block bool) error {
 	k := a.kernel()
 	if k.Current == nil {
 		return errors.New("rollback: no patch applied")
 	}
-	return a.rollback(ctx, *k.Current, reason, evidence, block)
+	return a.rollback(ctx, *k.Current, cause, reason, evidence, block)
 }
 
-func (a *Agent) rollback(ctx context.Context, from state.PatchRecord, reason string, evidence []string, block bool) error {
+// Block records p as blocked on this host without touching the kernel:
+// for a patch that is no longer live when the evidence against it is
+// judged (an apply replaced it meanwhile).
+func (a *Agent) Block(p state.PatchRecord, cause state.Cause, reason string, evidence []string) error {
+	a.block(p, cause, reason, evidence)
+	return a.save()
+}
+
+func (a *Agent) block(p state.PatchRecord, cause state.Cause, reason string, evidence []string) {
+	a.kernel().Block(p, cause, reason, evidence, a.now())
+	a.log().Warn(fmt.Sprintf("blocked %s on this host: %s", p.ID(), reason),
+		append(patchFields(&p), logging.MessageID(MsgBlocked), zap.String("KLP_CAUSE", string(cause)), zap.Strings("EVIDENCE", evidence))...)
+}
+
+func (a *Agent) rollback(ctx context.Context, from state.PatchRecord, cause state.Cause, reason string, evidence []string, block bool) error {
 	k := a.kernel()
 	if block {
 		// Block first: whatever happens next, this patch is never re-applied.
-		k.Block(from, reason, evidence, a.d.Now())
-		a.log().Warn(fmt.Sprintf("blocked %s on this host: %s", from.ID(), reason),
-			append(patchFields(&from), logging.MessageID(MsgBlocked), zap.Strings("EVIDENCE", evidence))...)
+		a.block(from, cause, reason, evidence)
 	}
-	k.From, k.Target, k.Reason = &from, k.PreviousGood(from.Level), reason
+	k.From, k.Target, k.Cause, k.Reason = &from, k.PreviousGood(from.Level), cause, reason
 	if err := a.setPhase(state.PhaseRollingBack); err != nil {
 		return err
 	}
@@ -525,11 +682,11 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 	k := a.kernel()
 	from, to := k.From, k.Target
 	log := a.log().With(patchFields(from)...)
-	start := a.d.Now()
+	start := a.now()
 	if to != nil {
 		err := a.install(ctx, to)
 		if errors.Is(err, ErrNoRPM) {
-			log.Warn("previous good level not at hand; disabling instead", zap.Error(err))
+			log.Warn("previous good level not at hand; disabling instead: " + err.Error())
 			to = nil
 		} else if err != nil {
 			return fmt.Errorf("roll back %s to %s: %w", from.ID(), to.ID(), err)
@@ -546,19 +703,20 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 	if to != nil {
 		ph = state.PhaseGood
 	}
-	reason := k.Reason
-	k.Reason = ""
+	cause, reason := k.Cause, k.Reason
+	k.Cause, k.Reason = "", ""
 	if err := a.setPhase(ph); err != nil {
 		return err
 	}
+	a.golive(to, start)
 	a.crashpoint("rollback:done")
 	dest := "no patch"
 	if to != nil {
 		dest = to.ID()
 	}
-	a.rec().RolledBack(reasonClass(reason))
-	log.Warn(fmt.Sprintf("rolled back %s to %s in %s: %s", from.ID(), dest, a.d.Now().Sub(start).Round(time.Millisecond), reason),
-		logging.MessageID(MsgRolledBack), zap.String("KLP_ROLLBACK_REASON", reason))
+	a.d.Recorder.RolledBack(cause)
+	log.Warn(fmt.Sprintf("rolled back %s to %s in %s: %s", from.ID(), dest, a.now().Sub(start).Round(time.Millisecond), reason),
+		logging.MessageID(MsgRolledBack), zap.String("KLP_CAUSE", string(cause)), zap.String("KLP_ROLLBACK_REASON", reason))
 	return nil
 }
 

@@ -54,7 +54,7 @@ func (f *fakeRecorder) add(s string) {
 	f.events = append(f.events, s)
 }
 func (f *fakeRecorder) Applied(ok bool, d time.Duration) { f.add(fmt.Sprintf("applied ok=%v", ok)) }
-func (f *fakeRecorder) RolledBack(reason string)         { f.add("rollback " + reason) }
+func (f *fakeRecorder) RolledBack(c state.Cause)         { f.add("rollback " + string(c)) }
 func (f *fakeRecorder) Polled(result string, _ time.Time, v uint64) {
 	f.add(fmt.Sprintf("poll %s v%d", result, v))
 }
@@ -128,11 +128,11 @@ func (h *host) manifest(levels []int, revoked ...int) *manifest.Verified {
 	for _, l := range revoked {
 		m.Revoked = append(m.Revoked, manifest.Revoked{Name: h.patches[l].Name, Level: l, Reason: "bad"})
 	}
-	return &manifest.Verified{Manifest: m}
+	return &manifest.Verified{Manifest: m, URL: h.srv.URL + "/manifest.json"}
 }
 
 func (h *host) converge(levels []int, revoked ...int) error {
-	return h.agent.Converge(context.Background(), h.manifest(levels, revoked...), h.srv.URL+"/manifest.json")
+	return h.agent.Converge(context.Background(), h.manifest(levels, revoked...))
 }
 
 // expect checks the kernel and the recorded state agree on the level.
@@ -213,12 +213,12 @@ func TestHealthRollbackToPreviousGoodAndToNone(t *testing.T) {
 	h.converge([]int{1})
 	h.soak()
 	h.converge([]int{1, 2})
-	if err := h.agent.Rollback(context.Background(), "oops attributed to klp_cmdline_2", []string{"BUG: kernel NULL pointer dereference"}, true); err != nil {
+	if err := h.agent.Rollback(context.Background(), state.CauseHealth, "oops attributed to klp_cmdline_2", []string{"BUG: kernel NULL pointer dereference"}, true); err != nil {
 		t.Fatal(err)
 	}
 	h.expect(state.PhaseGood, 1)
 	// Level 1 also goes bad: nothing older is good, so no patch at all.
-	if err := h.agent.Rollback(context.Background(), "operator", nil, true); err != nil {
+	if err := h.agent.Rollback(context.Background(), state.CauseOperator, "operator", nil, true); err != nil {
 		t.Fatal(err)
 	}
 	h.expect(state.PhaseNone, 0)
@@ -306,7 +306,7 @@ func TestDigestMismatchAppliesNothing(t *testing.T) {
 	h := newHost(t, 1)
 	m := h.manifest([]int{1})
 	m.Patches[0].SHA256 = strings.Repeat("0", 64)
-	err := h.agent.Converge(context.Background(), m, h.srv.URL+"/manifest.json")
+	err := h.agent.Converge(context.Background(), m)
 	if !errors.Is(err, klp.ErrDigest) {
 		t.Fatalf("err = %v, want ErrDigest", err)
 	}

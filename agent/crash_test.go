@@ -73,12 +73,12 @@ func crashHelper(jobJSON string) int {
 	switch j.Op {
 	case "apply":
 		m := &manifest.Manifest{Schema: 1, Version: 1, Expires: time.Now().Add(time.Hour), Patches: j.Patches[:1]}
-		err = a.Converge(ctx, &manifest.Verified{Manifest: m}, j.ServerURL+"/manifest.json")
+		err = a.Converge(ctx, &manifest.Verified{Manifest: m, URL: j.ServerURL + "/manifest.json"})
 	case "rollback":
 		// The verdict (or the operator) asks again after a restart, as the
 		// daemon's health monitor would; it is a no-op once done.
 		if c := a.kernel().Current; c != nil && c.Level == 2 {
-			err = a.Rollback(ctx, "oops attributed to klp_cmdline_2", []string{"Oops"}, true)
+			err = a.Rollback(ctx, state.CauseHealth, "oops attributed to klp_cmdline_2", []string{"Oops"}, true)
 		}
 	}
 	if err != nil {
@@ -193,16 +193,16 @@ func setUpSoakingLevel2(t *testing.T, j crashJob, k *klptest.Kernel) {
 		t.Fatal(err)
 	}
 	m := &manifest.Manifest{Schema: 1, Version: 1, Expires: time.Now().Add(time.Hour), Patches: j.Patches}
-	v := &manifest.Verified{Manifest: m}
+	v := &manifest.Verified{Manifest: m, URL: j.ServerURL + "/m"}
 	m.Patches = j.Patches[:1]
-	if err := a.Converge(ctx, v, j.ServerURL+"/m"); err != nil {
+	if err := a.Converge(ctx, v); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Tick(); err != nil { // soak 0: good at once
 		t.Fatal(err)
 	}
 	m.Patches = j.Patches
-	if err := a.Converge(ctx, v, j.ServerURL+"/m"); err != nil {
+	if err := a.Converge(ctx, v); err != nil {
 		t.Fatal(err)
 	}
 	if c := a.kernel().Current; c == nil || c.Level != 2 || a.kernel().Phase != state.PhaseSoaking {

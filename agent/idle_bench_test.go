@@ -52,7 +52,7 @@ func BenchmarkDaemonSteadyState(b *testing.B) {
 	h.publish(priv, 1, []int{1})
 	h.polls(pub)
 	for b.Loop() {
-		d := &Daemon{Agent: h.agent, Source: h.source, ManifestURL: h.srv.URL + "/manifest.json", Interval: 2 * time.Millisecond}
+		d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: 2 * time.Millisecond}}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- d.Run(ctx) }()
@@ -70,7 +70,7 @@ func BenchmarkDaemonSteadyState(b *testing.B) {
 		cancel()
 		<-done
 		// Idle: a long interval, one poll at start, then nothing to do.
-		d = &Daemon{Agent: h.agent, Source: h.source, ManifestURL: h.srv.URL + "/manifest.json", Interval: time.Hour}
+		d = &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}}
 		ctx, cancel = context.WithCancel(context.Background())
 		go func() { done <- d.Run(ctx) }()
 		time.Sleep(500 * time.Millisecond)

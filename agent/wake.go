@@ -10,13 +10,16 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/klp-agent/klp-agent/agent/state"
 )
 
 // watchRequests wakes the daemon when a rollback request lands in dir, so
 // it needs no timer for operators. WriteRequest renames the file in
 // (IN_MOVED_TO); a plain write is seen when closed (IN_CLOSE_WRITE).
 // The channel has room for one wake-up; more while one waits add nothing.
-func watchRequests(ctx context.Context, dir string) (<-chan struct{}, error) {
+func watchRequests(ctx context.Context, l state.Layout) (<-chan struct{}, error) {
+	dir := l.Dir
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return nil, &os.SyscallError{Syscall: "inotify_init1", Err: err}
@@ -28,7 +31,7 @@ func watchRequests(ctx context.Context, dir string) (<-chan struct{}, error) {
 	// A non-blocking fd goes to Go's poller: Read parks the goroutine
 	// without a thread, and Close wakes it.
 	f := os.NewFile(uintptr(fd), "inotify:"+dir)
-	want := filepath.Base(RequestPath(dir))
+	want := filepath.Base(l.RollbackRequest())
 	wake := make(chan struct{}, 1)
 	go func() {
 		<-ctx.Done()

@@ -364,3 +364,17 @@ func splitDmesgLine(line string) (string, time.Duration, bool) {
 	ns, _ := strconv.ParseInt(frac, 10, 64)
 	return m[3], time.Duration(secs)*time.Second + time.Duration(ns), true
 }
+
+// CrashEvidence is what a block record keeps of the dumps written after t:
+// for each, its path and cause, then the cause's first lines of trace.
+func (s KdumpScanner) CrashEvidence(t time.Time) ([]string, error) {
+	dumps, err := s.Since(t)
+	var ev []string
+	for _, d := range dumps {
+		ev = append(ev, d.Evidence())
+		if c := d.Cause(); c != nil {
+			ev = append(ev, c.Lines[:min(len(c.Lines), 30)]...)
+		}
+	}
+	return ev, err
+}

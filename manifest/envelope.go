@@ -298,6 +298,9 @@ func (t Trust) VerifyEnvelope(envelope []byte) (payload []byte, keyIDs []string,
 // Verified is a manifest that passed every check.
 type Verified struct {
 	*Manifest
+	// URL is where the envelope was fetched (Source sets it; "" for a
+	// file): relative RPM URLs resolve against it.
+	URL           string
 	Payload       []byte
 	PayloadSHA256 string
 	KeyIDs        []string

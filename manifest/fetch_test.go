@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -146,7 +147,7 @@ func TestSourcePollCacheAndReject(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &Source{Fetcher: f, Trust: Trust{Keys: keyring(k), Threshold: 1}, Store: store, CacheDir: dir, Now: func() time.Time { return now }}
+		return &Source{Fetcher: f, Trust: Trust{Keys: keyring(k), Threshold: 1}, Store: store, Cache: testCache(dir), Now: func() time.Time { return now }}
 	}
 	s := mk()
 	ctx := context.Background()
@@ -180,4 +181,9 @@ func TestSourcePollCacheAndReject(t *testing.T) {
 	if _, err := s2.Poll(ctx); !errors.Is(err, ErrExpired) {
 		t.Fatalf("expired on 304: %v", err)
 	}
+}
+
+// testCache is a Source's cache in dir.
+func testCache(dir string) CacheFiles {
+	return CacheFiles{Envelope: filepath.Join(dir, "manifest.dsse.json"), Validators: filepath.Join(dir, "manifest.validators.json")}
 }

@@ -84,7 +84,7 @@ func BenchmarkPollNotModified(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	src := &Source{Fetcher: f, Trust: Trust{Keys: keyring(k), Threshold: 1}, Store: &MemVersionStore{}, CacheDir: b.TempDir(),
+	src := &Source{Fetcher: f, Trust: Trust{Keys: keyring(k), Threshold: 1}, Store: &MemVersionStore{}, Cache: testCache(b.TempDir()),
 		Now: func() time.Time { return time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC) }}
 	ctx := context.Background()
 	if r, err := src.Poll(ctx); err != nil || !r.Changed {

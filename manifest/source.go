@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -16,14 +15,14 @@ import (
 
 // Source is a host's view of the published manifest: it polls the fetcher,
 // runs the trust chain on new bodies, and keeps the last accepted envelope
-// and its validators in a cache directory so that a restarted agent works
+// and its validators in cache files so that a restarted agent works
 // offline and its first poll is still conditional.
 type Source struct {
-	Fetcher  *Fetcher
-	Trust    Trust
-	Store    VersionStore
-	CacheDir string // empty: memory only
-	Now      func() time.Time
+	Fetcher *Fetcher
+	Trust   Trust
+	Store   VersionStore
+	Cache   CacheFiles // zero: memory only
+	Now     func() time.Time
 	// Kernel, if set, is the host's release: only its entries are decoded
 	// (see ParseFor).
 	Kernel string
@@ -40,10 +39,15 @@ type PollResult struct {
 	Status   int       // HTTP status seen
 }
 
-const (
-	cacheEnvelope   = "manifest.dsse.json"
-	cacheValidators = "manifest.validators.json"
-)
+// CacheFiles are where a Source keeps the last accepted envelope and its
+// HTTP validators (the agent's state directory names them).
+type CacheFiles struct {
+	Envelope, Validators string
+}
+
+// ErrNoCache is a 304 Not Modified for a manifest this host never had: the
+// agent sent no validators, so the server (or something between) is wrong.
+var ErrNoCache = errors.New("304 Not Modified without a cached manifest")
 
 func (s *Source) now() time.Time {
 	if s.Now != nil {
@@ -63,10 +67,10 @@ func (s *Source) Current() *Verified {
 // through the whole trust chain again (the keyring may have changed); one
 // that fails is dropped with its validators so the next poll refetches.
 func (s *Source) LoadCache() error {
-	if s.CacheDir == "" {
+	if s.Cache.Envelope == "" {
 		return nil
 	}
-	env, err := os.ReadFile(filepath.Join(s.CacheDir, cacheEnvelope))
+	env, err := os.ReadFile(s.Cache.Envelope)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -77,8 +81,9 @@ func (s *Source) LoadCache() error {
 	if err != nil {
 		return fmt.Errorf("cached manifest no longer accepted: %w", err)
 	}
+	v.URL = s.URL()
 	var val Validators
-	if b, err := os.ReadFile(filepath.Join(s.CacheDir, cacheValidators)); err == nil {
+	if b, err := os.ReadFile(s.Cache.Validators); err == nil && s.Cache.Validators != "" {
 		_ = json.Unmarshal(b, &val) // validators are an optimisation only
 	}
 	s.mu.Lock()
@@ -104,6 +109,9 @@ func (s *Source) Poll(ctx context.Context) (PollResult, error) {
 	}
 	res := PollResult{Manifest: cur, Status: fr.Status}
 	if fr.NotModified {
+		if cur == nil {
+			return res, fmt.Errorf("manifest from %s: %w", redact(s.Fetcher.URL()), ErrNoCache)
+		}
 		if cur.Expired(s.now()) {
 			return res, fmt.Errorf("%w: version %d expired at %s (unchanged on server)", ErrExpired, cur.Version, cur.Expires.UTC().Format(time.RFC3339))
 		}
@@ -111,16 +119,19 @@ func (s *Source) Poll(ctx context.Context) (PollResult, error) {
 	}
 	v, err := s.Trust.VerifyFor(fr.Body, s.now(), s.Store, s.Kernel)
 	if err != nil {
-		return res, fmt.Errorf("manifest from %s rejected: %w", s.Fetcher.URL(), err)
+		return res, fmt.Errorf("manifest from %s rejected: %w", redact(s.Fetcher.URL()), err)
 	}
+	v.URL = s.URL()
 	res.Changed = cur == nil || v.Version != cur.Version || v.PayloadSHA256 != cur.PayloadSHA256
 	res.Manifest = v
-	if s.CacheDir != "" {
-		if err := atomicfile.WriteFile(filepath.Join(s.CacheDir, cacheEnvelope), fr.Body, 0o644); err != nil {
+	if s.Cache.Envelope != "" {
+		if err := atomicfile.WriteFile(s.Cache.Envelope, fr.Body, 0o644); err != nil {
 			return res, err
 		}
+	}
+	if s.Cache.Validators != "" {
 		b, _ := json.Marshal(fr.Validators)
-		if err := atomicfile.WriteFile(filepath.Join(s.CacheDir, cacheValidators), b, 0o644); err != nil {
+		if err := atomicfile.WriteFile(s.Cache.Validators, b, 0o644); err != nil {
 			return res, err
 		}
 	}
@@ -129,3 +140,6 @@ func (s *Source) Poll(ctx context.Context) (PollResult, error) {
 	s.mu.Unlock()
 	return res, nil
 }
+
+// URL is where the manifest is published; RPM URLs resolve against it.
+func (s *Source) URL() string { return s.Fetcher.URL() }

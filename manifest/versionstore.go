@@ -125,3 +125,11 @@ func (s *MemVersionStore) Highest() (uint64, error) {
 	defer s.mu.Unlock()
 	return s.r.Version, nil
 }
+
+// ReadOnly checks against s but never records: for tools (status,
+// explain) that must not change what the daemon will accept.
+func ReadOnly(s VersionStore) VersionStore { return readOnly{s} }
+
+type readOnly struct{ VersionStore }
+
+func (readOnly) Record(uint64, string) error { return nil }

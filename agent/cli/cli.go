@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/klp-agent/klp-agent/agent/daemon"
 )
 
 // Version is set at build time with -ldflags "-X ...cli.Version=...".
@@ -85,6 +87,7 @@ func Main(args []string, env *Env) int {
 	if env.Ctx == nil {
 		env.Ctx = context.Background()
 	}
+	daemon.Version = Version
 	cmds := commands()
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(env.Stderr, cmds)

@@ -2,15 +2,14 @@ package cli
 
 import (
 	"fmt"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/config"
+	"github.com/klp-agent/klp-agent/agent/daemon"
 	"github.com/klp-agent/klp-agent/agent/logging"
-	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -24,20 +23,7 @@ func cmdCheckConfig(env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var problems []string
-	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
-	switch {
-	case err != nil:
-		problems = append(problems, err.Error())
-	case len(kr) < l.Trust.Threshold:
-		problems = append(problems, fmt.Sprintf("trust.threshold %d but %s holds %d key(s)", l.Trust.Threshold, l.Trust.KeysDir, len(kr)))
-	}
-	if l.Manifest.URL == "" {
-		problems = append(problems, "manifest.url is not set: the agent has nothing to poll")
-	}
-	if _, err := l.HostID(); err != nil {
-		problems = append(problems, err.Error())
-	}
+	kr, problems := daemon.Problems(l)
 	y, err := l.YAML()
 	if err != nil {
 		return err
@@ -49,47 +35,6 @@ func cmdCheckConfig(env *Env, args []string) error {
 	}
 	return nil
 }
-
-// hostContext is what host-side commands share: config, trust, identity.
-type hostContext struct {
-	cfg   *config.Loaded
-	trust manifest.Trust
-	host  manifest.Host
-}
-
-func loadHost(path string) (*hostContext, error) {
-	l, err := config.Load(path)
-	if err != nil {
-		return nil, err
-	}
-	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
-	if err != nil {
-		return nil, err
-	}
-	id, err := l.HostID()
-	if err != nil {
-		return nil, err
-	}
-	krel, err := klp.KernelRelease(l.Paths.Root)
-	if err != nil {
-		return nil, err
-	}
-	return &hostContext{
-		cfg:   l,
-		trust: manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold, MaxSize: int(l.Manifest.MaxSize)},
-		host:  manifest.Host{ID: id, Tier: l.Host.Tier, Kernel: krel},
-	}, nil
-}
-
-func (h *hostContext) versionStore() *manifest.FileVersionStore {
-	return &manifest.FileVersionStore{Path: filepath.Join(h.cfg.Paths.StateDir, "manifest-version.json")}
-}
-
-// readOnlyStore checks against the host's record but never writes it:
-// explain must not change what the daemon will accept.
-type readOnlyStore struct{ manifest.VersionStore }
-
-func (readOnlyStore) Record(uint64, string) error { return nil }
 
 func cmdExplain(env *Env, args []string) error {
 	fs := newFlags(env, "explain", "explain [--config PATH] [--manifest FILE] [--at TIME]")
@@ -107,45 +52,45 @@ func cmdExplain(env *Env, args []string) error {
 		}
 		now = t
 	}
-	h, err := loadHost(*path)
+	h, err := daemon.LoadHost(*path)
 	if err != nil {
 		return err
 	}
 	var envelope []byte
 	source := *file
 	if *file != "" {
-		envelope, err = readFileLimited(*file, int64(h.cfg.Manifest.MaxSize))
+		envelope, err = readFileLimited(*file, int64(h.Config.Manifest.MaxSize))
 		if err != nil {
 			return err
 		}
 	} else {
-		if h.cfg.Manifest.URL == "" {
+		if h.Config.Manifest.URL == "" {
 			return fmt.Errorf("manifest.url is not set; pass --manifest FILE")
 		}
 		// Retries and their reasons go to stderr, so a slow explain says why.
-		log, err := logging.New(logging.Options{Level: h.cfg.Log.Level, Format: logging.FormatConsole, Stderr: env.Stderr})
+		log, err := logging.New(logging.Options{Level: h.Config.Log.Level, Format: logging.FormatConsole, Stderr: env.Stderr})
 		if err != nil {
 			return err
 		}
-		f, err := manifest.NewFetcher(manifest.FetcherConfig{
-			URL: h.cfg.Manifest.URL, CABundle: h.cfg.Manifest.CABundle, Timeout: h.cfg.Manifest.Timeout,
-			Retries: h.cfg.Manifest.Retries, MaxSize: int64(h.cfg.Manifest.MaxSize),
-			Logger: logging.RetryableLogger(log),
-		})
+		client, err := h.Client(log)
 		if err != nil {
 			return err
 		}
-		res, err := f.Fetch(env.Ctx, manifest.Validators{})
+		src, err := h.Source(client, true)
 		if err != nil {
 			return err
 		}
-		envelope, source = res.Body, h.cfg.Manifest.URL
+		res, err := src.Fetcher.Fetch(env.Ctx, manifest.Validators{})
+		if err != nil {
+			return err
+		}
+		envelope, source = res.Body, src.URL()
 	}
-	v, err := h.trust.Verify(envelope, now, readOnlyStore{h.versionStore()})
+	v, err := h.Trust.Verify(envelope, now, manifest.ReadOnly(&manifest.FileVersionStore{Path: h.Layout().ManifestVersion()}))
 	if err != nil {
 		return fmt.Errorf("manifest %s rejected: %w", source, err)
 	}
-	d := manifest.Select(v.Manifest, h.host, now, nil)
+	d := manifest.Select(v.Manifest, h.Host, now, nil)
 	writeDecision(env, source, v, d)
 	return nil
 }
@@ -190,16 +135,16 @@ func cmdReload(env *Env, args []string) error {
 	if *pid <= 1 {
 		return fmt.Errorf("%w: --pid of the running daemon is required", errUsage)
 	}
-	h, err := loadHost(*path)
+	h, err := daemon.LoadHost(*path)
+	if err == nil {
+		err = h.CheckTrust()
+	}
 	if err != nil {
 		return fmt.Errorf("configuration refused, the daemon keeps its current one: %w", err)
-	}
-	if n := len(h.trust.Keys); n < h.trust.Threshold {
-		return fmt.Errorf("configuration refused: trust.threshold %d but %s holds %d key(s)", h.trust.Threshold, h.cfg.Trust.KeysDir, n)
 	}
 	if err := syscall.Kill(*pid, syscall.SIGHUP); err != nil {
 		return fmt.Errorf("signal daemon pid %d: %w", *pid, err)
 	}
-	fmt.Fprintf(env.Stdout, "configuration from %s valid; daemon %d reloading\n", strings.Join(h.cfg.Files, ", "), *pid)
+	fmt.Fprintf(env.Stdout, "configuration from %s valid; daemon %d reloading\n", strings.Join(h.Config.Files, ", "), *pid)
 	return nil
 }

@@ -106,7 +106,8 @@ func TestPublishAndFetchThroughNginx(t *testing.T) {
 	}
 	stateDir := t.TempDir()
 	src0 := &manifest.Source{Fetcher: f, Trust: manifest.Trust{Keys: kr, Threshold: 1},
-		Store: &manifest.FileVersionStore{Path: filepath.Join(stateDir, "v.json")}, CacheDir: stateDir}
+		Store: &manifest.FileVersionStore{Path: filepath.Join(stateDir, "v.json")},
+		Cache: manifest.CacheFiles{Envelope: filepath.Join(stateDir, "m.json"), Validators: filepath.Join(stateDir, "v.json.validators")}}
 	ctx := context.Background()
 
 	res, err := src0.Poll(ctx)

@@ -3,7 +3,6 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,37 +58,6 @@ func cmdKeygen(env *Env, args []string) error {
 	}
 	fmt.Fprintf(env.Stdout, "key id %s\nprivate key %s.key (keep it off the hosts)\npublic key  %s.pub (install in the hosts' trust.keys_dir)\n", id, *out, *out)
 	return nil
-}
-
-// loadPayload reads an unsigned manifest source, or starts a new one.
-func loadPayload(path string, mustExist bool) (*manifest.Manifest, error) {
-	b, err := readFileLimited(path, manifest.MaxSize)
-	if errors.Is(err, fs.ErrNotExist) && !mustExist {
-		return &manifest.Manifest{Schema: manifest.SchemaVersion}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var m manifest.Manifest
-	if err := manifest.DecodeStrict(b, &m); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return &m, nil
-}
-
-// savePayload is every edit's end: a new version with a new expiry,
-// validated, written atomically.
-func savePayload(path string, m *manifest.Manifest, expires time.Time) error {
-	m.Version++
-	m.Expires = expires
-	if err := m.Validate(); err != nil {
-		return err
-	}
-	out, err := manifest.Marshal(m)
-	if err != nil {
-		return err
-	}
-	return atomicfile.WriteFile(path, out, 0o644)
 }
 
 func cmdAdd(env *Env, args []string) error {
@@ -149,23 +117,14 @@ func cmdAdd(env *Env, args []string) error {
 	if err != nil || exp <= 0 {
 		return fmt.Errorf("%w: --expires-in %q", errUsage, *expiresIn)
 	}
-	m, err := loadPayload(*path, false)
+	m, err := manifest.LoadSource(*path, false)
 	if err != nil {
 		return err
 	}
-	replaced := false
-	for i := range m.Patches {
-		if m.Patches[i].Kernel == p.Kernel && m.Patches[i].Level == p.Level {
-			if !*replace {
-				return fmt.Errorf("%w: %s already has kernel %s level %d (use --replace)", manifest.ErrDuplicate, *path, p.Kernel, p.Level)
-			}
-			m.Patches[i], replaced = p, true
-		}
+	if err := m.AddPatch(p, *replace); err != nil {
+		return fmt.Errorf("%s: %w (use --replace)", *path, err)
 	}
-	if !replaced {
-		m.Patches = append(m.Patches, p)
-	}
-	if err := savePayload(*path, m, now.Add(exp)); err != nil {
+	if err := manifest.SaveSource(*path, m, now.Add(exp)); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "added %s level %d for kernel %s (%d bytes, sha256 %s) as %s; manifest version %d, expires %s\n",
@@ -207,27 +166,19 @@ func cmdRevoke(env *Env, args []string) error {
 	if err != nil || exp <= 0 {
 		return fmt.Errorf("%w: --expires-in %q", errUsage, *expiresIn)
 	}
-	m, err := loadPayload(*path, true)
+	m, err := manifest.LoadSource(*path, true)
 	if err != nil {
 		return err
 	}
 	r := manifest.Revoked{Name: *name, Level: *level, Kernel: *kernel, SHA256: *sum, Reason: *reason}
-	for _, old := range m.Revoked {
-		if old.Name == r.Name && old.Level == r.Level && old.Kernel == r.Kernel && old.SHA256 == r.SHA256 {
-			return fmt.Errorf("%w: %s@%d is already revoked in %s", manifest.ErrDuplicate, r.Name, r.Level, *path)
-		}
+	matched, err := m.Revoke(r, *absent)
+	switch {
+	case errors.Is(err, manifest.ErrNoMatch):
+		return fmt.Errorf("%s: %w (check --name, --level, --kernel, --sha256; or --allow-absent)", *path, err)
+	case err != nil:
+		return fmt.Errorf("%s: %w", *path, err)
 	}
-	matched := 0
-	for i := range m.Patches {
-		if r.Matches(&m.Patches[i]) {
-			matched++
-		}
-	}
-	if matched == 0 && !*absent {
-		return fmt.Errorf("no entry in %s matches %s@%d (check --name, --level, --kernel, --sha256; or --allow-absent)", *path, r.Name, r.Level)
-	}
-	m.Revoked = append(m.Revoked, r)
-	if err := savePayload(*path, m, env.Now().UTC().Truncate(time.Second).Add(exp)); err != nil {
+	if err := manifest.SaveSource(*path, m, env.Now().UTC().Truncate(time.Second).Add(exp)); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "revoked %s level %d (matching entries: %d) in %s; manifest version %d: sign and publish it\n",

@@ -4,41 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/agent/config"
+	"github.com/klp-agent/klp-agent/agent/daemon"
 	"github.com/klp-agent/klp-agent/agent/state"
-	"github.com/klp-agent/klp-agent/klp"
-	"github.com/klp-agent/klp-agent/manifest"
 )
-
-// Status is what `klp-agent status --json` prints.
-type Status struct {
-	Kernel       string          `json:"kernel"`
-	Phase        state.Phase     `json:"phase"`
-	Applied      *state.PatchRecord    `json:"applied,omitempty"`
-	Wanted       *manifest.Patch `json:"wanted,omitempty"`
-	WantedReason string          `json:"wanted_reason,omitempty"`
-	SoakUntil    *time.Time      `json:"soak_until,omitempty"`
-	SoakLeft     string          `json:"soak_left,omitempty"`
-	Good         []state.PatchRecord   `json:"good"`
-	Blocked      []state.Blocked `json:"blocked"`
-	LastPoll     *state.Poll     `json:"last_poll,omitempty"`
-	Livepatches  []LivepatchRow  `json:"livepatches"`
-	Events       []state.Event   `json:"events"` // recent health events, newest last
-	Problems     []string        `json:"problems,omitempty"`
-}
-
-// LivepatchRow is one livepatch in the kernel and whether the agent owns it.
-type LivepatchRow struct {
-	klp.Livepatch
-	Owner string `json:"owner"` // "klp-agent" or "foreign"
-}
 
 // maxEvidenceLines bounds the evidence the human status shows per block.
 const maxEvidenceLines = 4
@@ -50,7 +24,15 @@ func cmdStatus(env *Env, args []string) error {
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	s, err := collectStatus(*path, env.Now())
+	h, err := daemon.LoadHost(*path)
+	if err != nil {
+		return err
+	}
+	in, err := h.StatusInput(env.Now())
+	if err != nil {
+		return err
+	}
+	s, err := agent.CollectStatus(in)
 	if err != nil {
 		return err
 	}
@@ -63,74 +45,7 @@ func cmdStatus(env *Env, args []string) error {
 	return nil
 }
 
-func collectStatus(path string, now time.Time) (*Status, error) {
-	l, err := config.Load(path)
-	if err != nil {
-		return nil, err
-	}
-	s := &Status{Good: []state.PatchRecord{}, Blocked: []state.Blocked{}, Livepatches: []LivepatchRow{}}
-	if s.Kernel, err = klp.KernelRelease(l.Paths.Root); err != nil {
-		return nil, err
-	}
-	// Reading needs no lock: the file is replaced atomically.
-	st, err := (&state.Store{Dir: l.Paths.StateDir}).Load()
-	if err != nil {
-		return nil, err
-	}
-	k := st.Kernel(s.Kernel)
-	s.Phase, s.Applied, s.LastPoll = k.Phase, k.Current, st.LastPoll
-	s.Events = append(s.Events, st.Events...)
-	s.Good = append(s.Good, k.Good...)
-	s.Blocked = append(s.Blocked, k.Blocked...)
-	if k.Phase == state.PhaseSoaking {
-		s.SoakUntil = &k.SoakUntil
-		s.SoakLeft = max(k.SoakUntil.Sub(now), 0).Round(time.Second).String()
-	}
-	sysfs := &klp.Sysfs{FS: klp.OSFS{Root: l.Paths.Root}}
-	lps, err := sysfs.List()
-	if err != nil && !errors.Is(err, klp.ErrNoLivepatch) {
-		s.Problems = append(s.Problems, err.Error())
-	}
-	for _, p := range lps {
-		owner := "foreign"
-		if k.Current != nil && p.Name == k.Current.Name {
-			owner = "klp-agent"
-		}
-		s.Livepatches = append(s.Livepatches, LivepatchRow{Livepatch: p, Owner: owner})
-	}
-	if k.Current != nil && k.Phase != state.PhaseRollingBack {
-		if p, err := sysfs.Get(k.Current.Name); err != nil || !p.Enabled {
-			s.Problems = append(s.Problems, fmt.Sprintf("recorded patch %s is not enabled in the kernel", k.Current.ID()))
-		}
-	}
-	// Wanted, from the cached manifest, as the daemon would select it.
-	env, err := os.ReadFile(filepath.Join(l.Paths.StateDir, "manifest.dsse.json"))
-	if err == nil {
-		kr, kerr := manifest.LoadKeyring(l.Trust.KeysDir)
-		id, ierr := l.HostID()
-		if kerr == nil && ierr == nil {
-			v, verr := manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold, MaxSize: int(l.Manifest.MaxSize)}.Verify(env, now, nil)
-			if verr != nil {
-				s.Problems = append(s.Problems, "cached manifest: "+verr.Error())
-			} else {
-				d := manifest.Select(v.Manifest, manifest.Host{ID: id, Tier: l.Host.Tier, Kernel: s.Kernel}, now,
-					func(p *manifest.Patch) bool { return k.IsBlocked(p.Name, p.Level, p.SHA256) })
-				s.Wanted = d.Wanted
-				for _, e := range d.Entries {
-					if e.Chosen {
-						s.WantedReason = e.Reason
-					}
-				}
-			}
-		}
-	}
-	if _, err := os.Stat(agent.RequestPath(l.Paths.StateDir)); err == nil {
-		s.Problems = append(s.Problems, "an operator rollback request is waiting for the daemon")
-	}
-	return s, nil
-}
-
-func writeStatus(env *Env, s *Status) {
+func writeStatus(env *Env, s *agent.Status) {
 	w := env.Stdout
 	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 	fmt.Fprintf(w, "kernel:     %s\n", s.Kernel)
@@ -225,18 +140,25 @@ func cmdRollback(env *Env, args []string) error {
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	store := &state.Store{}
-	b, err := build(*path, store, os.Stderr, nil)
+	h, err := daemon.LoadHost(*path)
 	if err != nil {
 		return err
 	}
+	log, err := h.Logger(env.Stderr)
+	if err != nil {
+		return err
+	}
+	store := h.Store()
 	if err := store.Lock(); err == nil {
 		defer store.Unlock()
-		a := b.daemon.Agent
+		a, err := h.Agent(log, store, nil)
+		if err != nil {
+			return err
+		}
 		if err := a.Start(env.Ctx); err != nil {
 			return err
 		}
-		if err := a.Rollback(env.Ctx, "operator: "+*reason, nil, *block); err != nil {
+		if err := a.Rollback(env.Ctx, state.CauseOperator, "operator: "+*reason, nil, *block); err != nil {
 			return err
 		}
 		a.Stop()
@@ -246,22 +168,23 @@ func cmdRollback(env *Env, args []string) error {
 		return err
 	}
 	// The daemon holds the lock: hand it the request and wait.
-	if err := agent.WriteRequest(store.Dir, agent.RollbackRequest{Reason: *reason, Block: *block, At: env.Now()}); err != nil {
+	l := store.Layout()
+	if err := agent.WriteRequest(l, agent.RollbackRequest{Reason: *reason, Block: *block, At: env.Now()}); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(*wait)
 	for time.Now().Before(deadline) {
-		if _, err := os.Stat(agent.RequestPath(store.Dir)); errors.Is(err, os.ErrNotExist) {
+		if !agent.RequestPending(l) {
 			st, err := store.Load()
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(env.Stdout, "the daemon rolled back; now %s\n", describeCurrent(st.Kernel(b.daemon.Agent.Host().Kernel)))
+			fmt.Fprintf(env.Stdout, "the daemon rolled back; now %s\n", describeCurrent(st.Kernel(h.Host.Kernel)))
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("the daemon did not take the rollback request within %s (it stays queued in %s)", *wait, agent.RequestPath(store.Dir))
+	return fmt.Errorf("the daemon did not take the rollback request within %s (it stays queued in %s)", *wait, l.RollbackRequest())
 }
 
 func describeCurrent(k *state.Kernel) string {

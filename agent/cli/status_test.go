@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/agent/state"
 )
 
@@ -40,7 +41,7 @@ func TestStatus(t *testing.T) {
 	os.WriteFile(cfg, []byte("trust:\n  keys_dir: "+keys+"\npaths:\n  root: "+root+"\n  state_dir: "+stateDir+"\n"), 0o644)
 
 	out := run(t, t0.Add(10*time.Minute), "status", "--config", cfg, "--json")
-	var s Status
+	var s agent.Status
 	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}

@@ -88,6 +88,7 @@ type ManifestConfig struct {
 	PollJitter   float64       `yaml:"poll_jitter"`
 	Timeout      time.Duration `yaml:"timeout"`
 	Retries      int           `yaml:"retries"`
+	IdleTimeout  time.Duration `yaml:"idle_timeout"`
 	MaxSize      ByteSize      `yaml:"max_size"`
 }
 
@@ -125,6 +126,7 @@ func Default() Config {
 			PollJitter:   0.2,
 			Timeout:      2 * time.Minute,
 			Retries:      4,
+			IdleTimeout:  30 * time.Second,
 			MaxSize:      manifest.DefaultMaxSize,
 		},
 		Trust: TrustConfig{KeysDir: "/etc/klp-agent/keys", Threshold: 1},
@@ -302,6 +304,9 @@ func (l *Loaded) Validate() error {
 	}
 	if c.Manifest.Timeout <= 0 {
 		bad("manifest.timeout", "must be > 0")
+	}
+	if c.Manifest.IdleTimeout < time.Second || c.Manifest.IdleTimeout > 10*time.Minute {
+		bad("manifest.idle_timeout", "%s not in [1s,10m]", c.Manifest.IdleTimeout)
 	}
 	if c.Manifest.Retries < 0 || c.Manifest.Retries > 20 {
 		bad("manifest.retries", "%d not in [0,20]", c.Manifest.Retries)

@@ -23,11 +23,19 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"go.uber.org/zap"
 
+	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
 )
 
-// Rollback reasons: a closed set, so label cardinality stays fixed.
-var rollbackReasons = []string{"health", "revoked", "operator", "boot-crash", "failed-apply", "other"}
+// rollbackReasons are the causes, and "other" for one this version does
+// not know: a closed set, so label cardinality stays fixed.
+var rollbackReasons = func() []string {
+	var r []string
+	for _, c := range state.Causes() {
+		r = append(r, string(c))
+	}
+	return append(r, "other")
+}()
 
 // crashKinds count as crashes for the fleet's per-patch crash budget.
 var crashKinds = map[string]bool{"oops": true, "bug": true, "kernel-bug": true, "panic": true, "hard-lockup": true, "kdump": true}
@@ -65,7 +73,7 @@ func New(version, goVersion string) *Metrics {
 	m.applies = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "klp_agent_applies_total",
 		Help: "Livepatch applies by result (ok, failed)."}, []string{"result"})
 	m.rollbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "klp_agent_rollbacks_total",
-		Help: "Rollbacks by reason (health, revoked, operator, boot-crash, failed-apply, other)."}, []string{"reason"})
+		Help: "Rollbacks by cause (" + strings.Join(rollbackReasons, ", ") + ")."}, []string{"reason"})
 	m.healthEvents = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "klp_agent_health_events_total",
 		Help: "Crash signals seen, by kind, source and whether they ran through the current patch."}, []string{"kind", "source", "attributed"})
 	m.crashes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "klp_agent_crashes_total",
@@ -146,8 +154,9 @@ func (m *Metrics) Applied(ok bool, d time.Duration) {
 	m.applyDuration.Observe(d.Seconds())
 }
 
-// RolledBack counts one rollback; unknown reasons count as "other".
-func (m *Metrics) RolledBack(reason string) {
+// RolledBack counts one rollback by its cause; unknown ones count as "other".
+func (m *Metrics) RolledBack(cause state.Cause) {
+	reason := string(cause)
 	if !slices.Contains(rollbackReasons, reason) {
 		reason = "other"
 	}

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"time"
@@ -33,7 +32,6 @@ type Phase string
 const (
 	PhaseNone        Phase = "none"
 	PhaseDownloading Phase = "downloading"
-	PhaseInstalling  Phase = "installing"
 	PhaseEnabling    Phase = "enabling"
 	PhaseSoaking     Phase = "soaking"
 	PhaseGood        Phase = "good"
@@ -84,6 +82,7 @@ func (p *PatchRecord) Validate() error {
 // Blocked is a patch that hurt this host: it is never applied again here.
 type Blocked struct {
 	PatchRecord
+	Cause    Cause     `json:"cause"`
 	Reason   string    `json:"reason"`
 	Evidence []string  `json:"evidence,omitempty"`
 	At       time.Time `json:"at"`
@@ -91,11 +90,12 @@ type Blocked struct {
 
 // Kernel is the state for one kernel release.
 type Kernel struct {
-	Phase   Phase   `json:"phase"`
+	Phase   Phase         `json:"phase"`
 	Current *PatchRecord  `json:"current,omitempty"` // enabled in the kernel (or being soaked)
 	Target  *PatchRecord  `json:"target,omitempty"`  // in flight: being applied, or rolled back to
 	From    *PatchRecord  `json:"from,omitempty"`    // rolling back from this one
-	Reason  string  `json:"reason,omitempty"`  // why the in-flight rollback
+	Cause   Cause         `json:"cause,omitempty"`   // why the in-flight rollback
+	Reason  string        `json:"reason,omitempty"`  // and in words
 	Good    []PatchRecord `json:"good,omitempty"`    // levels that passed their soak here, oldest first
 
 	SoakUntil time.Time `json:"soak_until,omitempty"`
@@ -110,11 +110,11 @@ func (k *Kernel) IsBlocked(name string, level int, sha string) bool {
 }
 
 // Block records p as blocked (once).
-func (k *Kernel) Block(p PatchRecord, reason string, evidence []string, at time.Time) {
+func (k *Kernel) Block(p PatchRecord, cause Cause, reason string, evidence []string, at time.Time) {
 	if k.IsBlocked(p.Name, p.Level, p.SHA256) {
 		return
 	}
-	k.Blocked = append(k.Blocked, Blocked{PatchRecord: p, Reason: reason, Evidence: evidence, At: at})
+	k.Blocked = append(k.Blocked, Blocked{PatchRecord: p, Cause: cause, Reason: reason, Evidence: evidence, At: at})
 	// A blocked patch is no longer a good fallback.
 	k.Good = slices.DeleteFunc(k.Good, func(g PatchRecord) bool { return g.Same(&p) })
 }
@@ -207,8 +207,11 @@ type Store struct {
 	lock *flock.Flock
 }
 
+// Layout is the state directory's file names.
+func (s *Store) Layout() Layout { return Layout{Dir: s.Dir} }
+
 // Path is the state file.
-func (s *Store) Path() string { return filepath.Join(s.Dir, "state.json") }
+func (s *Store) Path() string { return s.Layout().StateFile() }
 
 // Lock takes the exclusive lock, without waiting: a second agent must fail
 // loudly, not queue behind the first.
@@ -216,7 +219,7 @@ func (s *Store) Lock() error {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	s.lock = flock.New(filepath.Join(s.Dir, "lock"))
+	s.lock = flock.New(s.Layout().LockFile())
 	ok, err := s.lock.TryLock()
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", s.lock.Path(), err)
@@ -257,6 +260,7 @@ func (s *Store) Load() (*State, error) {
 		st.Kernels = map[string]*Kernel{}
 	}
 	for krel, k := range st.Kernels {
+		migrate(k)
 		for _, p := range []*PatchRecord{k.Current, k.Target, k.From} {
 			if p != nil {
 				if err := p.Validate(); err != nil {
@@ -266,6 +270,19 @@ func (s *Store) Load() (*State, error) {
 		}
 	}
 	return &st, nil
+}
+
+// migrate fills in what files of earlier versions did not record: the
+// cause of an in-flight rollback and of each block, from their text.
+func migrate(k *Kernel) {
+	if k.Cause == "" {
+		k.Cause = legacyCause(k.Reason)
+	}
+	for i := range k.Blocked {
+		if b := &k.Blocked[i]; b.Cause == "" {
+			b.Cause = legacyCause(b.Reason)
+		}
+	}
 }
 
 // Save writes the state atomically.
@@ -284,11 +301,5 @@ func (s *Store) Save(st *State) error {
 	return atomicfile.WriteFile(s.Path(), append(b, '\n'), 0o600)
 }
 
-// RPMPath is where the verified copy of a patch's RPM is kept, named by
-// its digest (validated, so it is a safe path component).
-func (s *Store) RPMPath(p *PatchRecord) (string, error) {
-	if !shaRE.MatchString(p.SHA256) {
-		return "", fmt.Errorf("%w: sha256 %q", ErrBadRecord, p.SHA256)
-	}
-	return filepath.Join(s.Dir, "rpms", p.SHA256+".rpm"), nil
-}
+// RPMPath is where the verified copy of a patch's RPM is kept.
+func (s *Store) RPMPath(p *PatchRecord) (string, error) { return s.Layout().RPM(p.SHA256) }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -24,7 +25,7 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	c := p(2)
 	k.Phase, k.Current = PhaseSoaking, &c
 	k.MarkGood(p(1))
-	k.Block(p(3), "oops attributed to klp_cmdline_3", []string{"BUG: kernel NULL pointer dereference"}, time.Unix(1700000001, 0))
+	k.Block(p(3), CauseHealth, "oops attributed to klp_cmdline_3", []string{"BUG: kernel NULL pointer dereference"}, time.Unix(1700000001, 0))
 	st.BootID = "b1"
 	if err := s.Save(st); err != nil {
 		t.Fatal(err)
@@ -88,11 +89,11 @@ func TestGoodAndBlocked(t *testing.T) {
 	if g := k.PreviousGood(3); g == nil || g.Level != 2 {
 		t.Fatalf("PreviousGood(3) = %v", g)
 	}
-	k.Block(p(2), "x", nil, time.Now())
+	k.Block(p(2), CauseOperator, "x", nil, time.Now())
 	if g := k.PreviousGood(3); g == nil || g.Level != 1 {
 		t.Fatalf("after blocking 2, PreviousGood(3) = %v", g)
 	}
-	k.Block(p(2), "again", nil, time.Now())
+	k.Block(p(2), CauseHealth, "again", nil, time.Now())
 	if len(k.Blocked) != 1 {
 		t.Fatalf("blocked twice: %d", len(k.Blocked))
 	}
@@ -120,5 +121,32 @@ func TestAddEventKeepsTheNewest(t *testing.T) {
 	s.AddEvent(Event{Kind: "oops", Header: "last"})
 	if s.Events[len(s.Events)-1].Header != "last" || len(s.Events) != MaxEvents {
 		t.Fatalf("newest not kept last: %+v", s.Events[len(s.Events)-1])
+	}
+}
+
+// A state file written before causes were recorded keeps its meaning:
+// each block and an in-flight rollback get the cause their text names.
+func TestLoadMigratesCauses(t *testing.T) {
+	dir := t.TempDir()
+	sha := strings.Repeat("a", 64)
+	legacy := `{"format":1,"kernels":{"6.1.0-56-amd64":{"phase":"rolling-back",
+"from":{"name":"klp_cmdline_2","level":2,"sha256":"` + sha + `","size":10},"reason":"operator: test",
+"blocked":[{"name":"klp_cmdline_3","level":3,"sha256":"` + sha + `","size":10,"reason":"revoked by manifest version 4","at":"2026-11-25T12:00:00Z"},
+{"name":"klp_cmdline_4","level":4,"sha256":"` + sha + `","size":10,"reason":"previous boot crashed while it was soaking","at":"2026-11-25T12:00:00Z"},
+{"name":"klp_cmdline_5","level":5,"sha256":"` + sha + `","size":10,"reason":"oops attributed to klp_cmdline_5: Oops","at":"2026-11-25T12:00:00Z"}]}}}`
+	if err := os.WriteFile(filepath.Join(dir, "state.json"), []byte(legacy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := (&Store{Dir: dir}).Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := st.Kernels["6.1.0-56-amd64"]
+	var got []Cause
+	for _, b := range k.Blocked {
+		got = append(got, b.Cause)
+	}
+	if k.Cause != CauseOperator || !slices.Equal(got, []Cause{CauseRevoked, CauseBootCrash, CauseHealth}) {
+		t.Fatalf("in flight %q, blocked %v", k.Cause, got)
 	}
 }

@@ -1,4 +1,4 @@
-package cli
+package health
 
 import (
 	"context"
@@ -9,10 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
-	"github.com/klp-agent/klp-agent/agent/config"
-	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/internal/testutil/nginxtest"
 )
 
@@ -22,7 +18,7 @@ func freeUDP(t *testing.T) string {
 }
 
 // netconsoleOops sends a one-line oops to addr until mon reports it.
-func netconsoleOops(t *testing.T, mon *healthMonitor, addr string) health.Event {
+func netconsoleOops(t *testing.T, mon *Monitor, addr string) Event {
 	t.Helper()
 	c, err := net.Dial("udp", addr)
 	if err != nil {
@@ -33,11 +29,11 @@ func netconsoleOops(t *testing.T, mon *healthMonitor, addr string) health.Event 
 		t.Fatal(err)
 	}
 	select {
-	case ev := <-mon.Events:
+	case ev := <-mon.Events():
 		return ev
 	case <-time.After(5 * time.Second):
 		t.Fatalf("no event from the netconsole receiver on %s", addr)
-		return health.Event{}
+		return Event{}
 	}
 }
 
@@ -45,38 +41,29 @@ func netconsoleOops(t *testing.T, mon *healthMonitor, addr string) health.Event 
 // that changes them (here the netconsole port) restarts them, and the old
 // port is let go.
 func TestHealthSourcesFollowReload(t *testing.T) {
-	cfg := func(netconsole string) *config.Loaded {
-		l := &config.Loaded{Config: config.Default()}
-		l.Health.Kmsg, l.Health.Taint = false, false
-		l.Health.Netconsole = netconsole
-		l.Paths.Root = t.TempDir()
-		return l
+	root := t.TempDir()
+	opts := func(netconsole string) MonitorOptions {
+		return MonitorOptions{Root: root, Release: "6.1.0-test", Netconsole: netconsole, TaintInterval: 5 * time.Second}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a, b := freeUDP(t), freeUDP(t)
-	first := cfg(a)
-	mon := startHealth(ctx, first, "6.1.0-test", zap.NewNop())
-	defer func() { mon.stop() }()
-	if ev := netconsoleOops(t, mon, a); ev.Kind != health.KindOops || ev.Source != "netconsole" {
+	mon := StartMonitor(ctx, opts(a), nil)
+	defer func() { mon.Stop() }()
+	events := mon.Events()
+	if ev := netconsoleOops(t, mon, a); ev.Kind != KindOops || ev.Source != "netconsole" {
 		t.Fatalf("event %+v", ev)
 	}
-
-	same := cfg(a)
-	same.Paths.Root = first.Paths.Root
-	same.Health.Policy.Attributed = nil // policy is the daemon's: no restart
-	if got := mon.reload(ctx, same, "6.1.0-test", zap.NewNop()); got != mon {
-		t.Fatal("sources restarted for an unchanged configuration")
+	if mon.Reload(opts(a)) {
+		t.Fatal("sources restarted for unchanged options")
 	}
-
-	moved := cfg(b)
-	moved.Paths.Root = first.Paths.Root
-	next := mon.reload(ctx, moved, "6.1.0-test", zap.NewNop())
-	if next == mon {
+	if !mon.Reload(opts(b)) {
 		t.Fatal("sources kept for a changed netconsole address")
 	}
-	mon = next
-	if ev := netconsoleOops(t, mon, b); ev.Kind != health.KindOops {
+	if mon.Events() != events {
+		t.Fatal("the events channel changed across a reload")
+	}
+	if ev := netconsoleOops(t, mon, b); ev.Kind != KindOops {
 		t.Fatalf("event %+v", ev)
 	}
 	// The old port is free again.
@@ -91,13 +78,9 @@ func TestHealthSourcesFollowReload(t *testing.T) {
 // crash (it would count against whatever patch the rollback left); a W bit
 // no report explains still comes through.
 func TestTaintExplainedByTheLog(t *testing.T) {
-	l := &config.Loaded{Config: config.Default()}
-	l.Paths.Root = t.TempDir()
-	l.Health.Kmsg = false
-	l.Health.Netconsole = freeUDP(t)
-	l.Health.TaintInterval = 10 * time.Millisecond
-	tainted := filepath.Join(l.Paths.Root, "proc/sys/kernel/tainted")
-	set := func(v health.Taint) {
+	o := MonitorOptions{Root: t.TempDir(), Release: "6.1.0-test", Netconsole: freeUDP(t), Taint: true, TaintInterval: 10 * time.Millisecond}
+	tainted := filepath.Join(o.Root, "proc/sys/kernel/tainted")
+	set := func(v Taint) {
 		t.Helper()
 		tmp := tainted + ".tmp"
 		if err := os.WriteFile(tmp, []byte(strconv.FormatUint(uint64(v), 10)+"\n"), 0o644); err != nil {
@@ -110,20 +93,20 @@ func TestTaintExplainedByTheLog(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(tainted), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	set(health.TaintLivepatch)
+	set(TaintLivepatch)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	mon := startHealth(ctx, l, "6.1.0-test", zap.NewNop())
-	defer mon.stop()
-	if ev := netconsoleOops(t, mon, l.Health.Netconsole); ev.Kind != health.KindOops {
+	mon := StartMonitor(ctx, o, nil)
+	defer mon.Stop()
+	if ev := netconsoleOops(t, mon, o.Netconsole); ev.Kind != KindOops {
 		t.Fatalf("event %+v", ev)
 	}
-	set(health.TaintLivepatch | health.TaintDied) // the oops's own bit
-	time.Sleep(100 * time.Millisecond)            // ten polls
-	set(health.TaintLivepatch | health.TaintDied | health.TaintWarn)
+	set(TaintLivepatch | TaintDied)    // the oops's own bit
+	time.Sleep(100 * time.Millisecond) // ten polls
+	set(TaintLivepatch | TaintDied | TaintWarn)
 	select {
-	case ev := <-mon.Events:
-		if ev.Source != "taint" || ev.Kind != health.KindWarning {
+	case ev := <-mon.Events():
+		if ev.Source != "taint" || ev.Kind != KindWarning {
 			t.Fatalf("event %+v, want only the W bit's", ev)
 		}
 	case <-time.After(5 * time.Second):

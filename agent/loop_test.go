@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -28,8 +27,10 @@ func (h *host) polls(pub ed25519.PublicKey) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	l := state.Layout{Dir: h.stateDir}
 	h.source = &manifest.Source{Fetcher: f, Trust: manifest.Trust{Keys: manifest.Keyring{manifest.KeyID(pub): pub}, Threshold: 1},
-		Store: &manifest.MemVersionStore{}, CacheDir: h.stateDir, Now: func() time.Time { return h.now }}
+		Store: &manifest.MemVersionStore{}, Now: func() time.Time { return h.now },
+		Cache: manifest.CacheFiles{Envelope: l.ManifestEnvelope(), Validators: l.ManifestValidators()}}
 	h.restart()
 }
 
@@ -80,17 +81,17 @@ func TestDaemonPollsAppliesAndTakesRequests(t *testing.T) {
 	h := newHost(t, 1, 2)
 	h.publish(priv, 1, []int{1})
 	h.polls(pub)
-	verdicts := make(chan Verdict)
-	d := &Daemon{Agent: h.agent, Source: h.source, ManifestURL: h.srv.URL + "/manifest.json",
-		Interval: 20 * time.Millisecond, Verdicts: verdicts}
+	events := make(chan health.Event)
+	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: 20 * time.Millisecond}, Events: events}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
 	kernelLevel := func() string { return h.kernel.Patched("cmdline_proc_show") }
 	waitFor(t, "level 1 applied from the manifest", func() bool { return kernelLevel() == "klp_cmdline_1" })
 
-	// A health verdict rolls back and blocks.
-	verdicts <- Verdict{Rollback: true, Reason: "oops attributed to klp_cmdline_1", Evidence: []string{"Oops: 0002"}}
+	// A report attributed to the patch rolls back and blocks.
+	events <- health.Event{Kind: health.KindOops, Header: "Oops: 0002 [#1] PREEMPT SMP NOPTI", Lines: []string{"Oops: 0002"},
+		RIP: health.Frame{Func: "klp_fault", Module: "klp_cmdline_1"}}
 	waitFor(t, "health rollback to no patch", func() bool { return kernelLevel() == "" })
 
 	// A tampered manifest is rejected and recorded in the last poll.
@@ -104,13 +105,11 @@ func TestDaemonPollsAppliesAndTakesRequests(t *testing.T) {
 	// request file steps back to no patch (1 is blocked) and blocks 2.
 	h.publish(priv, 2, []int{1, 2})
 	waitFor(t, "level 2 applied", func() bool { return kernelLevel() == "klp_cmdline_2" })
-	if err := WriteRequest(h.stateDir, RollbackRequest{Reason: "test", Block: true}); err != nil {
+	l := state.Layout{Dir: h.stateDir}
+	if err := WriteRequest(l, RollbackRequest{Reason: "test", Block: true}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "operator rollback", func() bool {
-		_, err := os.Stat(RequestPath(h.stateDir))
-		return errors.Is(err, os.ErrNotExist) && kernelLevel() == ""
-	})
+	waitFor(t, "operator rollback", func() bool { return !RequestPending(l) && kernelLevel() == "" })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -130,7 +129,7 @@ func TestDaemonJudgesKernelReports(t *testing.T) {
 	h.converge([]int{1, 2})
 	h.soak()
 	events := make(chan health.Event)
-	d := &Daemon{Agent: h.agent, Interval: time.Hour, Events: events}
+	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
@@ -170,7 +169,7 @@ func TestDaemonEndsSoak(t *testing.T) {
 	// The watchdog's heartbeat is busy within each step, idle between.
 	hb := &Heartbeat{}
 	var steps, idleSteps atomic.Int32
-	d := &Daemon{Agent: h.agent, Interval: time.Hour, Recheck: 5 * time.Millisecond, Heartbeat: hb,
+	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour, Recheck: 5 * time.Millisecond}, Heartbeat: hb,
 		Changed: func() {
 			steps.Add(1)
 			if hb.since.Load() == 0 {

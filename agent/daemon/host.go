@@ -1,0 +1,211 @@
+// Package daemon is the agent's composition root: it turns a configuration
+// into the parts the agent acts through (the one HTTP client, the manifest
+// source, the klp installer, the health monitor, metrics, the journal),
+// runs the loop under systemd (notify, watchdog, signals) and supervises
+// reloads. Commands that look at or act on the host without the daemon
+// (status, rollback, explain) build their parts here too.
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/klp-agent/klp-agent/agent"
+	"github.com/klp-agent/klp-agent/agent/config"
+	"github.com/klp-agent/klp-agent/agent/logging"
+	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/klp"
+	"github.com/klp-agent/klp-agent/manifest"
+)
+
+// Version is the agent's version, for the user agent and build_info; set
+// by the CLI from its build-time version.
+var Version = "dev"
+
+// Host is one configuration read and resolved: the settings, the trusted
+// keys and who this host is for selection.
+type Host struct {
+	Config *config.Loaded
+	Trust  manifest.Trust
+	Host   manifest.Host
+}
+
+// LoadHost reads the configuration at path (and its drop-ins), the trusted
+// keys, the host id and the running kernel release.
+func LoadHost(path string) (*Host, error) {
+	l, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
+	if err != nil {
+		return nil, err
+	}
+	id, err := l.HostID()
+	if err != nil {
+		return nil, err
+	}
+	krel, err := klp.KernelRelease(l.Paths.Root)
+	if err != nil {
+		return nil, err
+	}
+	return &Host{
+		Config: l,
+		Trust:  manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold, MaxSize: int(l.Manifest.MaxSize)},
+		Host:   manifest.Host{ID: id, Tier: l.Host.Tier, Kernel: krel},
+	}, nil
+}
+
+// ErrThreshold is a keyring with fewer keys than the threshold needs.
+var ErrThreshold = errors.New("too few trusted keys for trust.threshold")
+
+// CheckTrust refuses a keyring that can never meet the threshold.
+func (h *Host) CheckTrust() error {
+	if n := len(h.Trust.Keys); n < h.Trust.Threshold {
+		return fmt.Errorf("%w: trust.threshold %d but %s holds %d key(s)", ErrThreshold, h.Trust.Threshold, h.Config.Trust.KeysDir, n)
+	}
+	return nil
+}
+
+// Problems lists what keeps the configuration from running a useful
+// daemon, for check-config.
+func Problems(l *config.Loaded) (manifest.Keyring, []string) {
+	var problems []string
+	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
+	switch {
+	case err != nil:
+		problems = append(problems, err.Error())
+	case len(kr) < l.Trust.Threshold:
+		problems = append(problems, fmt.Sprintf("trust.threshold %d but %s holds %d key(s)", l.Trust.Threshold, l.Trust.KeysDir, len(kr)))
+	}
+	if l.Manifest.URL == "" {
+		problems = append(problems, "manifest.url is not set: the agent has nothing to poll")
+	}
+	if _, err := l.HostID(); err != nil {
+		problems = append(problems, err.Error())
+	}
+	return kr, problems
+}
+
+// Layout is the state directory's file names.
+func (h *Host) Layout() state.Layout { return state.Layout{Dir: h.Config.Paths.StateDir} }
+
+// Store is the state file store (not locked).
+func (h *Host) Store() *state.Store { return &state.Store{Dir: h.Config.Paths.StateDir} }
+
+// Logger builds the configured logger writing to stderr.
+func (h *Host) Logger(stderr io.Writer) (*zap.Logger, error) {
+	return logging.New(logging.Options{Level: h.Config.Log.Level, Format: h.Config.Log.Format, Stderr: stderr})
+}
+
+// Client is the one HTTP client, for manifests and RPMs.
+func (h *Host) Client(log *zap.Logger) (*manifest.Client, error) {
+	m := h.Config.Manifest
+	return manifest.NewClient(manifest.ClientConfig{CABundle: m.CABundle, Retries: m.Retries, IdleTimeout: m.IdleTimeout,
+		UserAgent: "klp-agent/" + Version, Logger: logging.RetryableLogger(log)})
+}
+
+// Source is the manifest source over client; nil without manifest.url.
+// A read-only one checks the anti-rollback record but never moves it.
+func (h *Host) Source(client *manifest.Client, readOnly bool) (*manifest.Source, error) {
+	m := h.Config.Manifest
+	if m.URL == "" {
+		return nil, nil
+	}
+	f, err := manifest.NewFetcher(manifest.FetcherConfig{URL: m.URL, Timeout: m.Timeout, MaxSize: int64(m.MaxSize), Client: client})
+	if err != nil {
+		return nil, err
+	}
+	l := h.Layout()
+	var vs manifest.VersionStore = &manifest.FileVersionStore{Path: l.ManifestVersion()}
+	if readOnly {
+		vs = manifest.ReadOnly(vs)
+	}
+	return &manifest.Source{Fetcher: f, Trust: h.Trust, Store: vs, Kernel: h.Host.Kernel,
+		Cache: manifest.CacheFiles{Envelope: l.ManifestEnvelope(), Validators: l.ManifestValidators()}}, nil
+}
+
+// Sysfs is the kernel's livepatch interface under paths.root.
+func (h *Host) Sysfs() *klp.Sysfs { return &klp.Sysfs{FS: klp.OSFS{Root: h.Config.Paths.Root}} }
+
+// Installer is rpm, the module loader and sysfs as configured.
+func (h *Host) Installer() *klp.Installer {
+	c := h.Config
+	return &klp.Installer{
+		RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: c.Paths.Root, NoDeps: c.Apply.RPMNoDeps,
+			Keyring: c.Apply.RPMKeyring, DBPath: c.Apply.RPMDBPath},
+		Controller: &klp.Controller{Sysfs: h.Sysfs(), Modules: klp.KernelModules{},
+			Opts: klp.Options{TransitionTimeout: c.Apply.TransitionTimeout, ForceOnStall: c.Apply.ForceOnStall}},
+		Root: c.Paths.Root, CheckSig: c.Apply.RequireSignature,
+	}
+}
+
+// CrashSince is the kdump scan for the boot guard; nil without kdump_dir.
+func (h *Host) CrashSince() func(time.Time) ([]string, error) {
+	c := h.Config
+	if c.Health.KdumpDir == "" {
+		return nil
+	}
+	// The capture kernel is done before this host boots again: a
+	// *-incomplete file left in its own /var/crash is a failed capture
+	// (reported as partial), never one still being written.
+	sc := health.KdumpScanner{Dir: filepath.Join(c.Paths.Root, c.Health.KdumpDir), Settle: time.Nanosecond}
+	return sc.CrashEvidence
+}
+
+// Settings are the agent's reloadable parts for this configuration.
+func (h *Host) Settings(log *zap.Logger, client *manifest.Client) (agent.Settings, error) {
+	src, err := h.Source(client, false)
+	if err != nil {
+		return agent.Settings{}, err
+	}
+	return agent.Settings{Source: src, Downloader: client, Host: h.Host, Installer: h.Installer(),
+		Soak: h.Config.Apply.Soak, CrashSince: h.CrashSince(), Log: log}, nil
+}
+
+// Agent builds the agent on store (locked by the caller).
+func (h *Host) Agent(log *zap.Logger, store *state.Store, rec agent.Recorder) (*agent.Agent, error) {
+	client, err := h.Client(log)
+	if err != nil {
+		return nil, err
+	}
+	s, err := h.Settings(log, client)
+	if err != nil {
+		return nil, err
+	}
+	root := h.Config.Paths.Root
+	return agent.New(agent.Deps{Log: log, Store: store, Source: s.Source, Downloader: s.Downloader, Host: s.Host,
+		Installer: s.Installer, Soak: s.Soak, CrashSince: s.CrashSince, Recorder: rec,
+		BootID: func() (string, error) { return agent.BootID(root) }}), nil
+}
+
+// LoopConfig is the loop's pacing and policy.
+func (h *Host) LoopConfig() agent.LoopConfig {
+	m := h.Config.Manifest
+	return agent.LoopConfig{Interval: m.PollInterval, Jitter: m.PollJitter, Policy: h.Config.Health.Policy}
+}
+
+// MonitorOptions are the health sources of this configuration.
+func (h *Host) MonitorOptions() health.MonitorOptions {
+	c := h.Config.Health
+	return health.MonitorOptions{Root: h.Config.Paths.Root, Release: h.Host.Kernel, Kmsg: c.Kmsg, Netconsole: c.Netconsole,
+		Taint: c.Taint, TaintInterval: c.TaintInterval,
+		Command: health.Command{Argv: c.Command.Argv, Timeout: c.Command.Timeout, Every: c.Command.Interval, Failures: c.Command.Failures}}
+}
+
+// StatusInput is what `status` reads for this host at now.
+func (h *Host) StatusInput(now time.Time) (agent.StatusInput, error) {
+	in := agent.StatusInput{Store: h.Store(), Sysfs: h.Sysfs(), Host: h.Host, Now: now}
+	client, err := manifest.NewClient(manifest.ClientConfig{})
+	if err != nil {
+		return in, err
+	}
+	in.Source, err = h.Source(client, true)
+	return in, err
+}

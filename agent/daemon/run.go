@@ -1,0 +1,204 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+
+	"go.uber.org/zap"
+
+	"github.com/klp-agent/klp-agent/agent"
+	"github.com/klp-agent/klp-agent/agent/metrics"
+	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/health"
+)
+
+// Options are what the process hands the daemon.
+type Options struct {
+	ConfigPath string
+	Stderr     io.Writer // console and JSON logs; nil = os.Stderr
+}
+
+// Run is `klp-agent run`: it takes the state lock, re-applies the recorded
+// patch after a boot, and runs the loop and the health sources until
+// SIGTERM or SIGINT (or ctx ends). SIGHUP re-reads the configuration: a
+// valid one takes effect at once, an invalid one is refused and the
+// running one kept.
+func Run(ctx context.Context, o Options) error {
+	if o.Stderr == nil {
+		o.Stderr = os.Stderr
+	}
+	h, err := LoadHost(o.ConfigPath)
+	if err != nil {
+		return err
+	}
+	if err := h.CheckTrust(); err != nil {
+		return err
+	}
+	log, err := h.Logger(o.Stderr)
+	if err != nil {
+		return err
+	}
+	if h.Config.Manifest.URL == "" {
+		log.Warn("manifest.url is not set: re-applying the recorded patch only, no polling")
+	}
+	m := metrics.New(Version, "")
+	store := h.Store()
+	a, err := h.Agent(log, store, m)
+	if err != nil {
+		return err
+	}
+	if err := store.Lock(); err != nil {
+		return err
+	}
+	defer store.Unlock()
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	notify := sdNotifier{}
+	hb := &agent.Heartbeat{}
+	go watchdog(ctx, hb, stuckAfter, log)
+	// STOPPING=1 as soon as a stop signal arrives, while an apply in flight
+	// may still be finishing.
+	go func() {
+		<-ctx.Done()
+		notify.Stopping()
+	}()
+	mon := health.StartMonitor(ctx, h.MonitorOptions(), log)
+	defer mon.Stop()
+	// The listener is set up once; a reload changes what it shows, not
+	// where (restart to move it).
+	if addr := h.Config.Metrics.Listen; addr != "" {
+		if la, err := m.Serve(ctx, addr, log); err != nil {
+			log.Error("metrics listener disabled: " + err.Error())
+		} else {
+			log.Info("metrics on http://" + la.String() + "/metrics")
+		}
+	}
+	exp := &exporter{m: m, a: a}
+	exp.set(h.Config.Metrics.Textfile, log)
+	loop := &agent.Loop{Agent: a, Config: h.LoopConfig(), Notify: notify, Events: mon.Events(), Heartbeat: hb, Changed: exp.export}
+	loop.Init()
+	log.Info("klp-agent "+Version+" starting", zap.String("KERNEL_RELEASE", h.Host.Kernel),
+		zap.String("HOST_TIER", h.Host.Tier), zap.String("MANIFEST_URL", redactURL(h.Config.Manifest.URL)))
+	hb.Begin() // the boot re-apply is a step too
+	if err := a.Start(ctx); err != nil {
+		// Keep running: polling may fix what a boot re-apply could not.
+		log.Error("start: " + err.Error())
+	}
+	hb.End()
+
+	done := make(chan error, 1)
+	go func() { done <- loop.Run(ctx) }()
+	for {
+		select {
+		case err := <-done:
+			log.Info("klp-agent stopped")
+			return err
+		case <-hup:
+			notify.Reloading()
+			nh, nlog, err := reload(ctx, h, loop, mon, o)
+			if err != nil {
+				log.Error("reload refused, keeping the running configuration: " + err.Error())
+				notify.Ready()
+				continue
+			}
+			h, log = nh, nlog
+			exp.set(h.Config.Metrics.Textfile, log)
+			log.Info("configuration reloaded from " + o.ConfigPath)
+			notify.Ready()
+		}
+	}
+}
+
+// reload reads the configuration again and hands the running loop, the
+// health sources and the exporters what changed. Nothing is touched
+// unless the whole new configuration is valid.
+func reload(ctx context.Context, old *Host, loop *agent.Loop, mon *health.Monitor, o Options) (*Host, *zap.Logger, error) {
+	h, err := LoadHost(o.ConfigPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := h.CheckTrust(); err != nil {
+		return nil, nil, err
+	}
+	if h.Config.Paths != old.Config.Paths {
+		return nil, nil, fmt.Errorf("paths.root and paths.state_dir change only with a restart (systemctl restart klp-agent)")
+	}
+	log, err := h.Logger(o.Stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err := h.Client(log)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := h.Settings(log, client)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := loop.Reload(ctx, h.LoopConfig(), &s); err != nil {
+		return nil, nil, err
+	}
+	mon.Reload(h.MonitorOptions())
+	if h.Config.Metrics.Listen != old.Config.Metrics.Listen {
+		log.Warn("metrics.listen changes only with a restart; still serving on " + old.Config.Metrics.Listen)
+	}
+	return h, log, nil
+}
+
+// exporter keeps the metrics in step with the state; the loop calls it,
+// a reload retargets it.
+type exporter struct {
+	m   *metrics.Metrics
+	a   *agent.Agent
+	cfg atomic.Pointer[exportTo]
+}
+
+type exportTo struct {
+	textfile string
+	log      *zap.Logger
+}
+
+func (e *exporter) set(textfile string, log *zap.Logger) { e.cfg.Store(&exportTo{textfile, log}) }
+
+// export refreshes what the state says (patch info, blocks) and writes the
+// textfile, if configured.
+func (e *exporter) export() {
+	m, a, to := e.m, e.a, e.cfg.Load()
+	if st := a.State(); st != nil {
+		k := st.Kernel(a.Host().Kernel)
+		name, level := "", 0
+		if k.Current != nil {
+			name, level = k.Current.Name, k.Current.Level
+		}
+		phase := string(k.Phase)
+		if phase == "" {
+			phase = string(state.PhaseNone)
+		}
+		m.SetPatch(a.Host().Kernel, name, level, phase)
+		m.SetBlocked(len(k.Blocked))
+	}
+	if to.textfile != "" {
+		if err := m.WriteTextfile(to.textfile); err != nil {
+			to.log.Error(err.Error())
+		}
+	}
+}
+
+// redactURL hides a password in a URL for logs.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,477 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/klp-agent/klp-agent/agent/logging"
+	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/manifest"
+)
+
+// Notifier is what the loop tells its service manager (agent/daemon
+// implements it for systemd).
+type Notifier interface {
+	Ready() error
+	Status(string) error
+}
+
+type nopNotifier struct{}
+
+func (nopNotifier) Ready() error        { return nil }
+func (nopNotifier) Status(string) error { return nil }
+
+// LoopConfig is how the loop paces itself and judges; a reload replaces it.
+type LoopConfig struct {
+	Interval time.Duration // between polls, before jitter
+	Jitter   float64
+	// Recheck is the longest the loop sleeps while a patch soaks: the soak
+	// ends at a wall-clock time, and a clock step moves that. 0 = 1 min.
+	// Between soaks and polls nothing wakes it but events.
+	Recheck time.Duration
+	Policy  health.Policy // the zero Policy is health.DefaultPolicy
+}
+
+// Loop drives an Agent: poll with jitter, apply, end soaks, judge health
+// events, take operator requests, until its context ends. Network work (a
+// poll, an RPM download) runs beside the loop, so a health event is judged
+// the moment it comes; one that asks for a rollback cancels that work.
+type Loop struct {
+	Agent  *Agent
+	Config LoopConfig
+	Notify Notifier // nil: none
+	// Changed is called after anything an exporter shows may have changed
+	// (metrics textfile).
+	Changed func()
+	// Events delivers health events; each is judged against the patch that
+	// was live when it happened.
+	Events    <-chan health.Event
+	Rand      *rand.Rand
+	Heartbeat *Heartbeat // marked busy while a step runs (systemd watchdog)
+
+	reload chan reloadReq
+}
+
+// reloadReq hands a new configuration to the running loop.
+type reloadReq struct {
+	cfg      LoopConfig
+	settings *Settings
+	done     chan error
+}
+
+// job is network work running beside the loop: a poll or a download.
+type job struct {
+	what   string
+	cancel context.CancelFunc
+	done   chan func() // the loop runs what the job returns
+}
+
+// running is the loop's own state; only its goroutine touches it.
+type running struct {
+	l       *Loop
+	a       *Agent
+	cfg     LoopConfig
+	notify  Notifier
+	rnd     *rand.Rand
+	judge   *health.Judge
+	job     *job
+	poll    *time.Timer
+	pollDue bool // a poll is owed as soon as no job runs
+}
+
+// Reload hands the running loop a new configuration and new agent
+// settings (nil: keep them); it waits until the loop took them. Work in
+// flight under the old settings is cancelled and the next poll comes at
+// once.
+func (l *Loop) Reload(ctx context.Context, cfg LoopConfig, s *Settings) error {
+	r := reloadReq{cfg: cfg, settings: s, done: make(chan error, 1)}
+	select {
+	case l.reloadCh() <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *Loop) reloadCh() chan reloadReq {
+	if l.reload == nil {
+		l.reload = make(chan reloadReq)
+	}
+	return l.reload
+}
+
+// Init prepares Reload before Run starts (Run calls it too).
+func (l *Loop) Init() { l.reloadCh() }
+
+func policyOf(c LoopConfig) health.Policy {
+	if c.Policy.Attributed == nil && c.Policy.SoakUnattributed == nil && c.Policy.Thresholds == nil {
+		return health.DefaultPolicy()
+	}
+	return c.Policy
+}
+
+// Run loops until ctx ends. Work in flight when ctx ends finishes first if
+// it touches the kernel (the kernel is never left half-way); network work
+// is cancelled.
+func (l *Loop) Run(ctx context.Context) error {
+	l.Init()
+	r := &running{l: l, a: l.Agent, cfg: l.Config, notify: l.Notify, rnd: l.Rand}
+	if r.notify == nil {
+		r.notify = nopNotifier{}
+	}
+	if r.rnd == nil {
+		r.rnd = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	r.judge = &health.Judge{Policy: policyOf(r.cfg)}
+	recheck := func() time.Duration {
+		if r.cfg.Recheck > 0 {
+			return r.cfg.Recheck
+		}
+		return time.Minute
+	}
+	work := context.WithoutCancel(ctx)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	requests, err := watchRequests(wctx, r.a.Layout())
+	if err != nil {
+		// No inotify (exhausted instances): look for requests every second.
+		r.a.log().Warn("rollback requests checked every second: " + err.Error())
+		ch := make(chan struct{}, 1)
+		go pollRequests(wctx, ch)
+		requests = ch
+	}
+	r.notify.Ready()
+	r.changed()
+	r.handleRequest(work)     // one written while the daemon was down
+	r.poll = time.NewTimer(0) // first poll right away: a booted host wants its patch
+	defer r.poll.Stop()
+	soak := time.NewTimer(time.Hour)
+	defer soak.Stop()
+	for {
+		l.Heartbeat.End()
+		// Wake for the end of a soak, if one runs; otherwise sleep.
+		if k := r.a.kernel(); k.Phase == state.PhaseSoaking && k.Current != nil {
+			soak.Reset(min(max(k.SoakUntil.Sub(r.a.now()), 0), recheck()))
+		} else {
+			soak.Stop()
+		}
+		r.startPoll(ctx) // one owed while a job ran, or after a rollback
+		var jobDone chan func()
+		if r.job != nil {
+			jobDone = r.job.done
+		}
+		select {
+		case <-ctx.Done():
+			l.Heartbeat.Begin()
+			r.cancelJob()
+			// No STOPPING=1 here: the caller that owns the process says it.
+			return r.a.Stop()
+		case <-r.poll.C:
+			l.Heartbeat.Begin()
+			r.pollDue = true
+			r.startPoll(ctx)
+		case finish := <-jobDone:
+			l.Heartbeat.Begin()
+			r.job = nil
+			finish()
+		case ev := <-l.Events:
+			l.Heartbeat.Begin()
+			r.event(work, ev)
+		case <-soak.C:
+			l.Heartbeat.Begin()
+			before := r.a.kernel().Phase
+			if err := r.a.Tick(); err != nil {
+				r.a.log().Error("soak end: " + err.Error())
+			}
+			if r.a.kernel().Phase != before {
+				r.changed()
+			}
+		case <-requests:
+			l.Heartbeat.Begin()
+			r.handleRequest(work)
+		case req := <-l.reload:
+			l.Heartbeat.Begin()
+			req.done <- r.reconfigure(req)
+		}
+	}
+}
+
+func (r *running) status() string {
+	k := r.a.kernel()
+	s := string(k.Phase)
+	if k.Current != nil {
+		s += " " + k.Current.ID()
+	}
+	if k.Phase == state.PhaseSoaking {
+		s += fmt.Sprintf(" (soak ends in %s)", k.SoakUntil.Sub(r.a.now()).Round(time.Second))
+	}
+	return s
+}
+
+func (r *running) changed() {
+	r.notify.Status(r.status())
+	if r.l.Changed != nil {
+		r.l.Changed()
+	}
+}
+
+// spawn runs fn beside the loop; what fn returns runs in the loop.
+func (r *running) spawn(ctx context.Context, what string, fn func(ctx context.Context) func()) {
+	jctx, cancel := context.WithCancel(ctx)
+	j := &job{what: what, cancel: cancel, done: make(chan func(), 1)}
+	r.job = j
+	go func() { j.done <- fn(jctx) }()
+}
+
+// cancelJob stops the work in flight and runs its ending in the loop (an
+// aborted download gives its phase back), so the caller acts on a settled
+// state.
+func (r *running) cancelJob() {
+	if r.job == nil {
+		return
+	}
+	j := r.job
+	r.job = nil
+	j.cancel()
+	(<-j.done)()
+}
+
+// startPoll polls if one is owed and nothing else runs.
+func (r *running) startPoll(ctx context.Context) {
+	if !r.pollDue || r.job != nil {
+		return
+	}
+	r.pollDue = false
+	src := r.a.d.Source
+	if src == nil {
+		r.schedulePoll()
+		r.changed()
+		return
+	}
+	r.spawn(ctx, "poll", func(jctx context.Context) func() {
+		res, err := src.Poll(jctx)
+		return func() { r.polled(ctx, res, err) }
+	})
+}
+
+func (r *running) schedulePoll() {
+	next := manifest.NextInterval(r.cfg.Interval, r.cfg.Jitter, r.rnd)
+	if lp := r.a.st.LastPoll; lp != nil {
+		lp.Next = r.a.now().Add(next)
+		r.a.save()
+	}
+	r.poll.Reset(next)
+}
+
+// rejected reports whether err is the manifest failing its trust checks,
+// as opposed to the server being unreachable.
+func rejected(err error) bool {
+	for _, e := range []error{manifest.ErrBadSignature, manifest.ErrNoSignature, manifest.ErrUnknownKey, manifest.ErrThreshold,
+		manifest.ErrPayloadType, manifest.ErrExpired, manifest.ErrRollback, manifest.ErrVersionConflict, manifest.ErrInvalid,
+		manifest.ErrInvalidName, manifest.ErrDuplicate, manifest.ErrSchema, manifest.ErrTooLarge} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// polled records a poll's outcome and goes on with what the manifest in
+// force asks (the cached one when the server is unreachable, so a rollout
+// that ramps with time still advances; an expired one applies nothing).
+func (r *running) polled(ctx context.Context, res manifest.PollResult, err error) {
+	defer r.changed()
+	a := r.a
+	log := a.log()
+	if errors.Is(err, context.Canceled) {
+		// Cancelled for a rollback or a reload (poll again once the loop
+		// is free), or because the agent stops.
+		if ctx.Err() == nil {
+			log.Info("manifest poll cancelled; polling again")
+			r.pollDue = true
+		}
+		return
+	}
+	a.recordPoll(res, err)
+	r.schedulePoll()
+	if m := res.Manifest; m != nil && !m.Expired(a.now()) {
+		r.converge(ctx, m)
+	}
+}
+
+// recordPoll logs a poll's outcome and keeps it for status and metrics.
+func (a *Agent) recordPoll(res manifest.PollResult, err error) {
+	log := a.log()
+	p := &state.Poll{At: a.now(), OK: err == nil}
+	if res.Manifest != nil {
+		p.ManifestVersion = res.Manifest.Version
+	}
+	result := "not-modified"
+	switch {
+	case err != nil:
+		p.Error, result = err.Error(), "error"
+		if rejected(err) {
+			log.Error("manifest rejected: "+err.Error(), logging.MessageID(MsgManifestRejected), zap.Uint64("MANIFEST_VERSION", p.ManifestVersion))
+		} else {
+			log.Warn("manifest poll failed: "+err.Error(), zap.Uint64("MANIFEST_VERSION", p.ManifestVersion))
+		}
+	case res.Changed:
+		result = "ok"
+		log.Info(fmt.Sprintf("manifest version %d accepted", res.Manifest.Version), zap.Uint64("MANIFEST_VERSION", res.Manifest.Version))
+	}
+	a.st.LastPoll = p
+	a.d.Recorder.Polled(result, p.At, p.ManifestVersion)
+	if err := a.save(); err != nil {
+		log.Error(err.Error())
+	}
+}
+
+// converge acts on the manifest in force: a revocation at once, an apply
+// with its download beside the loop.
+func (r *running) converge(ctx context.Context, v *manifest.Verified) {
+	a := r.a
+	log := a.log()
+	plan, err := a.Plan(v)
+	switch {
+	case err != nil:
+		log.Error("converge: "+err.Error(), patchFields(a.kernel().Current)...)
+		return
+	case plan.Revoked != nil:
+		if err := a.rollback(context.WithoutCancel(ctx), *plan.Revoked, state.CauseRevoked, plan.Reason, nil, true); err != nil {
+			log.Error("revocation rollback failed: " + err.Error())
+		}
+		return
+	case plan.Apply == nil:
+		return
+	}
+	p := *plan.Apply
+	rpm, cached, err := a.BeginApply(p)
+	if err != nil {
+		log.Error("apply: "+err.Error(), patchFields(&p)...)
+		return
+	}
+	finish := func(rpm string) {
+		if err := a.FinishApply(context.WithoutCancel(ctx), p, rpm); err != nil {
+			log.Error("converge: "+err.Error(), patchFields(&p)...)
+		}
+	}
+	if cached {
+		finish(rpm)
+		return
+	}
+	r.spawn(ctx, "download", func(jctx context.Context) func() {
+		rpm, err := a.Download(jctx, p)
+		return func() {
+			switch {
+			case err == nil:
+				finish(rpm)
+			case errors.Is(err, context.Canceled):
+				a.AbandonApply(fmt.Errorf("download %s: %w", p.ID(), err))
+				log.Warn("download of "+p.ID()+" abandoned: "+err.Error(), patchFields(&p)...)
+			default:
+				a.d.Recorder.Applied(false, 0)
+				log.Error("converge: "+a.AbandonApply(fmt.Errorf("download %s: %w", p.ID(), err)).Error(), patchFields(&p)...)
+			}
+		}
+	})
+}
+
+// event judges a health event against the patch that was live when it
+// happened, records it, and acts on the verdict: the live patch is rolled
+// back (work in flight cancelled first), a patch replaced meanwhile is
+// only blocked.
+func (r *running) event(ctx context.Context, ev health.Event) {
+	a := r.a
+	log := a.log()
+	at := ev.At
+	if at.IsZero() {
+		at = a.now()
+	}
+	patch, suspect := a.LiveAt(at)
+	k := a.kernel()
+	isCurrent := patch != nil && k.Current != nil && patch.Same(k.Current)
+	v := r.judge.Judge(ev, suspect, isCurrent && k.Phase == state.PhaseSoaking, a.now())
+	from, sender := ev.Source, zap.Skip()
+	if ev.Sender != "" {
+		from, sender = ev.Source+" ("+ev.Sender+")", zap.String("KLP_EVENT_SENDER", ev.Sender)
+	}
+	log.Warn(fmt.Sprintf("%s %s report: %s", from, ev.Kind, ev.Header), zap.String("KLP_EVENT_KIND", string(ev.Kind)),
+		zap.String("KLP_EVENT_SOURCE", ev.Source), sender, zap.Bool("KLP_ATTRIBUTED", v.Attributed),
+		zap.String("KLP_RIP", strings.TrimSpace(ev.RIP.Func+" "+ev.RIP.Module)), zap.String("KLP_PATCH", suspect.Name),
+		zap.Bool("KLP_ROLLBACK", v.Rollback), zap.Int64("KLP_DETECT_US", ev.Detect.Microseconds()), logging.MessageID(MsgHealthEvent))
+	a.d.Recorder.HealthEvent(string(ev.Kind), ev.Source, v.Attributed, suspect.Name)
+	a.st.AddEvent(state.Event{At: a.now(), Kind: string(ev.Kind), Source: ev.Source, Header: ev.Header,
+		Patch: suspect.Name, Attributed: v.Attributed, RolledBack: v.Rollback && isCurrent})
+	if err := a.save(); err != nil {
+		log.Error("record health event: " + err.Error())
+	}
+	if !v.Rollback || patch == nil {
+		return
+	}
+	evidence := ev.Lines[:min(len(ev.Lines), 40)]
+	if !isCurrent {
+		// Replaced by an apply since: keep it from coming back.
+		if err := a.Block(*patch, state.CauseHealth, v.Reason, evidence); err != nil {
+			log.Error("block " + patch.ID() + ": " + err.Error())
+		}
+		r.changed()
+		return
+	}
+	r.cancelJob()
+	if err := a.Rollback(ctx, state.CauseHealth, v.Reason, evidence, true); err != nil {
+		log.Error("health rollback failed: " + err.Error())
+	}
+	r.pollDue = true // the manifest may offer what is good now
+	r.changed()
+}
+
+// handleRequest performs a pending operator rollback.
+func (r *running) handleRequest(ctx context.Context) {
+	a := r.a
+	req, ok, err := readRequest(a.Layout())
+	if !ok {
+		return
+	}
+	if err == nil {
+		r.cancelJob()
+		err = a.Rollback(ctx, state.CauseOperator, "operator: "+req.Reason, nil, req.Block)
+	}
+	if err != nil {
+		a.log().Error("operator rollback failed: " + err.Error())
+	}
+	removeRequest(a.Layout())
+	r.changed()
+}
+
+// reconfigure takes a reload between steps.
+func (r *running) reconfigure(req reloadReq) error {
+	r.cancelJob()
+	if req.settings != nil {
+		if err := r.a.Reconfigure(*req.settings); err != nil {
+			return err
+		}
+	}
+	if !samePolicy(r.cfg, req.cfg) {
+		r.judge = &health.Judge{Policy: policyOf(req.cfg)}
+	}
+	r.cfg = req.cfg
+	r.pollDue = true
+	r.poll.Reset(0)
+	return nil
+}
+
+func samePolicy(a, b LoopConfig) bool {
+	return fmt.Sprint(policyOf(a)) == fmt.Sprint(policyOf(b))
+}

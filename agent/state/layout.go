@@ -1,0 +1,42 @@
+package state
+
+import (
+	"fmt"
+	"path/filepath"
+)
+
+// Layout is the state directory's shape: every file the agent keeps there
+// is named here and nowhere else, for the daemon, `status`, the manifest
+// cache and the CLI alike.
+type Layout struct{ Dir string }
+
+// StateFile is the agent's memory (State).
+func (l Layout) StateFile() string { return filepath.Join(l.Dir, "state.json") }
+
+// LockFile is held (flock) by whoever acts on the state.
+func (l Layout) LockFile() string { return filepath.Join(l.Dir, "lock") }
+
+// RPMDir holds the verified RPM copies.
+func (l Layout) RPMDir() string { return filepath.Join(l.Dir, "rpms") }
+
+// RPM is the verified copy of the RPM with digest sha256, named by it
+// (validated, so it is a safe path component).
+func (l Layout) RPM(sha256 string) (string, error) {
+	if !shaRE.MatchString(sha256) {
+		return "", fmt.Errorf("%w: sha256 %q", ErrBadRecord, sha256)
+	}
+	return filepath.Join(l.RPMDir(), sha256+".rpm"), nil
+}
+
+// ManifestEnvelope is the last accepted manifest envelope, byte for byte.
+func (l Layout) ManifestEnvelope() string { return filepath.Join(l.Dir, "manifest.dsse.json") }
+
+// ManifestValidators are that envelope's ETag and Last-Modified.
+func (l Layout) ManifestValidators() string { return filepath.Join(l.Dir, "manifest.validators.json") }
+
+// ManifestVersion is the anti-rollback record: the highest manifest
+// version accepted.
+func (l Layout) ManifestVersion() string { return filepath.Join(l.Dir, "manifest-version.json") }
+
+// RollbackRequest is where an operator's rollback waits for the daemon.
+func (l Layout) RollbackRequest() string { return filepath.Join(l.Dir, "rollback-request.json") }
