@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -63,6 +65,25 @@ func (h *host) serve(b []byte) {
 	if err := os.Chtimes(p, mt, mt); err != nil {
 		h.t.Fatal(err)
 	}
+}
+
+// runLoop runs d until the returned stop is called (or the test ends).
+func runLoop(t *testing.T, d *Loop) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	var err error
+	stopped := false
+	stop = func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			err = <-done
+		}
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -254,5 +275,91 @@ func TestPollRequests(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("pollRequests did not stop")
+	}
+}
+
+// A slow mirror holds level 2's download while good level 1 oopses: the
+// oops is judged against level 1 (live when it happened) and acted on at
+// once, the download is abandoned, level 1 is blocked and level 2 is not.
+func TestHealthEventDuringStalledDownload(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	h := newHost(t, 1, 2)
+	h.converge([]int{1})
+	h.soak()
+	hit, aborted := make(chan struct{}, 8), make(chan struct{}, 8)
+	stall := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100000")
+		w.Write([]byte("\xed\xab\xee\xdb"))
+		w.(http.Flusher).Flush()
+		hit <- struct{}{}
+		<-r.Context().Done() // the client went away
+		aborted <- struct{}{}
+	}))
+	defer stall.Close()
+	p2 := h.patches[2]
+	p2.URL = stall.URL + "/" + p2.URL
+	h.patches[2] = p2
+	h.publish(priv, 1, []int{1, 2})
+	h.polls(pub)
+	events := make(chan health.Event)
+	stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events})
+	select {
+	case <-hit:
+	case <-time.After(10 * time.Second):
+		t.Fatal("level 2's download never started")
+	}
+	start := time.Now()
+	events <- health.Event{Kind: health.KindOops, Header: "BUG: kernel NULL pointer dereference, address: 0000000000000000",
+		Lines: []string{"Oops: 0000 [#1] PREEMPT SMP NOPTI"}, RIP: health.Frame{Func: "cmdline_proc_show", Module: "klp_cmdline_1"}}
+	waitFor(t, "level 1 rolled back", func() bool { return h.kernel.Patched("cmdline_proc_show") == "" })
+	// The bar the issue sets: acted on within a second (it takes
+	// milliseconds; the download would have held it for its whole deadline).
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("the oops waited %s behind the download", took)
+	}
+	select {
+	case <-aborted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stalled download was not abandoned")
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	k := h.agent.State().Kernels[krel]
+	if !k.IsBlocked("klp_cmdline_1", 1, h.patches[1].SHA256) || k.IsBlocked("klp_cmdline_2", 2, p2.SHA256) {
+		t.Fatalf("blocked %+v: want level 1 (the culprit) only", k.Blocked)
+	}
+	if k.Target != nil || k.Current != nil || k.Phase != state.PhaseNone {
+		t.Fatalf("after the rollback: phase %s, current %v, target %v", k.Phase, k.Current, k.Target)
+	}
+	if b := k.Blocked[0]; b.Cause != state.CauseHealth || !strings.Contains(b.Reason, "attributed to klp_cmdline_1") {
+		t.Fatalf("block record %+v", b)
+	}
+}
+
+// A report that comes after an apply replaced the patch it happened under
+// (it waited in the channel while the new level went in) blocks the old
+// patch, and leaves the new one alone.
+func TestEventJudgedAgainstThePatchLiveAtItsTime(t *testing.T) {
+	h := newHost(t, 1, 2)
+	h.converge([]int{1})
+	h.soak()
+	before := h.now
+	h.now = h.now.Add(time.Minute)
+	h.converge([]int{1, 2})
+	events := make(chan health.Event, 1)
+	events <- health.Event{At: before, Kind: health.KindOops, Header: "Oops: 0000 [#1] PREEMPT SMP NOPTI",
+		RIP: health.Frame{Func: "cmdline_proc_show", Module: "klp_cmdline_1"}}
+	stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events})
+	waitFor(t, "level 1 blocked", func() bool {
+		st, err := (&state.Store{Dir: h.stateDir}).Load()
+		return err == nil && len(st.Kernels[krel].Blocked) == 1
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseSoaking, 2)
+	if k := h.agent.State().Kernels[krel]; !k.IsBlocked("klp_cmdline_1", 1, h.patches[1].SHA256) {
+		t.Fatalf("blocked %+v", k.Blocked)
 	}
 }

@@ -1,5 +1,7 @@
 // Package klp is everything that touches rpm and the kernel's livepatch
-// interface: RPM inspection, the running kernel release, and (as it grows)
-// rpm install/erase, module loading and /sys/kernel/livepatch. All paths are
-// taken under an injectable root so tests can point it at a fake tree.
+// interface: RPM inspection, rpm install and erase, module load and unload,
+// /sys/kernel/livepatch enable, transition and disable, and the running
+// kernel release. Paths are taken under an injectable root and commands run
+// through a Runner, so tests can point them at a simulated kernel
+// (klp/klptest) and a test rpm root.
 package klp

@@ -32,6 +32,7 @@ type Module struct {
 type patch struct {
 	mod        *Module
 	enabled    bool
+	goal       bool // what the transition set out to reach (enabled); a reversal flips enabled only
 	transition bool
 	since      time.Time
 	forced     bool
@@ -40,8 +41,11 @@ type patch struct {
 	going      bool      // disabled: its attributes read ENODEV until freed
 }
 
-// Task is a simulated task; a Blocking one keeps any transition from
-// finishing until it is released.
+// Task is a simulated task. A Blocking one sits in a function the
+// transition must switch: like a task asleep in a patched function, it
+// stays in the state it had when the transition began, so the transition
+// cannot finish until it is released, but its reversal (back to that
+// state) finishes at once, as on the real kernel.
 type Task struct {
 	PID      int
 	Comm     string
@@ -95,14 +99,13 @@ func (k *Kernel) SetTask(t Task) {
 // settle finishes transitions whose time has come. Called with mu held.
 func (k *Kernel) settle() {
 	k.reap()
+	blocked := false
 	for _, t := range k.tasks {
-		if t.Blocking {
-			return
-		}
+		blocked = blocked || t.Blocking
 	}
 	now := k.Now()
 	for name, p := range k.patches {
-		if !p.transition || now.Sub(p.since) < k.TransitionTime {
+		if !p.transition || now.Sub(p.since) < k.TransitionTime || (blocked && p.enabled == p.goal) {
 			continue
 		}
 		k.finish(name, p)
@@ -172,7 +175,7 @@ func (k *Kernel) Load(file string) error {
 	k.loaded[m.Name] = 0
 	if m.Livepatch {
 		k.order++
-		k.patches[m.Name] = &patch{mod: m, enabled: true, transition: true, since: k.Now(), order: k.order}
+		k.patches[m.Name] = &patch{mod: m, enabled: true, goal: true, transition: true, since: k.Now(), order: k.order}
 		k.loaded[m.Name] = 1
 	}
 	return nil
@@ -297,11 +300,12 @@ func (k *Kernel) patchState(t *Task) string {
 	if name == "" {
 		return "-1"
 	}
-	target := k.patches[name].enabled
+	p := k.patches[name]
+	state := p.enabled
 	if t.Blocking {
-		target = !target
+		state = !p.goal
 	}
-	if target {
+	if state {
 		return "1"
 	}
 	return "0"
@@ -351,7 +355,7 @@ func (k *Kernel) WriteFile(name string, data []byte) error {
 		if want {
 			return perr(syscall.EINVAL) // a disabled patch is freed, never re-enabled
 		}
-		p.enabled, p.transition, p.since = false, true, k.Now()
+		p.enabled, p.goal, p.transition, p.since = false, false, true, k.Now()
 		return nil
 	case "force":
 		if v != "1" || !p.transition {
@@ -458,11 +462,11 @@ type snapshot struct {
 }
 
 type patchSnap struct {
-	Mod                 *Module
-	Enabled, Transition bool
-	Since, FreeAt       time.Time
-	Forced, Going       bool
-	Order               int
+	Mod                       *Module
+	Enabled, Goal, Transition bool
+	Since, FreeAt             time.Time
+	Forced, Going             bool
+	Order                     int
 }
 
 // Persist makes every operation save the kernel's state to path.
@@ -480,7 +484,7 @@ func (k *Kernel) saveLocked() error {
 	s := snapshot{Files: k.files, Loaded: k.loaded, Forced: k.forced, Patches: map[string]*patchSnap{},
 		Order: k.order, Tasks: k.tasks, Loads: k.Loads, Unloads: k.Unloads}
 	for n, p := range k.patches {
-		s.Patches[n] = &patchSnap{p.mod, p.enabled, p.transition, p.since, p.freeAt, p.forced, p.going, p.order}
+		s.Patches[n] = &patchSnap{p.mod, p.enabled, p.goal, p.transition, p.since, p.freeAt, p.forced, p.going, p.order}
 	}
 	b, err := json.Marshal(s)
 	if err != nil {
@@ -507,7 +511,7 @@ func Open(path string) (*Kernel, error) {
 	k.files, k.loaded, k.forced, k.order, k.tasks = s.Files, s.Loaded, s.Forced, s.Order, s.Tasks
 	k.Loads, k.Unloads = s.Loads, s.Unloads
 	for n, p := range s.Patches {
-		k.patches[n] = &patch{mod: p.Mod, enabled: p.Enabled, transition: p.Transition, since: p.Since,
+		k.patches[n] = &patch{mod: p.Mod, enabled: p.Enabled, goal: p.Goal, transition: p.Transition, since: p.Since,
 			freeAt: p.FreeAt, forced: p.Forced, going: p.Going, order: p.Order}
 	}
 	if k.loaded == nil {

@@ -119,18 +119,31 @@ kill "$reader" 2>/dev/null
 wait "$reader" 2>/dev/null
 
 # --- EBUSY: load while another patch's transition runs -----------------------
-echo 5 >/sys/module/klp_victim/parameters/sleep_secs
+echo 30 >/sys/module/klp_victim/parameters/sleep_secs
 cat /proc/klp_victim >/tmp/victim2.out 2>&1 &
 reader=$!
 sleep 1
-# A stalled klp_stall transition, started by hand: it finishes when the
-# reader wakes (5 s); the agent's load meanwhile gets EBUSY and retries.
+# A stalled klp_stall transition, started by hand: the reader sleeps in
+# klp_victim_sleep() until it is killed.
 $RPM -U --replacepkgs "$R/klp-stall-1-1.x86_64.rpm"
 insmod "/usr/lib/klp-agent/livepatches/$KREL/klp_stall.ko"
 if [ "$(klp_read $KLP_LP/klp_stall/transition)" != 1 ]; then
 	klp_fail ebusy "klp_stall transition did not stall"
 fi
-if run ebusy $A klp apply --rpm "$R/klp-cmdline-1-1.x86_64.rpm" && grep -q "EBUSY retries" /tmp/ebusy.out && [ "$(klp_level)" = 1 ]; then
+# The agent's apply runs meanwhile: rpm -U, then finit_module answers EBUSY
+# and the agent retries. Once rpm has installed its module the load is
+# milliseconds away; a second later (several retries) the reader is killed,
+# the stall ends and a retry loads. No timing of the guest's speed matters.
+run ebusy $A klp apply --rpm "$R/klp-cmdline-1-1.x86_64.rpm" &
+apply=$!
+i=0
+while [ ! -f "/usr/lib/klp-agent/livepatches/$KREL/klp_cmdline_1.ko" ] && [ $i -lt 600 ]; do
+	sleep 0.1
+	i=$((i + 1))
+done
+sleep 1
+kill -9 "$reader" 2>/dev/null
+if wait "$apply" && grep -q "EBUSY retries" /tmp/ebusy.out && [ "$(klp_level)" = 1 ]; then
 	klp_pass ebusy "$(oneline ebusy)"
 else
 	klp_fail ebusy "level $(klp_level): $(oneline ebusy)"

@@ -5,6 +5,7 @@
 package nginxtest
 
 import (
+	"crypto/tls"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -25,7 +26,16 @@ type Server struct {
 }
 
 // Start serves root on a free loopback port until the test ends.
-func Start(t testing.TB, root string) *Server {
+func Start(t testing.TB, root string) *Server { return start(t, root, nil) }
+
+// StartTLS serves root over https with the certificate and key files
+// (PEM), as a private mirror does.
+func StartTLS(t testing.TB, root string, cert TLSFiles) *Server { return start(t, root, &cert) }
+
+// TLSFiles are a server certificate chain and its key, PEM files.
+type TLSFiles struct{ Cert, Key string }
+
+func start(t testing.TB, root string, tlsFiles *TLSFiles) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
@@ -41,6 +51,11 @@ func Start(t testing.TB, root string) *Server {
 	}
 	prefix := t.TempDir()
 	port := FreePort(t, "tcp")
+	listen, scheme := fmt.Sprintf("127.0.0.1:%d", port), "http"
+	if tlsFiles != nil {
+		listen += fmt.Sprintf(" ssl;\n    ssl_certificate %s;\n    ssl_certificate_key %s", tlsFiles.Cert, tlsFiles.Key)
+		scheme = "https"
+	}
 	user := ""
 	if os.Geteuid() == 0 {
 		user = "user root;" // workers must read the test's private temp dirs
@@ -60,11 +75,11 @@ http {
   uwsgi_temp_path %[2]s/uwsgi;
   scgi_temp_path %[2]s/scgi;
   server {
-    listen 127.0.0.1:%[3]d;
+    listen %[3]s;
     root %[4]s;
   }
 }
-`, user, prefix, port, root)
+`, user, prefix, listen, root)
 	cfg := filepath.Join(prefix, "nginx.conf")
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -85,7 +100,8 @@ http {
 			<-done
 		}
 	})
-	s := &Server{URL: "http://127.0.0.1:" + strconv.Itoa(port), Root: root}
+	s := &Server{URL: scheme + "://127.0.0.1:" + strconv.Itoa(port), Root: root}
+	probe := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // only: is it up?
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		select {
@@ -93,7 +109,7 @@ http {
 			t.Fatalf("nginx exited at start (config %s)", cfg)
 		default:
 		}
-		if resp, err := http.Get(s.URL + "/"); err == nil {
+		if resp, err := probe.Get(s.URL + "/"); err == nil {
 			resp.Body.Close()
 			return s
 		}

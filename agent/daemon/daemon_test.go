@@ -1,0 +1,238 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/klp-agent/klp-agent/agent"
+	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/internal/testutil/nginxtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/rpmtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/tlstest"
+	"github.com/klp-agent/klp-agent/klp"
+	"github.com/klp-agent/klp-agent/klp/klptest"
+	"github.com/klp-agent/klp-agent/manifest"
+)
+
+const krel = "6.1.0-56-amd64"
+
+// hostRoot makes a paths.root with what the agent reads there.
+func hostRoot(t *testing.T) string {
+	root := t.TempDir()
+	for p, v := range map[string]string{"proc/sys/kernel/osrelease": krel, "etc/machine-id": "0123456789abcdef0123456789abcdef",
+		"proc/sys/kernel/random/boot_id": "b0071d00-0000-4000-8000-000000000001", "proc/sys/kernel/tainted": "0"} {
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+// mirror publishes level 1 of a livepatch, signed, in a directory.
+func mirror(t *testing.T) (www, keysDir string) {
+	www, keysDir = t.TempDir(), t.TempDir()
+	ko := rpmtest.Module(t, "livepatch=Y", "vermagic="+krel+" SMP preempt mod_unload modversions ", "name=klp_cmdline_1")
+	f := rpmtest.Build(t, www, rpmtest.Spec{Family: "cmdline", Module: "klp_cmdline_1", Level: 1, KernelRelease: krel, KO: ko})
+	sum, size, err := klp.FileSHA256(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, pub, _, err := manifest.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(keysDir, "release.pub"), pub, 0o644)
+	key, err := manifest.ParsePrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &manifest.Manifest{Schema: 1, Version: 1, Expires: time.Now().Add(24 * time.Hour),
+		Patches: []manifest.Patch{{Kernel: krel, Name: "klp_cmdline_1", Level: 1, URL: filepath.Base(f), SHA256: sum, Size: size}}}
+	payload, err := manifest.MarshalJSON(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := manifest.SignPayload(context.Background(), payload, manifest.NewSigner(key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(www, "manifest.json"), env, 0o644)
+	return www, keysDir
+}
+
+func writeConfig(t *testing.T, path, body string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A private mirror behind a private CA: with manifest.ca_bundle the agent
+// verifies the manifest and downloads the RPM through the same client, and
+// applies the patch end to end (real nginx with TLS, real rpm, a simulated
+// kernel). Without it, nothing is fetched.
+func TestPrivateCAMirror(t *testing.T) {
+	www, keys := mirror(t)
+	pki := tlstest.New(t)
+	srv := nginxtest.StartTLS(t, www, nginxtest.TLSFiles{Cert: pki.ServerCert, Key: pki.ServerKey})
+	root, stateDir := hostRoot(t), t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	base := "manifest:\n  url: " + srv.URL + "/manifest.json\n  retries: 0\ntrust:\n  keys_dir: " + keys +
+		"\npaths:\n  root: " + root + "\n  state_dir: " + stateDir + "\n"
+
+	for _, tt := range []struct {
+		name, extra string
+		applied     bool
+	}{
+		{"no ca_bundle", "", false},
+		{"ca_bundle", "  ca_bundle: " + pki.CA + "\n", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			writeConfig(t, cfg, strings.Replace(base, "  retries: 0\n", "  retries: 0\n"+tt.extra, 1))
+			h, err := LoadHost(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			client, err := h.Client(zap.NewNop())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := h.Settings(zap.NewNop(), client)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The kernel is simulated; rpm is real, in the test root.
+			kern := klptest.New()
+			kern.AddFile(filepath.Join(root, "usr/lib/klp-agent/livepatches", krel, "klp_cmdline_1.ko"),
+				klptest.Module{Name: "klp_cmdline_1", Livepatch: true, Replace: true, Funcs: map[string][]string{"vmlinux": {"cmdline_proc_show"}}})
+			s.Installer.Controller = &klp.Controller{Sysfs: &klp.Sysfs{FS: kern, Poll: time.Millisecond}, Modules: kern}
+			a := agent.New(agent.Deps{Store: h.Store(), Source: s.Source, Downloader: s.Downloader, Host: s.Host,
+				Installer: s.Installer, Soak: time.Hour})
+			if err := a.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			res, err := s.Source.Poll(context.Background())
+			if !tt.applied {
+				if err == nil || !strings.Contains(err.Error(), "certificate") {
+					t.Fatalf("poll without the CA: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Converge(context.Background(), res.Manifest); err != nil {
+				t.Fatal(err)
+			}
+			if got := kern.Patched("cmdline_proc_show"); got != "klp_cmdline_1" || a.Kernel().Phase != state.PhaseSoaking {
+				t.Fatalf("kernel serves %q, phase %s", got, a.Kernel().Phase)
+			}
+		})
+	}
+}
+
+// run starts Run on cfg and returns its log and a stop function.
+func runDaemon(t *testing.T, cfg string) (logs *syncBuffer, stop func() error) {
+	logs = &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Options{ConfigPath: cfg, Stderr: logs}) }()
+	var err error
+	stopped := false
+	stop = func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			err = <-done
+		}
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	return logs, stop
+}
+
+// SIGHUP: an invalid configuration is refused and the running one kept; a
+// valid one is taken without running the boot path again; SIGTERM stops
+// cleanly.
+func TestReloadSupervision(t *testing.T) {
+	root, stateDir, keys := hostRoot(t), t.TempDir(), t.TempDir()
+	_, pub, _, _ := manifest.GenerateKey()
+	os.WriteFile(filepath.Join(keys, "k.pub"), pub, 0o644)
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	body := func(level string) string {
+		return fmt.Sprintf("trust:\n  keys_dir: %s\nhealth:\n  kmsg: false\n  taint: false\n  kdump_dir: \"\"\npaths:\n  root: %s\n  state_dir: %s\nlog:\n  level: %s\n  format: console\n",
+			keys, root, stateDir, level)
+	}
+	writeConfig(t, cfg, body("debug"))
+	logs, stop := runDaemon(t, cfg)
+	waitLog(t, logs, "starting")
+	hup := func() {
+		t.Helper()
+		if err := syscallKill(os.Getpid(), sighup); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeConfig(t, cfg, body("loud")) // invalid
+	hup()
+	waitLog(t, logs, "reload refused, keeping the running configuration")
+	writeConfig(t, cfg, body("info"))
+	hup()
+	waitLog(t, logs, "configuration reloaded")
+	if n := strings.Count(logs.String(), "starting"); n != 1 {
+		t.Fatalf("the boot path ran %d times:\n%s", n, logs)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := (&state.Store{Dir: stateDir}).Load()
+	if err != nil || !st.CleanStop {
+		t.Fatalf("after stop: clean=%v %v", st != nil && st.CleanStop, err)
+	}
+}
+
+func waitLog(t *testing.T, logs *syncBuffer, s string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log:\n%s", s, logs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a log sink the test reads while the daemon writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+var (
+	syscallKill = syscall.Kill
+	sighup      = syscall.SIGHUP
+)
