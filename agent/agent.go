@@ -349,24 +349,57 @@ func (a *Agent) enabled(p *state.PatchRecord) bool {
 }
 
 // golive records that p (nil: none) is live from t on, with what
-// attribution needs to know of it: its module and the functions it
-// replaces, as the kernel lists them.
+// attribution needs to know of it (suspect).
 func (a *Agent) golive(p *state.PatchRecord, t time.Time) {
 	sp := span{from: t}
 	if p != nil {
 		c := *p
 		sp.patch = &c
-		sp.suspect.Name = p.Name
-		if lp, err := a.d.Installer.Controller.Sysfs.Get(p.Name); err == nil {
-			for _, o := range lp.Objects {
-				sp.suspect.Functions = append(sp.suspect.Functions, o.Functions...)
-			}
-		}
+		sp.suspect = a.suspect(p)
 	}
 	a.live = append(a.live, sp)
 	if n := len(a.live) - maxSpans; n > 0 {
 		a.live = append(a.live[:0:0], a.live[n:]...)
 	}
+}
+
+// suspect is what attribution knows of live patch p: its module, the
+// functions it replaces as the kernel lists them, and where its code sits
+// (from its module file and /sys/module/<name>/sections), for reports
+// that name only a raw address.
+func (a *Agent) suspect(p *state.PatchRecord) health.Suspect {
+	s := health.Suspect{Name: p.Name}
+	sysfs := a.d.Installer.Controller.Sysfs
+	if lp, err := sysfs.Get(p.Name); err == nil {
+		for _, o := range lp.Objects {
+			for _, f := range o.Functions {
+				name, _, _ := strings.Cut(f, ",") // "func,sympos"
+				s.Functions = append(s.Functions, health.Function{Object: o.Name, Name: name})
+			}
+		}
+	}
+	rpm, err := a.d.Store.RPMPath(p)
+	if err != nil {
+		return s
+	}
+	info, err := klp.InspectRPM(rpm)
+	if err != nil {
+		return s
+	}
+	ko, err := os.ReadFile(filepath.Join(a.d.Installer.Root, info.ModulePath))
+	if err != nil {
+		a.log().Debug("module text of " + p.ID() + " unknown: " + err.Error())
+		return s
+	}
+	text, err := sysfs.ModuleText(p.Name, ko)
+	if err != nil {
+		a.log().Debug("module text of " + p.ID() + " unknown: " + err.Error())
+		return s
+	}
+	for _, r := range text {
+		s.Text = append(s.Text, health.Range{Start: r.Start, End: r.End})
+	}
+	return s
 }
 
 // LiveAt is the patch that was live at t (nil: none) and what attribution

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/internal/testutil/rpmtest"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/klp/klptest"
@@ -26,20 +27,22 @@ const krel = "6.1.0-56-amd64"
 // real rpm database in a test root and the agent's state dir (both kept
 // across boots, like a disk).
 type host struct {
-	t         testing.TB
-	root      string
-	stateDir  string
-	rpmDir    string
-	srv       *httptest.Server
-	now       time.Time
-	boot      int
-	kernel    *klptest.Kernel
-	agent     *Agent
-	patches   map[int]manifest.Patch
-	kdumps    []string
-	source    *manifest.Source
-	published int
-	rec       fakeRecorder
+	t        testing.TB
+	root     string
+	stateDir string
+	rpmDir   string
+	srv      *httptest.Server
+	now      time.Time
+	boot     int
+	kernel   *klptest.Kernel
+	agent    *Agent
+	patches  map[int]manifest.Patch
+	kdumps   []string
+	// crashSince, if set, replaces the kdumps list with a real scan.
+	crashSince func(time.Time) ([]string, error)
+	source     *manifest.Source
+	published  int
+	rec        fakeRecorder
 }
 
 // fakeRecorder notes what the agent reports for metrics.
@@ -110,7 +113,10 @@ func (h *host) restart() {
 		Installer: &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
 		Soak:      30 * time.Minute,
 		BootID:    func() (string, error) { return fmt.Sprintf("boot-%d", h.boot), nil },
-		CrashSince: func(time.Time) ([]string, error) {
+		CrashSince: func(t time.Time) ([]string, error) {
+			if h.crashSince != nil {
+				return h.crashSince(t)
+			}
 			return h.kdumps, nil
 		},
 		Recorder: &h.rec,
@@ -335,4 +341,44 @@ func TestStalledApplyIsRetriedNotBlocked(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.expect(state.PhaseSoaking, 2)
+}
+
+// A dump a local user planted (not root's alone) does not block the
+// soaking patch after a reboot; one kdump-tools wrote does.
+func TestPlantedDumpDoesNotBlock(t *testing.T) {
+	for _, planted := range []bool{true, false} {
+		t.Run(fmt.Sprintf("planted=%v", planted), func(t *testing.T) {
+			h := newHost(t, 1, 2)
+			h.converge([]int{1})
+			h.soak()
+			h.converge([]int{1, 2})
+			h.agent.Stop() // a clean stop: only a dump can say it crashed
+			crash := t.TempDir()
+			os.Chmod(crash, 0o1777)
+			stamp := h.now.Add(time.Minute).UTC().Format("200601021504")
+			dir := filepath.Join(crash, stamp)
+			os.Mkdir(dir, 0o755)
+			oops, _ := os.ReadFile("../health/testdata/oops-klp.txt")
+			var dmesg strings.Builder
+			for i, l := range strings.Split(strings.TrimRight(string(oops), "\n"), "\n") {
+				fmt.Fprintf(&dmesg, "[  100.%06d] %s\n", i, l)
+			}
+			os.WriteFile(filepath.Join(dir, "dmesg."+stamp), []byte(dmesg.String()), 0o644)
+			if planted {
+				os.Chmod(dir, 0o777) // any user could have written it
+			}
+			sc := health.KdumpScanner{Dir: crash, OwnerUID: os.Getuid(), Location: time.UTC, Settle: time.Nanosecond}
+			h.crashSince = sc.CrashEvidence
+			h.reboot()
+			k := h.agent.State().Kernels[krel]
+			if blocked := k.IsBlocked(h.patches[2].Name, 2, h.patches[2].SHA256); blocked == planted {
+				t.Fatalf("planted=%v: level 2 blocked=%v (%+v)", planted, blocked, k.Blocked)
+			}
+			if planted {
+				h.expect(state.PhaseSoaking, 2)
+			} else {
+				h.expect(state.PhaseGood, 1)
+			}
+		})
+	}
 }

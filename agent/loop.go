@@ -37,6 +37,10 @@ type LoopConfig struct {
 	// Between soaks and polls nothing wakes it but events.
 	Recheck time.Duration
 	Policy  health.Policy // the zero Policy is health.DefaultPolicy
+	// NetconsoleActs lets a netconsole report roll back on its own; by
+	// default it is recorded and counted, and corroborates what the
+	// host's own kernel log and kdump say (UDP can be forged).
+	NetconsoleActs bool
 }
 
 // Loop drives an Agent: poll with jitter, apply, end soaks, judge health
@@ -403,6 +407,10 @@ func (r *running) event(ctx context.Context, ev health.Event) {
 	k := a.kernel()
 	isCurrent := patch != nil && k.Current != nil && patch.Same(k.Current)
 	v := r.judge.Judge(ev, suspect, isCurrent && k.Phase == state.PhaseSoaking, a.now())
+	if v.Rollback && ev.Source == "netconsole" && !r.cfg.NetconsoleActs {
+		v.Rollback = false
+		log.Info("a netconsole report does not roll back on its own (health.netconsole.acts): " + v.Reason)
+	}
 	from, sender := ev.Source, zap.Skip()
 	if ev.Sender != "" {
 		from, sender = ev.Source+" ("+ev.Sender+")", zap.String("KLP_EVENT_SENDER", ev.Sender)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/klp/klptest"
 	"github.com/klp-agent/klp-agent/manifest"
 	"golang.org/x/sys/unix"
 )
@@ -361,5 +363,57 @@ func TestEventJudgedAgainstThePatchLiveAtItsTime(t *testing.T) {
 	h.expect(state.PhaseSoaking, 2)
 	if k := h.agent.State().Kernels[krel]; !k.IsBlocked("klp_cmdline_1", 1, h.patches[1].SHA256) {
 		t.Fatalf("blocked %+v", k.Blocked)
+	}
+}
+
+// A report that names only a raw address (an unsymbolised RIP) inside the
+// live patch's code is attributed to it: the agent knows where the
+// module's text is from the module file and /sys/module/*/sections.
+func TestAttributionByAddress(t *testing.T) {
+	h := newHost(t, 1)
+	h.converge([]int{1})
+	h.soak()
+	inside := klptest.SectionAddr("klp_cmdline_1", ".text") + 4
+	events := make(chan health.Event, 2)
+	// One just outside first: not the patch's (and not crash-class
+	// enough to roll back unattributed after the soak).
+	events <- health.Event{Kind: health.KindWarning, Header: "WARNING: CPU: 0 PID: 1 at 0xffffffff81000000", RIP: health.Frame{Addr: 0xffffffff81000000}}
+	events <- health.Event{Kind: health.KindOops, Header: "BUG: unable to handle page fault for address: ffffc90005000410", RIP: health.Frame{Addr: inside}}
+	stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events})
+	waitFor(t, "rollback", func() bool { return h.kernel.Patched("cmdline_proc_show") == "" })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	st := h.agent.State()
+	if len(st.Events) != 2 || st.Events[0].Attributed || !st.Events[1].Attributed || !st.Events[1].RolledBack {
+		t.Fatalf("events %+v", st.Events)
+	}
+}
+
+// A netconsole report (UDP, which anyone on the path can send) is recorded
+// but does not roll back on its own, unless the operator says it may.
+func TestNetconsoleAloneDoesNotAct(t *testing.T) {
+	for _, acts := range []bool{false, true} {
+		t.Run(fmt.Sprintf("acts=%v", acts), func(t *testing.T) {
+			h := newHost(t, 1)
+			h.converge([]int{1})
+			events := make(chan health.Event, 1)
+			events <- health.Event{Kind: health.KindOops, Source: "netconsole", Sender: "10.0.0.9:6665",
+				Header: "Oops: 0000 [#1] PREEMPT SMP NOPTI", RIP: health.Frame{Func: "cmdline_proc_show", Module: "klp_cmdline_1"}}
+			stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour, NetconsoleActs: acts}, Events: events})
+			waitFor(t, "the event recorded", func() bool {
+				st, err := (&state.Store{Dir: h.stateDir}).Load()
+				return err == nil && len(st.Events) == 1
+			})
+			if acts {
+				waitFor(t, "rollback", func() bool { return h.kernel.Patched("cmdline_proc_show") == "" })
+			}
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			if rolled := h.kernel.Patched("cmdline_proc_show") == ""; rolled != acts {
+				t.Fatalf("rolled back %v, want %v", rolled, acts)
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package health
 
 import (
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -9,7 +10,7 @@ import (
 // Kind is a class of kernel report.
 type Kind string
 
-// Kinds, with how bad each is (higher is worse) for grouping.
+// Kinds, with how bad each is (higher is worse).
 const (
 	KindWarning    Kind = "warning"
 	KindHungTask   Kind = "hung-task"
@@ -28,29 +29,12 @@ var severity = map[Kind]int{KindWarning: 1, KindHungTask: 2, KindRCUStall: 3, Ki
 // CrashClass reports whether k means the kernel hit a fatal path.
 func (k Kind) CrashClass() bool { return severity[k] >= severity[KindHardLockup] }
 
-// markers start a report; substrings, because formats drift across versions.
-var markers = []struct {
-	sub  string
-	kind Kind
-}{
-	{"Kernel panic - not syncing:", KindPanic},
-	{"Oops:", KindOops},
-	{"kernel BUG at", KindKernelBug},
-	{"BUG: kernel NULL pointer dereference", KindBug},
-	{"BUG: unable to handle page fault", KindBug},
-	{"BUG: unable to handle kernel", KindBug},
-	{"Watchdog detected hard LOCKUP", KindHardLockup},
-	{"watchdog: BUG: soft lockup - CPU#", KindSoftLockup},
-	{"detected stalls", KindRCUStall},
-	{"blocked for more than", KindHungTask},
-	{"WARNING: CPU:", KindWarning},
-	{"------------[ cut here ]------------", KindWarning},
-}
-
-// Frame is one call-trace line.
+// Frame is one code location a report names: a call-trace frame, the
+// faulting RIP/pc, or the site a WARNING or sanitizer report names.
 type Frame struct {
-	Func   string `json:"func"`
+	Func   string `json:"func,omitempty"`
 	Module string `json:"module,omitempty"`
+	Addr   uint64 `json:"addr,omitempty"` // a raw address, when the kernel could not name it
 }
 
 // Event is one whole report, header to end of trace.
@@ -72,21 +56,67 @@ type Event struct {
 	Detect time.Duration `json:"detect,omitempty"`
 }
 
-var (
-	frameRE   = regexp.MustCompile(`(?:^|\s)(?:\? )?([A-Za-z0-9_.$]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[([A-Za-z0-9_]+)\])?`)
-	ripRE     = regexp.MustCompile(`(?:RIP|EIP|pc) ?: ?(?:[0-9a-f]{4}:)?([A-Za-z0-9_.$]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[([A-Za-z0-9_]+)\])?`)
-	warnAtRE  = regexp.MustCompile(`WARNING: CPU: \d+ PID: \d+ at .* ([A-Za-z0-9_.$]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[([A-Za-z0-9_]+)\])?`)
-	modNameRE = regexp.MustCompile(`^([A-Za-z0-9_]+)(?:\([A-Z]+\))?$`)
+// Code locations, each anchored to the whole line, so text a user
+// controls inside a line (a task name) is never read as a frame.
+const (
+	symPat = `[A-Za-z_.$][A-Za-z0-9_.$]*`
+	modPat = `[A-Za-z0-9_-]+`
+	// loc is one location: "func+0x1c/0x40 [mod buildid] file.c:12 (P)",
+	// syzkaller's "func file.c:12 [inline]", decode_stacktrace.sh's
+	// "func (file.c:12 file.h:3) [mod]", or a raw address.
+	locPat = `(?:(` + symPat + `)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[(` + modPat + `)(?: [0-9a-f]+)?\])?(?: \S+:\d+)?(?: \([PL]\))?` +
+		`|(` + symPat + `) \S+:\d+ \[inline\]` +
+		`|(` + symPat + `) \((?:\S+:\d+ ?)+\)(?: \[?(` + modPat + `)\]?)?` +
+		`|0x([0-9a-f]{8,16}))`
 )
+
+var (
+	ripRE   = regexp.MustCompile(`^\s*(?:RIP|EIP|IP|pc) ?: ?(?:[0-9a-f]{4}:)?(?:\[<[0-9a-f]+>\]\s+)*` + locPat + `\s*$`)
+	lrRE    = regexp.MustCompile(`^\s*lr ?: ` + locPat + `\s*$`)
+	frameRE = regexp.MustCompile(`^\s*(?:\[<[0-9a-f]+>\]\s+)?(?:\? )?` + locPat + `\s*$`)
+	// The work function a worker ran when the report came:
+	// "Workqueue: events_unbound func [mod]".
+	workRE = regexp.MustCompile(`^\s*Workqueue: \S+ (?:(` + symPat + `)(?: \[(` + modPat + `)\])?|0x([0-9a-f]{8,16}))\s*$`)
+	// The site a WARNING names ("at file:line func+0x/0x [mod]", or the
+	// 6.19 form "file:line at func+0x/0x [mod], CPU#..."), or a
+	// sanitizer's access site ("BUG: KASAN: use-after-free in func+...").
+	warnSiteRE = regexp.MustCompile(`^WARNING: (?:CPU: \d+ PID: \d+ at (?:\S+:\d+ )?|(?:\[.*\] )?(?:\S+:\d+ )?at )` + locPat + `(?:, CPU#\d+: .*)?\s*$`)
+	sanSiteRE  = regexp.MustCompile(`^BUG: (?:KASAN|KFENCE|KMSAN|KCSAN): [a-z -]+ in ` + locPat + `\s*$`)
+	modNameRE  = regexp.MustCompile(`^([A-Za-z0-9_]+)(?:\([A-Z+-]+\))?$`)
+	sanEndRE   = regexp.MustCompile(`^={20,}$`)
+)
+
+// parseLoc turns a locPat match into a Frame.
+func parseLoc(m []string, at int) Frame {
+	switch {
+	case m[at] != "":
+		return Frame{Func: m[at], Module: m[at+1]}
+	case m[at+2] != "":
+		return Frame{Func: m[at+2]}
+	case m[at+3] != "":
+		return Frame{Func: m[at+3], Module: m[at+4]}
+	}
+	a, _ := strconv.ParseUint(m[at+5], 16, 64)
+	return Frame{Addr: a}
+}
 
 // MaxEventLines bounds one event's memory.
 const MaxEventLines = 400
 
-// Classifier groups records into events. It is fed in order and is not
-// safe for concurrent use.
+// Classifier groups one stream's records into reports. It is fed in order
+// and is not safe for concurrent use.
+//
+// Only kernel records count: a record with a facility other than the
+// kernel's (a write to /dev/kmsg) neither opens a report nor joins one.
+// A report opens on a header (see headers.go) at the kernel's own level
+// and takes the records that follow until its end marker, the next header,
+// or Idle. Each hung task, soft lockup and RCU stall is its own report.
 type Classifier struct {
-	cur      *Event
-	lastSeen time.Time
+	cur       *Event
+	curHeader *header
+	cut       bool // the open report is "cut here" waiting for its BUG or WARNING line
+	died      bool // the open report has its die header
+	lastSeen  time.Time
 	// Idle closes an open report after this long without a record that
 	// belongs to it (default 2 s).
 	Idle time.Duration
@@ -103,32 +133,59 @@ func (c *Classifier) idle() time.Duration {
 func (c *Classifier) Feed(r Record, now time.Time) []Event {
 	var done []Event
 	if c.cur != nil && now.Sub(c.lastSeen) > c.idle() {
-		done = append(done, c.close())
+		done = append(done, c.close()...)
+	}
+	if r.Facility > 0 {
+		return done // not the kernel's
 	}
 	text := r.Text
-	kind, isMarker := Kind(""), false
-	for _, m := range markers {
-		if strings.Contains(text, m.sub) {
-			kind, isMarker = m.kind, true
-			break
+	if h, ok := matchHeader(text, r.Level); ok {
+		switch {
+		case c.cur != nil && h.role == roleDie && c.takesDie():
+			// The page fault or BUG line just before was this incident's
+			// first line: "BUG: kernel NULL pointer dereference" then
+			// "Oops: 0002 [#1]", "kernel BUG at" then "invalid opcode".
+			c.died = true
+		case c.cur != nil && c.cut && (h.kind == KindWarning || h.kind == KindKernelBug) && h.role != roleCut:
+			c.cut = false
+			c.cur.Kind, c.cur.Header, c.curHeader = h.kind, text, h
+		default:
+			if c.cur != nil {
+				done = append(done, c.close()...)
+			}
+			c.cur = &Event{Kind: h.kind, Header: text, At: now, Source: r.Source, Sender: r.Sender}
+			c.curHeader, c.cut, c.died = h, h.role == roleCut, h.role == roleDie
 		}
-	}
-	if c.cur == nil {
-		if !isMarker {
-			return done
-		}
-		c.cur = &Event{Kind: kind, Header: text, At: now, Source: r.Source, Sender: r.Sender}
-	} else if isMarker && severity[kind] > severity[c.cur.Kind] {
-		// "BUG: ... NULL pointer" then "Oops:" is one report: keep the worst.
-		c.cur.Kind = kind
+	} else if c.cur == nil {
+		return done
 	}
 	c.lastSeen = now
 	c.cur.KernelTime = r.Time
 	c.add(text)
-	if strings.Contains(text, "---[ end trace") || strings.Contains(text, "---[ end Kernel panic") || len(c.cur.Lines) >= MaxEventLines {
-		done = append(done, c.close())
+	if strings.Contains(text, "---[ end trace") || strings.HasPrefix(text, "---[ end Kernel panic") || len(c.cur.Lines) >= MaxEventLines ||
+		(c.curHeader.sanitizer && len(c.cur.Lines) > 1 && sanEndRE.MatchString(strings.TrimSpace(text))) {
+		done = append(done, c.close()...)
 	}
 	return done
+}
+
+// takesDie: a die header completes a report opened by a page fault, BUG
+// or "cut here" line that has no die header yet; it starts one otherwise.
+func (c *Classifier) takesDie() bool {
+	if c.died || c.curHeader.sanitizer {
+		return false
+	}
+	switch c.cur.Kind {
+	case KindOops, KindKernelBug:
+		return true
+	case KindWarning:
+		if c.cut { // BUG() without its "kernel BUG at" line
+			c.cut = false
+			c.cur.Kind = KindKernelBug
+			return true
+		}
+	}
+	return false
 }
 
 // Flush closes an open report (at shutdown, or when the stream is idle).
@@ -136,7 +193,7 @@ func (c *Classifier) Flush(now time.Time) []Event {
 	if c.cur == nil || now.Sub(c.lastSeen) <= c.idle() {
 		return nil
 	}
-	return []Event{c.close()}
+	return c.close()
 }
 
 // Deadline is when Flush will close the open report if no record comes
@@ -199,51 +256,107 @@ func (g *Reports) keep(sender string, c *Classifier) {
 	g.by[sender] = c
 }
 
+// add takes one line of the open report and the locations it names.
 func (c *Classifier) add(text string) {
 	e := c.cur
 	e.Lines = append(e.Lines, text)
-	if m := ripRE.FindStringSubmatch(text); m != nil && e.RIP.Func == "" {
-		e.RIP = Frame{Func: m[1], Module: m[2]}
-	} else if m := warnAtRE.FindStringSubmatch(text); m != nil && e.RIP.Func == "" {
-		e.RIP = Frame{Func: m[1], Module: m[2]}
-	} else if _, list, ok := strings.Cut(text, "Modules linked in:"); ok {
+	t := strings.TrimRight(text, " \t\r")
+	var site Frame
+	found := false
+	for _, re := range []*regexp.Regexp{ripRE, warnSiteRE, sanSiteRE} {
+		if m := re.FindStringSubmatch(t); m != nil {
+			site, found = parseLoc(m, 1), true
+			break
+		}
+	}
+	switch {
+	case found:
+		// The first site is the report's RIP; later ones (an inlined
+		// RIP after its caller's, a second CPU) are frames too.
+		if e.RIP == (Frame{}) {
+			e.RIP = site
+		} else {
+			e.Frames = append(e.Frames, site)
+		}
+	case strings.HasPrefix(strings.TrimLeft(t, " "), "Modules linked in:"):
+		_, list, _ := strings.Cut(t, "Modules linked in:")
 		for _, f := range strings.Fields(list) {
 			if m := modNameRE.FindStringSubmatch(strings.Trim(f, "[]")); m != nil {
 				e.Modules = append(e.Modules, m[1])
 			}
 		}
-	} else if m := frameRE.FindStringSubmatch(text); m != nil {
-		e.Frames = append(e.Frames, Frame{Func: m[1], Module: m[2]})
+	default:
+		if m := lrRE.FindStringSubmatch(t); m != nil {
+			e.Frames = append(e.Frames, parseLoc(m, 1))
+		} else if m := workRE.FindStringSubmatch(t); m != nil {
+			f := Frame{Func: m[1], Module: m[2]}
+			if m[3] != "" {
+				f = Frame{}
+				f.Addr, _ = strconv.ParseUint(m[3], 16, 64)
+			}
+			e.Frames = append(e.Frames, f)
+		} else if m := frameRE.FindStringSubmatch(t); m != nil {
+			e.Frames = append(e.Frames, parseLoc(m, 1))
+		}
 	}
 }
 
-func (c *Classifier) close() Event {
-	e := *c.cur
-	c.cur = nil
-	return e
+// close ends the open report. A "cut here" line that never got its BUG or
+// WARNING line is not a report (a stray line of another one).
+func (c *Classifier) close() []Event {
+	e, orphan := *c.cur, c.cut
+	c.cur, c.curHeader, c.cut, c.died = nil, nil, false, false
+	if orphan {
+		return nil
+	}
+	return []Event{e}
 }
 
-// Suspect is what attribution needs to know about a livepatch.
+// Suspect is what attribution knows about a livepatch: its module, the
+// functions it replaces (per patched object), and where its code is.
 type Suspect struct {
-	Name      string   // module name
-	Functions []string // replaced functions ("func" or "func,sympos")
+	Name      string     // module name
+	Functions []Function // replaced functions
+	Text      []Range    // the module's executable sections in memory
 }
 
-// Attributed reports whether ev's code path runs through patch p: its
-// faulting function or a call-trace frame is in p's module, or is one of
-// the functions p replaces.
-func Attributed(ev Event, p Suspect) bool {
-	if p.Name == "" {
+// Function is a function a livepatch replaces in object ("vmlinux" or a
+// module name).
+type Function struct {
+	Object, Name string
+}
+
+// Range is [Start, End) of kernel addresses.
+type Range struct {
+	Start, End uint64
+}
+
+// Attributed reports whether ev's code path runs through s: its RIP, a
+// frame or the site it names is in s's module (by name, or by address
+// inside its text), or is one of the functions s replaces in that object.
+func Attributed(ev Event, s Suspect) bool {
+	if s.Name == "" {
 		return false
 	}
-	fns := map[string]bool{}
-	for _, f := range p.Functions {
-		name, _, _ := strings.Cut(f, ",")
-		fns[name] = true
-	}
 	for _, f := range append([]Frame{ev.RIP}, ev.Frames...) {
-		if f.Module == p.Name || (f.Func != "" && fns[f.Func]) {
+		if f.Module == s.Name {
 			return true
+		}
+		if f.Addr != 0 {
+			for _, r := range s.Text {
+				if r.Start <= f.Addr && f.Addr < r.End {
+					return true
+				}
+			}
+			continue
+		}
+		for _, fn := range s.Functions {
+			// vmlinux code carries no module; a patched module's function
+			// carries that module's name. Either runs the patch's copy
+			// once it is live, or the original it replaces.
+			if f.Func == fn.Name && (f.Module == fn.Object || (fn.Object == "vmlinux" && f.Module == "")) {
+				return true
+			}
 		}
 	}
 	return false

@@ -10,6 +10,16 @@ import (
 	"time"
 )
 
+// levelOf is the printk level the kernel logs a line of a report at, for
+// fixtures that do not record it: a header's own level (headers.go, from
+// the kernel's format strings), the body at KERN_DEFAULT.
+func levelOf(text string) int {
+	if h, ok := matchHeader(text, -1); ok {
+		return h.maxLevel
+	}
+	return levelDefault
+}
+
 // records turns a fixture report into kmsg records, one per line, the way
 // the kernel emits them (with an unrelated record interleaved).
 func records(t *testing.T, file string, interleave bool) []Record {
@@ -24,7 +34,7 @@ func records(t *testing.T, file string, interleave bool) []Record {
 	seq := 100
 	for sc.Scan() {
 		seq++
-		r, err := ParseKmsg([]byte(fmt.Sprintf("4,%d,%d,-;%s\n SUBSYSTEM=cpu\n", seq, seq*1000, sc.Text())))
+		r, err := ParseKmsg([]byte(fmt.Sprintf("%d,%d,%d,-;%s\n SUBSYSTEM=cpu\n", levelOf(sc.Text()), seq, seq*1000, sc.Text())))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -76,7 +86,7 @@ func TestParseKmsg(t *testing.T) {
 
 func TestClassifyAndAttribute(t *testing.T) {
 	now := time.Unix(1700000000, 0)
-	cur := Suspect{Name: "klp_oops_4", Functions: []string{"cmdline_proc_show,1"}}
+	cur := Suspect{Name: "klp_oops_4", Functions: []Function{{"vmlinux", "cmdline_proc_show"}}}
 	tests := []struct {
 		file       string
 		kind       Kind
@@ -87,7 +97,7 @@ func TestClassifyAndAttribute(t *testing.T) {
 	}{
 		{"oops-klp.txt", KindOops, "klp_fault", cur, true, true},
 		{"warn-klp.txt", KindWarning, "klp_fault", Suspect{Name: "klp_warn_4"}, true, true},
-		{"warn-other.txt", KindWarning, "dev_watchdog", Suspect{Name: "klp_cmdline_3", Functions: []string{"cmdline_proc_show,1"}}, false, false},
+		{"warn-other.txt", KindWarning, "dev_watchdog", Suspect{Name: "klp_cmdline_3", Functions: []Function{{"vmlinux", "cmdline_proc_show"}}}, false, false},
 		{"softlockup.txt", KindSoftLockup, "native_safe_halt", Suspect{Name: "klp_cmdline_3"}, false, false},
 	}
 	for _, tt := range tests {
@@ -121,7 +131,7 @@ func TestUnattributedCrashWhileSoaking(t *testing.T) {
 	for _, r := range records(t, "oops-klp.txt", false) {
 		evs = append(evs, c.Feed(r, time.Unix(1, 0))...)
 	}
-	other := Suspect{Name: "klp_cmdline_3", Functions: []string{"version_proc_show,1"}}
+	other := Suspect{Name: "klp_cmdline_3", Functions: []Function{{"vmlinux", "version_proc_show"}}}
 	if Attributed(evs[0], other) {
 		t.Fatal("oops in klp_oops_4 attributed to klp_cmdline_3")
 	}

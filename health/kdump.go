@@ -104,7 +104,17 @@ type KdumpScanner struct {
 	// capture kernel finishes before the host boots again, so on the
 	// crashed host itself a leftover *-incomplete is a failure. 0 = 10 min.
 	Settle time.Duration
+	// OwnerUID is who must own a dump's directory and dmesg file: 0, root,
+	// as kdump-tools and kexec-tools leave them. A dump another user could
+	// have written (its files not root's, or group- or world-writable; an
+	// unprivileged user can plant one where /var/crash is 1777) is
+	// untrusted: ignored, and named in the error. Tests set their own uid.
+	OwnerUID int
 }
+
+// ErrUntrusted is a dump the scanner ignores because someone other than
+// root could have written it.
+var ErrUntrusted = errors.New("untrusted dump ignored")
 
 // MaxDmesgBytes bounds how much of a dump's dmesg is read: the end, where
 // the crash is.
@@ -118,7 +128,7 @@ var (
 	rhelStampRE = regexp.MustCompile(`-(\d{4}-\d{2}-\d{2}-\d{2}:\d{2}:\d{2})$`)
 	// "[   12.345678] text", "<4>[   12.345678] text" (dmesg -r), with an
 	// optional caller id "[  T231] " (CONFIG_PRINTK_CALLER).
-	dmesgLineRE = regexp.MustCompile(`^(?:<\d{1,3}>)?\[\s*(\d{1,19})\.(\d{1,9})\] ?(?:\[\s*[TC]\d+\] ?)?(.*)$`)
+	dmesgLineRE = regexp.MustCompile(`^(?:<(\d{1,4})>)?\[\s*(\d{1,19})\.(\d{1,9})\] ?(?:\[\s*[TC]\d+\] ?)?(.*)$`)
 )
 
 // Since returns the dumps written after t, oldest first. A dump counts
@@ -223,6 +233,18 @@ func (s KdumpScanner) dump(root *os.Root, name string) (Dump, bool, error) {
 		return Dump{}, false, fmt.Errorf("kdump %s: %w", d.Dir, err)
 	}
 	defer f.Close()
+	di, err := root.Lstat(name)
+	if err != nil {
+		return Dump{}, false, fmt.Errorf("kdump %s: %w", d.Dir, err)
+	}
+	for _, c := range []struct {
+		what string
+		fi   fs.FileInfo
+	}{{"directory", di}, {"dmesg file", fi}} {
+		if why := s.untrusted(c.fi); why != "" {
+			return Dump{}, false, fmt.Errorf("kdump %s: %w: its %s %s", d.Dir, ErrUntrusted, c.what, why)
+		}
+	}
 	d.DmesgPath = filepath.Join(s.Dir, filepath.FromSlash(d.DmesgPath))
 	d.Written = fi.ModTime()
 	loc := s.Location
@@ -245,6 +267,20 @@ func (s KdumpScanner) dump(root *os.Root, name string) (Dump, bool, error) {
 	}
 	d.Events = evs
 	return d, true, nil
+}
+
+// untrusted says why fi is not root's alone ("" when it is).
+func (s KdumpScanner) untrusted(fi fs.FileInfo) string {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !ok:
+		return "has no owner to check"
+	case int(st.Uid) != s.OwnerUID:
+		return fmt.Sprintf("belongs to uid %d, not %d", st.Uid, s.OwnerUID)
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Sprintf("is writable by group or others (mode %o)", fi.Mode().Perm())
+	}
+	return ""
 }
 
 func readDir(root *os.Root, name string) ([]fs.DirEntry, error) {
@@ -309,20 +345,28 @@ func parseDmesg(r io.Reader, source string) ([]Event, time.Duration, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var kt time.Duration
 	stamped := false
+	// A dmesg file is the kernel's log by construction: facility 0 unless
+	// a "<prio>" prefix (dmesg -r) says otherwise; a line without a stamp
+	// continues the record before it.
+	facility, level := 0, -1
 	for {
 		line, err := readLine(br)
 		if line != "" || err == nil {
-			text, t, ok := splitDmesgLine(line)
+			text, t, prio, ok := splitDmesgLine(line)
 			switch {
 			case ok:
 				kt, stamped = t, true
+				facility, level = 0, -1
+				if prio >= 0 {
+					facility, level = prio>>3, prio&7
+				}
 			case stamped:
 				text = line
 			default:
 				text = ""
 			}
 			if text != "" {
-				evs = append(evs, c.Feed(Record{Time: kt, Text: text, Source: source}, time.Unix(0, 0).Add(kt))...)
+				evs = append(evs, c.Feed(Record{Facility: facility, Level: level, Time: kt, Text: text, Source: source}, time.Unix(0, 0).Add(kt))...)
 			}
 		}
 		if err == io.EOF {
@@ -350,19 +394,24 @@ func readLine(br *bufio.Reader) (string, error) {
 	}
 }
 
-// splitDmesgLine strips "[secs.frac]" (and a <prio> or caller prefix).
-func splitDmesgLine(line string) (string, time.Duration, bool) {
+// splitDmesgLine strips "[secs.frac]" and a caller prefix, and returns a
+// "<prio>" prefix's value (-1: none).
+func splitDmesgLine(line string) (string, time.Duration, int, bool) {
 	m := dmesgLineRE.FindStringSubmatch(line)
 	if m == nil {
-		return "", 0, false
+		return "", 0, -1, false
 	}
-	secs, err := strconv.ParseInt(m[1], 10, 64)
+	secs, err := strconv.ParseInt(m[2], 10, 64)
 	if err != nil || secs > math.MaxInt64/int64(time.Second)-1 {
-		return "", 0, false // not a kernel timestamp
+		return "", 0, -1, false // not a kernel timestamp
 	}
-	frac := (m[2] + "000000000")[:9]
+	prio := -1
+	if m[1] != "" {
+		prio, _ = strconv.Atoi(m[1])
+	}
+	frac := (m[3] + "000000000")[:9]
 	ns, _ := strconv.ParseInt(frac, 10, 64)
-	return m[3], time.Duration(secs)*time.Second + time.Duration(ns), true
+	return m[4], time.Duration(secs)*time.Second + time.Duration(ns), prio, true
 }
 
 // CrashEvidence is what a block record keeps of the dumps written after t:

@@ -123,7 +123,7 @@ func TestKdumpScanner(t *testing.T) {
 			if loc == nil {
 				loc = time.UTC
 			}
-			dumps, err := KdumpScanner{Dir: dir, Location: loc}.Since(tt.since)
+			dumps, err := KdumpScanner{Dir: dir, Location: loc, OwnerUID: os.Getuid()}.Since(tt.since)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -190,7 +190,7 @@ func TestKdumpUnreadable(t *testing.T) {
 	done := make(chan struct{})
 	var dumps []Dump
 	var err error
-	go func() { dumps, err = KdumpScanner{Dir: dir}.Since(time.Time{}); close(done) }()
+	go func() { dumps, err = KdumpScanner{Dir: dir, OwnerUID: os.Getuid()}.Since(time.Time{}); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
@@ -220,7 +220,7 @@ func TestKdumpGarbage(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			writeTree(t, dir, []dumpFile{{path: "202611251230/dmesg.202611251230", content: string(content)}}, time.Now())
-			dumps, err := KdumpScanner{Dir: dir}.Since(time.Time{})
+			dumps, err := KdumpScanner{Dir: dir, OwnerUID: os.Getuid()}.Since(time.Time{})
 			if err != nil || len(dumps) != 1 {
 				t.Fatalf("dumps %d, err %v", len(dumps), err)
 			}
@@ -252,7 +252,7 @@ func TestKdumpHugeDmesgTail(t *testing.T) {
 	b.WriteString(kdumpFixture(t, "dmesg-debian.txt"))
 	dir := t.TempDir()
 	writeTree(t, dir, []dumpFile{{path: "202611251230/dmesg.202611251230", content: b.String()}}, time.Now())
-	dumps, err := KdumpScanner{Dir: dir}.Since(time.Time{})
+	dumps, err := KdumpScanner{Dir: dir, OwnerUID: os.Getuid()}.Since(time.Time{})
 	if err != nil || len(dumps) != 1 {
 		t.Fatalf("dumps %d, err %v", len(dumps), err)
 	}
@@ -324,7 +324,7 @@ func TestKdumpDirSymlink(t *testing.T) {
 	if err := os.Symlink(target, dir); err != nil {
 		t.Fatal(err)
 	}
-	dumps, err := KdumpScanner{Dir: dir}.Since(time.Time{})
+	dumps, err := KdumpScanner{Dir: dir, OwnerUID: os.Getuid()}.Since(time.Time{})
 	if err != nil || len(dumps) != 1 || !strings.HasPrefix(dumps[0].DmesgPath, dir+"/") {
 		t.Fatalf("dumps %+v, err %v", dumps, err)
 	}

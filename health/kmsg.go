@@ -13,8 +13,15 @@ import (
 	"time"
 )
 
-// Record is one kernel log record, from /dev/kmsg or netconsole.
+// Record is one kernel log record, from /dev/kmsg, netconsole or a dmesg
+// file.
 type Record struct {
+	// Facility is 0 for the kernel's own records; /dev/kmsg gives every
+	// write from user space another (the kernel never lets one pass as 0).
+	// -1: the source does not say.
+	Facility int
+	// Level is the printk level, 0 (emerg) to 7 (debug); -1: the source
+	// does not say (plain netconsole, a dmesg file without prefixes).
 	Level  int
 	Seq    uint64
 	Time   time.Duration // since boot
@@ -50,7 +57,7 @@ func ParseKmsg(b []byte) (Record, error) {
 		return Record{}, fmt.Errorf("%w: header %q", ErrRecord, head)
 	}
 	lines := strings.Split(rest, "\n")
-	r := Record{Level: prio & 7, Seq: seq, Time: time.Duration(usec) * time.Microsecond, Text: unescape(lines[0]), Source: "kmsg"}
+	r := Record{Facility: prio >> 3, Level: prio & 7, Seq: seq, Time: time.Duration(usec) * time.Microsecond, Text: unescape(lines[0]), Source: "kmsg"}
 	for _, l := range lines[1:] {
 		if k, v, ok := strings.Cut(strings.TrimPrefix(l, " "), "="); ok && strings.HasPrefix(l, " ") {
 			if r.Dict == nil {

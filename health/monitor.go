@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"net/netip"
 	"path/filepath"
 	"reflect"
 	"sync"
@@ -13,13 +14,17 @@ import (
 
 // MonitorOptions says which crash-signal sources run and where they read.
 type MonitorOptions struct {
-	Root          string // prefix for /dev/kmsg and /proc ("/" on a host)
-	Release       string // this host's kernel release: netconsole records naming another are dropped
-	Kmsg          bool   // follow /dev/kmsg
-	Netconsole    string // UDP listen address; "" = off
-	Taint         bool   // watch /proc/sys/kernel/tainted
-	TaintInterval time.Duration
-	Command       Command // the operator's health check; no Argv = none
+	Root       string // prefix for /dev/kmsg and /proc ("/" on a host)
+	Release    string // this host's kernel release: netconsole records naming another are dropped
+	Kmsg       bool   // follow /dev/kmsg
+	Netconsole string // UDP listen address; "" = off
+	// NetconsoleAllow are the senders whose datagrams count (none: none).
+	NetconsoleAllow []netip.Prefix
+	// NetconsoleRelease drops extended records that name no release.
+	NetconsoleRelease bool
+	Taint             bool // watch /proc/sys/kernel/tainted
+	TaintInterval     time.Duration
+	Command           Command // the operator's health check; no Argv = none
 }
 
 // Monitor runs the sources of one MonitorOptions and merges their kernel
@@ -104,7 +109,7 @@ func (m *Monitor) start(o MonitorOptions) {
 		}
 	}
 	if o.Netconsole != "" {
-		nr := &NetconsoleReceiver{Addr: o.Netconsole, Release: o.Release}
+		nr := &NetconsoleReceiver{Addr: o.Netconsole, Release: o.Release, Allow: o.NetconsoleAllow, RequireRelease: o.NetconsoleRelease}
 		if err := nr.Listen(); err != nil {
 			log.Error("netconsole receiver disabled: " + err.Error())
 		} else {

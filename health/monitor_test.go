@@ -2,7 +2,9 @@ package health
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +13,8 @@ import (
 
 	"github.com/klp-agent/klp-agent/internal/testutil/nginxtest"
 )
+
+var loopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 
 // freeUDP is a loopback UDP address nothing listens on.
 func freeUDP(t *testing.T) string {
@@ -25,8 +29,11 @@ func netconsoleOops(t *testing.T, mon *Monitor, addr string) Event {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Write([]byte("Oops: 0002 [#1] PREEMPT SMP NOPTI\n---[ end trace 0000000000000000 ]---\n")); err != nil {
-		t.Fatal(err)
+	// One extended record each, from the kernel (facility 0) at KERN_DEFAULT.
+	for i, l := range []string{"Oops: 0002 [#1] PREEMPT SMP NOPTI", "---[ end trace 0000000000000000 ]---"} {
+		if _, err := fmt.Fprintf(c, "6.1.0-test,4,%d,100,-;%s\n", i+1, l); err != nil {
+			t.Fatal(err)
+		}
 	}
 	select {
 	case ev := <-mon.Events():
@@ -43,7 +50,7 @@ func netconsoleOops(t *testing.T, mon *Monitor, addr string) Event {
 func TestHealthSourcesFollowReload(t *testing.T) {
 	root := t.TempDir()
 	opts := func(netconsole string) MonitorOptions {
-		return MonitorOptions{Root: root, Release: "6.1.0-test", Netconsole: netconsole, TaintInterval: 5 * time.Second}
+		return MonitorOptions{Root: root, Release: "6.1.0-test", Netconsole: netconsole, NetconsoleAllow: loopback, TaintInterval: 5 * time.Second}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -78,7 +85,7 @@ func TestHealthSourcesFollowReload(t *testing.T) {
 // crash (it would count against whatever patch the rollback left); a W bit
 // no report explains still comes through.
 func TestTaintExplainedByTheLog(t *testing.T) {
-	o := MonitorOptions{Root: t.TempDir(), Release: "6.1.0-test", Netconsole: freeUDP(t), Taint: true, TaintInterval: 10 * time.Millisecond}
+	o := MonitorOptions{Root: t.TempDir(), Release: "6.1.0-test", Netconsole: freeUDP(t), NetconsoleAllow: loopback, Taint: true, TaintInterval: 10 * time.Millisecond}
 	tainted := filepath.Join(o.Root, "proc/sys/kernel/tainted")
 	set := func(v Taint) {
 		t.Helper()

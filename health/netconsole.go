@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -32,6 +33,7 @@ var ErrNetconsole = errors.New("malformed netconsole datagram")
 type NetconsoleMsg struct {
 	Extended  bool
 	Release   string // kernel release prefix, when the target sets release
+	Facility  int    // prio >> 3: 0 for the kernel's records
 	Level     int    // prio & 7
 	Seq       uint64
 	Time      time.Duration // since boot
@@ -90,7 +92,7 @@ func ParseNetconsole(b []byte) (NetconsoleMsg, error) {
 	if !ok1 || !ok2 || !ok3 {
 		return NetconsoleMsg{}, fmt.Errorf("%w: header %q", ErrNetconsole, head)
 	}
-	m.Extended, m.Level, m.Seq, m.Cont = true, int(prio&7), seq, f[3] == "c"
+	m.Extended, m.Facility, m.Level, m.Seq, m.Cont = true, int(prio>>3), int(prio&7), seq, f[3] == "c"
 	m.Time = time.Duration(usec) * time.Microsecond
 	m.Body = b[semi+1:]
 	// After the flag: printk's own fields (caller=T1), then netconsole's.
@@ -179,6 +181,9 @@ type NetconsoleStats struct {
 	Dropped      uint64 `json:"dropped"`     // fragmented records given up over the limits or replaced
 	Duplicates   uint64 `json:"duplicates"`  // fragments of records already delivered
 	OtherRelease uint64 `json:"other_release"`
+	Plain        uint64 `json:"plain"`      // datagrams without the extended header, when only extended ones count
+	NoRelease    uint64 `json:"no_release"` // extended records naming no release, when one is required
+	Denied       uint64 `json:"denied"`     // datagrams from senders not allowed
 }
 
 func (s *NetconsoleStats) add(o NetconsoleStats) {
@@ -190,6 +195,9 @@ func (s *NetconsoleStats) add(o NetconsoleStats) {
 	s.Dropped += o.Dropped
 	s.Duplicates += o.Duplicates
 	s.OtherRelease += o.OtherRelease
+	s.Plain += o.Plain
+	s.NoRelease += o.NoRelease
+	s.Denied += o.Denied
 }
 
 // fragKey tells fragmented records apart. Seq alone is not enough: it
@@ -227,7 +235,13 @@ type Reassembler struct {
 	MaxBytes   int           // bytes held for them; 0 = 1 MiB
 	Timeout    time.Duration // for a record's fragments, and a partial plain line; 0 = 5 s
 	Release    string        // if set, extended records that name another release are dropped
-	Stats      NetconsoleStats
+	// ExtendedOnly drops plain datagrams: they carry no facility or level,
+	// so nothing says the kernel wrote them.
+	ExtendedOnly bool
+	// RequireRelease drops extended records that name no release
+	// (netconsole's "r" option, Linux 6.6+).
+	RequireRelease bool
+	Stats          NetconsoleStats
 
 	pending map[fragKey]*partialMsg
 	bytes   int
@@ -295,10 +309,14 @@ func (r *Reassembler) Feed(b []byte, now time.Time) []Record {
 	switch {
 	case err != nil:
 		r.Stats.Garbage++
+	case !m.Extended && r.ExtendedOnly:
+		r.Stats.Plain++
 	case !m.Extended:
 		out = append(out, r.plainLines(m.Text, now)...)
 	case r.Release != "" && m.Release != "" && m.Release != r.Release:
 		r.Stats.OtherRelease++
+	case r.RequireRelease && m.Release == "":
+		r.Stats.NoRelease++
 	case m.FragTotal == 0:
 		out = append(out, r.record(m))
 	default:
@@ -378,7 +396,7 @@ func (r *Reassembler) evictOldest() {
 }
 
 func (r *Reassembler) record(m NetconsoleMsg) Record {
-	rec := Record{Level: m.Level, Seq: m.Seq, Time: m.Time, Text: m.Text, Dict: m.Dict, Source: "netconsole"}
+	rec := Record{Facility: m.Facility, Level: m.Level, Seq: m.Seq, Time: m.Time, Text: m.Text, Dict: m.Dict, Source: "netconsole"}
 	if m.Release != "" {
 		if rec.Dict == nil {
 			rec.Dict = map[string]string{}
@@ -424,11 +442,11 @@ func (r *Reassembler) plainRecord(line []byte) (Record, bool) {
 	if strings.TrimSpace(text) == "" {
 		return Record{}, false
 	}
-	rec := Record{Level: -1, Text: text, Source: "netconsole"}
+	rec := Record{Facility: -1, Level: -1, Text: text, Source: "netconsole"}
 	if m := consolePrefixRE.FindStringSubmatch(text); len(m[0]) > 0 {
 		if m[1] != "" {
 			prio, _ := strconv.Atoi(m[1])
-			rec.Level = prio & 7
+			rec.Facility, rec.Level = prio>>3, prio&7
 		}
 		if m[2] != "" {
 			secs, _ := strconv.ParseInt(m[2], 10, 64)
@@ -451,10 +469,21 @@ func (r *Reassembler) plainRecord(line []byte) (Record, bool) {
 // heard are forgotten too). Records of all senders share out, in the
 // order they complete.
 type NetconsoleReceiver struct {
-	Addr       string // e.g. "0.0.0.0:6666" (netconsole's default port); ":0" picks one
-	Release    string // drop extended records that name another kernel release
-	MaxSenders int    // 0 = 256
-	MaxBytes   int    // held for all senders' partial records; 0 = 8 MiB
+	Addr    string // e.g. "0.0.0.0:6666" (netconsole's default port); ":0" picks one
+	Release string // drop extended records that name another kernel release
+	// Allow lists the senders whose datagrams count; anything else is
+	// dropped before it is parsed or held. UDP is unauthenticated: this
+	// is what keeps a forged report out.
+	Allow []netip.Prefix
+	// AnySender accepts every sender (tests and tools only).
+	AnySender bool
+	// PlainToo accepts plain (non-extended) datagrams: tests and tools
+	// only, since they carry no facility or level.
+	PlainToo bool
+	// RequireRelease drops extended records that name no release.
+	RequireRelease bool
+	MaxSenders     int // 0 = 256
+	MaxBytes       int // held for all senders' partial records; 0 = 8 MiB
 	// Timeout gives up a fragmented record, or delivers a partial plain
 	// line, this long after it began; 0 = 5 s (Reassembler.Timeout).
 	Timeout time.Duration
@@ -550,9 +579,14 @@ func (nr *NetconsoleReceiver) Run(ctx context.Context, out chan<- Record) error 
 			return fmt.Errorf("netconsole receive on %s: %w", c.LocalAddr(), err)
 		}
 		var recs []Record
-		if err == nil {
+		switch {
+		case err == nil && !nr.allowed(from):
+			nr.mu.Lock()
+			nr.forgotten.Denied++
+			nr.mu.Unlock()
+		case err == nil:
 			recs = nr.feed(from.String(), buf[:n], time.Now())
-		} else {
+		default:
 			recs = nr.sweep(time.Now())
 		}
 		for _, rec := range recs {
@@ -563,6 +597,28 @@ func (nr *NetconsoleReceiver) Run(ctx context.Context, out chan<- Record) error 
 			}
 		}
 	}
+}
+
+// allowed reports whether a datagram from addr counts.
+func (nr *NetconsoleReceiver) allowed(addr net.Addr) bool {
+	if nr.AnySender {
+		return true
+	}
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return false
+	}
+	ip, ok := netip.AddrFromSlice(ua.IP)
+	if !ok {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, p := range nr.Allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // sweep expires every sender's stale fragments, at most once a second.
@@ -607,7 +663,8 @@ func (nr *NetconsoleReceiver) feed(from string, b []byte, now time.Time) []Recor
 			nr.senders = map[string]*sender{}
 		}
 		// One sender alone stays within the total.
-		sd = &sender{r: &Reassembler{Release: nr.Release, MaxBytes: min(1<<20, max(maxBytes-maxPlainLine, 1)), Timeout: nr.Timeout}}
+		sd = &sender{r: &Reassembler{Release: nr.Release, MaxBytes: min(1<<20, max(maxBytes-maxPlainLine, 1)), Timeout: nr.Timeout,
+			ExtendedOnly: !nr.PlainToo, RequireRelease: nr.RequireRelease}}
 		nr.senders[from] = sd
 	}
 	sd.last = now

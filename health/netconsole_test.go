@@ -10,6 +10,7 @@ import (
 	"math/bits"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"reflect"
 	"strconv"
@@ -232,7 +233,7 @@ func TestParseNetconsole(t *testing.T) {
 		wantErr bool
 	}{
 		{"extended", "6,1234,5678901,-;hello\n", ext(NetconsoleMsg{Level: 6, Seq: 1234, Time: 5678901 * time.Microsecond, Text: "hello"}, "hello\n"), false},
-		{"facility in prio", "30,5,6,-;systemd[1]: x\n", ext(NetconsoleMsg{Level: 6, Seq: 5, Time: 6 * time.Microsecond, Text: "systemd[1]: x"}, "systemd[1]: x\n"), false},
+		{"facility in prio", "30,5,6,-;systemd[1]: x\n", ext(NetconsoleMsg{Facility: 3, Level: 6, Seq: 5, Time: 6 * time.Microsecond, Text: "systemd[1]: x"}, "systemd[1]: x\n"), false},
 		{"release", ncRelease + ",6,1234,5678901,-;text\n", ext(NetconsoleMsg{Release: ncRelease, Level: 6, Seq: 1234, Time: 5678901 * time.Microsecond, Text: "text"}, "text\n"), false},
 		{"continuation", "4,7,8,c; more\n", ext(NetconsoleMsg{Level: 4, Seq: 7, Time: 8 * time.Microsecond, Cont: true, Text: " more"}, " more\n"), false},
 		{"printk caller", "4,7,8,-,caller=T231;Oops: 0002 [#1]\n", ext(NetconsoleMsg{Level: 4, Seq: 7, Time: 8 * time.Microsecond, Text: "Oops: 0002 [#1]"}, "Oops: 0002 [#1]\n"), false},
@@ -366,13 +367,13 @@ func TestReassembler(t *testing.T) {
 func TestReassemblerRecordFields(t *testing.T) {
 	r := &Reassembler{}
 	var recs []Record
-	for _, d := range ncKernelExt(ncRelease, ncRec{prio: 12, seq: 77, usec: 61_234_567, text: strings.Repeat("x", 1500), dict: [][2]string{{"DEVICE", "+pci:0000:00:03.0"}}}) {
+	for _, d := range ncKernelExt(ncRelease, ncRec{prio: 4, seq: 77, usec: 61_234_567, text: strings.Repeat("x", 1500), dict: [][2]string{{"DEVICE", "+pci:0000:00:03.0"}}}) {
 		recs = append(recs, r.Feed(d, time.Unix(0, 0))...)
 	}
 	recs = append(recs, r.Feed([]byte("<3>[   61.234600] plain\n"), time.Unix(0, 0))...)
 	want := []Record{
 		{Level: 4, Seq: 77, Time: 61_234_567 * time.Microsecond, Text: strings.Repeat("x", 1500), Dict: map[string]string{"DEVICE": "+pci:0000:00:03.0", "RELEASE": ncRelease}, Source: "netconsole"},
-		{Level: 3, Time: 61_234_600 * time.Microsecond, Text: "plain", Source: "netconsole"},
+		{Facility: 0, Level: 3, Time: 61_234_600 * time.Microsecond, Text: "plain", Source: "netconsole"},
 	}
 	if !reflect.DeepEqual(recs, want) {
 		t.Fatalf("records\n%+v\nwant\n%+v", recs, want)
@@ -476,21 +477,31 @@ func TestNetconsoleReceiverBounded(t *testing.T) {
 // netconsole target sends it, comes out of the receiver as records that
 // classify as one oops attributed to klp_oops_4.
 func TestNetconsoleReceiverOops(t *testing.T) {
+	loopback := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	others := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("::1/128")}
 	tests := []struct {
-		file        string
+		name, file  string
 		release     string // the receiver's filter
+		allow       []netip.Prefix
+		plainToo    bool
+		needRelease bool
 		event       bool
 		reassembled bool
 	}{
-		{"oops-klp-plain.txt", ncRelease, true, false},
-		{"oops-klp-ext.txt", ncRelease, true, true},
-		{"oops-klp-ext-release.txt", ncRelease, true, true},
-		{"oops-klp-ext-release.txt", "", true, true},
-		{"oops-klp-ext-release.txt", "6.12.57+deb13-amd64", false, false}, // another host's kernel
+		// Plain text carries no facility or level: dropped, unless a tool asks.
+		{"plain", "oops-klp-plain.txt", ncRelease, loopback, false, false, false, false},
+		{"plain for tools", "oops-klp-plain.txt", ncRelease, loopback, true, false, true, false},
+		{"extended", "oops-klp-ext.txt", ncRelease, loopback, false, false, true, true},
+		{"extended without the required release", "oops-klp-ext.txt", ncRelease, loopback, false, true, false, false},
+		{"extended with release", "oops-klp-ext-release.txt", ncRelease, loopback, false, true, true, true},
+		{"any release", "oops-klp-ext-release.txt", "", loopback, false, false, true, true},
+		{"another host's kernel", "oops-klp-ext-release.txt", "6.12.57+deb13-amd64", loopback, false, true, false, false},
+		{"sender not allowed", "oops-klp-ext-release.txt", ncRelease, others, false, true, false, false},
+		{"no sender allowed", "oops-klp-ext-release.txt", ncRelease, nil, false, true, false, false},
 	}
 	for _, tt := range tests {
-		t.Run(tt.file+"/"+tt.release, func(t *testing.T) {
-			nr := &NetconsoleReceiver{Addr: "127.0.0.1:0", Release: tt.release}
+		t.Run(tt.name, func(t *testing.T) {
+			nr := &NetconsoleReceiver{Addr: "127.0.0.1:0", Release: tt.release, Allow: tt.allow, PlainToo: tt.plainToo, RequireRelease: tt.needRelease}
 			recs, c, stop := runReceiver(t, nr, 256)
 			dgrams := ncDatagrams(t, tt.file)
 			for _, d := range dgrams {
@@ -517,10 +528,10 @@ func TestNetconsoleReceiverOops(t *testing.T) {
 					t.Fatalf("no event; stats %+v", nr.Stats())
 				}
 			}
-			for !tt.event && nr.Stats().Datagrams < uint64(len(dgrams)) {
+			for !tt.event && nr.Stats().Datagrams+nr.Stats().Denied < uint64(len(dgrams)) {
 				select {
 				case r := <-recs:
-					t.Fatalf("record from another release: %+v", r)
+					t.Fatalf("record that must be dropped: %+v", r)
 				case <-deadline:
 					t.Fatalf("datagrams lost; stats %+v", nr.Stats())
 				case <-time.After(10 * time.Millisecond):
@@ -539,7 +550,8 @@ func TestNetconsoleReceiverOops(t *testing.T) {
 				}
 			}
 			s := nr.Stats()
-			if s.Garbage != 0 || (s.Reassembled > 0) != tt.reassembled || s.Datagrams != uint64(len(dgrams)) {
+			if s.Garbage != 0 || (s.Reassembled > 0) != tt.reassembled || s.Datagrams+s.Denied != uint64(len(dgrams)) ||
+				(s.Denied > 0) != (tt.name == "sender not allowed" || tt.name == "no sender allowed") {
 				t.Fatalf("stats %+v", s)
 			}
 			if err := stop(); err != nil {
@@ -617,7 +629,7 @@ func FuzzNetconsole(f *testing.F) {
 // receiver, otherwise asleep, wakes to deliver the partial line, then
 // holds nothing.
 func TestNetconsoleReceiverDeliversCutLine(t *testing.T) {
-	nr := &NetconsoleReceiver{Addr: "127.0.0.1:0", Timeout: 100 * time.Millisecond}
+	nr := &NetconsoleReceiver{Addr: "127.0.0.1:0", Timeout: 100 * time.Millisecond, AnySender: true, PlainToo: true}
 	recs, c, stop := runReceiver(t, nr, 4)
 	if _, err := c.Write([]byte("Kernel panic - not syncing: Hard LOCKUP")); err != nil {
 		t.Fatal(err)

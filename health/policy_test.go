@@ -37,7 +37,7 @@ func ev(kind Kind, module string) Event {
 }
 
 func TestJudge(t *testing.T) {
-	p := Suspect{Name: "klp_x", Functions: []string{"cmdline_proc_show"}}
+	p := Suspect{Name: "klp_x", Functions: []Function{{"vmlinux", "cmdline_proc_show"}}}
 	t0 := time.Unix(1000, 0)
 	type step struct {
 		ev       Event

@@ -1,7 +1,9 @@
 package klp
 
 import (
+	"bytes"
 	"context"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"path"
@@ -320,4 +322,48 @@ func (s *Sysfs) Refcnt(module string) (int, error) {
 func (s *Sysfs) ModuleLoaded(module string) bool {
 	_, err := s.FS.ReadDir(path.Join("sys/module", module))
 	return err == nil
+}
+
+// TextRange is [Start, End) of a loaded module's code.
+type TextRange struct {
+	Section    string
+	Start, End uint64
+}
+
+// ModuleText says where a loaded module's code is: every allocated,
+// executable section of its .ko (ko, the file that was loaded), except
+// .init ones (freed after loading), at the address
+// /sys/module/<module>/sections/<section> gives, for its size in the
+// file. A raw address in a kernel report is the module's when it falls
+// inside one of them.
+func (s *Sysfs) ModuleText(module string, ko []byte) ([]TextRange, error) {
+	f, err := elf.NewFile(bytes.NewReader(ko))
+	if err != nil {
+		return nil, fmt.Errorf("module %s text: %w", module, err)
+	}
+	defer f.Close()
+	var out []TextRange
+	for _, sec := range f.Sections {
+		if sec.Flags&(elf.SHF_ALLOC|elf.SHF_EXECINSTR) != elf.SHF_ALLOC|elf.SHF_EXECINSTR || sec.Size == 0 ||
+			strings.HasPrefix(sec.Name, ".init") || strings.Contains(sec.Name, "/") {
+			continue
+		}
+		v, err := readTrim(s.FS, path.Join("sys/module", module, "sections", sec.Name))
+		if err != nil {
+			if notExist(err) {
+				continue // not kept in memory
+			}
+			return nil, fmt.Errorf("module %s section %s: %w", module, sec.Name, err)
+		}
+		addr, err := strconv.ParseUint(strings.TrimPrefix(v, "0x"), 16, 64)
+		if err != nil || addr == 0 {
+			// 0: the addresses are hidden (not root, or kptr_restrict).
+			return nil, fmt.Errorf("module %s section %s: address %q", module, sec.Name, v)
+		}
+		out = append(out, TextRange{Section: sec.Name, Start: addr, End: addr + sec.Size})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("module %s: no loaded code sections", module)
+	}
+	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"maps"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -57,13 +58,50 @@ type ApplyConfig struct {
 // HealthConfig selects the crash signals the agent watches and the policy
 // that turns them into rollbacks.
 type HealthConfig struct {
-	Kmsg          bool          `yaml:"kmsg"`           // follow /dev/kmsg
-	Netconsole    string        `yaml:"netconsole"`     // UDP listen address; "" = off
-	KdumpDir      string        `yaml:"kdump_dir"`      // under paths.root; "" = no kdump scan
-	Taint         bool          `yaml:"taint"`          // watch /proc/sys/kernel/tainted
-	TaintInterval time.Duration `yaml:"taint_interval"` // how often
-	Command       CommandConfig `yaml:"command"`
-	Policy        health.Policy `yaml:"policy"`
+	Kmsg          bool             `yaml:"kmsg"` // follow /dev/kmsg
+	Netconsole    NetconsoleConfig `yaml:"netconsole"`
+	KdumpDir      string           `yaml:"kdump_dir"`      // under paths.root; "" = no kdump scan
+	Taint         bool             `yaml:"taint"`          // watch /proc/sys/kernel/tainted
+	TaintInterval time.Duration    `yaml:"taint_interval"` // how often
+	Command       CommandConfig    `yaml:"command"`
+	Policy        health.Policy    `yaml:"policy"`
+}
+
+// NetconsoleConfig is the netconsole receiver. UDP is unauthenticated:
+// only the listed senders count, only extended records (which carry the
+// kernel's facility and level), and a netconsole report alone does not
+// roll back unless Acts says so.
+type NetconsoleConfig struct {
+	Listen string   `yaml:"listen"` // UDP address, e.g. 0.0.0.0:6666; "" = off
+	Allow  []string `yaml:"allow"`  // sender addresses or CIDRs; required to listen
+	// RequireRelease drops records that do not name this host's kernel
+	// release (netconsole's "r" option; Linux 6.6 and later send it).
+	RequireRelease bool `yaml:"require_release"`
+	Acts           bool `yaml:"acts"` // a netconsole report may roll back on its own
+}
+
+// AllowPrefixes parses Allow; Validate has checked it.
+func (n NetconsoleConfig) AllowPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, a := range n.Allow {
+		if p, err := parsePrefix(a); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// parsePrefix takes an address (one host) or a CIDR.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
 // CommandConfig is the operator's own health check, run without a shell.
@@ -133,8 +171,9 @@ func Default() Config {
 		Apply: ApplyConfig{Soak: 30 * time.Minute, TransitionTimeout: 60 * time.Second},
 		Health: HealthConfig{
 			Kmsg: true, KdumpDir: "/var/crash", Taint: true, TaintInterval: 5 * time.Second,
-			Command: CommandConfig{Argv: []string{}, Timeout: 30 * time.Second, Interval: time.Minute, Failures: 3},
-			Policy:  health.DefaultPolicy(),
+			Netconsole: NetconsoleConfig{Allow: []string{}, RequireRelease: true},
+			Command:    CommandConfig{Argv: []string{}, Timeout: 30 * time.Second, Interval: time.Minute, Failures: 3},
+			Policy:     health.DefaultPolicy(),
 		},
 		Host:  HostConfig{IDFile: "/etc/machine-id"},
 		Paths: PathsConfig{Root: "/", StateDir: "/var/lib/klp-agent"},
@@ -199,6 +238,10 @@ func Decode(b []byte, cfg *Config) error {
 	// A map a document names replaces the current one, as a list does: a
 	// drop-in that sets health.policy.thresholds says which thresholds hold,
 	// and one that does not name it keeps them.
+	if line := netconsoleScalar(b); line > 0 {
+		// What earlier versions took: say what to write instead.
+		return fmt.Errorf("line %d: health.netconsole is a section now: listen: ADDRESS and allow: [the senders' addresses]", line)
+	}
 	tmp := *cfg
 	tmp.Health.Policy.Thresholds = nil
 	if err := manifest.DecodeStrict(b, &tmp); err != nil {
@@ -231,9 +274,29 @@ func namesThresholds(b []byte) bool {
 	return doc.Health.Policy.Thresholds.Kind != 0
 }
 
+// netconsoleScalar is the line of a health.netconsole given as a plain
+// value (0: it is not).
+func netconsoleScalar(b []byte) int {
+	var doc struct {
+		Health struct {
+			Netconsole yaml.Node `yaml:"netconsole"`
+		} `yaml:"health"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return 0
+	}
+	if n := doc.Health.Netconsole; n.Kind == yaml.ScalarNode && n.Tag != "!!null" {
+		return n.Line
+	}
+	return 0
+}
+
 // normalize makes "none" one value: a null list or map and an empty one
 // mean the same, so the effective config renders and re-reads unchanged.
 func normalize(c *Config) {
+	if c.Health.Netconsole.Allow == nil {
+		c.Health.Netconsole.Allow = []string{}
+	}
 	if c.Health.Command.Argv == nil {
 		c.Health.Command.Argv = []string{}
 	}
@@ -326,9 +389,17 @@ func (l *Loaded) Validate() error {
 	if c.Apply.RPMKeyring != "" && !filepath.IsAbs(c.Apply.RPMKeyring) {
 		bad("apply.rpm_keyring", "%q must be an absolute path", c.Apply.RPMKeyring)
 	}
-	if c.Health.Netconsole != "" {
-		if _, _, err := net.SplitHostPort(c.Health.Netconsole); err != nil {
-			bad("health.netconsole", "%q is not host:port (e.g. 0.0.0.0:6666)", c.Health.Netconsole)
+	if nc := c.Health.Netconsole; nc.Listen != "" {
+		if _, _, err := net.SplitHostPort(nc.Listen); err != nil {
+			bad("health.netconsole.listen", "%q is not host:port (e.g. 0.0.0.0:6666)", nc.Listen)
+		}
+		if len(nc.Allow) == 0 {
+			bad("health.netconsole.allow", "list the senders whose netconsole counts (addresses or CIDRs): anyone can send UDP")
+		}
+	}
+	for _, a := range c.Health.Netconsole.Allow {
+		if _, err := parsePrefix(a); err != nil {
+			bad("health.netconsole.allow", "%q is not an address or CIDR", a)
 		}
 	}
 	if c.Health.KdumpDir != "" && !filepath.IsAbs(c.Health.KdumpDir) {

@@ -188,13 +188,15 @@ func (h *Host) Agent(log *zap.Logger, store *state.Store, rec agent.Recorder) (*
 // LoopConfig is the loop's pacing and policy.
 func (h *Host) LoopConfig() agent.LoopConfig {
 	m := h.Config.Manifest
-	return agent.LoopConfig{Interval: m.PollInterval, Jitter: m.PollJitter, Policy: h.Config.Health.Policy}
+	return agent.LoopConfig{Interval: m.PollInterval, Jitter: m.PollJitter, Policy: h.Config.Health.Policy,
+		NetconsoleActs: h.Config.Health.Netconsole.Acts}
 }
 
 // MonitorOptions are the health sources of this configuration.
 func (h *Host) MonitorOptions() health.MonitorOptions {
 	c := h.Config.Health
-	return health.MonitorOptions{Root: h.Config.Paths.Root, Release: h.Host.Kernel, Kmsg: c.Kmsg, Netconsole: c.Netconsole,
+	return health.MonitorOptions{Root: h.Config.Paths.Root, Release: h.Host.Kernel, Kmsg: c.Kmsg,
+		Netconsole: c.Netconsole.Listen, NetconsoleAllow: c.Netconsole.AllowPrefixes(), NetconsoleRelease: c.Netconsole.RequireRelease,
 		Taint: c.Taint, TaintInterval: c.TaintInterval,
 		Command: health.Command{Argv: c.Command.Argv, Timeout: c.Command.Timeout, Every: c.Command.Interval, Failures: c.Command.Failures}}
 }

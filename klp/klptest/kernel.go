@@ -10,6 +10,7 @@ package klptest
 import (
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"os"
 	"path"
@@ -199,6 +200,18 @@ func (k *Kernel) Unload(name string) error {
 	return nil
 }
 
+// SectionAddr is where the simulated kernel says a loaded module's
+// section is (/sys/module/<module>/sections/<section>): a stable address
+// of the module-mapping range, distinct per module and section.
+func SectionAddr(module, section string) uint64 {
+	h := fnv.New32a()
+	h.Write([]byte(module))
+	base := 0xffffffffc0000000 + uint64(h.Sum32()%0x3000)<<12
+	h.Write([]byte{0})
+	h.Write([]byte(section))
+	return base + uint64(h.Sum32()%0x100)<<4
+}
+
 // Loaded lists loaded module names.
 func (k *Kernel) Loaded() []string {
 	k.mu.Lock()
@@ -275,6 +288,11 @@ func (k *Kernel) ReadFile(name string) ([]byte, error) {
 	case len(parts) == 4 && parts[0] == "sys" && parts[1] == "module" && parts[3] == "refcnt":
 		if ref, ok := k.loaded[parts[2]]; ok {
 			return []byte(strconv.Itoa(ref) + "\n"), nil
+		}
+	case len(parts) == 5 && parts[0] == "sys" && parts[1] == "module" && parts[3] == "sections":
+		// Every section of a loaded module at a fixed place of its own.
+		if _, ok := k.loaded[parts[2]]; ok {
+			return []byte(fmt.Sprintf("0x%x\n", SectionAddr(parts[2], parts[4]))), nil
 		}
 	case len(parts) == 5 && parts[0] == "proc" && parts[2] == "task":
 		t, ok := k.tasks[atoi(parts[1])]
