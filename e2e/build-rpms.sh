@@ -52,7 +52,7 @@ fi
 klp_log "modules built in $(klp_elapsed "$start")s"
 
 mods=(klp_cmdline_1 klp_cmdline_2 klp_cmdline_3 klp_oops_3 klp_oops_4 klp_warn_4 kpatch_cmdline_1
-	klp_victim klp_stall klp_notlp)
+	klp_victim klp_stall klp_notlp klp_crash)
 mkdir -p "$out/ko"
 for m in "${mods[@]}"; do
 	ko=$work/src/$m.ko
@@ -81,6 +81,7 @@ rpms=(
 	"klp klp-cmdline 4 $krel klp_warn_4 warn"
 	"klp klp-stall 1 $krel klp_stall -"
 	"klp klp-notlp 1 $krel klp_notlp -"
+	"klp klp-crash 1 $krel klp_crash -"
 	"klp klp-cmdline 1 $fake_krel klp_cmdline_1 otherkrel"
 	"kpatch $kpatch_name 1 $krel kpatch_cmdline_1 -"
 )
