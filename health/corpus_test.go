@@ -279,3 +279,58 @@ func TestCorpus(t *testing.T) {
 		})
 	}
 }
+
+// The agent's own real-kernel run (testdata/corpus/realkernel): the
+// Debian 6.1 kernel's log with every record's real facility and level,
+// read as /dev/kmsg records and as a kdump dmesg file. Each report the
+// klp_crash livepatch made is recognised and attributed to it; the
+// segfault and traps lines of programs named like report headers, run
+// as an unprivileged user, raise nothing.
+func TestRealKernelSample(t *testing.T) {
+	b, err := os.ReadFile("testdata/corpus/realkernel/debian-6.1.0-57-klp_crash.dmesg-r.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, body, _ := strings.Cut(string(b), "\n---\n")
+	var want []Kind
+	for _, l := range strings.Split(head, "\n") {
+		if v, ok := strings.CutPrefix(l, "# kinds-all: "); ok {
+			for _, k := range strings.Fields(v) {
+				want = append(want, Kind(k))
+			}
+		}
+	}
+	lineRE := regexp.MustCompile(`^<(\d+)>\[\s*(\d+)\.(\d{6})\] (.*)$`)
+	var c Classifier
+	var kmsg []Event
+	for i, l := range strings.Split(body, "\n") {
+		m := lineRE.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		prio, _ := strconv.Atoi(m[1])
+		s, _ := strconv.ParseInt(m[2], 10, 64)
+		us, _ := strconv.ParseInt(m[3], 10, 64)
+		usec := s*1_000_000 + us
+		r, err := ParseKmsg([]byte(fmt.Sprintf("%d,%d,%d,-;%s\n", prio, i, usec, ncEscape(m[4]))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kmsg = append(kmsg, c.Feed(r, time.Unix(0, usec*1000))...)
+	}
+	kmsg = append(kmsg, c.Flush(time.Unix(1<<40, 0))...)
+	kdump := ParseDmesg(strings.NewReader(body), "kdump")
+	for name, evs := range map[string][]Event{"kmsg": kmsg, "kdump": kdump} {
+		if got := kindsOf(evs); !slices.Equal(got, want) {
+			t.Errorf("%s: kinds %v, want %v", name, got, want)
+		}
+		for _, ev := range evs {
+			if !Attributed(ev, Suspect{Name: "klp_crash"}) {
+				t.Errorf("%s: %s report %q not attributed to klp_crash (rip %+v)", name, ev.Kind, ev.Header, ev.RIP)
+			}
+			if Attributed(ev, Suspect{Name: "klp_cmdline_1", Functions: []Function{{"vmlinux", "version_proc_show"}}}) {
+				t.Errorf("%s: %s report attributed to a patch it does not run through", name, ev.Kind)
+			}
+		}
+	}
+}
