@@ -72,8 +72,6 @@ var headers = []header{
 		re: regexp.MustCompile(`^BUG: unable to handle page fault for address: (?:0x)?[0-9a-f]+$`)},
 	{name: "x86 page fault (4.x)", kind: KindOops, maxLevel: levelAlert,
 		re: regexp.MustCompile(`^BUG: unable to handle kernel (?:NULL pointer dereference|paging request) at (?:\(null\)|(?:0x)?[0-9a-f]+)$`)},
-	{name: "stack guard page", kind: KindOops, maxLevel: levelEmerg,
-		re: regexp.MustCompile(`^BUG: stack guard page was hit at (?:0x)?[0-9a-f]+ \(stack is (?:0x)?[0-9a-f]+\.\.(?:0x)?[0-9a-f]+\)$`)},
 	// arm64.
 	{name: "arm64 die", kind: KindOops, maxLevel: levelEmerg, role: roleDie,
 		re: regexp.MustCompile(`^Internal error: (?:Oops|Oops - [A-Za-z0-9 ()_-]+|[A-Za-z0-9 ()_-]+): (?:0x)?[0-9a-f]+ \[#\d+\](?:  ?[A-Z][A-Z0-9_]*)*$`)},
