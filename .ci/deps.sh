@@ -3,7 +3,7 @@
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 # prometheus: for promtool, which checks and unit-tests the fleet rules.
-pkgs=(nginx-light rpm gcc make git ca-certificates curl python3 prometheus)
+pkgs=(nginx-light rpm gcc make git ca-certificates curl python3 prometheus busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,7 +1,6 @@
 package klp
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,13 +15,30 @@ import (
 // ErrDigest means a downloaded file does not match the pinned digest/size.
 var ErrDigest = errors.New("digest mismatch")
 
-// Want is what the signed manifest pins for one livepatch RPM.
+// ErrForeignPackage is a livepatch RPM named like an installed package that
+// is not a livepatch: rpm -U would replace it (an RPM named
+// openssh-server would remove sshd).
+var ErrForeignPackage = errors.New("RPM name belongs to an installed package that is not a livepatch")
+
+// Want is what the signed manifest pins for one livepatch RPM, and what
+// the installer must know of the livepatch the host runs now.
 type Want struct {
 	KernelRelease string
-	Name          string // livepatch/module name
-	Level         int
+	Name          string // module name (modinfo name=)
+	Level         int    // checked against klp-agent's own layout, which declares it
 	SHA256        string
 	Size          int64
+	// Previous is the agent's livepatch in the kernel now (nil: none). The
+	// new one must replace it; a failed apply leaves it, and rpm's
+	// database says it again.
+	Previous *Installed
+}
+
+// Installed is a livepatch the agent put in the kernel.
+type Installed struct {
+	Module  string // module name
+	Package string // RPM name
+	RPM     string // the agent's verified copy of its RPM
 }
 
 // Installer joins rpm and the controller: verify, install, load, enable.
@@ -34,6 +50,10 @@ type Installer struct {
 	// Hook, if set, is called after each step ("installed", "enabled");
 	// crash-consistency tests kill the process there.
 	Hook func(step string)
+	// BeforeLoad, if set, runs after rpm installed the package and before
+	// the module goes into the kernel: the agent records that from here on
+	// a crash may be the module's doing. An error stops the apply.
+	BeforeLoad func() error
 }
 
 func (in *Installer) hook(step string) {
@@ -58,18 +78,16 @@ type ApplyResult struct {
 }
 
 // VerifyFile checks a downloaded RPM against what the manifest pins and
-// what this kernel can load: sha256 and size, the header (layout, kernel
-// release, level, module name) and, when the payload is readable, the
-// module's own modinfo (livepatch=Y, vermagic). Nothing is installed.
+// what this kernel can load: sha256 and size, the header (layout, payload
+// of the one module, dependencies, kernel release, level where the
+// package declares one) and, when the payload is readable, the module's
+// own modinfo (livepatch=Y, vermagic, name). Nothing is installed.
 func VerifyFile(file string, want Want) (*RPMInfo, error) {
-	f, err := os.Open(file)
+	info, err := InspectRPM(file)
 	if err != nil {
-		return nil, fmt.Errorf("verify %s: %w", file, err)
-	}
-	defer f.Close()
-	info, err := InspectRPMReader(f)
-	if err != nil {
-		return nil, fmt.Errorf("verify %s: %w", file, err)
+		if info == nil || !errors.Is(err, ErrNoLevel) || info.Layout == LayoutKLP {
+			return nil, fmt.Errorf("verify: %w", err)
+		}
 	}
 	if info.Size != want.Size || info.SHA256 != want.SHA256 {
 		return nil, fmt.Errorf("verify %s: %w: %d bytes sha256 %s, manifest pins %d bytes %s", file, ErrDigest, info.Size, info.SHA256, want.Size, want.SHA256)
@@ -77,17 +95,11 @@ func VerifyFile(file string, want Want) (*RPMInfo, error) {
 	if info.KernelRelease != want.KernelRelease {
 		return nil, fmt.Errorf("verify %s: %w: built for %s, this host runs %s", file, ErrKernelMismatch, info.KernelRelease, want.KernelRelease)
 	}
-	if info.ModuleName != want.Name || info.Level != want.Level {
-		return nil, fmt.Errorf("verify %s: package holds %s level %d, manifest says %s level %d", file, info.ModuleName, info.Level, want.Name, want.Level)
+	if info.Layout == LayoutKLP && info.Level != want.Level {
+		return nil, fmt.Errorf("verify %s: %w: package declares level %d, manifest says %d", file, ErrLevelMismatch, info.Level, want.Level)
 	}
-	var ko bytes.Buffer
-	switch err := ExtractModule(file, &ko); {
-	case errors.Is(err, ErrUnsupportedPayload):
-		// Checked after install instead, still before loading.
-	case err != nil:
-		return nil, fmt.Errorf("verify %s: %w", file, err)
-	default:
-		if err := checkKO(ko.Bytes(), want); err != nil {
+	if info.ModInfo != nil {
+		if err := CheckModule(info.ModInfo, want.KernelRelease, want.Name); err != nil {
 			return nil, fmt.Errorf("verify %s: %w", file, err)
 		}
 	}
@@ -103,12 +115,19 @@ func checkKO(ko []byte, want Want) error {
 }
 
 // Apply verifies, installs and enables one livepatch RPM. The RPM stays
-// installed on success so a reboot can re-apply it offline; on a module
-// check failure after install nothing is loaded.
+// installed on success, so a reboot can re-apply it offline, and a package
+// of another name that the previous level came in is erased. When anything
+// after rpm -U fails (the module, the kernel's refusal, a stalled
+// transition), rpm's database is put back to what the kernel runs: the
+// previous level's RPM re-installed from the agent's copy, or the new
+// package erased.
 func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyResult, error) {
 	t0 := time.Now()
 	info, err := VerifyFile(file, want)
 	if err != nil {
+		return nil, err
+	}
+	if err := in.checkName(ctx, info, want); err != nil {
 		return nil, err
 	}
 	if in.CheckSig {
@@ -124,21 +143,100 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 	}
 	res.Timing.Install = time.Since(t1)
 	in.hook("installed")
+	fail := func(err error) (*ApplyResult, error) {
+		if rerr := in.restore(context.WithoutCancel(ctx), info, want); rerr != nil {
+			return res, errors.Join(err, fmt.Errorf("restoring rpm's database: %w", rerr))
+		}
+		return res, err
+	}
 	ko := filepath.Join(in.Root, info.ModulePath)
-	b, err := readLimited(ko, 64<<20)
+	b, err := readLimited(ko, MaxModuleBytes)
 	if err != nil {
-		return res, fmt.Errorf("apply %s: %w", want.Name, err)
+		return fail(fmt.Errorf("apply %s: %w", want.Name, err))
 	}
 	if err := checkKO(b, want); err != nil {
-		return res, fmt.Errorf("apply %s: installed module refused before loading: %w", want.Name, err)
+		return fail(fmt.Errorf("apply %s: installed module refused before loading: %w", want.Name, err))
 	}
-	res.Result, err = in.Controller.Enable(ctx, ko, want.Name)
+	if in.BeforeLoad != nil {
+		if err := in.BeforeLoad(); err != nil {
+			return fail(fmt.Errorf("apply %s: %w", want.Name, err))
+		}
+	}
+	var eo EnableOptions
+	if want.Previous != nil {
+		eo.Replaces = want.Previous.Module
+	}
+	res.Result, err = in.Controller.Enable(ctx, ko, want.Name, eo)
 	res.Timing.Timing = res.Result.Timing
 	res.Timing.Total = time.Since(t0)
-	if err == nil {
-		in.hook("enabled")
+	if err != nil {
+		return fail(err)
 	}
-	return res, err
+	if p := want.Previous; p != nil && p.Package != "" && p.Package != info.Name {
+		// The previous level came in a package of another name: rpm -q
+		// names only what the kernel runs.
+		if err := in.RPM.Erase(ctx, p.Package); err != nil && !errors.Is(err, ErrNotInstalled) {
+			return res, fmt.Errorf("apply %s: enabled, but erasing %s: %w", want.Name, p.Package, err)
+		}
+	}
+	in.hook("enabled")
+	return res, nil
+}
+
+// checkName refuses a package name an installed non-livepatch package has.
+func (in *Installer) checkName(ctx context.Context, info *RPMInfo, want Want) error {
+	files, installed, err := in.RPM.Files(ctx, info.Name)
+	if err != nil || !installed {
+		return err
+	}
+	if err := LivepatchFiles(files); err != nil {
+		return fmt.Errorf("%w: %s (%v)", ErrForeignPackage, info.Name, err)
+	}
+	return nil
+}
+
+// restore puts rpm's database back to the livepatch the kernel runs.
+func (in *Installer) restore(ctx context.Context, info *RPMInfo, want Want) error {
+	p := want.Previous
+	var errs []error
+	if p != nil && p.RPM != "" {
+		if err := in.RPM.Install(ctx, p.RPM); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if p == nil || p.Package != info.Name {
+		if err := in.RPM.Erase(ctx, info.Name); err != nil && !errors.Is(err, ErrNotInstalled) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// LivepatchFiles checks that an installed package's files are a
+// livepatch's: one module in a livepatch layout and its directories.
+func LivepatchFiles(files []string) error {
+	var mod string
+	for _, f := range files {
+		if filepath.Ext(f) == ".ko" {
+			if mod != "" {
+				return fmt.Errorf("%w: %s and %s", ErrModuleCount, mod, f)
+			}
+			mod = f
+		}
+	}
+	if mod == "" {
+		return fmt.Errorf("%w: no module", ErrModuleCount)
+	}
+	if _, _, _, err := splitModulePath(mod); err != nil {
+		return err
+	}
+	dirs := ancestors(mod)
+	for _, f := range files {
+		if f != mod && !dirs[f] {
+			return fmt.Errorf("%w: %s", ErrPayload, f)
+		}
+	}
+	return nil
 }
 
 func readLimited(path string, limit int64) ([]byte, error) {

@@ -39,6 +39,16 @@ type Controller struct {
 	Sysfs   *Sysfs
 	Modules Modules
 	Opts    Options
+	// Log gives a refused load the kernel's own words; nil: errno only.
+	Log KernelLog
+}
+
+// EnableOptions say what an enable must do besides loading.
+type EnableOptions struct {
+	// Replaces is the livepatch (module name) the new one must replace:
+	// the agent's current level. A patch that leaves it enabled is not
+	// cumulative and is backed out.
+	Replaces string
 }
 
 // Timing breaks down one enable.
@@ -59,9 +69,13 @@ type Result struct {
 // Enable loads the livepatch module at file (module name name, read from
 // the module itself by the caller) and waits until every task runs the new
 // code. A stalled transition is reversed and the module unloaded, so the
-// kernel is left as it was, and a *StallError names the blocking tasks.
-// Patches it atomically replaces are unloaded once their refcount drops.
-func (c *Controller) Enable(ctx context.Context, file, name string) (Result, error) {
+// kernel is left as it was, and a *StallError names the blocking tasks. A
+// load the kernel refuses is a *RefusedError with its reason and log
+// lines; so is a patch that is not cumulative (sysfs says replace=0, or
+// the patch eo.Replaces is still enabled after the transition), which is
+// backed out. Patches it atomically replaces are unloaded once their
+// refcount drops.
+func (c *Controller) Enable(ctx context.Context, file, name string, eo EnableOptions) (Result, error) {
 	o := c.Opts.withDefaults()
 	var res Result
 	if p, err := c.Sysfs.Get(name); err == nil && p.Enabled && !p.Transition {
@@ -69,20 +83,41 @@ func (c *Controller) Enable(ctx context.Context, file, name string) (Result, err
 		return res, nil
 	}
 	before, err := c.Sysfs.List()
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrNoLivepatch) {
 		return res, fmt.Errorf("enable %s: %w", name, err)
+	}
+	var cur LogCursor
+	if c.Log != nil {
+		if cur, err = c.Log.Mark(); err == nil {
+			defer cur.Close()
+		}
 	}
 	start := time.Now()
 	res.BusyRetry, err = LoadRetry(ctx, c.Modules, file, o.LoadBackoff)
 	res.Load = time.Since(start)
+	if err != nil && !errors.Is(err, ErrModuleLoaded) && !errors.Is(err, ErrBusy) && ctx.Err() == nil {
+		var lines []string
+		if cur != nil {
+			lines = cur.Since()
+		}
+		return res, fmt.Errorf("enable %s: %w", name, refusal(name, err, lines))
+	}
 	if err != nil {
 		return res, fmt.Errorf("enable %s: %w", name, err)
 	}
-	if _, err := c.Sysfs.Get(name); err != nil {
+	p, err := c.Sysfs.Get(name)
+	if err != nil {
 		// Loaded but no livepatch of that name: a wrong module name or not a
 		// livepatch. Take it out again rather than leave an unknown module.
 		c.unload(ctx, name, o)
 		return res, fmt.Errorf("enable %s: module loaded but %w", name, err)
+	}
+	if p.Replace != nil && !*p.Replace {
+		// The kernel says so (6.11+): it would stack, not replace.
+		if berr := c.backOut(ctx, name, o); berr != nil {
+			return res, fmt.Errorf("enable %s: %w; backing it out failed: %w", name, notCumulative(name, "sysfs replace=0"), berr)
+		}
+		return res, fmt.Errorf("enable %s: %w", name, notCumulative(name, "sysfs replace=0; backed out and unloaded"))
 	}
 	tstart := time.Now()
 	err = c.Sysfs.WaitTransition(ctx, name, o.TransitionTimeout)
@@ -102,6 +137,17 @@ func (c *Controller) Enable(ctx context.Context, file, name string) (Result, err
 		return res, fmt.Errorf("enable %s: %w (reversed and unloaded)", name, err)
 	case err != nil:
 		return res, fmt.Errorf("enable %s: %w", name, err)
+	}
+	if eo.Replaces != "" && eo.Replaces != name {
+		// Older kernels have no replace attribute: the previous level
+		// still enabled after the transition says it all.
+		if q, err := c.Sysfs.Get(eo.Replaces); err == nil && q.Enabled {
+			why := fmt.Sprintf("%s is still enabled after %s's transition", eo.Replaces, name)
+			if berr := c.backOut(ctx, name, o); berr != nil {
+				return res, fmt.Errorf("enable %s: %w; backing it out failed: %w", name, notCumulative(name, why), berr)
+			}
+			return res, fmt.Errorf("enable %s: %w", name, notCumulative(name, why+"; backed out and unloaded"))
+		}
 	}
 	// A patch listed before that is now gone or disabled was replaced
 	// atomically. The kernel frees replaced patches asynchronously, so a
@@ -124,6 +170,25 @@ func (c *Controller) Enable(ctx context.Context, file, name string) (Result, err
 		}
 	}
 	return res, nil
+}
+
+// backOut takes a patch that must not stay out of the kernel: a
+// transition still running is reversed, a finished one undone by a
+// disable, and the module unloaded.
+func (c *Controller) backOut(ctx context.Context, name string, o Options) error {
+	p, err := c.Sysfs.Get(name)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return c.unload(ctx, name, o)
+	case err != nil:
+		return err
+	case p.Transition && p.Enabled:
+		if err := c.reverse(ctx, name, true, o); err != nil {
+			return err
+		}
+		return c.unload(ctx, name, o)
+	}
+	return c.Disable(ctx, name)
 }
 
 // reverse flips a stalled transition back (writing the opposite value is

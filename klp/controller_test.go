@@ -34,7 +34,7 @@ func newSim(t *testing.T) (*klptest.Kernel, *klp.Controller) {
 
 func enable(t *testing.T, c *klp.Controller, name string) klp.Result {
 	t.Helper()
-	res, err := c.Enable(context.Background(), "/lp/"+name+".ko", name)
+	res, err := c.Enable(context.Background(), "/lp/"+name+".ko", name, klp.EnableOptions{})
 	if err != nil {
 		t.Fatalf("enable %s: %v", name, err)
 	}
@@ -122,7 +122,7 @@ func TestStalledEnableIsReversedAndNamesTheBlocker(t *testing.T) {
 	enable(t, c, "klp_cmdline_1")
 	k.SetTask(klptest.Task{PID: 4242, Comm: "stuck-reader", Stack: "[<0>] klp_victim_sleep+0x1c/0x40 [klp_victim]\n[<0>] proc_reg_read+0x50/0xa0\n", Blocking: true})
 	// The blocker never leaves; the reversal does not need it to.
-	_, err := c.Enable(context.Background(), "/lp/klp_cmdline_2.ko", "klp_cmdline_2")
+	_, err := c.Enable(context.Background(), "/lp/klp_cmdline_2.ko", "klp_cmdline_2", klp.EnableOptions{})
 	var stall *klp.StallError
 	if !errors.Is(err, klp.ErrStalled) || !errors.As(err, &stall) {
 		t.Fatalf("err = %v, want a StallError", err)
@@ -142,7 +142,7 @@ func TestStallForcedOnlyWhenConfigured(t *testing.T) {
 	k, c := newSim(t)
 	c.Opts.ForceOnStall = true
 	k.SetTask(klptest.Task{PID: 7, Comm: "stuck", Blocking: true})
-	res, err := c.Enable(context.Background(), "/lp/klp_cmdline_1.ko", "klp_cmdline_1")
+	res, err := c.Enable(context.Background(), "/lp/klp_cmdline_1.ko", "klp_cmdline_1", klp.EnableOptions{})
 	if err != nil || !res.Forced {
 		t.Fatalf("forced enable: %+v %v", res, err)
 	}
@@ -176,7 +176,7 @@ func TestLoadGivesUpOnPersistentBusy(t *testing.T) {
 	if err := k.Load("/lp/klp_other.ko"); err != nil {
 		t.Fatal(err)
 	}
-	_, err := c.Enable(context.Background(), "/lp/klp_cmdline_1.ko", "klp_cmdline_1")
+	_, err := c.Enable(context.Background(), "/lp/klp_cmdline_1.ko", "klp_cmdline_1", klp.EnableOptions{})
 	if !errors.Is(err, klp.ErrBusy) || !strings.Contains(err.Error(), "3 attempts") {
 		t.Fatalf("err = %v, want ErrBusy after 3 attempts", err)
 	}

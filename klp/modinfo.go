@@ -3,6 +3,7 @@ package klp
 import (
 	"bufio"
 	"bytes"
+	"compress/bzip2"
 	"compress/gzip"
 	"debug/elf"
 	"errors"
@@ -12,7 +13,9 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/cavaliergopher/rpm"
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+	"github.com/ulikunitz/xz/lzma"
 )
 
 // MaxModuleBytes bounds a module read from a payload.
@@ -20,38 +23,70 @@ const MaxModuleBytes = 64 << 20
 
 // ExtractModule copies the one .ko out of a livepatch RPM's payload
 // without installing it, so the module can be checked before rpm runs.
-// Only gzip payloads are read (stdlib only); xz and zstd ones give
-// ErrUnsupportedPayload and are checked after install instead.
+// gzip, bzip2, xz, lzma and zstd payloads are read; another compressor
+// gives ErrUnsupportedPayload (the installed file is checked instead).
 func ExtractModule(file string, w io.Writer) error {
-	info, err := InspectRPM(file)
-	if err != nil {
-		return err
-	}
 	f, err := os.Open(file)
 	if err != nil {
 		return fmt.Errorf("extract %s: %w", file, err)
 	}
 	defer f.Close()
 	br := bufio.NewReader(f)
-	head, err := headerBytes(br)
+	pkg, err := readPackage(br)
 	if err != nil {
 		return fmt.Errorf("extract %s: %w", file, err)
 	}
-	pkg, err := rpm.Read(bytes.NewReader(head))
-	if err != nil {
-		return fmt.Errorf("extract %s: %w: %w", file, ErrNotRPM, err)
+	info, err := describe(pkg)
+	if info.ModulePath == "" {
+		return fmt.Errorf("extract %s: %w", file, err)
 	}
-	if c := pkg.PayloadCompression(); c != "gzip" {
-		return fmt.Errorf("extract %s: %w: %q", file, ErrUnsupportedPayload, c)
-	}
-	zr, err := gzip.NewReader(br)
-	if err != nil {
-		return fmt.Errorf("extract %s: payload: %w", file, err)
-	}
-	if err := cpioExtract(zr, strings.TrimPrefix(info.ModulePath, "/"), w); err != nil {
+	if err := payloadFile(br, info.PayloadCompression, strings.TrimPrefix(info.ModulePath, "/"), w); err != nil {
 		return fmt.Errorf("extract %s: %w", file, err)
 	}
 	return nil
+}
+
+// MaxPayloadBytes bounds what is decompressed while looking for the module:
+// a livepatch RPM's payload is one module.
+const MaxPayloadBytes = 256 << 20
+
+// payloadFile copies the file want from the cpio payload at r, compressed
+// with compressor, to w.
+func payloadFile(r io.Reader, compressor string, want string, w io.Writer) error {
+	var zr io.Reader
+	switch compressor {
+	case "gzip", "":
+		g, err := gzip.NewReader(r)
+		if err != nil {
+			return fmt.Errorf("payload: %w", err)
+		}
+		defer g.Close()
+		zr = g
+	case "bzip2":
+		zr = bzip2.NewReader(r)
+	case "xz":
+		x, err := xz.ReaderConfig{SingleStream: true}.NewReader(r)
+		if err != nil {
+			return fmt.Errorf("payload: %w", err)
+		}
+		zr = x
+	case "lzma":
+		l, err := lzma.NewReader(r)
+		if err != nil {
+			return fmt.Errorf("payload: %w", err)
+		}
+		zr = l
+	case "zstd":
+		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxPayloadBytes), zstd.WithDecoderMaxWindow(64<<20))
+		if err != nil {
+			return fmt.Errorf("payload: %w", err)
+		}
+		defer d.Close()
+		zr = d
+	default:
+		return fmt.Errorf("%w: %q", ErrUnsupportedPayload, compressor)
+	}
+	return cpioExtract(io.LimitReader(zr, MaxPayloadBytes), want, w)
 }
 
 // cpioExtract finds one file in a "newc" cpio stream (what rpm writes).
@@ -140,7 +175,8 @@ func ModInfo(ko []byte) (map[string][]string, error) {
 
 // CheckModule refuses what the kernel should never be asked to load as a
 // livepatch here: a module without livepatch=Y, one whose vermagic names
-// another kernel release, or one whose name is not the expected one.
+// another kernel release, or one whose name (exactly one name=) is not the
+// expected one ("" accepts any valid name).
 func CheckModule(info map[string][]string, kernelRelease, name string) error {
 	if lp := info["livepatch"]; len(lp) != 1 || lp[0] != "Y" {
 		return fmt.Errorf("%w: modinfo livepatch=%q", ErrNotLivepatch, strings.Join(lp, ","))
@@ -152,8 +188,12 @@ func CheckModule(info map[string][]string, kernelRelease, name string) error {
 	if f := strings.Fields(vm[0]); len(f) == 0 || f[0] != kernelRelease {
 		return fmt.Errorf("%w: vermagic %q, running %s", ErrVermagic, vm[0], kernelRelease)
 	}
-	if n := info["name"]; len(n) == 1 && name != "" && n[0] != name {
-		return fmt.Errorf("%w: module calls itself %q, expected %q", ErrInvalidName, n[0], name)
+	n, err := moduleName(info)
+	if err != nil {
+		return err
+	}
+	if name != "" && n != name {
+		return fmt.Errorf("%w: module calls itself %q, expected %q", ErrInvalidName, n, name)
 	}
 	return nil
 }

@@ -43,7 +43,15 @@ type RPM struct {
 	// DBPath overrides rpm's %_dbpath. Debian's rpm computes it with
 	// `bash -c 'echo ~/.rpmdb'`, which fails without bash or a home.
 	DBPath string
+	// Scripts lets the package's %pre/%post scriptlets and triggers run.
+	// Off by default: the agent loads livepatches itself, and a kpatch-patch
+	// or klp.spec %post (kpatch install, kpatch load --all) would load
+	// modules, as root, behind its back.
+	Scripts bool
 }
+
+// ErrNotInstalled is rpm -e of a package that is not installed.
+var ErrNotInstalled = errors.New("package is not installed")
 
 func (r *RPM) rootArgs() []string {
 	var args []string
@@ -60,6 +68,7 @@ func (r *RPM) rootArgs() []string {
 // downgrade (stepping back to a previous cumulative level) alike.
 func (r *RPM) Install(ctx context.Context, file string) error {
 	args := append(r.rootArgs(), "-U", "--replacepkgs", "--oldpackage")
+	args = append(args, r.scriptArgs()...)
 	if r.NoDeps {
 		args = append(args, "--nodeps")
 	}
@@ -69,16 +78,46 @@ func (r *RPM) Install(ctx context.Context, file string) error {
 	return nil
 }
 
+func (r *RPM) scriptArgs() []string {
+	if r.Scripts {
+		return nil
+	}
+	return []string{"--noscripts", "--notriggers"}
+}
+
 // Erase removes an installed package by name.
 func (r *RPM) Erase(ctx context.Context, name string) error {
 	args := append(r.rootArgs(), "-e")
+	args = append(args, r.scriptArgs()...)
 	if r.NoDeps {
 		args = append(args, "--nodeps")
 	}
 	if _, err := r.Runner.Run(ctx, "rpm", append(args, "--", name)...); err != nil {
+		if strings.Contains(err.Error(), "is not installed") {
+			return fmt.Errorf("erase %s: %w", name, ErrNotInstalled)
+		}
 		return fmt.Errorf("erase %s: %w", name, err)
 	}
 	return nil
+}
+
+// Files lists an installed package's files and directories; installed is
+// false when no package of that name is installed.
+func (r *RPM) Files(ctx context.Context, name string) (files []string, installed bool, err error) {
+	args := append(r.rootArgs(), "-q", "--qf", "[%{FILENAMES}\n]", "--", name)
+	out, err := r.Runner.Run(ctx, "rpm", args...)
+	if err != nil {
+		if strings.Contains(err.Error(), "is not installed") {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("query %s: %w", name, err)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if l != "" && l != "(contains no files)" {
+			files = append(files, l)
+		}
+	}
+	return files, true, nil
 }
 
 // Installed returns the installed version-release of a package, or "" if

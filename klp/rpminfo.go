@@ -18,24 +18,45 @@ import (
 	"github.com/cavaliergopher/rpm"
 )
 
-// Layout is where a livepatch RPM puts its module.
+// Layout is where a livepatch RPM puts its module; the kernel release is
+// the directory's last component, and only the module and its directories
+// may be in the payload.
 type Layout string
 
-// The two supported layouts.
+// The layouts livepatch RPMs are shipped in.
 const (
-	// LayoutKLP is klp-agent's own: /usr/lib/klp-agent/livepatches/<krel>/<module>.ko
+	// LayoutKLP is klp-agent's own: /usr/lib/klp-agent/livepatches/<krel>/<file>.ko
 	// with Provides: klp-livepatch(<krel>) = <level>.
 	LayoutKLP Layout = "klp"
-	// LayoutKpatch is Red Hat's kpatch-patch: /usr/lib/kpatch/<krel>/<module>.ko,
-	// usually Requires: kernel-uname-r = <krel>; the level is the Version.
+	// LayoutKpatch is Red Hat's kpatch-patch: /usr/lib/kpatch/<krel>/<file>.ko,
+	// Requires: kernel-uname-r = <krel>; Version 1, the Release counting
+	// the cumulative updates (the level comes from the manifest).
 	LayoutKpatch Layout = "kpatch"
+	// LayoutKpatchInstalled is kpatch's install directory,
+	// /var/lib/kpatch/<krel>/<file>.ko, as kpatch-package-builder and
+	// Meta's klp.spec ship it (Name klp-<krel>, Version hotfixN, the file
+	// name the same for every hotfix while the module name differs).
+	LayoutKpatchInstalled Layout = "kpatch-installed"
+	// LayoutSUSE is SUSE's kernel-livepatch packages (SLE 15:
+	// /lib/modules/<krel>/livepatch/livepatch-<v>-<r>.ko; SLE 12 kgraft/),
+	// also under /usr/lib/modules on merged-/usr systems.
+	LayoutSUSE Layout = "suse"
 )
 
-// Directories of the two layouts; the kernel release is the next component.
-const (
-	klpModuleDir    = "/usr/lib/klp-agent/livepatches/"
-	kpatchModuleDir = "/usr/lib/kpatch/"
-)
+// layoutDirs maps each layout's directories (before <krel>, and after it
+// for SUSE) to the layout.
+var layoutDirs = []struct {
+	prefix, suffix string
+	layout         Layout
+}{
+	{"/usr/lib/klp-agent/livepatches/", "", LayoutKLP},
+	{"/usr/lib/kpatch/", "", LayoutKpatch},
+	{"/var/lib/kpatch/", "", LayoutKpatchInstalled},
+	{"/lib/modules/", "/livepatch", LayoutSUSE},
+	{"/lib/modules/", "/kgraft", LayoutSUSE},
+	{"/usr/lib/modules/", "/livepatch", LayoutSUSE},
+	{"/usr/lib/modules/", "/kgraft", LayoutSUSE},
+}
 
 // Sentinel errors for RPM inspection and module checks.
 var (
@@ -49,10 +70,18 @@ var (
 	ErrNotLivepatch       = errors.New("module is not a livepatch")
 	ErrVermagic           = errors.New("module built for another kernel")
 	ErrUnsupportedPayload = errors.New("unsupported RPM payload compression")
+	// ErrPayload is a package that would install more than its module.
+	ErrPayload = errors.New("livepatch RPM payload holds more than its module")
+	// ErrDependency is an Obsoletes or Conflicts naming another package:
+	// installing it would remove or refuse packages the agent does not own.
+	ErrDependency = errors.New("livepatch RPM obsoletes or conflicts with other packages")
 )
 
 var (
 	moduleNameRE = regexp.MustCompile(`^[A-Za-z0-9_]{1,55}$`)
+	// A module's file name is only a path component: the module's own
+	// name comes from its modinfo (Meta ships klp_6.1.0-28.ko).
+	moduleFileRE = regexp.MustCompile(`^[A-Za-z0-9_+-][A-Za-z0-9._+~-]{0,123}\.ko$`)
 	krelRE       = regexp.MustCompile(`^[A-Za-z0-9._+~-]{1,64}$`)
 	// Levels are plain decimals: no sign, no leading zero, no epoch, and
 	// short enough to fit an int everywhere.
@@ -62,15 +91,24 @@ var (
 // RPMInfo is what a livepatch RPM's header and bytes say about it.
 type RPMInfo struct {
 	Name, Version, Release, Arch string
-	Level                        int    // cumulative livepatch level
-	KernelRelease                string // exact `uname -r` the module is built for
-	ModulePath                   string // the one .ko, as installed
-	ModuleName                   string // KBUILD_MODNAME of ModulePath
-	Layout                       Layout
-	Provides, Requires           []string // "name op evr", for display
-	SHA256                       string   // of the whole file
-	Size                         int64    // of the whole file
-	PayloadCompression           string   // the header's PayloadCompressor
+	// Level is the cumulative level klp-agent's own layout declares
+	// (Provides: klp-livepatch(<krel>) = <level>); 0 in the other layouts,
+	// whose levels the manifest gives.
+	Level         int
+	KernelRelease string // exact `uname -r` the module is built for
+	ModulePath    string // the one .ko, as installed
+	// ModuleName is the module's own name (modinfo name=), read from the
+	// payload; "" when the payload's compression cannot be read here (the
+	// installed file is checked instead). Never the file name: Meta's
+	// packages ship klp_<version>.ko whose module is klp_<version>_hotfixN.
+	ModuleName         string
+	ModInfo            map[string][]string // the module's .modinfo, when read
+	Layout             Layout
+	Provides, Requires []string // "name op evr", for display
+	Scriptlets         []string // %pre, %post, ... and triggers the package carries (rpm runs none of them here by default)
+	SHA256             string   // of the whole file
+	Size               int64    // of the whole file
+	PayloadCompression string   // the header's PayloadCompressor
 }
 
 // MaxHeaderBytes bounds the lead and both headers together. Livepatch
@@ -113,12 +151,52 @@ func InspectRPMReader(r io.Reader) (*RPMInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := io.Copy(io.Discard, br); err != nil {
-		return nil, fmt.Errorf("read payload: %w", err)
-	}
 	info, err := describe(pkg)
+	if info.ModulePath != "" && (err == nil || errors.Is(err, ErrNoLevel)) {
+		// The module, from the payload read in the same pass: its name
+		// and modinfo say what the kernel will be asked to load.
+		if merr := readPayloadModule(br, info); merr != nil && !errors.Is(merr, ErrUnsupportedPayload) {
+			err = errors.Join(err, merr)
+		}
+	}
+	if _, cerr := io.Copy(io.Discard, br); cerr != nil {
+		return nil, fmt.Errorf("read payload: %w", cerr)
+	}
 	info.SHA256, info.Size = hex.EncodeToString(h.Sum(nil)), cr.n
+	if err != nil {
+		info.Level = 0 // a refused package has no level to offer
+	}
 	return info, err
+}
+
+// readPayloadModule reads the module out of the payload at br into info.
+func readPayloadModule(br *bufio.Reader, info *RPMInfo) error {
+	var ko bytes.Buffer
+	if err := payloadFile(br, info.PayloadCompression, strings.TrimPrefix(info.ModulePath, "/"), &ko); err != nil {
+		if errors.Is(err, ErrUnsupportedPayload) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrNotRPM, err)
+	}
+	mi, err := ModInfo(ko.Bytes())
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrNotLivepatch, info.ModulePath, err)
+	}
+	name, err := moduleName(mi)
+	if err != nil {
+		return err
+	}
+	info.ModInfo, info.ModuleName = mi, name
+	return nil
+}
+
+// moduleName is modinfo's name=: exactly one, a valid module name.
+func moduleName(mi map[string][]string) (string, error) {
+	n := mi["name"]
+	if len(n) != 1 || !moduleNameRE.MatchString(n[0]) {
+		return "", fmt.Errorf("%w: modinfo name=%q (want exactly one module name)", ErrInvalidName, strings.Join(n, ","))
+	}
+	return n[0], nil
 }
 
 type countingReader struct {
@@ -267,6 +345,12 @@ func checkIndex(index, store []byte, budget *int64) error {
 // header where they differ.
 const (
 	tagSourceRPM     = 1044
+	tagConflictFlags = 1053
+	tagConflictName  = 1054
+	tagConflictVer   = 1055
+	tagObsoleteName  = 1090
+	tagObsoleteFlags = 1114
+	tagObsoleteVer   = 1115
 	tagProvideName   = 1047
 	tagRequireFlags  = 1048
 	tagRequireName   = 1049
@@ -375,29 +459,46 @@ func ModuleNameOf(koPath string) string {
 
 func validKernelRelease(s string) bool { return krelRE.MatchString(s) && s != "." && s != ".." }
 
-// splitModulePath matches p against the two layouts: exactly
-// <dir><krel>/<file>.ko, with nothing in between and nothing to clean.
+// splitModulePath matches p against the layouts: exactly
+// <dir><krel>[<suffix>]/<file>.ko, with nothing in between and nothing to
+// clean.
 func splitModulePath(p string) (Layout, string, string, error) {
-	var layout Layout
-	rest, ok := strings.CutPrefix(p, klpModuleDir)
-	if ok {
-		layout = LayoutKLP
-	} else if rest, ok = strings.CutPrefix(p, kpatchModuleDir); ok {
-		layout = LayoutKpatch
-	} else {
-		return "", "", "", fmt.Errorf("%w: %s", ErrLayout, short(p))
+	for _, l := range layoutDirs {
+		rest, ok := strings.CutPrefix(p, l.prefix)
+		if !ok {
+			continue
+		}
+		krel, rest, ok := strings.Cut(rest, "/")
+		if !ok {
+			continue
+		}
+		file := rest
+		if l.suffix != "" {
+			if file, ok = strings.CutPrefix("/"+rest, l.suffix+"/"); !ok {
+				continue
+			}
+		}
+		if strings.Contains(file, "/") {
+			return "", "", "", fmt.Errorf("%w: %s: want %s<kernel-release>%s/<module>.ko", ErrLayout, short(p), l.prefix, l.suffix)
+		}
+		if !validKernelRelease(krel) {
+			return "", "", "", fmt.Errorf("%w: kernel release %s in %s", ErrInvalidName, short(krel), short(p))
+		}
+		if !moduleFileRE.MatchString(file) {
+			return "", "", "", fmt.Errorf("%w: module file name %s in %s", ErrInvalidName, short(file), short(p))
+		}
+		return l.layout, krel, file, nil
 	}
-	krel, file, ok := strings.Cut(rest, "/")
-	if !ok || strings.Contains(file, "/") {
-		return "", "", "", fmt.Errorf("%w: %s: want %s<kernel-release>/<module>.ko", ErrLayout, short(p), strings.TrimSuffix(p, rest))
+	return "", "", "", fmt.Errorf("%w: %s", ErrLayout, short(p))
+}
+
+// ancestors are the directories above p ("/a/b/c.ko": "/a/b", "/a").
+func ancestors(p string) map[string]bool {
+	out := map[string]bool{}
+	for d := path.Dir(p); d != "/" && d != "."; d = path.Dir(d) {
+		out[d] = true
 	}
-	if !validKernelRelease(krel) {
-		return "", "", "", fmt.Errorf("%w: kernel release %s in %s", ErrInvalidName, short(krel), short(p))
-	}
-	if name := ModuleNameOf(file); !moduleNameRE.MatchString(name) {
-		return "", "", "", fmt.Errorf("%w: module name %s from %s", ErrInvalidName, short(name), short(p))
-	}
-	return layout, krel, file, nil
+	return out
 }
 
 func describe(pkg *rpm.Package) (*RPMInfo, error) {
@@ -441,7 +542,7 @@ func describe(pkg *rpm.Package) (*RPMInfo, error) {
 		return info, fmt.Errorf("%w: found %d %s", ErrModuleCount, len(kos), strings.Join(names, ", "))
 	}
 	ko, modulePath := kos[0], kos[0].name()
-	layout, krel, file, err := splitModulePath(modulePath)
+	layout, krel, _, err := splitModulePath(modulePath)
 	if err != nil {
 		return info, err
 	}
@@ -450,40 +551,73 @@ func describe(pkg *rpm.Package) (*RPMInfo, error) {
 	if !ko.isRegular() || ko.ghost {
 		return info, fmt.Errorf("%w: %s is not a regular packaged file (mode %o, ghost %t)", ErrLayout, modulePath, ko.mode, ko.ghost)
 	}
-	info.Layout, info.KernelRelease, info.ModulePath, info.ModuleName = layout, krel, modulePath, ModuleNameOf(file)
+	info.Layout, info.KernelRelease, info.ModulePath = layout, krel, modulePath
+	// The payload is the module and the directories it sits in, nothing
+	// else: rpm -U installs whatever a package lists, over anything.
+	dirs := ancestors(modulePath)
+	for _, f := range fs {
+		switch {
+		case f.name() == modulePath:
+		case f.isDir() && dirs[f.name()] && !f.ghost:
+		default:
+			return info, fmt.Errorf("%w: %s (only %s and its directories may be packaged)", ErrPayload, short(f.name()), modulePath)
+		}
+	}
+	for _, tags := range [][3]int{{tagObsoleteName, tagObsoleteFlags, tagObsoleteVer}, {tagConflictName, tagConflictFlags, tagConflictVer}} {
+		ds, err := deps(&pkg.Header, tags[0], tags[1], tags[2])
+		if err != nil {
+			return info, err
+		}
+		for _, d := range ds {
+			// kpatch-patch conflicts with its own older versions: harmless.
+			if d.name != info.Name {
+				return info, fmt.Errorf("%w: %s", ErrDependency, short(d.String()))
+			}
+		}
+	}
+	for _, sc := range scriptletTags {
+		if pkg.Header.GetTag(sc.tag) != nil {
+			info.Scriptlets = append(info.Scriptlets, sc.name)
+		}
+	}
 	for _, d := range requires {
 		if d.name == "kernel-uname-r" && (!d.isEqual() || d.evr != krel) {
 			return info, fmt.Errorf("%w: requires %s, module path says %s", ErrKernelMismatch, short(d.String()), krel)
 		}
 	}
-	switch info.Layout {
-	case LayoutKLP:
-		found := false
-		for _, d := range provides {
-			k, ok := strings.CutPrefix(d.name, "klp-livepatch(")
-			if !ok {
-				continue
-			}
-			if k, ok = strings.CutSuffix(k, ")"); !ok || k != krel {
-				return info, fmt.Errorf("%w: provides %s, module path says %s", ErrKernelMismatch, short(d.String()), krel)
-			}
-			if !d.isEqual() || !levelRE.MatchString(d.evr) {
-				return info, fmt.Errorf("%w: provides %s: want klp-livepatch(%s) = <positive integer>", ErrNoLevel, short(d.String()), krel)
-			}
-			if d.evr != info.Version {
-				return info, fmt.Errorf("%w: provides level %s, package version %s", ErrLevelMismatch, d.evr, short(info.Version))
-			}
-			found = true
-		}
-		if !found {
-			return info, fmt.Errorf("%w: no Provides: klp-livepatch(%s) = <level>", ErrNoLevel, krel)
-		}
-	case LayoutKpatch:
-		if !levelRE.MatchString(info.Version) {
-			return info, fmt.Errorf("%w: version %s is not a positive integer", ErrNoLevel, short(info.Version))
-		}
+	if info.Layout != LayoutKLP {
+		return info, nil // the level comes from the manifest
 	}
-	// Both branches checked Version against levelRE, which fits an int.
+	found := false
+	for _, d := range provides {
+		k, ok := strings.CutPrefix(d.name, "klp-livepatch(")
+		if !ok {
+			continue
+		}
+		if k, ok = strings.CutSuffix(k, ")"); !ok || k != krel {
+			return info, fmt.Errorf("%w: provides %s, module path says %s", ErrKernelMismatch, short(d.String()), krel)
+		}
+		if !d.isEqual() || !levelRE.MatchString(d.evr) {
+			return info, fmt.Errorf("%w: provides %s: want klp-livepatch(%s) = <positive integer>", ErrNoLevel, short(d.String()), krel)
+		}
+		if d.evr != info.Version {
+			return info, fmt.Errorf("%w: provides level %s, package version %s", ErrLevelMismatch, d.evr, short(info.Version))
+		}
+		found = true
+	}
+	if !found {
+		return info, fmt.Errorf("%w: no Provides: klp-livepatch(%s) = <level>", ErrNoLevel, krel)
+	}
+	// levelRE fits an int.
 	info.Level, _ = strconv.Atoi(info.Version)
 	return info, nil
+}
+
+// scriptletTags are the scripts and triggers rpm would run.
+var scriptletTags = []struct {
+	tag  int
+	name string
+}{
+	{1151, "%pretrans"}, {1023, "%pre"}, {1024, "%post"}, {1025, "%preun"}, {1026, "%postun"}, {1152, "%posttrans"},
+	{1065, "triggers"}, {5066, "file triggers"}, {5076, "transaction file triggers"},
 }

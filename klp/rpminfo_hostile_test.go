@@ -176,10 +176,11 @@ var hostileHeaders = []struct {
 }
 
 func TestInspectRPMHostileHeaders(t *testing.T) {
-	// The builder itself makes acceptable packages.
+	// The builder makes headers a livepatch's, but no payload: the
+	// header is read whole and the missing payload is refused.
 	info, err := klp.InspectRPMReader(bytes.NewReader(rawRPM(rawKLP(klpDir+krel+"/", "m.ko"))))
-	if err != nil || info.Level != 1 || info.ModulePath != klpDir+krel+"/m.ko" {
-		t.Fatalf("well-formed raw package: %+v, %v", info, err)
+	if !errors.Is(err, klp.ErrNotRPM) || !strings.Contains(err.Error(), "payload") || info == nil || info.ModulePath != klpDir+krel+"/m.ko" {
+		t.Fatalf("well-formed raw headers without a payload: %+v, %v", info, err)
 	}
 	for _, tt := range hostileHeaders {
 		t.Run(tt.name, func(t *testing.T) {
@@ -215,8 +216,8 @@ func compactSeed(f *testing.F, b []byte) []byte {
 	sigLen := 16 + 16*int(binary.BigEndian.Uint32(b[96+8:])) + int(binary.BigEndian.Uint32(b[96+12:]))
 	sigLen += (8 - sigLen%8) % 8
 	hdr := b[96+sigLen:]
-	hdrLen := 16 + 16*int(binary.BigEndian.Uint32(hdr[8:])) + int(binary.BigEndian.Uint32(hdr[12:]))
-	seed := append(append(append([]byte{}, b[:96]...), rawHeader(nil)...), hdr[:hdrLen+8]...)
+	// The payload stays: inspection reads the module out of it.
+	seed := append(append(append([]byte{}, b[:96]...), rawHeader(nil)...), hdr...)
 	if _, err := klp.InspectRPMReader(bytes.NewReader(seed)); err != nil && errors.Is(err, klp.ErrNotRPM) != errors.Is(mustInspect(b), klp.ErrNotRPM) {
 		f.Fatalf("compacted seed parses differently: %v", err)
 	}
@@ -255,10 +256,13 @@ func FuzzInspectRPMReader(f *testing.F) {
 			t.Fatalf("error without a sentinel: %v", err)
 		}
 		sum := sha256.Sum256(b)
-		dir := map[klp.Layout]string{klp.LayoutKLP: klpDir, klp.LayoutKpatch: kpDir}[info.Layout]
-		if info.Level < 1 || !validModuleName.MatchString(info.ModuleName) || !validKrel.MatchString(info.KernelRelease) ||
-			info.KernelRelease == "." || info.KernelRelease == ".." || dir == "" ||
-			!strings.HasPrefix(info.ModulePath, dir+info.KernelRelease+"/") || strings.Count(info.ModulePath, "/") != strings.Count(dir, "/")+1 ||
+		dir := map[klp.Layout]string{klp.LayoutKLP: klpDir, klp.LayoutKpatch: kpDir, klp.LayoutKpatchInstalled: "/var/lib/kpatch/"}[info.Layout]
+		if info.Layout == klp.LayoutSUSE {
+			dir = info.ModulePath[:strings.Index(info.ModulePath, "/modules/")+len("/modules/")]
+		}
+		if (info.Layout == klp.LayoutKLP) != (info.Level >= 1) || (info.ModuleName != "" && !validModuleName.MatchString(info.ModuleName)) ||
+			!validKrel.MatchString(info.KernelRelease) || info.KernelRelease == "." || info.KernelRelease == ".." || dir == "" ||
+			!strings.HasPrefix(info.ModulePath, dir+info.KernelRelease+"/") ||
 			info.Size != int64(len(b)) || info.SHA256 != hex.EncodeToString(sum[:]) {
 			t.Fatalf("accepted an inconsistent package: %+v", info)
 		}

@@ -127,7 +127,11 @@ type rpmFixture struct {
 	files              map[string]string     // path → literal content
 	modules            map[string]moduleInfo // path → fake module
 	links              map[string]string     // path → symlink target
+	dirs               []string              // directories the package owns
 	source             bool                  // build the .src.rpm instead
+	obsoletes          string                // spec syntax
+	conflicts          string
+	post               string // a %post scriptlet
 }
 
 // klpFixture is a package in our layout at the given level.
@@ -150,13 +154,24 @@ var longKrel = strings.Repeat("6", 65)
 var fixtures = map[string]rpmFixture{
 	// Accepted.
 	"klp": klpFixture("klp-cmdline", "klp_cmdline_1", 1).with(func(f *rpmFixture) {
-		f.files = map[string]string{"/usr/share/klp-fixture/README": "not a module\n"}
+		f.dirs = []string{klpDir + krel} // its own directory is fine
 	}),
 	"klp-dashes": {name: "klp-dash", version: "2", provides: "klp-livepatch(" + krel + ") = 2",
-		files: map[string]string{klpDir + krel + "/klp-dash-2.ko": "x"}},
+		modules: map[string]moduleInfo{klpDir + krel + "/klp-dash-2.ko": livepatchInfo("klp_dash_2", krel)}},
+	// Red Hat's kpatch-patch: Version 1, the release counting updates, a
+	// %post that runs kpatch, and a conflict with its own older versions.
 	"kpatch": {name: "kpatch-patch-5_14_0-284_11_1", version: "3", requires: "kernel-uname-r = " + rhel,
+		conflicts: "kpatch-patch-5_14_0-284_11_1 < 3-1", post: "kpatch install -k " + rhel + " /usr/lib/kpatch/" + rhel + "/kpatch-5_14_0-284_11_1-3-1.ko",
 		modules: map[string]moduleInfo{kpDir + rhel + "/kpatch-5_14_0-284_11_1-3-1.ko": livepatchInfo("kpatch_5_14_0_284_11_1_3_1", rhel)}},
-	"kpatch-no-requires": {name: "kpatch-patch-bare", version: "2", files: map[string]string{kpDir + rhel + "/kpatch-bare.ko": "x"}},
+	"kpatch-no-requires": {name: "kpatch-patch-bare", version: "2", modules: map[string]moduleInfo{kpDir + rhel + "/kpatch-bare.ko": livepatchInfo("kpatch_bare", rhel)}},
+	// Meta's klp.spec: Name klp-<krel>, Version hotfixN, the file named
+	// for the kernel while the module inside is named for the hotfix.
+	"meta": {name: "klp-" + krel, version: "hotfix3", requires: "kpatch", post: "kpatch load --all",
+		modules: map[string]moduleInfo{"/var/lib/kpatch/" + krel + "/klp_" + krel + ".ko": livepatchInfo("klp_6_1_0_28_amd64_hotfix3", krel)}},
+	// SUSE's kernel-livepatch: /lib/modules/<krel>/livepatch/livepatch-<v>-<r>.ko.
+	"suse": {name: "kernel-livepatch-6_1_0-28-default", version: "13",
+		modules: map[string]moduleInfo{"/lib/modules/" + krel + "/livepatch/livepatch-13-150400_2_2.ko": livepatchInfo("livepatch_13_150400_2_2", krel)}},
+	"kpatch-version-decimal": {name: "kpatch-patch-vd", version: "1.2", modules: map[string]moduleInfo{kpDir + rhel + "/kpatch-vd.ko": livepatchInfo("kpatch_vd", rhel)}},
 	"xz":                 klpFixture("klp-xz", "klp_xz_1", 1).with(func(f *rpmFixture) { f.payload = "w2.xzdio" }),
 	"zstd":               klpFixture("klp-zstd", "klp_zstd_1", 1).with(func(f *rpmFixture) { f.payload = "w3.zstdio" }),
 	"notlp": klpFixture("klp-notlp", "klp_notlp", 1).with(func(f *rpmFixture) {
@@ -194,10 +209,13 @@ var fixtures = map[string]rpmFixture{
 	"requires-any-kernel": {name: "kpatch-patch-ru", version: "1", requires: "kernel-uname-r",
 		files: map[string]string{kpDir + rhel + "/kpatch-ru.ko": "x"}},
 	"module-name-dot": klpFixture("klp-dot", "m", 1).with(func(f *rpmFixture) {
-		f.modules, f.files = nil, map[string]string{klpDir + krel + "/bad.name.ko": "x"}
+		f.modules = map[string]moduleInfo{klpDir + krel + "/m.ko": livepatchInfo("bad.name", krel)}
 	}),
 	"module-name-long": klpFixture("klp-long", "m", 1).with(func(f *rpmFixture) {
-		f.modules, f.files = nil, map[string]string{klpDir + krel + "/" + strings.Repeat("m", 56) + ".ko": "x"}
+		f.modules = map[string]moduleInfo{klpDir + krel + "/m.ko": livepatchInfo(strings.Repeat("m", 56), krel)}
+	}),
+	"module-file-name": klpFixture("klp-file", "m", 1).with(func(f *rpmFixture) {
+		f.modules, f.files = nil, map[string]string{klpDir + krel + "/.hidden.ko": "x"}
 	}),
 	"kernel-release-char": {name: "klp-kc", version: "1", provides: "klp-livepatch(6.1.0=28) = 1",
 		files: map[string]string{klpDir + "6.1.0=28/m.ko": "x"}},
@@ -217,8 +235,17 @@ var fixtures = map[string]rpmFixture{
 	"level-mismatch": klpFixture("klp-lm", "m", 1).with(func(f *rpmFixture) {
 		f.provides = "klp-livepatch(" + krel + ") = 2"
 	}),
-	"kpatch-version-decimal": {name: "kpatch-patch-vd", version: "1.2", files: map[string]string{kpDir + rhel + "/kpatch-vd.ko": "x"}},
-	"kpatch-version-zero":    {name: "kpatch-patch-v0", version: "0", files: map[string]string{kpDir + rhel + "/kpatch-v0.ko": "x"}},
+	"extra-file": klpFixture("klp-extra", "m", 1).with(func(f *rpmFixture) {
+		f.files = map[string]string{"/usr/share/klp-fixture/README": "not a module\n"}
+	}),
+	"extra-dir": klpFixture("klp-extradir", "m", 1).with(func(f *rpmFixture) {
+		f.dirs = []string{"/etc/cron.d"}
+	}),
+	"obsoletes": klpFixture("klp-obs", "m", 1).with(func(f *rpmFixture) { f.obsoletes = "openssh-server" }),
+	"conflicts": klpFixture("klp-con", "m", 1).with(func(f *rpmFixture) { f.conflicts = "kpatch" }),
+	"no-modinfo-name": klpFixture("klp-nn", "m", 1).with(func(f *rpmFixture) {
+		f.modules = map[string]moduleInfo{klpDir + krel + "/m.ko": {livepatch: "Y", vermagic: krel + lpMagic}}
+	}),
 }
 
 var (
@@ -299,6 +326,12 @@ func buildRPM(name string, fx rpmFixture) (string, error) {
 		}
 		list = append(list, p)
 	}
+	for _, d := range fx.dirs {
+		if err := os.MkdirAll(tree+d, 0o755); err != nil {
+			return "", err
+		}
+		list = append(list, "%dir "+d)
+	}
 	for p, target := range fx.links {
 		if err := os.MkdirAll(filepath.Dir(tree+p), 0o755); err != nil {
 			return "", err
@@ -328,7 +361,8 @@ func buildRPM(name string, fx rpmFixture) (string, error) {
 		"--define", "pkg_tree " + tree,
 		"--define", "pkg_filelist " + fileList,
 	}
-	for _, d := range []struct{ macro, v string }{{"pkg_provides", fx.provides}, {"pkg_requires", fx.requires}, {"pkg_payload", fx.payload}} {
+	for _, d := range []struct{ macro, v string }{{"pkg_provides", fx.provides}, {"pkg_requires", fx.requires}, {"pkg_payload", fx.payload},
+		{"pkg_obsoletes", fx.obsoletes}, {"pkg_conflicts", fx.conflicts}, {"pkg_post", fx.post}} {
 		if d.v != "" {
 			args = append(args, "--define", d.macro+" "+d.v)
 		}
@@ -354,7 +388,7 @@ func sha256File(t *testing.T, file string) (string, int64) {
 }
 
 func TestInspectRPMLayouts(t *testing.T) {
-	f := fixtureRPMs(t, "klp", "klp-dashes", "kpatch", "kpatch-no-requires", "xz", "zstd")
+	f := fixtureRPMs(t, "klp", "klp-dashes", "kpatch", "kpatch-no-requires", "xz", "zstd", "meta", "suse", "kpatch-version-decimal")
 	tests := []struct {
 		fixture                      string
 		name, version                string
@@ -368,9 +402,16 @@ func TestInspectRPMLayouts(t *testing.T) {
 			"klp-livepatch(" + krel + ") = 1", ""},
 		{"klp-dashes", "klp-dash", "2", klp.LayoutKLP, 2, krel, klpDir + krel + "/klp-dash-2.ko", "klp_dash_2", "gzip",
 			"klp-livepatch(" + krel + ") = 2", ""},
-		{"kpatch", "kpatch-patch-5_14_0-284_11_1", "3", klp.LayoutKpatch, 3, rhel, kpDir + rhel + "/kpatch-5_14_0-284_11_1-3-1.ko",
+		// Layouts whose level the manifest gives (level 0 here).
+		{"kpatch", "kpatch-patch-5_14_0-284_11_1", "3", klp.LayoutKpatch, 0, rhel, kpDir + rhel + "/kpatch-5_14_0-284_11_1-3-1.ko",
 			"kpatch_5_14_0_284_11_1_3_1", "gzip", "", "kernel-uname-r = " + rhel},
-		{"kpatch-no-requires", "kpatch-patch-bare", "2", klp.LayoutKpatch, 2, rhel, kpDir + rhel + "/kpatch-bare.ko", "kpatch_bare", "gzip", "", ""},
+		{"kpatch-no-requires", "kpatch-patch-bare", "2", klp.LayoutKpatch, 0, rhel, kpDir + rhel + "/kpatch-bare.ko", "kpatch_bare", "gzip", "", ""},
+		{"kpatch-version-decimal", "kpatch-patch-vd", "1.2", klp.LayoutKpatch, 0, rhel, kpDir + rhel + "/kpatch-vd.ko", "kpatch_vd", "gzip", "", ""},
+		// The module's own name, not the file's.
+		{"meta", "klp-" + krel, "hotfix3", klp.LayoutKpatchInstalled, 0, krel, "/var/lib/kpatch/" + krel + "/klp_" + krel + ".ko",
+			"klp_6_1_0_28_amd64_hotfix3", "gzip", "", "kpatch"},
+		{"suse", "kernel-livepatch-6_1_0-28-default", "13", klp.LayoutSUSE, 0, krel, "/lib/modules/" + krel + "/livepatch/livepatch-13-150400_2_2.ko",
+			"livepatch_13_150400_2_2", "gzip", "", ""},
 		{"xz", "klp-xz", "1", klp.LayoutKLP, 1, krel, klpDir + krel + "/klp_xz_1.ko", "klp_xz_1", "xz", "", ""},
 		{"zstd", "klp-zstd", "1", klp.LayoutKLP, 1, krel, klpDir + krel + "/klp_zstd_1.ko", "klp_zstd_1", "zstd", "", ""},
 	}
@@ -423,6 +464,7 @@ func TestInspectRPMRejects(t *testing.T) {
 		{"requires-any-kernel", klp.ErrKernelMismatch},
 		{"module-name-dot", klp.ErrInvalidName},
 		{"module-name-long", klp.ErrInvalidName},
+		{"module-file-name", klp.ErrInvalidName},
 		{"kernel-release-char", klp.ErrInvalidName},
 		{"kernel-release-long", klp.ErrInvalidName},
 		{"no-level-provide", klp.ErrNoLevel},
@@ -431,8 +473,11 @@ func TestInspectRPMRejects(t *testing.T) {
 		{"level-epoch", klp.ErrNoLevel},
 		{"level-range", klp.ErrNoLevel},
 		{"level-mismatch", klp.ErrLevelMismatch},
-		{"kpatch-version-decimal", klp.ErrNoLevel},
-		{"kpatch-version-zero", klp.ErrNoLevel},
+		{"extra-file", klp.ErrPayload},
+		{"extra-dir", klp.ErrPayload},
+		{"obsoletes", klp.ErrDependency},
+		{"conflicts", klp.ErrDependency},
+		{"no-modinfo-name", klp.ErrInvalidName},
 	}
 	var names []string
 	for _, tt := range tests {
@@ -489,13 +534,14 @@ func TestInspectRPMNotRPM(t *testing.T) {
 	}
 }
 
-// publish lets an operator supply the level of a kpatch-patch RPM whose
-// Version is not one, so ErrNoLevel must come with everything else.
-func TestInspectRPMNoLevelKeepsInfo(t *testing.T) {
+// Layouts other than klp-agent's carry no level (Red Hat's Version is 1
+// for every update, Meta's is hotfixN): inspection gives everything else
+// and no error, and the publisher names the level.
+func TestInspectRPMLevelFromTheManifest(t *testing.T) {
 	f := fixtureRPMs(t, "kpatch-version-decimal")["kpatch-version-decimal"]
 	info, err := klp.InspectRPM(f)
-	if !errors.Is(err, klp.ErrNoLevel) {
-		t.Fatalf("err = %v, want ErrNoLevel", err)
+	if err != nil {
+		t.Fatalf("err = %v", err)
 	}
 	sum, size := sha256File(t, f)
 	if info == nil || info.KernelRelease != rhel || info.ModuleName != "kpatch_vd" || info.Layout != klp.LayoutKpatch ||
@@ -504,8 +550,19 @@ func TestInspectRPMNoLevelKeepsInfo(t *testing.T) {
 	}
 }
 
+// Scriptlets are reported (the agent does not run them by default).
+func TestInspectRPMScriptlets(t *testing.T) {
+	f := fixtureRPMs(t, "kpatch", "klp")
+	for name, want := range map[string][]string{"kpatch": {"%post"}, "klp": nil} {
+		info, err := klp.InspectRPM(f[name])
+		if err != nil || !slices.Equal(info.Scriptlets, want) {
+			t.Errorf("%s: scriptlets %q, %v; want %q", name, info.Scriptlets, err, want)
+		}
+	}
+}
+
 func TestExtractModule(t *testing.T) {
-	f := fixtureRPMs(t, "klp", "kpatch", "xz", "zstd")
+	f := fixtureRPMs(t, "klp", "kpatch", "xz", "zstd", "meta")
 	tests := []struct {
 		fixture string
 		module  moduleInfo
@@ -513,10 +570,9 @@ func TestExtractModule(t *testing.T) {
 	}{
 		{"klp", livepatchInfo("klp_cmdline_1", krel), nil},
 		{"kpatch", livepatchInfo("kpatch_5_14_0_284_11_1_3_1", rhel), nil},
-		// Not readable with the stdlib; inspection still works (see
-		// TestInspectRPMLayouts) and callers check after install.
-		{"xz", moduleInfo{}, klp.ErrUnsupportedPayload},
-		{"zstd", moduleInfo{}, klp.ErrUnsupportedPayload},
+		{"xz", livepatchInfo("klp_xz_1", krel), nil},
+		{"zstd", livepatchInfo("klp_zstd_1", krel), nil},
+		{"meta", livepatchInfo("klp_6_1_0_28_amd64_hotfix3", krel), nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.fixture, func(t *testing.T) {
@@ -549,7 +605,7 @@ func TestModInfoAndCheckModule(t *testing.T) {
 		want   error
 	}{
 		{"livepatch", livepatchInfo("klp_cmdline_1", krel), nil},
-		{"no name key", moduleInfo{livepatch: "Y", vermagic: krel + lpMagic}, nil},
+		{"no name key", moduleInfo{livepatch: "Y", vermagic: krel + lpMagic}, klp.ErrInvalidName},
 		{"not a livepatch", moduleInfo{vermagic: krel + lpMagic, name: "klp_cmdline_1"}, klp.ErrNotLivepatch},
 		{"livepatch=N", moduleInfo{livepatch: "N", vermagic: krel + lpMagic, name: "klp_cmdline_1"}, klp.ErrNotLivepatch},
 		{"other kernel", livepatchInfo("klp_cmdline_1", "6.1.0-29-amd64"), klp.ErrVermagic},
@@ -595,9 +651,12 @@ func TestVerifyFile(t *testing.T) {
 	if _, err := klp.VerifyFile(f["klp"], good); err != nil {
 		t.Fatal(err)
 	}
-	// An xz payload skips the module check here; it happens after install.
+	// An xz payload is read before install too.
 	if _, err := klp.VerifyFile(f["xz"], klp.Want{KernelRelease: krel, Name: "klp_xz_1", Level: 1, SHA256: xsum, Size: xsize}); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := klp.VerifyFile(f["xz"], klp.Want{KernelRelease: krel, Name: "klp_other", Level: 1, SHA256: xsum, Size: xsize}); !errors.Is(err, klp.ErrInvalidName) {
+		t.Fatalf("a manifest naming another module: %v", err)
 	}
 	tests := []struct {
 		name string

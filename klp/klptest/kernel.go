@@ -20,6 +20,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/klp-agent/klp-agent/klp"
 )
 
 // Module describes a .ko file the simulated kernel can load.
@@ -28,6 +30,11 @@ type Module struct {
 	Livepatch bool
 	Replace   bool                // atomic replace (.replace = true)
 	Funcs     map[string][]string // object -> functions, e.g. "vmlinux": {"cmdline_proc_show"}
+	// States are its klp_state id -> version (kernel/livepatch/state.c).
+	States map[uint64]int
+	// PrePatch, if set, is what its vmlinux pre-patch callback returns.
+	PrePatch syscall.Errno
+	Unsigned bool // refused when the kernel enforces signatures
 }
 
 type patch struct {
@@ -69,8 +76,48 @@ type Kernel struct {
 
 	Loads, Unloads []string // call log, for assertions
 
+	// SigEnforce refuses unsigned modules (module.sig_enforce=1).
+	SigEnforce bool
+	// ReplaceAttr shows /sys/kernel/livepatch/<p>/replace (Linux 6.11+).
+	ReplaceAttr bool
+	log         []string // the kernel's log, in the kernel's words
+
 	persist string // Persist path, "" = memory only
 }
+
+// printk logs a kernel line. Called with mu held.
+func (k *Kernel) printk(format string, args ...any) {
+	k.log = append(k.log, fmt.Sprintf(format, args...))
+}
+
+// Log is everything the simulated kernel logged.
+func (k *Kernel) Log() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.log...)
+}
+
+// Mark implements klp.KernelLog.
+func (k *Kernel) Mark() (klp.LogCursor, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return &logCursor{k: k, at: len(k.log)}, nil
+}
+
+type logCursor struct {
+	k  *Kernel
+	at int
+}
+
+func (c *logCursor) Since() []string {
+	c.k.mu.Lock()
+	defer c.k.mu.Unlock()
+	out := append([]string(nil), c.k.log[c.at:]...)
+	c.at = len(c.k.log)
+	return out
+}
+
+func (c *logCursor) Close() error { return nil }
 
 // New returns an empty simulated kernel with 20 ms transitions.
 func New() *Kernel {
@@ -169,8 +216,23 @@ func (k *Kernel) Load(file string) error {
 	if _, ok := k.loaded[m.Name]; ok {
 		return fmt.Errorf("load %s: %w", file, syscall.EEXIST)
 	}
+	if k.SigEnforce && m.Unsigned {
+		k.printk("Loading of unsigned module is rejected")
+		return fmt.Errorf("load %s: %w", file, syscall.EKEYREJECTED)
+	}
 	if m.Livepatch && k.transitioning() != "" {
 		return fmt.Errorf("load %s: %w", file, syscall.EBUSY)
+	}
+	if m.Livepatch && !k.compatible(m) {
+		k.printk("livepatch: Livepatch patch (%s) is not compatible with the already installed livepatches.", m.Name)
+		return fmt.Errorf("load %s: %w", file, syscall.EINVAL)
+	}
+	if m.Livepatch && m.PrePatch != 0 {
+		k.printk("livepatch: enabling patch '%s'", m.Name)
+		k.printk("livepatch: pre-patch callback failed for object 'vmlinux'")
+		k.printk("livepatch: failed to enable patch '%s'", m.Name)
+		k.printk("livepatch: '%s': unpatching complete", m.Name)
+		return fmt.Errorf("load %s: %w", file, m.PrePatch)
 	}
 	k.Loads = append(k.Loads, m.Name)
 	k.loaded[m.Name] = 0
@@ -180,6 +242,23 @@ func (k *Kernel) Load(file string) error {
 		k.loaded[m.Name] = 1
 	}
 	return nil
+}
+
+// compatible is klp_is_patch_compatible: every state of every installed
+// patch must be in m at no lower a version, or m must not replace.
+func (k *Kernel) compatible(m *Module) bool {
+	for _, p := range k.patches {
+		if p.going {
+			continue
+		}
+		for id, v := range p.mod.States {
+			nv, ok := m.States[id]
+			if (!ok && m.Replace) || (ok && nv < v) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Unload implements klp.Modules.
@@ -276,6 +355,10 @@ func (k *Kernel) ReadFile(name string) ([]byte, error) {
 			return b01(p.enabled), nil
 		case "transition":
 			return b01(p.transition), nil
+		case "replace":
+			if k.ReplaceAttr {
+				return b01(p.mod.Replace), nil
+			}
 		case "force":
 			return nil, &fs.PathError{Op: "read", Path: name, Err: syscall.EACCES}
 		}
@@ -413,6 +496,9 @@ func (k *Kernel) ReadDir(name string) ([]fs.DirEntry, error) {
 		file("enabled")
 		file("transition")
 		file("force")
+		if k.ReplaceAttr {
+			file("replace")
+		}
 		for obj := range p.mod.Funcs {
 			dir(obj)
 		}

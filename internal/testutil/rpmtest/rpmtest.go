@@ -30,6 +30,7 @@ type Spec struct {
 	Provides, Requires []string          // replace the default provides; add requires
 	NoProvides         bool              // no default provides at all
 	Payload            string            // %_binary_payload; default w9.gzdio (gzip)
+	Post               string            // a %post scriptlet (sh)
 }
 
 func (s Spec) rpmName() string {
@@ -94,7 +95,10 @@ func Build(t testing.TB, outDir string, s Spec) string {
 		if err := os.WriteFile(src, files[p], 0o644); err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(&spec, "mkdir -p %%{buildroot}%s\ninstall -m 0644 %s %%{buildroot}%s\n", filepath.Dir(p), src, p)
+		fmt.Fprintf(&spec, "mkdir -p %%{buildroot}%s\ninstall -m 0644 '%s' %%{buildroot}%s\n", filepath.Dir(p), src, p)
+	}
+	if s.Post != "" {
+		fmt.Fprintf(&spec, "%%post\n%s\n", s.Post)
 	}
 	spec.WriteString("%files\n")
 	for _, p := range paths {
