@@ -272,6 +272,18 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 		log.Info("the apply of "+t.ID()+" was interrupted during its download; the next poll starts it again", patchFields(&t)...)
 		return nil
+	case state.PhaseInstalling:
+		// rpm was at work; the module was not in the kernel yet, so a
+		// crash is not its doing: install it again.
+		if k.Target == nil {
+			return fmt.Errorf("%w: phase installing without a target", state.ErrCorrupt)
+		}
+		log.Info("resuming an apply interrupted before its module was loaded", patchFields(k.Target)...)
+		rpm, err := a.d.Store.RPMPath(k.Target)
+		if err != nil {
+			return err
+		}
+		return a.FinishApply(ctx, *k.Target, rpm)
 	case state.PhaseEnabling:
 		// The patch may have been live when the agent or the host died.
 		if k.Target == nil {
@@ -439,11 +451,44 @@ func (a *Agent) install(ctx context.Context, p *state.PatchRecord) error {
 	for _, r := range res.Result.Replaced {
 		a.log().Info("unloaded replaced livepatch "+r, patchFields(p)...)
 	}
+	a.keepModule(p, res.Info)
 	return nil
 }
 
+// want is what the installer needs for p: the pins, and the agent's
+// current patch, which p must replace and a failure leaves in place.
 func (a *Agent) want(p *state.PatchRecord) klp.Want {
-	return klp.Want{KernelRelease: a.d.Host.Kernel, Name: p.Name, Level: p.Level, SHA256: p.SHA256, Size: p.Size}
+	w := klp.Want{KernelRelease: a.d.Host.Kernel, Name: p.Name, Level: p.Level, SHA256: p.SHA256, Size: p.Size}
+	if c := a.kernel().Current; c != nil && !c.Same(p) {
+		w.Previous = &klp.Installed{Module: c.Name, Package: c.RPMName}
+		if rpm, err := a.d.Store.RPMPath(c); err == nil {
+			if _, err := os.Stat(rpm); err == nil {
+				w.Previous.RPM = rpm
+			}
+		}
+	}
+	return w
+}
+
+// keepModule copies the module rpm installed for p into the state dir: a
+// rollback to p loads it at once, before rpm's bookkeeping.
+func (a *Agent) keepModule(p *state.PatchRecord, info *klp.RPMInfo) {
+	dst, err := a.Layout().Module(p.SHA256)
+	if err != nil || info == nil {
+		return
+	}
+	if _, err := os.Stat(dst); err == nil {
+		return
+	}
+	b, err := os.ReadFile(filepath.Join(a.d.Installer.Root, info.ModulePath))
+	if err == nil {
+		if err = os.MkdirAll(filepath.Dir(dst), 0o700); err == nil {
+			err = atomicfile.WriteFile(dst, b, 0o600)
+		}
+	}
+	if err != nil {
+		a.log().Warn("keeping a copy of "+p.ID()+"'s module: "+err.Error(), patchFields(p)...)
+	}
 }
 
 // Wanted is the selection for this host under m, as the daemon makes it:
@@ -595,7 +640,8 @@ func (a *Agent) Download(ctx context.Context, p state.PatchRecord) (string, erro
 }
 
 // FinishApply installs and enables p from its verified copy rpm and starts
-// its soak.
+// its soak. A level the kernel refuses for a reason that will not change
+// (its own log says which) is blocked; anything else is retried later.
 func (a *Agent) FinishApply(ctx context.Context, p state.PatchRecord, rpm string) error {
 	k := a.kernel()
 	log := a.log().With(patchFields(&p)...)
@@ -605,14 +651,28 @@ func (a *Agent) FinishApply(ctx context.Context, p state.PatchRecord, rpm string
 		p.RPMName = info.Name
 	}
 	k.Target = &p
-	if err := a.setPhase(state.PhaseEnabling); err != nil {
+	if err := a.setPhase(state.PhaseInstalling); err != nil {
 		return err
 	}
-	a.crashpoint("apply:enabling")
-	loading := a.now()
-	res, err := a.d.Installer.Apply(ctx, rpm, a.want(&p))
+	a.crashpoint("apply:installing")
+	var loading time.Time
+	w := a.want(&p)
+	w.BeforeLoad = func() error {
+		// From here a crash may be the module's doing.
+		loading = a.now()
+		if err := a.setPhase(state.PhaseEnabling); err != nil {
+			return err
+		}
+		a.crashpoint("apply:enabling")
+		return nil
+	}
+	res, err := a.d.Installer.Apply(ctx, rpm, w)
 	if err != nil {
-		if errors.Is(err, klp.ErrStalled) {
+		var refused *klp.RefusedError
+		switch {
+		case errors.As(err, &refused) && refused.Deterministic():
+			a.block(p, state.CauseKernelRefused, refused.Error(), refused.Kernel)
+		case errors.Is(err, klp.ErrStalled):
 			// A stall is not a regression (a task sat in a patched
 			// function): the kernel is as before, and the next poll retries.
 			log.Error("livepatch transition stalled; reversed, will retry at the next poll: "+err.Error(), logging.MessageID(MsgStalled))
@@ -620,6 +680,7 @@ func (a *Agent) FinishApply(ctx context.Context, p state.PatchRecord, rpm string
 		a.d.Recorder.Applied(false, 0)
 		return a.AbandonApply(fmt.Errorf("apply %s: %w", p.ID(), err))
 	}
+	a.keepModule(&p, res.Info)
 	p.Applied = a.now()
 	k.Current, k.Target = &p, nil
 	k.SoakUntil = p.Applied.Add(a.d.Soak)
@@ -710,24 +771,41 @@ func (a *Agent) rollback(ctx context.Context, from state.PatchRecord, cause stat
 	return a.finishRollback(ctx)
 }
 
-// finishRollback completes a recorded rollback (also after a restart).
+// finishRollback completes a recorded rollback (also after a restart): it
+// steps back to the newest good level below the bad one that the kernel
+// takes — its module loaded at once from the agent's copy, the bad patch
+// replaced atomically, rpm's bookkeeping after — else to no patch.
 func (a *Agent) finishRollback(ctx context.Context) error {
 	k := a.kernel()
-	from, to := k.From, k.Target
+	from := k.From
 	log := a.log().With(patchFields(from)...)
 	start := a.now()
-	if to != nil {
-		err := a.install(ctx, to)
-		if errors.Is(err, ErrNoRPM) {
-			log.Warn("previous good level not at hand; disabling instead: " + err.Error())
-			to = nil
-		} else if err != nil {
-			return fmt.Errorf("roll back %s to %s: %w", from.ID(), to.ID(), err)
+	var to *state.PatchRecord
+	for _, c := range a.stepBackTargets(from, k.Target) {
+		err := a.stepBack(ctx, from, &c)
+		var refused *klp.RefusedError
+		switch {
+		case err == nil:
+			to = &c
+		case errors.Is(err, ErrNoRPM):
+			log.Warn("good level " + c.ID() + " not at hand: " + err.Error())
+			continue
+		case errors.As(err, &refused) && refused.Deterministic():
+			log.Warn("the kernel refuses good level "+c.ID()+" now; trying an older one: "+err.Error(), patchFields(&c)...)
+			continue
+		default:
+			return fmt.Errorf("roll back %s to %s: %w", from.ID(), c.ID(), err)
 		}
+		break
 	}
 	if to == nil {
 		if err := a.d.Installer.Controller.Disable(ctx, from.Name); err != nil {
 			return fmt.Errorf("roll back %s: %w", from.ID(), err)
+		}
+		if from.RPMName != "" {
+			if err := a.d.Installer.RPM.Erase(ctx, from.RPMName); err != nil && !errors.Is(err, klp.ErrNotInstalled) {
+				log.Warn("rolled back to no patch, but erasing " + from.RPMName + ": " + err.Error())
+			}
 		}
 	}
 	a.crashpoint("rollback:stepped-back")
@@ -750,6 +828,63 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 	a.d.Recorder.RolledBack(cause)
 	log.Warn(fmt.Sprintf("rolled back %s to %s in %s: %s", from.ID(), dest, a.now().Sub(start).Round(time.Millisecond), reason),
 		logging.MessageID(MsgRolledBack), zap.String("KLP_CAUSE", string(cause)), zap.String("KLP_ROLLBACK_REASON", reason))
+	return nil
+}
+
+// stepBackTargets are the good levels below from, newest first: the
+// recorded target, then older ones (a klp_state version the newer patch
+// raised makes the kernel refuse the level just below it).
+func (a *Agent) stepBackTargets(from, target *state.PatchRecord) []state.PatchRecord {
+	k := a.kernel()
+	var out []state.PatchRecord
+	if target != nil {
+		out = append(out, *target)
+	}
+	for i := len(k.Good) - 1; i >= 0; i-- {
+		g := k.Good[i]
+		if g.Level < from.Level && (target == nil || !g.Same(target)) && !k.IsBlocked(g.Name, g.Level, g.SHA256) {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// stepBack replaces from with to in the kernel: the module first, from the
+// agent's copy (the bad patch is out within its transition), then rpm's
+// database. Without a copy it is a plain install from the RPM.
+func (a *Agent) stepBack(ctx context.Context, from, to *state.PatchRecord) error {
+	ko, err := a.Layout().Module(to.SHA256)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(ko); err != nil {
+		return a.install(ctx, to)
+	}
+	rpm, err := a.d.Store.RPMPath(to)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(rpm); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrNoRPM, to.ID(), err)
+	}
+	res, err := a.d.Installer.Controller.Enable(ctx, ko, to.Name, klp.EnableOptions{Replaces: from.Name})
+	if err != nil {
+		return err
+	}
+	a.crashpoint("rollback:loaded")
+	for _, r := range res.Replaced {
+		a.log().Info("unloaded replaced livepatch "+r, patchFields(to)...)
+	}
+	// Bookkeeping: rpm -q names what the kernel runs again.
+	if err := a.d.Installer.RPM.Install(ctx, rpm); err != nil {
+		a.log().Warn("stepped back to "+to.ID()+", but rpm: "+err.Error(), patchFields(to)...)
+		return nil
+	}
+	if from.RPMName != "" && from.RPMName != to.RPMName && to.RPMName != "" {
+		if err := a.d.Installer.RPM.Erase(ctx, from.RPMName); err != nil && !errors.Is(err, klp.ErrNotInstalled) {
+			a.log().Warn("stepped back to "+to.ID()+", but erasing "+from.RPMName+": "+err.Error(), patchFields(to)...)
+		}
+	}
 	return nil
 }
 

@@ -37,7 +37,11 @@ type host struct {
 	kernel   *klptest.Kernel
 	agent    *Agent
 	patches  map[int]manifest.Patch
-	kdumps   []string
+	kos      map[int][]byte
+	// shapes, if set, change the simulated module of a level (klp_state,
+	// replace, callbacks) from the next reboot on.
+	shapes map[int]func(*klptest.Module)
+	kdumps []string
 	// crashSince, if set, replaces the kdumps list with a real scan.
 	crashSince func(time.Time) ([]string, error)
 	source     *manifest.Source
@@ -72,7 +76,7 @@ func (f *fakeRecorder) String() string {
 
 func newHost(t testing.TB, levels ...int) *host {
 	h := &host{t: t, root: t.TempDir(), stateDir: t.TempDir(), rpmDir: t.TempDir(),
-		now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC), patches: map[int]manifest.Patch{}}
+		now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC), patches: map[int]manifest.Patch{}, kos: map[int][]byte{}}
 	h.srv = httptest.NewServer(http.FileServer(http.Dir(h.rpmDir)))
 	t.Cleanup(h.srv.Close)
 	for _, l := range levels {
@@ -84,6 +88,7 @@ func newHost(t testing.TB, levels ...int) *host {
 			t.Fatal(err)
 		}
 		h.patches[l] = manifest.Patch{Kernel: krel, Name: name, Level: l, URL: filepath.Base(f), SHA256: sum, Size: size}
+		h.kos[l] = ko
 	}
 	h.reboot()
 	return h
@@ -94,16 +99,19 @@ func (h *host) reboot() {
 	h.boot++
 	h.kernel = klptest.New()
 	for l, p := range h.patches {
-		h.kernel.AddFile(filepath.Join(h.root, "usr/lib/klp-agent/livepatches", krel, p.Name+".ko"),
-			klptest.Module{Name: p.Name, Livepatch: true, Replace: true, Funcs: map[string][]string{"vmlinux": {"cmdline_proc_show"}}})
-		_ = l
+		m := klptest.Module{Name: p.Name, Livepatch: true, Replace: true, Funcs: map[string][]string{"vmlinux": {"cmdline_proc_show"}}}
+		if f := h.shapes[l]; f != nil {
+			f(&m)
+		}
+		h.kernel.AddFile(filepath.Join(h.root, "usr/lib/klp-agent/livepatches", krel, p.Name+".ko"), m)
+		h.kernel.AddModule(h.kos[l], m)
 	}
 	h.restart()
 }
 
 // restart starts a new agent process in the same boot.
 func (h *host) restart() {
-	ctrl := &klp.Controller{Sysfs: &klp.Sysfs{FS: h.kernel, Poll: time.Millisecond}, Modules: h.kernel,
+	ctrl := &klp.Controller{Sysfs: &klp.Sysfs{FS: h.kernel, Poll: time.Millisecond}, Modules: h.kernel, Log: h.kernel,
 		Opts: klp.Options{TransitionTimeout: 300 * time.Millisecond, UnloadTimeout: time.Second}}
 	h.agent = New(Deps{
 		Now:       func() time.Time { return h.now },

@@ -96,6 +96,7 @@ func crashHelper(jobJSON string) int {
 func TestCrashConsistency(t *testing.T) {
 	rpmDir := t.TempDir()
 	var patches []manifest.Patch
+	var kos [][]byte
 	for _, l := range []int{1, 2} {
 		name := fmt.Sprintf("klp_cmdline_%d", l)
 		ko := rpmtest.Module(t, "livepatch=Y", "vermagic="+krel+" SMP preempt mod_unload modversions ", "name="+name)
@@ -105,13 +106,14 @@ func TestCrashConsistency(t *testing.T) {
 			t.Fatal(err)
 		}
 		patches = append(patches, manifest.Patch{Kernel: krel, Name: name, Level: l, URL: filepath.Base(f), SHA256: sum, Size: size})
+		kos = append(kos, ko)
 	}
 	srv := httptest.NewServer(http.FileServer(http.Dir(rpmDir)))
 	defer srv.Close()
 
 	points := map[string][]string{
-		"apply":    {"apply:intent", "apply:downloaded", "apply:enabling", "klp:installed", "klp:enabled", "apply:soaking"},
-		"rollback": {"rollback:intent", "klp:installed", "klp:enabled", "rollback:stepped-back", "rollback:done"},
+		"apply":    {"apply:intent", "apply:downloaded", "apply:installing", "klp:installed", "apply:enabling", "klp:enabled", "apply:soaking"},
+		"rollback": {"rollback:intent", "rollback:loaded", "rollback:stepped-back", "rollback:done"},
 	}
 	for _, op := range []string{"apply", "rollback"} {
 		for _, point := range points[op] {
@@ -119,9 +121,10 @@ func TestCrashConsistency(t *testing.T) {
 				j := crashJob{Root: t.TempDir(), StateDir: t.TempDir(), Kernel: filepath.Join(t.TempDir(), "kernel.json"),
 					ServerURL: srv.URL, Patches: patches, Op: op}
 				k := klptest.New()
-				for _, p := range patches {
-					k.AddFile(filepath.Join(j.Root, "usr/lib/klp-agent/livepatches", krel, p.Name+".ko"),
-						klptest.Module{Name: p.Name, Livepatch: true, Replace: true, Funcs: map[string][]string{"vmlinux": {"cmdline_proc_show"}}})
+				for i, p := range patches {
+					m := klptest.Module{Name: p.Name, Livepatch: true, Replace: true, Funcs: map[string][]string{"vmlinux": {"cmdline_proc_show"}}}
+					k.AddFile(filepath.Join(j.Root, "usr/lib/klp-agent/livepatches", krel, p.Name+".ko"), m)
+					k.AddModule(kos[i], m)
 				}
 				if err := k.Persist(j.Kernel); err != nil {
 					t.Fatal(err)

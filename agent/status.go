@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/state"
@@ -42,6 +43,9 @@ type StatusInput struct {
 	Source *manifest.Source
 	Host   manifest.Host
 	Now    time.Time
+	// Root is the host's filesystem root (config paths.root), where an
+	// enabled kpatch.service is looked for.
+	Root string
 }
 
 // CollectStatus reads the recorded state, the kernel's livepatches and the
@@ -92,8 +96,23 @@ func CollectStatus(in StatusInput) (*Status, error) {
 			}
 		}
 	}
+	if w := KpatchServiceWarning(in.Root, in.Host.Kernel); w != "" {
+		s.Problems = append(s.Problems, w)
+	}
 	if RequestPending(in.Store.Layout()) {
 		s.Problems = append(s.Problems, "an operator rollback request is waiting for the daemon")
 	}
 	return s, nil
+}
+
+// KpatchServiceWarning names an enabled kpatch.service that would load
+// modules at boot behind the agent's back ("" when there is none): it
+// loads every module in /var/lib/kpatch/<krel>/ before the agent starts,
+// blocked patches included.
+func KpatchServiceWarning(root, krel string) string {
+	s := klp.CheckKpatchService(root, krel)
+	if !s.Conflicts() {
+		return ""
+	}
+	return fmt.Sprintf("kpatch.service is enabled and loads %d module(s) at boot before klp-agent, blocked ones too (%s): run `systemctl disable kpatch.service`", len(s.Modules), strings.Join(s.Modules, ", "))
 }

@@ -32,6 +32,10 @@ type Want struct {
 	// new one must replace it; a failed apply leaves it, and rpm's
 	// database says it again.
 	Previous *Installed
+	// BeforeLoad, if set, runs after rpm installed the package and before
+	// the module goes into the kernel: the agent records that from here on
+	// a crash may be the module's doing. An error stops the apply.
+	BeforeLoad func() error
 }
 
 // Installed is a livepatch the agent put in the kernel.
@@ -50,10 +54,6 @@ type Installer struct {
 	// Hook, if set, is called after each step ("installed", "enabled");
 	// crash-consistency tests kill the process there.
 	Hook func(step string)
-	// BeforeLoad, if set, runs after rpm installed the package and before
-	// the module goes into the kernel: the agent records that from here on
-	// a crash may be the module's doing. An error stops the apply.
-	BeforeLoad func() error
 }
 
 func (in *Installer) hook(step string) {
@@ -154,11 +154,19 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 	if err != nil {
 		return fail(fmt.Errorf("apply %s: %w", want.Name, err))
 	}
+	if want.Name == "" {
+		// By hand, from a payload this build cannot read: the installed
+		// module says its name.
+		if mi, err := ModInfo(b); err == nil {
+			want.Name, _ = moduleName(mi)
+		}
+	}
 	if err := checkKO(b, want); err != nil {
 		return fail(fmt.Errorf("apply %s: installed module refused before loading: %w", want.Name, err))
 	}
-	if in.BeforeLoad != nil {
-		if err := in.BeforeLoad(); err != nil {
+	info.ModuleName = want.Name
+	if want.BeforeLoad != nil {
+		if err := want.BeforeLoad(); err != nil {
 			return fail(fmt.Errorf("apply %s: %w", want.Name, err))
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"syscall"
 	"time"
 )
@@ -95,7 +96,8 @@ func (c *Controller) Enable(ctx context.Context, file, name string, eo EnableOpt
 	start := time.Now()
 	res.BusyRetry, err = LoadRetry(ctx, c.Modules, file, o.LoadBackoff)
 	res.Load = time.Since(start)
-	if err != nil && !errors.Is(err, ErrModuleLoaded) && !errors.Is(err, ErrBusy) && ctx.Err() == nil {
+	var pathErr *fs.PathError
+	if err != nil && !errors.Is(err, ErrModuleLoaded) && !errors.Is(err, ErrBusy) && ctx.Err() == nil && !errors.As(err, &pathErr) {
 		var lines []string
 		if cur != nil {
 			lines = cur.Since()

@@ -36,3 +36,21 @@ func TestKernelRelease(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckKpatchService(t *testing.T) {
+	root := t.TempDir()
+	const krel = "6.1.0-28-amd64"
+	if s := CheckKpatchService(root, krel); s.Enabled || s.Conflicts() {
+		t.Fatalf("empty root: %+v", s)
+	}
+	os.MkdirAll(filepath.Join(root, "var/lib/kpatch", krel), 0o755)
+	os.WriteFile(filepath.Join(root, "var/lib/kpatch", krel, "klp_6.1.0-28.ko"), []byte("x"), 0o644)
+	if s := CheckKpatchService(root, krel); s.Enabled || len(s.Modules) != 1 || s.Conflicts() {
+		t.Fatalf("modules, service disabled: %+v", s)
+	}
+	os.MkdirAll(filepath.Join(root, "etc/systemd/system/multi-user.target.wants"), 0o755)
+	os.Symlink("/usr/lib/systemd/system/kpatch.service", filepath.Join(root, "etc/systemd/system/multi-user.target.wants/kpatch.service"))
+	if s := CheckKpatchService(root, krel); !s.Conflicts() || s.Modules[0] != "/var/lib/kpatch/"+krel+"/klp_6.1.0-28.ko" {
+		t.Fatalf("enabled with modules: %+v", s)
+	}
+}

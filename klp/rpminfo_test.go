@@ -172,8 +172,8 @@ var fixtures = map[string]rpmFixture{
 	"suse": {name: "kernel-livepatch-6_1_0-28-default", version: "13",
 		modules: map[string]moduleInfo{"/lib/modules/" + krel + "/livepatch/livepatch-13-150400_2_2.ko": livepatchInfo("livepatch_13_150400_2_2", krel)}},
 	"kpatch-version-decimal": {name: "kpatch-patch-vd", version: "1.2", modules: map[string]moduleInfo{kpDir + rhel + "/kpatch-vd.ko": livepatchInfo("kpatch_vd", rhel)}},
-	"xz":                 klpFixture("klp-xz", "klp_xz_1", 1).with(func(f *rpmFixture) { f.payload = "w2.xzdio" }),
-	"zstd":               klpFixture("klp-zstd", "klp_zstd_1", 1).with(func(f *rpmFixture) { f.payload = "w3.zstdio" }),
+	"xz":                     klpFixture("klp-xz", "klp_xz_1", 1).with(func(f *rpmFixture) { f.payload = "w2.xzdio" }),
+	"zstd":                   klpFixture("klp-zstd", "klp_zstd_1", 1).with(func(f *rpmFixture) { f.payload = "w3.zstdio" }),
 	"notlp": klpFixture("klp-notlp", "klp_notlp", 1).with(func(f *rpmFixture) {
 		f.modules = map[string]moduleInfo{klpDir + krel + "/klp_notlp.ko": {vermagic: krel + lpMagic, name: "klp_notlp"}}
 	}),

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,6 +24,7 @@ func cmdKLP(env *Env, args []string) error {
 }
 
 type klpFlags struct {
+	scripts    *bool
 	root       *string
 	timeout    *time.Duration
 	force      *bool
@@ -38,6 +41,7 @@ func addKLPFlags(fs interface {
 	Bool(string, bool, string) *bool
 }) klpFlags {
 	return klpFlags{
+		scripts:    fs.Bool("scripts", false, "let rpm run the package's %pre/%post scriptlets and triggers (off: the agent loads the module itself)"),
 		root:       fs.String("root", "/", "filesystem root for /sys, /proc and rpm --root"),
 		timeout:    fs.Duration("transition-timeout", 60*time.Second, "a transition longer than this is stalled: reversed (or forced with --force)"),
 		force:      fs.Bool("force", false, "force a stalled transition instead of reversing it (the module can then never be unloaded)"),
@@ -53,6 +57,7 @@ func (f klpFlags) controller() *klp.Controller {
 	return &klp.Controller{
 		Sysfs:   &klp.Sysfs{FS: klp.OSFS{Root: *f.root}, Poll: *f.poll},
 		Modules: klp.KernelModules{},
+		Log:     klp.KmsgLog{Path: filepath.Join(*f.root, "dev/kmsg")},
 		Opts:    klp.Options{TransitionTimeout: *f.timeout, ForceOnStall: *f.force},
 	}
 }
@@ -89,11 +94,14 @@ func cmdKLPList(env *Env, args []string) error {
 }
 
 func cmdKLPApply(env *Env, args []string) error {
-	fs := newFlags(env, "klp apply", "klp apply --rpm FILE [--sha256 HEX --size N] [flags]")
+	fs := newFlags(env, "klp apply", "klp apply --rpm FILE [--sha256 HEX --size N] [--previous-rpm FILE] [flags]")
 	f := addKLPFlags(fs)
 	file := fs.String("rpm", "", "livepatch RPM")
 	sum := fs.String("sha256", "", "pinned sha256 (default: the file's own; a manifest always pins it)")
 	size := fs.Int64("size", 0, "pinned size in bytes (default: the file's own)")
+	level := fs.Int("level", 0, "cumulative level, for packages that do not declare one (shown only)")
+	replaces := fs.String("replaces", "", "the livepatch this one must replace (default: the one enabled now, if there is exactly one)")
+	prevRPM := fs.String("previous-rpm", "", "the RPM of the livepatch running now, re-installed if this one fails (default: the new package is erased)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -109,6 +117,17 @@ func cmdKLPApply(env *Env, args []string) error {
 		return err
 	}
 	want := klp.Want{KernelRelease: krel, Name: info.ModuleName, Level: info.Level, SHA256: *sum, Size: *size}
+	if *level > 0 {
+		if info.Layout == klp.LayoutKLP && *level != info.Level {
+			return fmt.Errorf("%w: --level %d, the package declares %d", errUsage, *level, info.Level)
+		}
+		want.Level = *level
+	}
+	prev, err := previous(env, f, info.ModuleName, *replaces, *prevRPM)
+	if err != nil {
+		return err
+	}
+	want.Previous = prev
 	if want.SHA256 == "" {
 		want.SHA256 = info.SHA256
 	}
@@ -116,7 +135,7 @@ func cmdKLPApply(env *Env, args []string) error {
 		want.Size = info.Size
 	}
 	in := &klp.Installer{
-		RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: *f.root, NoDeps: *f.nodeps, Keyring: *f.keyring, DBPath: *f.dbpath},
+		RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: *f.root, NoDeps: *f.nodeps, Keyring: *f.keyring, DBPath: *f.dbpath, Scripts: *f.scripts},
 		Controller: f.controller(),
 		Root:       *f.root,
 		CheckSig:   *f.requireSig,
@@ -143,6 +162,41 @@ func cmdKLPApply(env *Env, args []string) error {
 	}
 	fmt.Fprintln(env.Stdout)
 	return nil
+}
+
+// previous is what `klp apply` must replace and restore on failure: the
+// named patch, or the one livepatch enabled now; its RPM when given.
+func previous(env *Env, f klpFlags, name, replaces, prevRPM string) (*klp.Installed, error) {
+	if replaces == "" {
+		ps, err := f.controller().Sysfs.List()
+		if err != nil && !errors.Is(err, klp.ErrNoLivepatch) {
+			return nil, err
+		}
+		var on []string
+		for _, p := range ps {
+			if p.Enabled && p.Name != name {
+				on = append(on, p.Name)
+			}
+		}
+		if len(on) == 1 {
+			replaces = on[0]
+		}
+	}
+	if replaces == "" && prevRPM == "" {
+		return nil, nil
+	}
+	p := &klp.Installed{Module: replaces}
+	if prevRPM != "" {
+		pi, err := klp.InspectRPM(prevRPM)
+		if err != nil {
+			return nil, fmt.Errorf("--previous-rpm: %w", err)
+		}
+		p.Package, p.RPM = pi.Name, prevRPM
+		if p.Module == "" {
+			p.Module = pi.ModuleName
+		}
+	}
+	return p, nil
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond)) }

@@ -65,7 +65,7 @@ func cmdAdd(env *Env, args []string) error {
 	path := fs.String("manifest", "manifest.yaml", "unsigned manifest source to edit (created if missing)")
 	rpmPath := fs.String("rpm", "", "livepatch RPM to add (its header gives kernel, name, level; its bytes size and sha256)")
 	u := fs.String("url", "", "URL of the RPM, absolute or relative to the manifest (default: the RPM's file name)")
-	level := fs.Int("level", 0, "cumulative level, when the RPM does not carry one")
+	level := fs.Int("level", 0, "cumulative level, for layouts whose RPMs do not declare one (kpatch-patch, Meta's klp, SUSE): required for them")
 	var tiers stringList
 	fs.Var(&tiers, "tier", "rollout tier that gets the patch at --start (repeatable)")
 	start := fs.String("start", "", "rollout start, RFC 3339 (default: now when any rollout flag is given)")
@@ -91,8 +91,16 @@ func cmdAdd(env *Env, args []string) error {
 		Kernel: info.KernelRelease, Name: info.ModuleName, Level: info.Level,
 		URL: *u, SHA256: info.SHA256, Size: info.Size,
 	}
-	if *level > 0 {
+	switch {
+	case *level > 0 && info.Layout == klp.LayoutKLP && info.Level > 0 && *level != info.Level:
+		return fmt.Errorf("%w: --level %d, but %s declares level %d", errUsage, *level, *rpmPath, info.Level)
+	case *level > 0:
 		p.Level = *level
+	case p.Level == 0:
+		return fmt.Errorf("%w: %s is a %s-layout package, which carries no cumulative level: give --level N", errUsage, *rpmPath, info.Layout)
+	}
+	if p.Name == "" {
+		return fmt.Errorf("%s: the module's name could not be read from its %s payload", *rpmPath, info.PayloadCompression)
 	}
 	if p.URL == "" {
 		p.URL = filepath.Base(*rpmPath)

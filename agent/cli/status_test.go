@@ -73,4 +73,17 @@ func TestStatus(t *testing.T) {
 	if text := run(t, t0, "status", "--config", cfg); !strings.Contains(text, "problem:    recorded patch klp_cmdline_2@2 is not enabled") {
 		t.Errorf("status does not flag the disabled patch:\n%s", text)
 	}
+	// An enabled kpatch.service with modules for this kernel would load them
+	// at boot behind the agent's back.
+	os.MkdirAll(filepath.Join(root, "etc/systemd/system/multi-user.target.wants"), 0o755)
+	os.Symlink("/usr/lib/systemd/system/kpatch.service", filepath.Join(root, "etc/systemd/system/multi-user.target.wants/kpatch.service"))
+	if text := run(t, t0, "status", "--config", cfg); strings.Contains(text, "kpatch.service") {
+		t.Errorf("kpatch.service without modules is no problem:\n%s", text)
+	}
+	os.MkdirAll(filepath.Join(root, "var/lib/kpatch", testKernel), 0o755)
+	os.WriteFile(filepath.Join(root, "var/lib/kpatch", testKernel, "kpatch-3.ko"), []byte("x"), 0o644)
+	if text := run(t, t0, "status", "--config", cfg); !strings.Contains(text, "problem:    kpatch.service is enabled and loads 1 module(s) at boot") ||
+		!strings.Contains(text, "/var/lib/kpatch/"+testKernel+"/kpatch-3.ko") {
+		t.Errorf("status does not flag kpatch.service:\n%s", text)
+	}
 }

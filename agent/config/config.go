@@ -50,6 +50,7 @@ type ApplyConfig struct {
 	TransitionTimeout time.Duration `yaml:"transition_timeout"`
 	ForceOnStall      bool          `yaml:"force_on_stall"`
 	RPMNoDeps         bool          `yaml:"rpm_nodeps"`
+	RPMScripts        bool          `yaml:"rpm_scripts"` // let the package's %pre/%post and triggers run
 	RequireSignature  bool          `yaml:"require_signature"`
 	RPMKeyring        string        `yaml:"rpm_keyring"`
 	RPMDBPath         string        `yaml:"rpm_dbpath"`

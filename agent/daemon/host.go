@@ -139,8 +139,9 @@ func (h *Host) Installer() *klp.Installer {
 	c := h.Config
 	return &klp.Installer{
 		RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: c.Paths.Root, NoDeps: c.Apply.RPMNoDeps,
-			Keyring: c.Apply.RPMKeyring, DBPath: c.Apply.RPMDBPath},
+			Keyring: c.Apply.RPMKeyring, DBPath: c.Apply.RPMDBPath, Scripts: c.Apply.RPMScripts},
 		Controller: &klp.Controller{Sysfs: h.Sysfs(), Modules: klp.KernelModules{},
+			Log:  klp.KmsgLog{Path: filepath.Join(c.Paths.Root, "dev/kmsg")},
 			Opts: klp.Options{TransitionTimeout: c.Apply.TransitionTimeout, ForceOnStall: c.Apply.ForceOnStall}},
 		Root: c.Paths.Root, CheckSig: c.Apply.RequireSignature,
 	}
@@ -203,7 +204,7 @@ func (h *Host) MonitorOptions() health.MonitorOptions {
 
 // StatusInput is what `status` reads for this host at now.
 func (h *Host) StatusInput(now time.Time) (agent.StatusInput, error) {
-	in := agent.StatusInput{Store: h.Store(), Sysfs: h.Sysfs(), Host: h.Host, Now: now}
+	in := agent.StatusInput{Store: h.Store(), Sysfs: h.Sysfs(), Host: h.Host, Now: now, Root: h.Config.Paths.Root}
 	client, err := manifest.NewClient(manifest.ClientConfig{})
 	if err != nil {
 		return in, err

@@ -89,6 +89,9 @@ func Run(ctx context.Context, o Options) error {
 	loop.Init()
 	log.Info("klp-agent "+Version+" starting", zap.String("KERNEL_RELEASE", h.Host.Kernel),
 		zap.String("HOST_TIER", h.Host.Tier), zap.String("MANIFEST_URL", redactURL(h.Config.Manifest.URL)))
+	if w := agent.KpatchServiceWarning(h.Config.Paths.Root, h.Host.Kernel); w != "" {
+		log.Warn(w)
+	}
 	hb.Begin() // the boot re-apply is a step too
 	if err := a.Start(ctx); err != nil {
 		// Keep running: polling may fix what a boot re-apply could not.

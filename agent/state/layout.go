@@ -28,6 +28,18 @@ func (l Layout) RPM(sha256 string) (string, error) {
 	return filepath.Join(l.RPMDir(), sha256+".rpm"), nil
 }
 
+// ModuleDir holds a copy of each applied level's module, loaded directly
+// when a rollback must take the bad patch out at once.
+func (l Layout) ModuleDir() string { return filepath.Join(l.Dir, "modules") }
+
+// Module is the module copy of the RPM with digest sha256.
+func (l Layout) Module(sha256 string) (string, error) {
+	if !shaRE.MatchString(sha256) {
+		return "", fmt.Errorf("%w: sha256 %q", ErrBadRecord, sha256)
+	}
+	return filepath.Join(l.ModuleDir(), sha256+".ko"), nil
+}
+
 // ManifestEnvelope is the last accepted manifest envelope, byte for byte.
 func (l Layout) ManifestEnvelope() string { return filepath.Join(l.Dir, "manifest.dsse.json") }
 

@@ -32,7 +32,8 @@ type Phase string
 const (
 	PhaseNone        Phase = "none"
 	PhaseDownloading Phase = "downloading"
-	PhaseEnabling    Phase = "enabling"
+	PhaseInstalling  Phase = "installing" // rpm at work; the module is not in the kernel
+	PhaseEnabling    Phase = "enabling"   // the module may be in the kernel
 	PhaseSoaking     Phase = "soaking"
 	PhaseGood        Phase = "good"
 	PhaseRollingBack Phase = "rolling-back"

@@ -8,6 +8,9 @@
 package klptest
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
@@ -67,12 +70,13 @@ type Kernel struct {
 	Now            func() time.Time
 	TransitionTime time.Duration // how long a transition takes when nothing blocks
 
-	files   map[string]*Module // .ko path -> module
-	loaded  map[string]int     // module name -> refcnt
-	forced  map[string]bool
-	patches map[string]*patch
-	order   int
-	tasks   map[int]*Task
+	files    map[string]*Module // .ko path -> module
+	contents map[string]*Module // sha256 of a .ko -> module
+	loaded   map[string]int     // module name -> refcnt
+	forced   map[string]bool
+	patches  map[string]*patch
+	order    int
+	tasks    map[int]*Task
 
 	Loads, Unloads []string // call log, for assertions
 
@@ -211,6 +215,9 @@ func (k *Kernel) Load(file string) error {
 	k.settle()
 	m, ok := k.files[file]
 	if !ok {
+		m, ok = k.byContent(file)
+	}
+	if !ok {
 		return &fs.PathError{Op: "open", Path: file, Err: fs.ErrNotExist}
 	}
 	if _, ok := k.loaded[m.Name]; ok {
@@ -242,6 +249,41 @@ func (k *Kernel) Load(file string) error {
 		k.loaded[m.Name] = 1
 	}
 	return nil
+}
+
+// AddModule registers the module a .ko's bytes are, wherever the file is
+// put: a copy loads as that module, as the kernel sees only content.
+func (k *Kernel) AddModule(ko []byte, m Module) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	defer k.saveLocked()
+	if k.contents == nil {
+		k.contents = map[string]*Module{}
+	}
+	k.contents[contentKey(ko)] = &m
+}
+
+func contentKey(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// byContent finds the module a file holds by its bytes (AddModule, or an
+// added file's current content). Called with mu held.
+func (k *Kernel) byContent(file string) (*Module, bool) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, false
+	}
+	if m, ok := k.contents[contentKey(b)]; ok {
+		return m, true
+	}
+	for p, m := range k.files {
+		if c, err := os.ReadFile(p); err == nil && bytes.Equal(c, b) {
+			return m, true
+		}
+	}
+	return nil, false
 }
 
 // compatible is klp_is_patch_compatible: every state of every installed
@@ -555,14 +597,15 @@ func (e entry) Info() (fs.FileInfo, error) { return nil, fs.ErrInvalid }
 // outlive the agent process that drives it (kill -9 tests: the agent dies,
 // the kernel does not).
 type snapshot struct {
-	Files   map[string]*Module
-	Loaded  map[string]int
-	Forced  map[string]bool
-	Patches map[string]*patchSnap
-	Order   int
-	Tasks   map[int]*Task
-	Loads   []string
-	Unloads []string
+	Contents map[string]*Module
+	Files    map[string]*Module
+	Loaded   map[string]int
+	Forced   map[string]bool
+	Patches  map[string]*patchSnap
+	Order    int
+	Tasks    map[int]*Task
+	Loads    []string
+	Unloads  []string
 }
 
 type patchSnap struct {
@@ -585,7 +628,7 @@ func (k *Kernel) saveLocked() error {
 	if k.persist == "" {
 		return nil
 	}
-	s := snapshot{Files: k.files, Loaded: k.loaded, Forced: k.forced, Patches: map[string]*patchSnap{},
+	s := snapshot{Contents: k.contents, Files: k.files, Loaded: k.loaded, Forced: k.forced, Patches: map[string]*patchSnap{},
 		Order: k.order, Tasks: k.tasks, Loads: k.Loads, Unloads: k.Unloads}
 	for n, p := range k.patches {
 		s.Patches[n] = &patchSnap{p.mod, p.enabled, p.goal, p.transition, p.since, p.freeAt, p.forced, p.going, p.order}
@@ -612,7 +655,7 @@ func Open(path string) (*Kernel, error) {
 		return nil, fmt.Errorf("simulated kernel %s: %w", path, err)
 	}
 	k := New()
-	k.files, k.loaded, k.forced, k.order, k.tasks = s.Files, s.Loaded, s.Forced, s.Order, s.Tasks
+	k.files, k.loaded, k.forced, k.order, k.tasks, k.contents = s.Files, s.Loaded, s.Forced, s.Order, s.Tasks, s.Contents
 	k.Loads, k.Unloads = s.Loads, s.Unloads
 	for n, p := range s.Patches {
 		k.patches[n] = &patch{mod: p.Mod, enabled: p.Enabled, goal: p.Goal, transition: p.Transition, since: p.Since,

@@ -59,7 +59,8 @@ func Build(t testing.TB, outDir string, s Spec) string {
 	if files == nil {
 		ko := s.KO
 		if ko == nil {
-			ko = []byte("placeholder for " + s.Module)
+			// A module with a livepatch's modinfo for the release.
+			ko = Module(t, "livepatch=Y", "vermagic="+s.KernelRelease+" SMP preempt mod_unload modversions ", "name="+s.Module)
 		}
 		files = map[string][]byte{fmt.Sprintf("/usr/lib/klp-agent/livepatches/%s/%s.ko", s.KernelRelease, s.Module): ko}
 	}
