@@ -1,4 +1,4 @@
-# klp-agent. `sudo make demo` and `sudo make check` are the README's two
+# klp-agent. `make demo` and `make check` (as root; sudo works too) are the README's two
 # commands; everything else is for developers.
 SHELL := /bin/bash
 GO ?= go

@@ -10,7 +10,7 @@ for p in "${pkgs[@]}"; do
 done
 if ((${#missing[@]})); then
   if [[ $(id -u) != 0 ]]; then
-    echo "deps: need root to install: ${missing[*]} (run with sudo)" >&2
+    echo "deps: need root to install: ${missing[*]} (run as root, or with sudo)" >&2
     exit 1
   fi
   echo "deps: installing ${missing[*]}"

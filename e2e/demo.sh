@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's first command (`sudo make demo`): the whole system on a
+# The README's first command (`make demo`, as root): the whole system on a
 # built-in default. A Debian 12 guest boots under systemd in qemu on the
 # cached Debian kernel, installs the agent's own RPM with rpm, and the unit
 # polls signed manifests served by nginx on the host: level 1 applied, the

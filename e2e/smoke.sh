@@ -14,7 +14,7 @@
 #      from the convention's path (guest/scenarios/rootfs-rpm.sh).
 # Exits non-zero on any failure; keeps its work directory then (or with -k).
 #
-# Usage: sudo e2e/smoke.sh [-k] [-q] [-r]
+# Usage (as root): e2e/smoke.sh [-k] [-q] [-r]
 #   -k keep the work directory, -q do not copy the consoles to stdout,
 #   -r also the rootfs boot (a minute more the first time: debootstrap)
 set -euo pipefail
