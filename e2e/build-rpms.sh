@@ -34,7 +34,7 @@ trap 'rm -rf "$work"' EXIT
 # Sources only: a build in the source tree leaves objects, .cmd files and
 # generated wrappers that must not leak into this one.
 mkdir -p "$work/src"
-for f in "$KLP_E2E_DIR"/modules/{Kbuild,Makefile,*.c}; do
+for f in "$KLP_E2E_DIR"/modules/{Kbuild,Makefile,*.c,*.h}; do
 	case $f in
 	*.mod.c) continue ;;
 	esac
@@ -52,7 +52,7 @@ fi
 klp_log "modules built in $(klp_elapsed "$start")s"
 
 mods=(klp_cmdline_1 klp_cmdline_2 klp_cmdline_3 klp_oops_3 klp_oops_4 klp_warn_4 kpatch_cmdline_1
-	klp_victim klp_stall klp_notlp klp_crash)
+	klp_victim klp_stall klp_notlp klp_crash klp_nonreplace klp_state_v1 klp_state_v2 klp_prefail)
 mkdir -p "$out/ko"
 for m in "${mods[@]}"; do
 	ko=$work/src/$m.ko
@@ -66,8 +66,13 @@ done
 # dots turned into underscores (5.14.0-284.11.1.el9_2 -> kpatch-patch-
 # 5_14_0-284_11_1); hyphens stay.
 kpatch_name=kpatch-patch-${krel//./_}
+# Meta's klp.spec: Name klp-<uname -r>, Version hotfixN, the file named
+# after the short kernel version (6.1.0-57-amd64 -> klp_6.1.0-57.ko) while
+# the module inside is named per hotfix.
+meta_name=klp-$krel
+meta_file=klp_${krel%-*}.ko
 
-# layout  rpm-name  level  kernel-release  module  file-tag
+# layout  rpm-name  version  kernel-release  module  file-tag
 # file-tag keeps NEVRA-identical packages apart in OUTDIR: the faulty level 3
 # is klp-cmdline-3-1 like the good one (it must upgrade level 2), both faulty
 # level 4 variants are klp-cmdline-4-1 (each must upgrade level 3), and the
@@ -84,6 +89,12 @@ rpms=(
 	"klp klp-crash 1 $krel klp_crash -"
 	"klp klp-cmdline 1 $fake_krel klp_cmdline_1 otherkrel"
 	"kpatch $kpatch_name 1 $krel kpatch_cmdline_1 -"
+	"klp klp-cmdline 2 $krel klp_nonreplace nonreplace"
+	"klp klp-cmdline 2 $krel klp_prefail prefail"
+	"klp klp-state 1 $krel klp_state_v1 -"
+	"klp klp-state 2 $krel klp_state_v2 -"
+	"meta $meta_name hotfix1 $krel klp_cmdline_1 -"
+	"meta $meta_name hotfix2 $krel klp_cmdline_2 -"
 )
 
 # Reproducible RPMs too: fixed build time, host and file mtimes.
@@ -94,6 +105,8 @@ index=$work/index.tsv
 printf 'file\trpm_name\tmodule\tlevel\tkernel_release\tsha256\tsize\n' >"$index"
 for row in "${rpms[@]}"; do
 	read -r layout name level rel module tag <<<"$row"
+	kofname=$module.ko
+	[[ $layout != meta ]] || kofname=$meta_file
 	if [[ $tag == - ]]; then
 		file=$name-$level-1.$arch.rpm
 	else
@@ -108,6 +121,7 @@ for row in "${rpms[@]}"; do
 		--define "level $level" \
 		--define "krel $rel" \
 		--define "module $module" \
+		--define "kofname $kofname" \
 		--define "kofile $work/src/$module.ko" \
 		--define "karch $arch" \
 		--define "use_source_date_epoch_as_buildtime 1" \
@@ -121,11 +135,11 @@ for row in "${rpms[@]}"; do
 	[[ -f $rpmf ]] || klp_die "rpmbuild did not write $file"
 
 	# The payload must be exactly the built module, at the agreed path.
-	if [[ $layout == kpatch ]]; then
-		path=/usr/lib/kpatch/$rel/$module.ko
-	else
-		path=/usr/lib/klp-agent/livepatches/$rel/$module.ko
-	fi
+	case $layout in
+	kpatch) path=/usr/lib/kpatch/$rel/$kofname ;;
+	meta) path=/var/lib/kpatch/$rel/$kofname ;;
+	*) path=/usr/lib/klp-agent/livepatches/$rel/$kofname ;;
+	esac
 	listed=$(rpm -qpl "$rpmf")
 	[[ $listed == "$path" ]] || klp_die "$file lists '$listed', want $path"
 	want=$(sha256sum <"$work/src/$module.ko")

@@ -150,6 +150,7 @@ type guest struct {
 	timeout  time.Duration
 	name     string // for the kept serial log
 	crashes  bool   // the scenario crashes the kernel: no DONE marker expected
+	append   []string // added to the kernel command line
 }
 
 // bootScenario builds an initramfs around a scenario script and files,
@@ -179,6 +180,9 @@ func boot(t *testing.T, work string, g guest) ([]marker, string) {
 	}
 	if g.net {
 		qargs = append(qargs, "-n")
+	}
+	for _, a := range g.append {
+		qargs = append(qargs, "-a", a)
 	}
 	return bootWith(t, work, g.name, qargs, g.crashes)
 }
