@@ -40,6 +40,9 @@ func Run(ctx context.Context, o Options) error {
 	if err := h.CheckTrust(); err != nil {
 		return err
 	}
+	if err := h.CheckStateDir(); err != nil {
+		return err
+	}
 	log, err := h.Logger(o.Stderr)
 	if err != nil {
 		return err
