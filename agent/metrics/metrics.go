@@ -326,7 +326,7 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("metrics listen unix:%s: the path must be absolute", path)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := mkdirReadable(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("metrics socket %s: %w", path, err)
 	}
 	if err := removeStaleSocket(path); err != nil {
@@ -343,6 +343,19 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 		return nil, fmt.Errorf("metrics socket %s: %w", path, err)
 	}
 	return ln, nil
+}
+
+// mkdirReadable creates dir 0755 if it is missing: the socket's group must
+// be able to reach the socket, and the unit's UMask=0077 would make it 0700.
+// An existing directory is left as its owner made it.
+func mkdirReadable(dir string) error {
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o755)
 }
 
 // kind names a file type for messages.

@@ -378,6 +378,8 @@ func unixGet(path string) (string, error) {
 // in a 0755 directory; a stale socket is replaced, anything else at the
 // path is refused and left alone.
 func TestServeUnix(t *testing.T) {
+	old := syscall.Umask(0o077) // the unit's: neither mode may depend on it
+	defer syscall.Umask(old)
 	for _, tt := range []struct {
 		name    string
 		plant   func(t *testing.T, path string)
@@ -402,6 +404,7 @@ func TestServeUnix(t *testing.T) {
 				if err := os.MkdirAll(dir, 0o755); err != nil {
 					t.Fatal(err)
 				}
+				os.Chmod(dir, 0o755) // past the umask
 				tt.plant(t, path)
 			}
 			ctx, cancel := context.WithCancel(context.Background())
