@@ -17,9 +17,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -613,7 +615,7 @@ func (a *Agent) Download(ctx context.Context, p state.PatchRecord) (string, erro
 		return "", err
 	}
 	tmp := dst + ".part"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := createPart(tmp)
 	if err != nil {
 		return "", err
 	}
@@ -637,6 +639,21 @@ func (a *Agent) Download(ctx context.Context, p state.PatchRecord) (string, erro
 		return "", err
 	}
 	return dst, atomicfile.SyncDir(filepath.Dir(dst))
+}
+
+// createPart creates a download's temporary file afresh: whatever is at
+// path (a crashed download's leftover, or a planted symlink) is unlinked,
+// never followed, and O_EXCL|O_NOFOLLOW refuses anything put back between
+// the two steps.
+func createPart(path string) (*os.File, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", path, state.NoFollow(path, err))
+	}
+	return f, nil
 }
 
 // FinishApply installs and enables p from its verified copy rpm and starts

@@ -390,3 +390,51 @@ func TestPlantedDumpDoesNotBlock(t *testing.T) {
 		})
 	}
 }
+
+// A download's .part file is created afresh: a crashed download's leftover
+// is replaced, and a symlink planted there is unlinked, not written
+// through (root would copy RPM bytes over its target, or create it).
+func TestDownloadPartNotFollowed(t *testing.T) {
+	for _, tt := range []struct {
+		name           string
+		link, dangling bool
+	}{
+		{"stale file", false, false},
+		{"symlink", true, false},
+		{"dangling symlink", true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHost(t, 1)
+			p := h.patches[1]
+			rec := state.PatchRecord{Name: p.Name, Level: p.Level, SHA256: p.SHA256, Size: p.Size, URL: h.srv.URL + "/" + p.URL}
+			dst, err := h.agent.d.Store.RPMPath(&rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			victim := filepath.Join(t.TempDir(), "victim")
+			if !tt.dangling {
+				os.WriteFile(victim, []byte("precious"), 0o644)
+			}
+			os.MkdirAll(filepath.Dir(dst), 0o700)
+			if tt.link {
+				err = os.Symlink(victim, dst+".part")
+			} else {
+				err = os.WriteFile(dst+".part", []byte("half an RPM"), 0o600)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := h.agent.Download(context.Background(), rec)
+			if err != nil || got != dst {
+				t.Fatalf("download: %s %v", got, err)
+			}
+			if sum, _, err := klp.FileSHA256(dst); err != nil || sum != p.SHA256 {
+				t.Fatalf("downloaded copy: %s %v", sum, err)
+			}
+			b, err := os.ReadFile(victim)
+			if tt.dangling != (err != nil) || (!tt.dangling && string(b) != "precious") {
+				t.Fatalf("victim after download: %d bytes, %v", len(b), err)
+			}
+		})
+	}
+}

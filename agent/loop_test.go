@@ -417,3 +417,34 @@ func TestNetconsoleAloneDoesNotAct(t *testing.T) {
 		})
 	}
 }
+
+// A server (or anything on the path) answering 304 Not Modified to a host
+// that has no cached manifest is a failed poll, recorded as such, and the
+// loop polls on: never a crash that systemd restarts into the same crash.
+func TestNotModifiedWithoutCacheIsAFailedPoll(t *testing.T) {
+	h := newHost(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("ETag", `"forged"`)
+		w.WriteHeader(http.StatusNotModified)
+	}))
+	t.Cleanup(srv.Close)
+	f, err := manifest.NewFetcher(manifest.FetcherConfig{URL: srv.URL + "/manifest.json", RetryWait: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _, _ := ed25519.GenerateKey(rand.Reader)
+	h.source = &manifest.Source{Fetcher: f, Trust: manifest.Trust{Keys: manifest.Keyring{manifest.KeyID(pub): pub}, Threshold: 1},
+		Store: &manifest.MemVersionStore{}, Now: func() time.Time { return h.now }}
+	h.restart()
+	stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: 10 * time.Millisecond}})
+	waitFor(t, "two failed polls", func() bool { return strings.Count(h.rec.String(), "poll error v0") >= 2 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if lp := h.agent.State().LastPoll; lp == nil || lp.OK || !strings.Contains(lp.Error, manifest.ErrNoCache.Error()) {
+		t.Fatalf("last poll: %+v", lp)
+	}
+	if h.source.Current() != nil {
+		t.Fatal("a manifest is in force after 304s only")
+	}
+}

@@ -3,10 +3,13 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/internal/atomicfile"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -99,10 +102,37 @@ func CollectStatus(in StatusInput) (*Status, error) {
 	if w := KpatchServiceWarning(in.Root, in.Host.Kernel); w != "" {
 		s.Problems = append(s.Problems, w)
 	}
+	if f := MetricsListenFailure(in.Store.Layout()); f != "" {
+		s.Problems = append(s.Problems, f)
+	}
 	if RequestPending(in.Store.Layout()) {
 		s.Problems = append(s.Problems, "an operator rollback request is waiting for the daemon")
 	}
 	return s, nil
+}
+
+// RecordMetricsListen keeps the outcome of listening on metrics.listen
+// for status: a failure (err) is written to the state dir, success or no
+// listener clears it. The daemon's start decides; status only reads.
+func RecordMetricsListen(l state.Layout, addr string, err error) error {
+	path := l.MetricsListenFailure()
+	if err == nil {
+		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			return fmt.Errorf("clear metrics listener failure: %w", rerr)
+		}
+		return nil
+	}
+	msg := fmt.Sprintf("metrics listener on %s failed: %v (the daemon serves no metrics there; something else may)\n", addr, err)
+	return atomicfile.WriteFile(path, []byte(msg), 0o600)
+}
+
+// MetricsListenFailure is the recorded listener failure ("" when none).
+func MetricsListenFailure(l state.Layout) string {
+	b, err := os.ReadFile(l.MetricsListenFailure())
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // KpatchServiceWarning names an enabled kpatch.service that would load

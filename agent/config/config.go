@@ -116,7 +116,12 @@ type CommandConfig struct {
 // MetricsConfig says where Prometheus metrics go.
 type MetricsConfig struct {
 	Textfile string `yaml:"textfile"` // node_exporter textfile collector file (*.prom)
-	Listen   string `yaml:"listen"`   // optional loopback HTTP listener, e.g. 127.0.0.1:9797
+	// Listen is an optional HTTP listener: loopback host:port (e.g.
+	// 127.0.0.1:9797) or unix:/absolute/path.sock.
+	Listen string `yaml:"listen"`
+	// SocketMode is the unix socket's mode, octal ("0660"): who may read
+	// the metrics, by the socket's group.
+	SocketMode string `yaml:"socket_mode"`
 }
 
 // ManifestConfig says where the signed manifest is and how to poll it.
@@ -176,10 +181,29 @@ func Default() Config {
 			Command:    CommandConfig{Argv: []string{}, Timeout: 30 * time.Second, Interval: time.Minute, Failures: 3},
 			Policy:     health.DefaultPolicy(),
 		},
-		Host:  HostConfig{IDFile: "/etc/machine-id"},
-		Paths: PathsConfig{Root: "/", StateDir: "/var/lib/klp-agent"},
-		Log:   LogConfig{Level: "info", Format: "auto"},
+		Host:    HostConfig{IDFile: "/etc/machine-id"},
+		Paths:   PathsConfig{Root: "/", StateDir: "/var/lib/klp-agent"},
+		Log:     LogConfig{Level: "info", Format: "auto"},
+		Metrics: MetricsConfig{SocketMode: "0660"},
 	}
+}
+
+// UnixPrefix marks metrics.listen as a unix socket path.
+const UnixPrefix = "unix:"
+
+// SocketPath is metrics.listen's unix socket path ("" when it is TCP).
+func (m MetricsConfig) SocketPath() string {
+	p, ok := strings.CutPrefix(m.Listen, UnixPrefix)
+	if !ok {
+		return ""
+	}
+	return p
+}
+
+// Mode is metrics.socket_mode parsed (validated by Validate).
+func (m MetricsConfig) Mode() os.FileMode {
+	v, _ := strconv.ParseUint(m.SocketMode, 8, 32)
+	return os.FileMode(v) & os.ModePerm
 }
 
 // Loaded is a configuration and where each setting came from.
@@ -423,6 +447,7 @@ func (l *Loaded) Validate() error {
 	if c.Metrics.Textfile != "" && (!filepath.IsAbs(c.Metrics.Textfile) || !strings.HasSuffix(c.Metrics.Textfile, ".prom")) {
 		bad("metrics.textfile", "%q must be an absolute path ending in .prom", c.Metrics.Textfile)
 	}
+	c.Metrics.validate(bad)
 	if c.Trust.Threshold < 1 {
 		bad("trust.threshold", "must be >= 1")
 	}
@@ -491,4 +516,22 @@ func (c *Config) YAML() ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), enc.Close()
+}
+
+// validate checks metrics.listen's shape and metrics.socket_mode.
+func (m MetricsConfig) validate(bad func(key, format string, a ...any)) {
+	if v, err := strconv.ParseUint(m.SocketMode, 8, 32); err != nil || v > 0o777 {
+		bad("metrics.socket_mode", "%q is not an octal mode such as \"0660\"", m.SocketMode)
+	}
+	switch p := m.SocketPath(); {
+	case m.Listen == "":
+	case strings.HasPrefix(m.Listen, UnixPrefix):
+		if !filepath.IsAbs(p) {
+			bad("metrics.listen", "%q: the unix socket path must be absolute (unix:/run/klp-agent/metrics.sock)", m.Listen)
+		}
+	default:
+		if _, _, err := net.SplitHostPort(m.Listen); err != nil {
+			bad("metrics.listen", "%q is neither host:port (127.0.0.1:9797) nor unix:/path.sock", m.Listen)
+		}
+	}
 }

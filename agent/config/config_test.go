@@ -108,6 +108,10 @@ func TestLoadRejects(t *testing.T) {
 		{"relative state dir", map[string]string{"config.yaml": "paths:\n  state_dir: var/lib\n"}, []string{"paths.state_dir"}, ErrInvalid},
 		{"jitter over 1", map[string]string{"config.yaml": "manifest:\n  poll_jitter: 2\n"}, []string{"poll_jitter"}, ErrInvalid},
 		{"threshold 0", map[string]string{"config.yaml": "trust:\n  threshold: 0\n"}, []string{"trust.threshold"}, ErrInvalid},
+		{"metrics socket relative", map[string]string{"config.yaml": "metrics:\n  listen: unix:run/m.sock\n"}, []string{"metrics.listen", "absolute"}, ErrInvalid},
+		{"metrics listen no port", map[string]string{"config.yaml": "metrics:\n  listen: 127.0.0.1\n"}, []string{"metrics.listen", "host:port"}, ErrInvalid},
+		{"metrics socket mode", map[string]string{"config.yaml": "metrics:\n  socket_mode: \"0999\"\n"}, []string{"metrics.socket_mode", "octal"}, ErrInvalid},
+		{"metrics socket mode too wide", map[string]string{"config.yaml": "metrics:\n  socket_mode: \"01777\"\n"}, []string{"metrics.socket_mode"}, ErrInvalid},
 		{"missing main file", map[string]string{"other.yaml": "x: 1\n"}, []string{"config.yaml"}, ErrInvalid},
 	}
 	for _, tt := range tests {

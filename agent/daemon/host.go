@@ -10,7 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -71,6 +74,59 @@ func (h *Host) CheckTrust() error {
 		return fmt.Errorf("%w: trust.threshold %d but %s holds %d key(s)", ErrThreshold, h.Trust.Threshold, h.Config.Trust.KeysDir, n)
 	}
 	return nil
+}
+
+// StateDirOwner is the uid the state directory must belong to: root, as
+// the agent runs as root and installs what it finds there. A variable so
+// tests running as root can still see the refusal.
+var StateDirOwner = 0
+
+// ErrUntrustedStateDir is a state directory another user could change: it
+// holds the RPMs the agent installs and the record of what is blocked.
+var ErrUntrustedStateDir = errors.New("state directory is not trusted")
+
+// CheckStateDir creates paths.state_dir (0700) if missing and refuses one
+// that is a symlink, not a directory, not owned by StateDirOwner, or
+// writable by group or others.
+func (h *Host) CheckStateDir() error {
+	return checkStateDir(h.Config.Paths.StateDir, StateDirOwner)
+}
+
+func checkStateDir(dir string, uid int) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	if why := untrusted(fi, uid); why != "" {
+		return fmt.Errorf("%w: paths.state_dir %s %s", ErrUntrustedStateDir, dir, why)
+	}
+	return nil
+}
+
+// untrusted says why fi is no safe state directory ("" when it is).
+func untrusted(fi fs.FileInfo, uid int) string {
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return "is a symlink (point paths.state_dir at the real directory)"
+	case !fi.IsDir():
+		return "is not a directory"
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Sprintf("has mode %04o, writable by group or others (chmod go-w)", fi.Mode().Perm())
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return "has no owner information"
+	}
+	if int(st.Uid) != uid {
+		return fmt.Sprintf("is owned by uid %d, not %d (chown %d)", st.Uid, uid, uid)
+	}
+	return ""
 }
 
 // Problems lists what keeps the configuration from running a useful

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 
@@ -38,6 +40,9 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	if err := h.CheckTrust(); err != nil {
+		return err
+	}
+	if err := h.CheckStateDir(); err != nil {
 		return err
 	}
 	log, err := h.Logger(o.Stderr)
@@ -76,13 +81,7 @@ func Run(ctx context.Context, o Options) error {
 	defer mon.Stop()
 	// The listener is set up once; a reload changes what it shows, not
 	// where (restart to move it).
-	if addr := h.Config.Metrics.Listen; addr != "" {
-		if la, err := m.Serve(ctx, addr, log); err != nil {
-			log.Error("metrics listener disabled: " + err.Error())
-		} else {
-			log.Info("metrics on http://" + la.String() + "/metrics")
-		}
-	}
+	serveMetrics(ctx, h, m, log)
 	exp := &exporter{m: m, a: a}
 	exp.set(h.Config.Metrics.Textfile, log)
 	loop := &agent.Loop{Agent: a, Config: h.LoopConfig(), Notify: notify, Events: mon.Events(), Heartbeat: hb, Changed: exp.export}
@@ -120,6 +119,37 @@ func Run(ctx context.Context, o Options) error {
 			notify.Ready()
 		}
 	}
+}
+
+// serveMetrics listens on metrics.listen, if set. A failure does not stop
+// the agent (patching and rollback matter more than its metrics) but is
+// loud, since whoever holds the port serves this host's metrics instead:
+// an error in the journal, klp_agent_metrics_listen_failed 1 in the
+// textfile, and a problem in status (through the state dir).
+func serveMetrics(ctx context.Context, h *Host, m *metrics.Metrics, log *zap.Logger) {
+	addr := h.Config.Metrics.Listen
+	var err error
+	if addr != "" {
+		var la net.Addr
+		if la, err = m.Serve(ctx, addr, h.Config.Metrics.Mode(), log); err == nil {
+			log.Info("metrics on " + metricsURL(addr, la))
+		}
+	}
+	m.SetListenFailed(err != nil)
+	if err != nil {
+		log.Error("metrics listener on "+addr+" failed, serving no metrics there: "+err.Error(), zap.String("METRICS_LISTEN", addr))
+	}
+	if rerr := agent.RecordMetricsListen(h.Layout(), addr, err); rerr != nil {
+		log.Error(rerr.Error())
+	}
+}
+
+// metricsURL says where the metrics are for the log.
+func metricsURL(addr string, la net.Addr) string {
+	if strings.HasPrefix(addr, metrics.UnixPrefix) {
+		return addr + " (http://localhost/metrics over the socket)"
+	}
+	return "http://" + la.String() + "/metrics"
 }
 
 // reload reads the configuration again and hands the running loop, the

@@ -9,8 +9,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -57,6 +60,7 @@ type Metrics struct {
 	lastPoll      *prometheus.GaugeVec
 	lastOK        prometheus.Gauge
 	applyDuration prometheus.Histogram
+	listenFailed  prometheus.Gauge
 
 	mu sync.Mutex // serialises textfile writes
 }
@@ -87,10 +91,12 @@ func New(version, goVersion string) *Metrics {
 	m.applyDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "klp_agent_apply_duration_seconds",
 		Help:    "Time from download start to transition done, for successful applies.",
 		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120}})
+	m.listenFailed = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_metrics_listen_failed",
+		Help: "1 when metrics.listen is set but could not be listened on (port taken, socket path refused): someone else may be serving this host's metrics."})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_build_info", Help: "The agent's version (1)."}, []string{"version", "goversion"})
 	build.WithLabelValues(version, goVersion).Set(1)
 	for _, c := range []prometheus.Collector{m.patchInfo, m.applies, m.rollbacks, m.healthEvents, m.crashes, m.blocked,
-		m.manifestVer, m.lastPoll, m.lastOK, m.applyDuration, build} {
+		m.manifestVer, m.lastPoll, m.lastOK, m.applyDuration, m.listenFailed, build} {
 		f(c)
 	}
 	// Series that alert rules increase() over exist from the start, at 0:
@@ -190,6 +196,15 @@ func (m *Metrics) Polled(result string, at time.Time, manifestVersion uint64) {
 	}
 }
 
+// SetListenFailed records whether the configured listener failed.
+func (m *Metrics) SetListenFailed(failed bool) {
+	v := 0.0
+	if failed {
+		v = 1
+	}
+	m.listenFailed.Set(v)
+}
+
 // SetBlocked records how many patches are blocked.
 func (m *Metrics) SetBlocked(n int) { m.blocked.Set(float64(n)) }
 
@@ -238,27 +253,23 @@ func loopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// Serve serves /metrics on addr (loopback only) until ctx ends and returns
-// the bound address.
-func (m *Metrics) Serve(ctx context.Context, addr string, log *zap.Logger) (net.Addr, error) {
+// ErrNotSocket refuses to replace something other than a stale socket at
+// the unix socket's path.
+var ErrNotSocket = errors.New("metrics socket path holds something other than a socket")
+
+// UnixPrefix marks addr as a unix socket path (unix:/run/klp-agent/metrics.sock).
+const UnixPrefix = "unix:"
+
+// Serve serves /metrics on addr until ctx ends and returns the bound
+// address. addr is a loopback host:port, or unix:PATH for a socket created
+// with mode (owned by the agent's user: root).
+func (m *Metrics) Serve(ctx context.Context, addr string, mode os.FileMode, log *zap.Logger) (net.Addr, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	host, _, err := net.SplitHostPort(addr)
+	ln, err := listen(addr, mode)
 	if err != nil {
-		return nil, fmt.Errorf("metrics listen %q: %w", addr, err)
-	}
-	if !loopback(host) {
-		return nil, fmt.Errorf("%w: %q", ErrNotLoopback, addr)
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics listen: %w", err)
-	}
-	// "localhost" is whatever /etc/hosts says: check what was bound.
-	if ta, ok := ln.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
-		ln.Close()
-		return nil, fmt.Errorf("%w: %q bound %s", ErrNotLoopback, addr, ln.Addr())
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
@@ -277,4 +288,104 @@ func (m *Metrics) Serve(ctx context.Context, addr string, log *zap.Logger) (net.
 		}
 	}()
 	return ln.Addr(), nil
+}
+
+func listen(addr string, mode os.FileMode) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, UnixPrefix); ok {
+		return listenUnix(path, mode)
+	}
+	return listenTCP(addr)
+}
+
+// listenTCP binds a loopback address. A port already taken is an error,
+// never shared: whoever holds it would be serving this host's metrics.
+func listenTCP(addr string) (net.Listener, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listen %q: %w", addr, err)
+	}
+	if !loopback(host) {
+		return nil, fmt.Errorf("%w: %q", ErrNotLoopback, addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listen %s: %w", addr, err)
+	}
+	// "localhost" is whatever /etc/hosts says: check what was bound.
+	if ta, ok := ln.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+		ln.Close()
+		return nil, fmt.Errorf("%w: %q bound %s", ErrNotLoopback, addr, ln.Addr())
+	}
+	return ln, nil
+}
+
+// listenUnix creates the socket at path (its directory 0755 if missing),
+// replacing only a stale socket, and sets its mode: who may connect is the
+// socket's owner (root) and group, not any local user as with TCP.
+func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
+	if !filepath.IsAbs(path) {
+		return nil, fmt.Errorf("metrics listen unix:%s: the path must be absolute", path)
+	}
+	if err := mkdirReadable(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("metrics socket %s: %w", path, err)
+	}
+	if err := removeStaleSocket(path); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("metrics socket %s: %w", path, err)
+	}
+	// Until this chmod the umask applies (0022 under systemd: nobody else
+	// may connect, since connecting needs write permission).
+	if err := os.Chmod(path, mode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("metrics socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// mkdirReadable creates dir 0755 if it is missing: the socket's group must
+// be able to reach the socket, and the unit's UMask=0077 would make it 0700.
+// An existing directory is left as its owner made it.
+func mkdirReadable(dir string) error {
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o755)
+}
+
+// kind names a file type for messages.
+func kind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
+	case m.IsDir():
+		return "a directory"
+	case m.IsRegular():
+		return "a regular file"
+	}
+	return "not a socket (" + m.Type().String() + ")"
+}
+
+// removeStaleSocket removes a socket left by an earlier run; anything else
+// at path (a file, a symlink) is refused, not removed.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("metrics socket %s: %w", path, err)
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%w: %s is %s (remove it, or choose another path)", ErrNotSocket, path, kind(fi.Mode()))
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("metrics socket %s: remove stale: %w", path, err)
+	}
+	return nil
 }

@@ -251,7 +251,7 @@ func TestServe(t *testing.T) {
 	m := sample()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr, err := m.Serve(ctx, "127.0.0.1:0", nil)
+	addr, err := m.Serve(ctx, "127.0.0.1:0", 0o660, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +302,7 @@ func TestServeLoopbackOnly(t *testing.T) {
 	defer cancel()
 	m := New("0.1.0", "go1.26")
 	for _, tt := range tests {
-		a, err := m.Serve(ctx, tt.addr, nil)
+		a, err := m.Serve(ctx, tt.addr, 0o660, nil)
 		if tt.refused {
 			if !errors.Is(err, ErrNotLoopback) {
 				t.Errorf("%s: %v, want ErrNotLoopback", tt.addr, err)
@@ -317,7 +317,7 @@ func TestServeLoopbackOnly(t *testing.T) {
 			t.Errorf("%s bound %s", tt.addr, a)
 		}
 	}
-	if _, err := m.Serve(ctx, "no-port", nil); err == nil || errors.Is(err, ErrNotLoopback) {
+	if _, err := m.Serve(ctx, "no-port", 0o660, nil); err == nil || errors.Is(err, ErrNotLoopback) {
 		t.Errorf("address without a port: %v", err)
 	}
 }
@@ -356,5 +356,98 @@ func TestConcurrent(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.crashes.WithLabelValues("klp_a")); got != 200 {
 		t.Fatalf("crashes %v, want 200", got)
+	}
+}
+
+// unixGet fetches /metrics over the socket at path.
+func unixGet(path string) (string, error) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", path)
+		}}}
+	resp, err := c.Get("http://metrics/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// metrics.listen: unix:PATH serves over a socket with the configured mode
+// in a 0755 directory; a stale socket is replaced, anything else at the
+// path is refused and left alone.
+func TestServeUnix(t *testing.T) {
+	old := syscall.Umask(0o077) // the unit's: neither mode may depend on it
+	defer syscall.Umask(old)
+	for _, tt := range []struct {
+		name    string
+		plant   func(t *testing.T, path string)
+		refused bool
+	}{
+		{"fresh", nil, false},
+		{"stale socket", func(t *testing.T, path string) {
+			l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.SetUnlinkOnClose(false)
+			l.Close()
+		}, false},
+		{"regular file", func(t *testing.T, path string) { os.WriteFile(path, []byte("keep"), 0o644) }, true},
+		{"symlink", func(t *testing.T, path string) { os.Symlink(filepath.Join(t.TempDir(), "x"), path) }, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "run", "klp-agent")
+			path := filepath.Join(dir, "metrics.sock")
+			if tt.plant != nil { // else the directory is created too
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				os.Chmod(dir, 0o755) // past the umask
+				tt.plant(t, path)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			_, err := sample().Serve(ctx, UnixPrefix+path, 0o640, nil)
+			if tt.refused {
+				if !errors.Is(err, ErrNotSocket) {
+					t.Fatalf("serve over %s: %v", tt.name, err)
+				}
+				if _, err := os.Lstat(path); err != nil {
+					t.Fatalf("the %s was removed: %v", tt.name, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Lstat(path)
+			if err != nil || fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o640 {
+				t.Fatalf("socket: %v %v", fi.Mode(), err)
+			}
+			if di, err := os.Stat(dir); err != nil || di.Mode().Perm() != 0o755 {
+				t.Fatalf("socket dir: %v %v", di.Mode(), err)
+			}
+			b, err := unixGet(path)
+			if err != nil || !strings.Contains(b, "klp_agent_patch_info{") {
+				t.Fatalf("served: %v\n%s", err, b)
+			}
+		})
+	}
+}
+
+// A port someone else holds is a failure, never a shared listener.
+func TestServeTCPPortTaken(t *testing.T) {
+	squatter, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err = sample().Serve(ctx, squatter.Addr().String(), 0o660, nil)
+	if err == nil || !strings.Contains(err.Error(), squatter.Addr().String()) {
+		t.Fatalf("serve on a taken port: %v", err)
 	}
 }

@@ -50,5 +50,10 @@ func (l Layout) ManifestValidators() string { return filepath.Join(l.Dir, "manif
 // version accepted.
 func (l Layout) ManifestVersion() string { return filepath.Join(l.Dir, "manifest-version.json") }
 
+// MetricsListenFailure holds why the daemon could not listen on
+// metrics.listen (absent when it could, or nothing is configured), for
+// status.
+func (l Layout) MetricsListenFailure() string { return filepath.Join(l.Dir, "metrics-listen-failed") }
+
 // RollbackRequest is where an operator's rollback waits for the daemon.
 func (l Layout) RollbackRequest() string { return filepath.Join(l.Dir, "rollback-request.json") }

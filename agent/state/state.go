@@ -14,6 +14,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/gofrs/flock"
@@ -45,7 +46,20 @@ var (
 	ErrFormat    = errors.New("unsupported state format")
 	ErrCorrupt   = errors.New("state file is damaged")
 	ErrBadRecord = errors.New("invalid patch record")
+	// ErrSymlink is a symlink where the agent creates a file in the state
+	// directory: someone planted it, and following it would let them steer
+	// root's writes.
+	ErrSymlink = errors.New("symlink in the state directory, not followed")
 )
+
+// NoFollow names a symlink met by an O_NOFOLLOW open of path (ELOOP) as
+// ErrSymlink; other errors pass through.
+func NoFollow(path string, err error) error {
+	if errors.Is(err, syscall.ELOOP) {
+		return fmt.Errorf("%w: %s (remove it)", ErrSymlink, path)
+	}
+	return err
+}
 
 // PatchRecord identifies one livepatch RPM as the manifest pinned it.
 type PatchRecord struct {
@@ -220,10 +234,12 @@ func (s *Store) Lock() error {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	s.lock = flock.New(s.Layout().LockFile())
+	// O_NOFOLLOW: a symlink planted at lock must not make root create or
+	// open its target.
+	s.lock = flock.New(s.Layout().LockFile(), flock.SetFlag(os.O_CREATE|os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC))
 	ok, err := s.lock.TryLock()
 	if err != nil {
-		return fmt.Errorf("lock %s: %w", s.lock.Path(), err)
+		return fmt.Errorf("lock %s: %w", s.lock.Path(), NoFollow(s.lock.Path(), err))
 	}
 	if !ok {
 		return fmt.Errorf("%w (%s)", ErrLocked, s.lock.Path())

@@ -81,6 +81,34 @@ func TestLockIsExclusive(t *testing.T) {
 	b.Unlock()
 }
 
+// A symlink planted at the lock file is not followed: its target is neither
+// created nor opened, and the lock fails saying why.
+func TestLockRefusesSymlink(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		exists bool
+	}{{"to a file", true}, {"dangling", false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, victim := t.TempDir(), filepath.Join(t.TempDir(), "victim")
+			if tt.exists {
+				os.WriteFile(victim, []byte("precious"), 0o644)
+			}
+			if err := os.Symlink(victim, filepath.Join(dir, "lock")); err != nil {
+				t.Fatal(err)
+			}
+			s := &Store{Dir: dir}
+			if err := s.Lock(); !errors.Is(err, ErrSymlink) {
+				s.Unlock()
+				t.Fatalf("lock through a symlink: %v", err)
+			}
+			b, err := os.ReadFile(victim)
+			if tt.exists != (err == nil) || (tt.exists && string(b) != "precious") {
+				t.Fatalf("victim after lock: %q %v", b, err)
+			}
+		})
+	}
+}
+
 func TestGoodAndBlocked(t *testing.T) {
 	var k Kernel
 	for _, l := range []int{1, 2, 3} {
