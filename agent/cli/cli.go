@@ -11,6 +11,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/daemon"
@@ -89,12 +90,16 @@ func Main(args []string, env *Env) int {
 	}
 	daemon.Version = Version
 	cmds := commands()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	switch {
+	case len(args) == 0:
 		usage(env.Stderr, cmds)
-		if len(args) == 0 {
-			return 2
-		}
+		return 2
+	case args[0] == "-h" || args[0] == "--help" || args[0] == "help":
+		// Asked-for help is output, not an error: stdout, exit 0.
+		usage(env.Stdout, cmds)
 		return 0
+	case args[0] == "--version" || args[0] == "-V":
+		args = []string{"version"}
 	}
 	c, ok := cmds[args[0]]
 	if !ok {
@@ -127,22 +132,77 @@ func usage(w io.Writer, cmds map[string]command) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-14s %s\n", n, cmds[n].usage)
 	}
-	fmt.Fprintln(w, "\nRun 'klp-agent <command> -h' for a command's flags.")
+	fmt.Fprintln(w, "\nRun 'klp-agent <command> --help' for a command's flags; 'klp-agent --version' prints the version.")
 }
 
-// newFlags makes a flag set that reports errors instead of exiting.
+// newFlags makes a flag set that reports errors instead of exiting. Its
+// usage goes to stdout when asked for (--help) and to stderr after a
+// flag error; flags show as --name, as documented.
 func newFlags(env *Env, name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(env.Stderr, "usage: klp-agent %s\n", synopsis)
-		fs.PrintDefaults()
+		w := env.Stderr
+		if helpAsked(fs) {
+			w = env.Stdout
+		}
+		fmt.Fprintf(w, "usage: klp-agent %s\n", synopsis)
+		printFlags(w, fs)
 	}
 	return fs
 }
 
+// helpFlagSets records the flag sets whose arguments ask for help, so
+// their usage goes to stdout.
+var (
+	helpMu       sync.Mutex
+	helpFlagSets = map[*flag.FlagSet]bool{}
+)
+
+func helpAsked(fs *flag.FlagSet) bool {
+	helpMu.Lock()
+	defer helpMu.Unlock()
+	return helpFlagSets[fs]
+}
+
+func setHelpAsked(fs *flag.FlagSet, on bool) {
+	helpMu.Lock()
+	defer helpMu.Unlock()
+	if on {
+		helpFlagSets[fs] = true
+	} else {
+		delete(helpFlagSets, fs)
+	}
+}
+
+// printFlags lists fs's flags as --name VALUE, with defaults.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		name, usage := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if name != "" {
+			line += " " + strings.ToUpper(name)
+		}
+		line += "\n    \t" + strings.ReplaceAll(usage, "\n", "\n    \t")
+		if d := f.DefValue; d != "" && d != "false" && d != "0" && d != "0s" && d != "[]" {
+			line += fmt.Sprintf(" (default %q)", d)
+		}
+		fmt.Fprintln(w, line)
+	})
+}
+
 // parse parses flags and refuses stray positional arguments.
 func parse(fs *flag.FlagSet, args []string, positional int) error {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "-h" || a == "-help" || a == "--help" {
+			setHelpAsked(fs, true)
+			defer setHelpAsked(fs, false)
+			break
+		}
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

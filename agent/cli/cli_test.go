@@ -206,3 +206,36 @@ func TestHelpCoversEveryCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpConventions: asked-for help goes to stdout with exit 0, errors'
+// usage to stderr; --version works; flags show as --name.
+func TestHelpConventions(t *testing.T) {
+	tests := []struct {
+		args           []string
+		code           int
+		stdout, stderr string // substrings; "" means must be empty
+	}{
+		{[]string{"--help"}, 0, "commands:", ""},
+		{[]string{"-h"}, 0, "commands:", ""},
+		{nil, 2, "", "usage: klp-agent"},
+		{[]string{"--version"}, 0, "klp-agent ", ""},
+		{[]string{"status", "--help"}, 0, "  --config STRING", ""},
+		{[]string{"klp", "apply", "-h"}, 0, "  --rpm STRING", ""},
+		{[]string{"status", "--bogus"}, 2, "", "  --config STRING"},
+	}
+	for _, tt := range tests {
+		var out, errb strings.Builder
+		code := Main(tt.args, &Env{Stdout: &out, Stderr: &errb, Now: func() time.Time { return t0 }})
+		if code != tt.code {
+			t.Errorf("%v: exit %d, want %d", tt.args, code, tt.code)
+		}
+		for _, c := range []struct{ got, want, name string }{{out.String(), tt.stdout, "stdout"}, {errb.String(), tt.stderr, "stderr"}} {
+			if (c.want == "" && c.got != "") || !strings.Contains(c.got, c.want) {
+				t.Errorf("%v: %s %q, want it to contain %q", tt.args, c.name, c.got, c.want)
+			}
+			if strings.Contains(c.got, "\n  -") && !strings.Contains(c.got, "\n  --") {
+				t.Errorf("%v: a flag shown with one dash: %q", tt.args, c.got)
+			}
+		}
+	}
+}
