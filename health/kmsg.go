@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/klp-agent/klp-agent/internal/kmsg"
 )
 
 // Record is one kernel log record, from /dev/kmsg, netconsole or a dmesg
@@ -57,34 +59,16 @@ func ParseKmsg(b []byte) (Record, error) {
 		return Record{}, fmt.Errorf("%w: header %q", ErrRecord, head)
 	}
 	lines := strings.Split(rest, "\n")
-	r := Record{Facility: prio >> 3, Level: prio & 7, Seq: seq, Time: time.Duration(usec) * time.Microsecond, Text: unescape(lines[0]), Source: "kmsg"}
+	r := Record{Facility: prio >> 3, Level: prio & 7, Seq: seq, Time: time.Duration(usec) * time.Microsecond, Text: kmsg.Unescape(lines[0]), Source: "kmsg"}
 	for _, l := range lines[1:] {
 		if k, v, ok := strings.Cut(strings.TrimPrefix(l, " "), "="); ok && strings.HasPrefix(l, " ") {
 			if r.Dict == nil {
 				r.Dict = map[string]string{}
 			}
-			r.Dict[k] = unescape(v)
+			r.Dict[k] = kmsg.Unescape(v)
 		}
 	}
 	return r, nil
-}
-
-func unescape(s string) string {
-	if !strings.Contains(s, `\x`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && s[i+1] == 'x' {
-			if v, err := strconv.ParseUint(s[i+2:i+4], 16, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // KmsgReader follows /dev/kmsg: one record per read(2), blocking, no polling.

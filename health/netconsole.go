@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/klp-agent/klp-agent/internal/kmsg"
 )
 
 // ErrNetconsole marks a datagram that claims netconsole's extended format
@@ -166,9 +168,9 @@ func extBody(body []byte) (string, map[string]string) {
 		if dict == nil {
 			dict = map[string]string{}
 		}
-		dict[k] = unescape(v)
+		dict[k] = kmsg.Unescape(v)
 	}
-	return unescape(lines[0]), dict
+	return kmsg.Unescape(lines[0]), dict
 }
 
 // NetconsoleStats counts what a reassembler or receiver saw.

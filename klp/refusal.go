@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/klp-agent/klp-agent/internal/kmsg"
 	"golang.org/x/sys/unix"
 )
 
@@ -69,31 +70,12 @@ func (c *kmsgCursor) Since() []string {
 			continue // not the kernel's
 		}
 		text, _, _ = strings.Cut(text, "\n")
-		out = append(out, unescapeKmsg(text))
+		out = append(out, kmsg.Unescape(text))
 	}
 	return out
 }
 
 func (c *kmsgCursor) Close() error { return unix.Close(c.fd) }
-
-// unescapeKmsg undoes /dev/kmsg's \xNN escapes.
-func unescapeKmsg(s string) string {
-	if !strings.Contains(s, `\x`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && s[i+1] == 'x' {
-			if v, err := strconv.ParseUint(s[i+2:i+4], 16, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
 
 // Refusal is why the kernel would not take a livepatch.
 type Refusal string
