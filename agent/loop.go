@@ -283,7 +283,7 @@ func (r *running) schedulePoll() {
 // as opposed to the server being unreachable.
 func rejected(err error) bool {
 	for _, e := range []error{manifest.ErrBadSignature, manifest.ErrNoSignature, manifest.ErrUnknownKey, manifest.ErrThreshold,
-		manifest.ErrPayloadType, manifest.ErrExpired, manifest.ErrRollback, manifest.ErrVersionConflict, manifest.ErrInvalid,
+		manifest.ErrPayloadType, manifest.ErrExpired, manifest.ErrExpiryTooFar, manifest.ErrRollback, manifest.ErrVersionConflict, manifest.ErrInvalid,
 		manifest.ErrInvalidName, manifest.ErrDuplicate, manifest.ErrSchema, manifest.ErrTooLarge} {
 		if errors.Is(err, e) {
 			return true
