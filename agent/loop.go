@@ -321,6 +321,10 @@ func (a *Agent) recordPoll(res manifest.PollResult, err error) {
 	p := &state.Poll{At: a.now(), OK: err == nil}
 	if res.Manifest != nil {
 		p.ManifestVersion = res.Manifest.Version
+		p.ManifestSince = p.At
+		if prev := a.st.LastPoll; !res.Changed && prev != nil && prev.ManifestVersion == p.ManifestVersion && !prev.ManifestSince.IsZero() {
+			p.ManifestSince = prev.ManifestSince
+		}
 	}
 	result := "not-modified"
 	switch {
@@ -337,6 +341,9 @@ func (a *Agent) recordPoll(res manifest.PollResult, err error) {
 	}
 	a.st.LastPoll = p
 	a.d.Recorder.Polled(result, p.At, p.ManifestVersion)
+	if res.Manifest != nil {
+		a.d.Recorder.ManifestInForce(p.ManifestVersion, res.Manifest.Expires, p.ManifestSince, p.At)
+	}
 	if err := a.save(); err != nil {
 		log.Error(err.Error())
 	}
