@@ -85,15 +85,19 @@ type Recorder interface {
 	Applied(ok bool, d time.Duration)
 	RolledBack(cause state.Cause)
 	Polled(result string, at time.Time, manifestVersion uint64)
+	// ManifestInForce reports the manifest in force after a poll: its
+	// expiry and when this host first accepted its version.
+	ManifestInForce(version uint64, expires, since, at time.Time)
 	HealthEvent(kind, source string, attributed bool, patch string)
 }
 
 type nopRecorder struct{}
 
-func (nopRecorder) Applied(bool, time.Duration)              {}
-func (nopRecorder) RolledBack(state.Cause)                   {}
-func (nopRecorder) Polled(string, time.Time, uint64)         {}
-func (nopRecorder) HealthEvent(string, string, bool, string) {}
+func (nopRecorder) Applied(bool, time.Duration)                             {}
+func (nopRecorder) RolledBack(state.Cause)                                  {}
+func (nopRecorder) Polled(string, time.Time, uint64)                        {}
+func (nopRecorder) ManifestInForce(uint64, time.Time, time.Time, time.Time) {}
+func (nopRecorder) HealthEvent(string, string, bool, string)                {}
 
 // Agent is one host's agent. Its methods are called from one goroutine at
 // a time (the Loop's, or a CLI command's); Download alone may run beside

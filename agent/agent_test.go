@@ -65,6 +65,9 @@ func (f *fakeRecorder) RolledBack(c state.Cause)         { f.add("rollback " + s
 func (f *fakeRecorder) Polled(result string, _ time.Time, v uint64) {
 	f.add(fmt.Sprintf("poll %s v%d", result, v))
 }
+func (f *fakeRecorder) ManifestInForce(v uint64, expires, since, at time.Time) {
+	f.add(fmt.Sprintf("manifest v%d expires %s since %s age %s", v, expires.UTC().Format(time.RFC3339), since.UTC().Format(time.RFC3339), at.Sub(since)))
+}
 func (f *fakeRecorder) HealthEvent(kind, source string, attributed bool, patch string) {
 	f.add(fmt.Sprintf("health %s/%s attributed=%v patch=%s", kind, source, attributed, patch))
 }

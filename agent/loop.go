@@ -283,7 +283,7 @@ func (r *running) schedulePoll() {
 // as opposed to the server being unreachable.
 func rejected(err error) bool {
 	for _, e := range []error{manifest.ErrBadSignature, manifest.ErrNoSignature, manifest.ErrUnknownKey, manifest.ErrThreshold,
-		manifest.ErrPayloadType, manifest.ErrExpired, manifest.ErrRollback, manifest.ErrVersionConflict, manifest.ErrInvalid,
+		manifest.ErrPayloadType, manifest.ErrExpired, manifest.ErrExpiryTooFar, manifest.ErrRollback, manifest.ErrVersionConflict, manifest.ErrInvalid,
 		manifest.ErrInvalidName, manifest.ErrDuplicate, manifest.ErrSchema, manifest.ErrTooLarge} {
 		if errors.Is(err, e) {
 			return true
@@ -321,6 +321,10 @@ func (a *Agent) recordPoll(res manifest.PollResult, err error) {
 	p := &state.Poll{At: a.now(), OK: err == nil}
 	if res.Manifest != nil {
 		p.ManifestVersion = res.Manifest.Version
+		p.ManifestSince = p.At
+		if prev := a.st.LastPoll; !res.Changed && prev != nil && prev.ManifestVersion == p.ManifestVersion && !prev.ManifestSince.IsZero() {
+			p.ManifestSince = prev.ManifestSince
+		}
 	}
 	result := "not-modified"
 	switch {
@@ -337,6 +341,9 @@ func (a *Agent) recordPoll(res manifest.PollResult, err error) {
 	}
 	a.st.LastPoll = p
 	a.d.Recorder.Polled(result, p.At, p.ManifestVersion)
+	if res.Manifest != nil {
+		a.d.Recorder.ManifestInForce(p.ManifestVersion, res.Manifest.Expires, p.ManifestSince, p.At)
+	}
 	if err := a.save(); err != nil {
 		log.Error(err.Error())
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -446,5 +447,33 @@ func TestNotModifiedWithoutCacheIsAFailedPoll(t *testing.T) {
 	}
 	if h.source.Current() != nil {
 		t.Fatal("a manifest is in force after 304s only")
+	}
+}
+
+// The manifest in force is reported with when this host first accepted its
+// version: unchanged polls, failed polls and restarts keep that time (a
+// replayed manifest ages), a new version resets it.
+func TestManifestSinceAges(t *testing.T) {
+	h := newHost(t)
+	t0 := h.now
+	m1 := h.manifest(nil)
+	h.agent.recordPoll(manifest.PollResult{Manifest: m1, Changed: true}, nil)
+	h.now = h.now.Add(48 * time.Hour)
+	h.agent.recordPoll(manifest.PollResult{Manifest: m1}, nil)
+	h.restart()
+	h.now = h.now.Add(24 * time.Hour)
+	h.agent.recordPoll(manifest.PollResult{Manifest: m1}, errors.New("mirror down"))
+	if lp := h.agent.State().LastPoll; lp == nil || !lp.ManifestSince.Equal(t0) {
+		t.Fatalf("after unchanged polls and a restart: %+v, want since %s", lp, t0)
+	}
+	want := fmt.Sprintf("manifest v1 expires %s since %s age 72h0m0s", m1.Expires.UTC().Format(time.RFC3339), t0.Format(time.RFC3339))
+	if !strings.Contains(h.rec.String(), want) {
+		t.Fatalf("recorder: %s\nwant %s", h.rec.String(), want)
+	}
+	m2 := h.manifest(nil)
+	m2.Version = 2
+	h.agent.recordPoll(manifest.PollResult{Manifest: m2, Changed: true}, nil)
+	if lp := h.agent.State().LastPoll; !lp.ManifestSince.Equal(h.now) {
+		t.Fatalf("a new version: since %s, want %s", lp.ManifestSince, h.now)
 	}
 }

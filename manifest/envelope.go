@@ -214,7 +214,16 @@ type Trust struct {
 	Keys      Keyring
 	Threshold int
 	MaxSize   int // envelope and payload limit in bytes; 0 = DefaultMaxSize
+	// MaxExpiry bounds how far past now a manifest's expiry may be (0: no
+	// bound). The signed payload carries no signing time, so the bound is
+	// taken against the verifier's clock at fetch time: a manifest valid
+	// for years cannot be replayed by a mirror to freeze hosts for years.
+	MaxExpiry time.Duration
 }
+
+// DefaultMaxExpiry is manifest.max_expiry's default and the period beyond
+// which `manifest lint` warns: 30 days.
+const DefaultMaxExpiry = 720 * time.Hour
 
 func (t Trust) maxSize() int {
 	if t.MaxSize > 0 {
@@ -330,6 +339,13 @@ func (t Trust) VerifyFor(envelope []byte, now time.Time, store VersionStore, ker
 	}
 	if m.Expired(now) {
 		return nil, fmt.Errorf("%w: version %d expired at %s", ErrExpired, m.Version, m.Expires.UTC().Format(time.RFC3339))
+	}
+	// Before the anti-rollback record: a refused manifest must not raise
+	// the version floor.
+	if t.MaxExpiry > 0 && m.Expires.Sub(now) > t.MaxExpiry {
+		return nil, fmt.Errorf("%w: version %d expires at %s, %s after this host's clock at fetch time %s; the limit (manifest.max_expiry) is %s",
+			ErrExpiryTooFar, m.Version, m.Expires.UTC().Format(time.RFC3339), m.Expires.Sub(now).Round(time.Second),
+			now.UTC().Format(time.RFC3339), t.MaxExpiry)
 	}
 	v := &Verified{Manifest: m, Payload: payload, PayloadSHA256: hex.EncodeToString(sum[:]), KeyIDs: ids}
 	if store != nil {

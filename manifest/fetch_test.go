@@ -3,6 +3,7 @@ package manifest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -186,4 +187,51 @@ func TestSourcePollCacheAndReject(t *testing.T) {
 // testCache is a Source's cache in dir.
 func testCache(dir string) CacheFiles {
 	return CacheFiles{Envelope: filepath.Join(dir, "manifest.dsse.json"), Validators: filepath.Join(dir, "manifest.validators.json")}
+}
+
+// A manifest whose expiry is further out than Trust.MaxExpiry (against the
+// host's clock at fetch time; the payload has no signing time) is a failed
+// poll: the manifest in force stays, and the refused version does not
+// raise the anti-rollback floor. One at exactly the limit is accepted.
+func TestSourceRefusesFarExpiry(t *testing.T) {
+	k := newTestKey(t)
+	payload := func(version int, expires time.Time) string {
+		p := strings.Replace(validPayload(), "version: 7", fmt.Sprintf("version: %d", version), 1)
+		return strings.Replace(p, "expires: 2026-12-31T00:00:00Z", "expires: "+expires.UTC().Format(time.RFC3339), 1)
+	}
+	var body atomic.Value
+	body.Store(sign(t, payload(7, now.Add(10*24*time.Hour)), k))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body.Load().([]byte)) }))
+	defer srv.Close()
+	f, err := NewFetcher(FetcherConfig{URL: srv.URL + "/m.json", RetryWait: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &FileVersionStore{Path: t.TempDir() + "/v.json"}
+	s := &Source{Fetcher: f, Trust: Trust{Keys: keyring(k), Threshold: 1, MaxExpiry: 720 * time.Hour}, Store: store, Now: func() time.Time { return now }}
+	ctx := context.Background()
+	if res, err := s.Poll(ctx); err != nil || res.Manifest.Version != 7 {
+		t.Fatalf("first poll: %+v %v", res, err)
+	}
+	far := now.AddDate(100, 0, 0)
+	body.Store(sign(t, payload(8, far), k))
+	res, err := s.Poll(ctx)
+	if !errors.Is(err, ErrExpiryTooFar) {
+		t.Fatalf("100-year expiry: err %v, want ErrExpiryTooFar", err)
+	}
+	for _, want := range []string{far.Format(time.RFC3339), now.Format(time.RFC3339), "720h0m0s", "manifest.max_expiry"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	if res.Manifest == nil || res.Manifest.Version != 7 || s.Current().Version != 7 {
+		t.Fatalf("manifest in force after refusal: %+v", res.Manifest)
+	}
+	if h, _ := store.Highest(); h != 7 {
+		t.Fatalf("refused version raised the floor to %d", h)
+	}
+	body.Store(sign(t, payload(9, now.Add(720*time.Hour)), k))
+	if res, err := s.Poll(ctx); err != nil || res.Manifest.Version != 9 {
+		t.Fatalf("expiry at the limit: %+v %v", res, err)
+	}
 }

@@ -7,10 +7,21 @@ import (
 	"time"
 )
 
-// Lint returns what is valid but probably not what the publisher meant.
-func Lint(m *Manifest, now time.Time) []string {
+// Lint returns what is valid but probably not what the publisher meant,
+// with DefaultMaxExpiry as the publisher's longest expiry.
+func Lint(m *Manifest, now time.Time) []string { return LintMaxExpiry(m, now, DefaultMaxExpiry) }
+
+// LintMaxExpiry is Lint with maxExpiry as the publisher's longest expiry.
+// The manifest carries no signing time, so now stands for it (as a host's
+// clock at fetch time does for manifest.max_expiry): an expiry further out
+// than maxExpiry is one that hosts with that limit refuse, and one a
+// replaying mirror could hold hosts on for that long.
+func LintMaxExpiry(m *Manifest, now time.Time, maxExpiry time.Duration) []string {
 	var w []string
 	switch left := m.Expires.Sub(now); {
+	case maxExpiry > 0 && left > maxExpiry:
+		w = append(w, fmt.Sprintf("expires at %s, %s after now (%s, standing for the signing time): more than the %s limit; hosts with manifest.max_expiry %s refuse it",
+			m.Expires.UTC().Format(time.RFC3339), left.Round(time.Minute), now.UTC().Format(time.RFC3339), maxExpiry, maxExpiry))
 	case left <= 0:
 		w = append(w, fmt.Sprintf("expired at %s: hosts will apply nothing from it", m.Expires.Format(time.RFC3339)))
 	case left < 72*time.Hour:

@@ -35,6 +35,7 @@ var (
 	ErrInvalidName     = errors.New("invalid name")
 	ErrDuplicate       = errors.New("duplicate entry")
 	ErrExpired         = errors.New("manifest expired")
+	ErrExpiryTooFar    = errors.New("manifest expiry too far in the future")
 	ErrRollback        = errors.New("manifest version rollback")
 	ErrTooLarge        = errors.New("manifest too large")
 	ErrBadSignature    = errors.New("bad signature")

@@ -101,6 +101,23 @@ func TestPublisherCommands(t *testing.T) {
 	if out := run(t, t0.Add(13*24*time.Hour), "manifest", "lint", src); !strings.Contains(out, "warning: expires in") {
 		t.Fatalf("lint near expiry: %s", out)
 	}
+	// An expiry further out than the publisher's max (30 days by default,
+	// hosts' manifest.max_expiry) is a warning, on a source and on an envelope.
+	far := filepath.Join(dir, "far.yaml")
+	run(t, t0, "manifest", "add", "--manifest", far, "--rpm", rpm, "--expires-in", "90d")
+	farEnv := filepath.Join(dir, "far.json")
+	run(t, t0, "manifest", "sign", "--in", far, "--key", filepath.Join(dir, "a.key"), "--out", farEnv)
+	for _, f := range []string{far, farEnv} {
+		if out := run(t, t0, "manifest", "lint", f); !strings.Contains(out, "more than the 720h0m0s limit") || !strings.Contains(out, "1 warning(s)") {
+			t.Fatalf("lint 90-day expiry %s: %s", f, out)
+		}
+	}
+	if out := run(t, t0, "manifest", "lint", "--max-expiry", "2400h", far); !strings.Contains(out, "0 warning(s)") {
+		t.Fatalf("lint 90-day expiry under --max-expiry 2400h: %s", out)
+	}
+	if out := run(t, t0, "manifest", "lint", src); strings.Contains(out, "limit") {
+		t.Fatalf("lint 14-day expiry: %s", out)
+	}
 }
 
 func TestAddRejectsBadRPM(t *testing.T) {

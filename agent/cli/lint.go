@@ -8,7 +8,8 @@ import (
 )
 
 func cmdLint(env *Env, args []string) error {
-	fs := newFlags(env, "manifest lint", "manifest lint FILE   (unsigned source or signed envelope)")
+	fs := newFlags(env, "manifest lint", "manifest lint [--max-expiry D] FILE   (unsigned source or signed envelope)")
+	maxExpiry := fs.Duration("max-expiry", manifest.DefaultMaxExpiry, "warn when expires is further out than this from now (hosts' manifest.max_expiry)")
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
@@ -28,7 +29,7 @@ func cmdLint(env *Env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	warnings := manifest.Lint(m, env.Now())
+	warnings := manifest.LintMaxExpiry(m, env.Now(), *maxExpiry)
 	for _, w := range warnings {
 		fmt.Fprintf(env.Stdout, "%s: warning: %s\n", path, w)
 	}

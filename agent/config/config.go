@@ -134,6 +134,9 @@ type ManifestConfig struct {
 	Retries      int           `yaml:"retries"`
 	IdleTimeout  time.Duration `yaml:"idle_timeout"`
 	MaxSize      ByteSize      `yaml:"max_size"`
+	// MaxExpiry refuses a manifest whose expiry is further out than this
+	// from the host's clock at fetch time (the payload has no signing time).
+	MaxExpiry time.Duration `yaml:"max_expiry"`
 }
 
 // TrustConfig says whose signatures count.
@@ -172,6 +175,7 @@ func Default() Config {
 			Retries:      4,
 			IdleTimeout:  30 * time.Second,
 			MaxSize:      manifest.DefaultMaxSize,
+			MaxExpiry:    manifest.DefaultMaxExpiry,
 		},
 		Trust: TrustConfig{KeysDir: "/etc/klp-agent/keys", Threshold: 1},
 		Apply: ApplyConfig{Soak: 30 * time.Minute, TransitionTimeout: 60 * time.Second},
@@ -401,6 +405,9 @@ func (l *Loaded) Validate() error {
 	}
 	if c.Manifest.MaxSize < 1024 || c.Manifest.MaxSize > manifest.MaxSize {
 		bad("manifest.max_size", "%s not in [1KiB,64MiB]", c.Manifest.MaxSize)
+	}
+	if c.Manifest.MaxExpiry < time.Hour || c.Manifest.MaxExpiry > 8760*time.Hour {
+		bad("manifest.max_expiry", "%s not in [1h,8760h]", c.Manifest.MaxExpiry)
 	}
 	if c.Apply.Soak < 0 || c.Apply.Soak > 7*24*time.Hour {
 		bad("apply.soak", "%s not in [0,168h]", c.Apply.Soak)

@@ -3,7 +3,10 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -236,3 +239,45 @@ var (
 	syscallKill = syscall.Kill
 	sighup      = syscall.SIGHUP
 )
+
+// manifest.max_expiry reaches the trust chain: the mirror's manifest
+// expires in 24h, which a 12h limit refuses (a failed poll naming the
+// limit) and the default 30 days accepts.
+func TestMaxExpiryConfig(t *testing.T) {
+	www, keys := mirror(t)
+	srv := httptest.NewServer(http.FileServer(http.Dir(www)))
+	defer srv.Close()
+	root := hostRoot(t)
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	for _, tt := range []struct {
+		name, extra string
+		refused     bool
+	}{
+		{"default", "", false},
+		{"12h", "  max_expiry: 12h\n", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			writeConfig(t, cfg, "manifest:\n  url: "+srv.URL+"/manifest.json\n  retries: 0\n"+tt.extra+"trust:\n  keys_dir: "+keys+
+				"\npaths:\n  root: "+root+"\n  state_dir: "+t.TempDir()+"\n")
+			h, err := LoadHost(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			client, err := h.Client(zap.NewNop())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := h.Settings(zap.NewNop(), client)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = s.Source.Poll(context.Background())
+			if refused := errors.Is(err, manifest.ErrExpiryTooFar); refused != tt.refused || (!refused && err != nil) {
+				t.Fatalf("poll: %v, want refused %v", err, tt.refused)
+			}
+			if tt.refused && !strings.Contains(err.Error(), "manifest.max_expiry) is 12h0m0s") {
+				t.Fatalf("refusal does not name the limit: %v", err)
+			}
+		})
+	}
+}

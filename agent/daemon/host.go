@@ -60,7 +60,7 @@ func LoadHost(path string) (*Host, error) {
 	}
 	return &Host{
 		Config: l,
-		Trust:  manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold, MaxSize: int(l.Manifest.MaxSize)},
+		Trust:  manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold, MaxSize: int(l.Manifest.MaxSize), MaxExpiry: l.Manifest.MaxExpiry},
 		Host:   manifest.Host{ID: id, Tier: l.Host.Tier, Kernel: krel},
 	}, nil
 }

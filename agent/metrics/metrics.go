@@ -57,6 +57,9 @@ type Metrics struct {
 	crashes       *prometheus.CounterVec
 	blocked       prometheus.Gauge
 	manifestVer   prometheus.Gauge
+	manifestExp   prometheus.Gauge
+	manifestSince prometheus.Gauge
+	manifestAge   prometheus.Gauge
 	lastPoll      *prometheus.GaugeVec
 	lastOK        prometheus.Gauge
 	applyDuration prometheus.Histogram
@@ -84,6 +87,12 @@ func New(version, goVersion string) *Metrics {
 		Help: "Crash-class reports and kdump dumps seen while a patch was applied, by that patch."}, []string{"patch"})
 	m.blocked = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_blocked_patches", Help: "Patches blocked on this host for its kernel."})
 	m.manifestVer = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_manifest_version", Help: "Version of the last accepted manifest."})
+	m.manifestExp = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_manifest_expiry_timestamp_seconds",
+		Help: "Expiry of the manifest in force."})
+	m.manifestSince = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_manifest_accepted_timestamp_seconds",
+		Help: "When this host first accepted the version of the manifest in force (kept across restarts): time() minus it is how long the manifest has not changed."})
+	m.manifestAge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_manifest_age_seconds",
+		Help: "Age of the manifest in force at the last poll: seconds since this host first accepted its version (the manifest carries no signing time)."})
 	m.lastPoll = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_last_poll_timestamp_seconds",
 		Help: "Time of the last manifest poll, by result (ok, not-modified, error)."}, []string{"result"})
 	m.lastOK = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_last_successful_poll_timestamp_seconds",
@@ -96,7 +105,7 @@ func New(version, goVersion string) *Metrics {
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_build_info", Help: "The agent's version (1)."}, []string{"version", "goversion"})
 	build.WithLabelValues(version, goVersion).Set(1)
 	for _, c := range []prometheus.Collector{m.patchInfo, m.applies, m.rollbacks, m.healthEvents, m.crashes, m.blocked,
-		m.manifestVer, m.lastPoll, m.lastOK, m.applyDuration, m.listenFailed, build} {
+		m.manifestVer, m.manifestExp, m.manifestSince, m.manifestAge, m.lastPoll, m.lastOK, m.applyDuration, m.listenFailed, build} {
 		f(c)
 	}
 	// Series that alert rules increase() over exist from the start, at 0:
@@ -194,6 +203,17 @@ func (m *Metrics) Polled(result string, at time.Time, manifestVersion uint64) {
 			m.manifestVer.Set(float64(manifestVersion))
 		}
 	}
+}
+
+// ManifestInForce records the manifest in force after the poll at at: its
+// expiry, when this host first accepted its version, and so its age.
+func (m *Metrics) ManifestInForce(version uint64, expires, since, at time.Time) {
+	if version == 0 {
+		return
+	}
+	m.manifestExp.Set(float64(expires.Unix()))
+	m.manifestSince.Set(float64(since.UnixNano()) / 1e9)
+	m.manifestAge.Set(max(at.Sub(since).Seconds(), 0))
 }
 
 // SetListenFailed records whether the configured listener failed.

@@ -25,6 +25,7 @@ var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 func sample() *Metrics {
 	m := New("0.1.0", "go1.26")
 	m.Polled("ok", t0, 7)
+	m.ManifestInForce(7, t0.Add(10*24*time.Hour), t0.Add(-2*24*time.Hour), t0)
 	m.SetPatch("6.1.0-56-amd64", "klp_cmdline_2", 2, "soaking")
 	m.Applied(true, 1500*time.Millisecond)
 	m.Applied(false, 0)
@@ -226,6 +227,26 @@ func TestPolled(t *testing.T) {
 		{"results stay a closed set", float64(testutil.CollectAndCount(m.lastPoll)), 3},
 	}
 	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, tt.got, tt.want)
+		}
+	}
+}
+
+// The manifest in force: its expiry, when its version was first accepted
+// and its age at the poll; version 0 (none in force) changes nothing.
+func TestManifestInForce(t *testing.T) {
+	m := New("0.1.0", "go1.26")
+	m.ManifestInForce(7, t0.Add(30*24*time.Hour), t0.Add(-4*24*time.Hour), t0)
+	m.ManifestInForce(0, time.Time{}, time.Time{}, t0.Add(time.Hour))
+	for _, tt := range []struct {
+		name      string
+		got, want float64
+	}{
+		{"expiry", testutil.ToFloat64(m.manifestExp), float64(t0.Add(30 * 24 * time.Hour).Unix())},
+		{"accepted", testutil.ToFloat64(m.manifestSince), float64(t0.Add(-4 * 24 * time.Hour).Unix())},
+		{"age", testutil.ToFloat64(m.manifestAge), 4 * 24 * 3600},
+	} {
 		if tt.got != tt.want {
 			t.Errorf("%s: %v, want %v", tt.name, tt.got, tt.want)
 		}

@@ -161,7 +161,12 @@ type Poll struct {
 	OK              bool      `json:"ok"`
 	Error           string    `json:"error,omitempty"`
 	ManifestVersion uint64    `json:"manifest_version,omitempty"`
-	Next            time.Time `json:"next,omitempty"`
+	// ManifestSince is when this host first accepted ManifestVersion (kept
+	// across polls and restarts while the version stays): a manifest that
+	// does not change for longer than the publisher's cadence is a frozen
+	// or replayed one.
+	ManifestSince time.Time `json:"manifest_since,omitzero"`
+	Next          time.Time `json:"next,omitempty"`
 }
 
 // State is the whole file.
