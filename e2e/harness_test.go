@@ -148,8 +148,8 @@ type guest struct {
 	disk     string   // attached as /dev/vda
 	net      bool     // user networking: the host's loopback is 10.0.2.2
 	timeout  time.Duration
-	name     string // for the kept serial log
-	crashes  bool   // the scenario crashes the kernel: no DONE marker expected
+	name     string   // for the kept serial log
+	crashes  bool     // the scenario crashes the kernel: no DONE marker expected
 	append   []string // added to the kernel command line
 }
 

@@ -6,8 +6,11 @@
 #                  kpatch's way (the same, polling once a second), each
 #                  taking levels 1 -> 2 -> 3 by atomic replace, ROUNDS times;
 #   rollback       the daemon (manifest from busybox httpd in the guest)
-#                  applies the faulty klp_oops_4; the oops is triggered;
-#                  time until the patch is disabled with transition 0.
+#                  applies level 3 and soaks it (good), then the faulty
+#                  klp_oops_4; the oops is triggered; time until 4 is
+#                  gone (3 loaded from the agent's kept copy, transition
+#                  0), against the floor: detection + a bare insmod of
+#                  klp_cmdline_3 over klp_oops_4 + its transition.
 # Timings print as "KLP-E2E: time NAME MS [detail]".
 . /lib/klp-e2e.sh
 export PATH=/usr/local/bin:$PATH HOME=/root
@@ -65,14 +68,29 @@ for r in $(seq "$ROUNDS"); do
 done
 klp_pass apply-rounds "$ROUNDS rounds"
 
-# Rollback reaction through the daemon.
+# Rollback reaction through the daemon: level 3 soaks and is good, then
+# level 4 (faulty) arrives with a long soak (manifest and config swapped,
+# SIGHUP) and its oops is triggered.
 httpd -p 127.0.0.1:8080 -h /www
+cp /etc/klp-agent/config.yaml /tmp/config.long
+sed 's/^  soak: .*/  soak: 2s/' /tmp/config.long >/tmp/config.short
+good3() { grep -q '"good"' /var/lib/klp-agent/state.json 2>/dev/null && tr -d '\n ' </var/lib/klp-agent/state.json | grep -q '"good":\[{"name":"klp_cmdline_3"'; }
 oops_soaking() { grep -q '"phase": "soaking"' /var/lib/klp-agent/state.json 2>/dev/null && [ "$(klp_level)" = 4 ]; }
 oops_gone() { [ ! -d "$KLP_LP/klp_oops_4" ] || { [ "$(klp_read "$KLP_LP/klp_oops_4/enabled")" = 0 ] && [ "$(klp_read "$KLP_LP/klp_oops_4/transition")" = 0 ]; }; }
 for r in $(seq "$ROUNDS"); do
-	rm -rf /var/lib/klp-agent && mkdir -p /var/lib/klp-agent
+	rm -rf /var/lib/klp-agent && mkdir -m 0700 -p /var/lib/klp-agent
+	cp /tmp/config.short /etc/klp-agent/config.yaml
+	cp /www/manifest-3.json /www/manifest.json
 	$A run >/tmp/agent-$r.log 2>&1 &
 	pid=$!
+	if ! klp_wait 90 good3; then
+		klp_fail rollback-r$r "level 3 never good: $(tail -n 5 /tmp/agent-$r.log | tr '\n' ' ')"
+		kill "$pid"
+		break
+	fi
+	cp /tmp/config.long /etc/klp-agent/config.yaml
+	cp /www/manifest-34.json /www/manifest.json
+	kill -HUP "$pid"
 	if ! klp_wait 60 oops_soaking; then
 		klp_fail rollback-r$r "level 4 never soaked: $(tail -n 5 /tmp/agent-$r.log | tr '\n' ' ')"
 		kill "$pid"
@@ -84,9 +102,18 @@ for r in $(seq "$ROUNDS"); do
 	while ! oops_gone; do usleep 10000; done
 	ms=$(ms_since "$t0")
 	detect=$(grep -o '"KLP_DETECT_US": [0-9]*' /tmp/agent-$r.log | head -n 1 | grep -o '[0-9]*$')
+	[ "$(klp_level)" = 3 ] || klp_fail rollback-r$r "after the rollback level $(klp_level), want 3"
 	echo "KLP-E2E: time rollback-r$r ${ms}ms detect_us=${detect:-?}"
 	kill -TERM "$pid"
 	wait "$pid"
+	reset
+	# The floor in the same guest: klp_oops_4 enabled, then a bare insmod
+	# of klp_cmdline_3 replacing it, polled every 10 ms.
+	insmod /klp/klp_oops_4.ko && klp_wait 60 klp_transition_done klp_oops_4 || klp_fail floor "insmod klp_oops_4"
+	t0=$(klp_cs)
+	insmod /klp/klp_cmdline_3.ko && poll_transition 0.01 klp_cmdline_3
+	echo "KLP-E2E: time floor-r$r $(ms_since "$t0")ms"
+	[ "$(klp_level)" = 3 ] || klp_fail floor "floor level $(klp_level), want 3"
 	reset
 done
 [ "$KLP_FAILED" = 0 ]
