@@ -54,24 +54,7 @@ func TestAgentRealKernel(t *testing.T) {
 	port := srv.URL[strings.LastIndex(srv.URL, ":")+1:]
 
 	cfg := filepath.Join(work, "config.yaml")
-	os.WriteFile(cfg, []byte(`manifest:
-  url: http://10.0.2.2:`+port+`/manifest.json
-  poll_interval: 10s
-  poll_jitter: 0
-  timeout: 20s
-  retries: 1
-trust:
-  keys_dir: /etc/klp-agent/keys
-host:
-  id: e2e-guest-1
-apply:
-  soak: 15s
-  # Debian's rpm finds its database with bash, which the guest lacks.
-  rpm_dbpath: /var/lib/rpm
-log:
-  level: debug
-  format: console
-`), 0o644)
+	os.WriteFile(cfg, []byte(agentConfig(port, "15s", "")), 0o644)
 	disk := filepath.Join(work, "disk.img")
 	runCmd(t, work, nil, "mke2fs", "-q", "-t", "ext4", "-F", disk, "64M")
 	files := append(rpmFiles(t, work), bin+":/usr/bin/klp-agent", cfg+":/etc/klp-agent/config.yaml",

@@ -147,6 +147,7 @@ type guest struct {
 	kmods    []string // kernel modules to load at boot (virtio_net, ext4, ...)
 	disk     string   // attached as /dev/vda
 	net      bool     // user networking: the host's loopback is 10.0.2.2
+	append   []string // extra kernel command line words
 	timeout  time.Duration
 	name     string // for the kept serial log
 	crashes  bool   // the scenario crashes the kernel: no DONE marker expected
@@ -179,6 +180,9 @@ func boot(t *testing.T, work string, g guest) ([]marker, string) {
 	}
 	if g.net {
 		qargs = append(qargs, "-n")
+	}
+	for _, a := range g.append {
+		qargs = append(qargs, "-a", a)
 	}
 	return bootWith(t, work, g.name, qargs, g.crashes)
 }
@@ -280,6 +284,42 @@ func newPublisher(t *testing.T, work string) *publisher {
 	}
 	p.cli("manifest", "keygen", "--out", filepath.Join(p.keys, "release"))
 	return p
+}
+
+// agentConfig is the guest daemon's configuration: the manifest from nginx
+// on the host (port), polled every 10 s, the publisher's key, apply.soak
+// soak, and extra top-level YAML (e.g. a health: section).
+func agentConfig(port, soak, extra string) string {
+	return `manifest:
+  url: http://10.0.2.2:` + port + `/manifest.json
+  poll_interval: 10s
+  poll_jitter: 0
+  timeout: 20s
+  retries: 1
+trust:
+  keys_dir: /etc/klp-agent/keys
+host:
+  id: e2e-guest-1
+apply:
+  soak: ` + soak + `
+  # Debian's rpm finds its database with bash, which the guest lacks.
+  rpm_dbpath: /var/lib/rpm
+log:
+  level: debug
+  format: console
+` + extra
+}
+
+// publish adds the staged RPM file to the manifest src and signs it into
+// the web root (written aside, then renamed over the old one).
+func (p *publisher) publish(src, file string, extra ...string) {
+	p.t.Helper()
+	p.cli(append([]string{"manifest", "add", "--manifest", src, "--rpm", p.stage(file), "--url", "rpms/" + file}, extra...)...)
+	signed := filepath.Join(p.work, "signed.json")
+	p.cli("manifest", "sign", "--in", src, "--key", filepath.Join(p.keys, "release.key"), "--out", signed)
+	if err := os.Rename(signed, filepath.Join(p.www, "manifest.json")); err != nil {
+		p.t.Fatal(err)
+	}
 }
 
 // cli runs the agent binary's publisher commands.
