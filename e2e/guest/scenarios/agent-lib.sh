@@ -44,6 +44,8 @@ agent_net() {
 # disk by default) and the console.
 AGENT_LOG_DIR=${AGENT_LOG_DIR:-/mnt/disk}
 agent_start() {
+	# Created first: tail must not look before the daemon's shell has.
+	: >"$AGENT_LOG_DIR/$1"
 	$A run >"$AGENT_LOG_DIR/$1" 2>&1 &
 	AGENT_PID=$!
 	tail -f "$AGENT_LOG_DIR/$1" >/dev/console &
