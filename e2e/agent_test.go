@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,25 +39,8 @@ func TestAgentRealKernel(t *testing.T) {
 	pub := newPublisher(t, work)
 	bin, rpms, www, keys, agentCLI := pub.bin, pub.rpms, pub.www, pub.keys, pub.cli
 	src := filepath.Join(work, "manifest.yaml")
-	t0 := time.Now().UTC()
-	for _, l := range []struct {
-		level string
-		extra []string
-	}{
-		{"1", nil},
-		{"2", nil},
-		// Level 3 only from t0+40s: by then level 2 has been applied and soaked.
-		{"3", []string{"--start", t0.Add(40 * time.Second).Format(time.RFC3339), "--start-percent", "100"}},
-	} {
-		f := "klp-cmdline-" + l.level + "-1.x86_64.rpm"
-		b, err := os.ReadFile(filepath.Join(rpms, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(www, "rpms", f), b, 0o644)
-		agentCLI(append([]string{"manifest", "add", "--manifest", src, "--rpm", filepath.Join(www, "rpms", f), "--url", "rpms/" + f}, l.extra...)...)
-	}
-	agentCLI("manifest", "sign", "--in", src, "--key", filepath.Join(keys, "release.key"), "--out", filepath.Join(www, "manifest.json"))
+	pub.publish(src, "klp-cmdline-1-1.x86_64.rpm")
+	pub.publish(src, "klp-cmdline-2-1.x86_64.rpm")
 	srv := nginxtest.Start(t, www)
 	port := srv.URL[strings.LastIndex(srv.URL, ":")+1:]
 
@@ -73,8 +57,22 @@ func TestAgentRealKernel(t *testing.T) {
 		t.Helper()
 		checkMarkers(t, ms, log, want...)
 	}
+	// Level 3 is published once the guest has applied 2, its rollout
+	// starting 5 s later: the daemon takes it after 2's soak and that start
+	// (a timer from before the boot would race a slow boot).
+	var published sync.Once
+	publish3 := func(m marker) {
+		if m.name == "applied-2" && m.status == "PASS" {
+			published.Do(func() {
+				start := time.Now().UTC().Add(5 * time.Second).Format(time.RFC3339)
+				if err := pub.tryPublish(src, "klp-cmdline-3-1.x86_64.rpm", "--start", start, "--start-percent", "100"); err != nil {
+					t.Errorf("publish level 3: %v", err)
+				}
+			})
+		}
+	}
 	ms, log := boot(t, work, guest{name: "boot1", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot1.sh"),
-		files: files, kmods: kmods, disk: disk, net: true, timeout: 300 * time.Second})
+		files: files, kmods: kmods, disk: disk, net: true, timeout: 300 * time.Second, watch: publish3})
 	check(ms, log, "applied-2", "upgraded-3", "clean-stop")
 	if t.Failed() {
 		return
