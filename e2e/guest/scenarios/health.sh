@@ -196,9 +196,9 @@ at_least() { [ "$(attributed "$1")" -ge "$2" ]; }
 # WAIT_SECS for the PATTERN line, then for the reader. SURVIVES=1: the read
 # must complete with the patched text; 0: the kernel must kill the reader.
 # Then the daemon must have one KIND event attributed to klp_crash per
-# PATTERN line, and status must show the last one.
+# PATTERN line, and status must show the last one, attributed.
 crash() {
-	local mode=$1 pat=$2 survives=$3 wait=$4 kind=$5 step="crash-$1" n0 t0 pid rc line frames out secs a0 nrep a1 last
+	local mode=$1 pat=$2 survives=$3 wait=$4 kind=$5 step="crash-$1" n0 t0 pid rc line frames out secs a0 nrep a1 hdr last
 	n0=$(dmesg_lines)
 	CRASH_N0=$n0
 	a0=$(attributed "$kind")
@@ -229,7 +229,10 @@ crash() {
 	nrep=$(reports_after "$n0" "$pat")
 	klp_wait 20 at_least "$kind" $((a0 + nrep))
 	a1=$(attributed "$kind")
-	last=$(status_events | awk -F'|' -v k="$kind" '$1 == k { l = $0 } END { print l }')
+	# Status has the event of this trigger's last report (by its header:
+	# another task's report may come meanwhile).
+	hdr=$(dmesg | tail -n +"$((n0 + 1))" | grep -F -- "$pat" | tail -n 1 | sed 's/^\[ *[0-9.]*\] //')
+	last=$(status_events | awk -F'|' -v h="$hdr" '$6 == h { l = $0 } END { print l }')
 	case $last in
 	"$kind|kmsg|true|klp_crash|false|"*) st_ok=1 ;;
 	*) st_ok=0 ;;
