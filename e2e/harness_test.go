@@ -5,6 +5,8 @@ package e2e
 import (
 	"bufio"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,10 +149,14 @@ type guest struct {
 	kmods    []string // kernel modules to load at boot (virtio_net, ext4, ...)
 	disk     string   // attached as /dev/vda
 	net      bool     // user networking: the host's loopback is 10.0.2.2
+	append   []string // extra kernel command line words
 	timeout  time.Duration
-	name     string   // for the kept serial log
-	crashes  bool     // the scenario crashes the kernel: no DONE marker expected
-	append   []string // added to the kernel command line
+	name     string // for the kept serial log
+	crashes  bool   // the scenario crashes the kernel: no DONE marker expected
+	// watch, if set, is called with each PASS/FAIL marker as the guest
+	// prints it, from another goroutine (so t.Errorf, not t.Fatal): the
+	// host can react while the guest runs.
+	watch func(marker)
 }
 
 // bootScenario builds an initramfs around a scenario script and files,
@@ -184,19 +190,61 @@ func boot(t *testing.T, work string, g guest) ([]marker, string) {
 	for _, a := range g.append {
 		qargs = append(qargs, "-a", a)
 	}
-	return bootWith(t, work, g.name, qargs, g.crashes)
+	return bootWatch(t, work, g.name, qargs, g.crashes, g.watch)
 }
 
 // bootWith runs run-qemu.sh with qargs and returns the markers and the
 // serial log; crashes says no DONE marker is expected.
 func bootWith(t *testing.T, work, name string, qargs []string, crashes bool) ([]marker, string) {
 	t.Helper()
+	return bootWatch(t, work, name, qargs, crashes, nil)
+}
+
+var markerRE = regexp.MustCompile(`KLP-E2E: (\S+) (PASS|FAIL)(?: (.*))?$`)
+
+// bootWatch is bootWith that also calls watch (if not nil) with each
+// PASS/FAIL marker while the guest runs.
+func bootWatch(t *testing.T, work, name string, qargs []string, crashes bool, watch func(marker)) ([]marker, string) {
+	t.Helper()
 	log := filepath.Join(work, "serial-"+name+".log")
 	start := time.Now()
 	qargs = append([]string{"-l", log, "-q"}, qargs...)
 	cmd := exec.Command("e2e/guest/run-qemu.sh", qargs...)
 	cmd.Dir = repoDir(t)
+	done, watched := make(chan struct{}), make(chan struct{})
+	if watch != nil {
+		go func() {
+			defer close(watched)
+			var off int64
+			var partial string
+			for stop := false; !stop; {
+				select {
+				case <-done:
+					stop = true // one last read
+				case <-time.After(100 * time.Millisecond):
+				}
+				f, err := os.Open(log)
+				if err != nil {
+					continue // qemu has not started yet
+				}
+				b, _ := io.ReadAll(io.NewSectionReader(f, off, 1<<40))
+				f.Close()
+				off += int64(len(b))
+				lines := strings.Split(partial+strings.ReplaceAll(string(b), "\r", ""), "\n")
+				partial = lines[len(lines)-1]
+				for _, l := range lines[:len(lines)-1] {
+					if m := markerRE.FindStringSubmatch(l); m != nil {
+						watch(marker{m[1], m[2], m[3]})
+					}
+				}
+			}
+		}()
+	} else {
+		close(watched)
+	}
 	out, err := cmd.CombinedOutput()
+	close(done)
+	<-watched
 	t.Logf("guest %s ran %.1fs: %s", name, time.Since(start).Seconds(), strings.TrimSpace(string(out)))
 	raw, rerr := os.ReadFile(log)
 	if rerr != nil {
@@ -210,7 +258,7 @@ func bootWith(t *testing.T, work, name string, qargs []string, crashes bool) ([]
 	var ms []marker
 	sc := bufio.NewScanner(strings.NewReader(strings.ReplaceAll(string(raw), "\r", "")))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	re := regexp.MustCompile(`KLP-E2E: (\S+) (PASS|FAIL)(?: (.*))?$`)
+	re := markerRE
 	timeRE := regexp.MustCompile(`KLP-E2E: time (\S+) (.*)$`)
 	for sc.Scan() {
 		line := sc.Text()
@@ -284,6 +332,65 @@ func newPublisher(t *testing.T, work string) *publisher {
 	}
 	p.cli("manifest", "keygen", "--out", filepath.Join(p.keys, "release"))
 	return p
+}
+
+// agentConfig is the guest daemon's configuration: the manifest from nginx
+// on the host (port), polled every 10 s, the publisher's key, apply.soak
+// soak, and extra top-level YAML (e.g. a health: section).
+func agentConfig(port, soak, extra string) string {
+	return `manifest:
+  url: http://10.0.2.2:` + port + `/manifest.json
+  poll_interval: 10s
+  poll_jitter: 0
+  timeout: 20s
+  retries: 1
+trust:
+  keys_dir: /etc/klp-agent/keys
+host:
+  id: e2e-guest-1
+apply:
+  soak: ` + soak + `
+  # Debian's rpm finds its database with bash, which the guest lacks.
+  rpm_dbpath: /var/lib/rpm
+log:
+  level: debug
+  format: console
+` + extra
+}
+
+// publish adds the built RPM file to the manifest src (extra: manifest add
+// flags) and signs it into the web root.
+func (p *publisher) publish(src, file string, extra ...string) {
+	p.t.Helper()
+	if err := p.tryPublish(src, file, extra...); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// tryPublish is publish for any goroutine: it returns its error. The RPM
+// is copied into the web root first, the signed manifest written aside and
+// renamed over the old one.
+func (p *publisher) tryPublish(src, file string, extra ...string) error {
+	b, err := os.ReadFile(filepath.Join(p.rpms, file))
+	if err != nil {
+		return err
+	}
+	staged := filepath.Join(p.www, "rpms", file)
+	if err := os.WriteFile(staged, b, 0o644); err != nil {
+		return err
+	}
+	signed := filepath.Join(p.work, "signed.json")
+	for _, args := range [][]string{
+		append([]string{"manifest", "add", "--manifest", src, "--rpm", staged, "--url", "rpms/" + file}, extra...),
+		{"manifest", "sign", "--in", src, "--key", filepath.Join(p.keys, "release.key"), "--out", signed},
+	} {
+		cmd := exec.Command(p.bin, args...)
+		cmd.Dir = p.work
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%s %s: %v\n%s", p.bin, strings.Join(args, " "), err, out)
+		}
+	}
+	return os.Rename(signed, filepath.Join(p.www, "manifest.json"))
 }
 
 // cli runs the agent binary's publisher commands.

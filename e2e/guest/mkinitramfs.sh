@@ -51,6 +51,10 @@ fi
 start=$(klp_now)
 stage=$(mktemp -d "${TMPDIR:-/tmp}/klp-initramfs.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
+# The archive's "." becomes the guest's / (the kernel chmods it): 0755 as
+# on any host, not mktemp's 0700, or no unprivileged process can open a
+# file.
+chmod 0755 "$stage"
 
 mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,lib,etc/klp-e2e,proc,sys,dev,tmp,run,klp}
 install -m 0755 "$busybox" "$stage/bin/busybox"
