@@ -199,13 +199,6 @@ type guest struct {
 	line     string // kernel line to boot (see kernelLines); "" is 6.1
 }
 
-// bootScenario builds an initramfs around a scenario script and files,
-// boots it, and returns the markers and the serial log.
-func bootScenario(t *testing.T, work, scenario string, timeout time.Duration, files []string, kos []string) ([]marker, string) {
-	t.Helper()
-	return boot(t, work, guest{scenario: scenario, files: files, kos: kos, timeout: timeout})
-}
-
 func boot(t *testing.T, work string, g guest) ([]marker, string) {
 	t.Helper()
 	initrd := filepath.Join(work, "initrd-"+g.name+".cpio.gz")
