@@ -4,6 +4,7 @@
 # livepatch into an RPM with rpmbuild (e2e/rpm/livepatch.spec).
 #
 # Usage: e2e/build-rpms.sh OUTDIR        (after e2e/setup.sh)
+#        KLP_E2E_LINE=6.12 e2e/build-rpms.sh OUTDIR   (another kernel line)
 # Writes into OUTDIR:
 #   *.rpm       see the table below
 #   ko/*.ko     every built module, including the non-packaged klp_victim
@@ -64,7 +65,8 @@ done
 
 # RHEL names kpatch-patch RPMs after the kernel's version-release with the
 # dots turned into underscores (5.14.0-284.11.1.el9_2 -> kpatch-patch-
-# 5_14_0-284_11_1); hyphens stay.
+# 5_14_0-284_11_1); hyphens stay, and so does 6.12's '+' (kpatch-patch-
+# 6_12_117+deb12-amd64), which rpm allows in a name.
 kpatch_name=kpatch-patch-${krel//./_}
 # Meta's klp.spec: Name klp-<uname -r>, Version hotfixN, the file named
 # after the short kernel version (6.1.0-57-amd64 -> klp_6.1.0-57.ko) while
@@ -134,6 +136,9 @@ for row in "${rpms[@]}"; do
 	rpmf=$work/rpms/$file
 	[[ -f $rpmf ]] || klp_die "rpmbuild did not write $file"
 
+	# rpm must read back the NEVR we asked for (6.12's '+' included).
+	nevr=$(rpm -qp --qf '%{NAME}-%{VERSION}-%{RELEASE}' "$rpmf")
+	[[ $nevr == "$name-$level-1" ]] || klp_die "$file reads back as '$nevr', want $name-$level-1"
 	# The payload must be exactly the built module, at the agreed path.
 	case $layout in
 	kpatch) path=/usr/lib/kpatch/$rel/$kofname ;;

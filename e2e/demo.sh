@@ -15,7 +15,7 @@ rm -rf "$out"
 mkdir -p "$out"
 cd "$repo"
 echo "== setting up the kernel, headers and guest image (cached after the first run)"
-e2e/setup.sh
+e2e/setup.sh 6.1
 echo "== running the demo (two guest boots under TCG; a few minutes)"
 if ! KLP_DEMO_OUT=$out go test -tags e2e -count=1 -timeout 40m -run '^TestSystemRealKernel$' -v ./e2e/ >"$out/test.log" 2>&1; then
 	grep -E -- '--- FAIL|_test.go:[0-9]+:' "$out/test.log" | tail -n 40 || true

@@ -26,21 +26,57 @@ func repoDir(t *testing.T) string {
 	return filepath.Dir(filepath.Dir(file))
 }
 
-// kernelEnv reads what e2e/setup.sh resolved. A missing harness fails the
-// test loudly: CI must never count a real-kernel test it did not run.
+// kernelLines are the Debian 12 kernel lines e2e/setup.sh prepares: 6.1
+// (linux-image-amd64, the default line) and 6.12 (linux-image-6.12-amd64,
+// bookworm-security).
+var kernelLines = []string{"6.1", "6.12"}
+
+// kernelEnvFile is the env file setup.sh writes for a line (keep in step
+// with setup.sh and lib.sh's klp_env_file).
+func kernelEnvFile(line string) string {
+	if line == "6.1" {
+		return "current.env"
+	}
+	return "current-" + line + ".env"
+}
+
+// lineEnv is what the e2e scripts need to act on a kernel line: lib.sh's
+// klp_load_env reads that line's env file. "" is the default line (6.1),
+// named too, so a KLP_E2E_LINE in the test's own environment cannot
+// switch one script of a test to another kernel.
+func lineEnv(line string) []string {
+	if line == "" {
+		line = "6.1"
+	}
+	return []string{"KLP_E2E_LINE=" + line}
+}
+
+// kernelEnv reads what e2e/setup.sh resolved for the default line (6.1).
 func kernelEnv(t *testing.T) map[string]string {
 	t.Helper()
+	return kernelEnvFor(t, "6.1")
+}
+
+// kernelEnvFor reads what e2e/setup.sh resolved for a kernel line. A
+// missing harness fails the test loudly: CI must never count a real-kernel
+// test it did not run.
+func kernelEnvFor(t *testing.T, line string) map[string]string {
+	t.Helper()
+	if !slices.Contains(kernelLines, line) {
+		t.Fatalf("unknown kernel line %q (known: %v)", line, kernelLines)
+	}
 	cache := os.Getenv("KLP_E2E_CACHE")
 	if cache == "" {
 		cache = "/var/cache/klp-agent-e2e"
 	}
-	b, err := os.ReadFile(filepath.Join(cache, "current.env"))
+	file := kernelEnvFile(line)
+	b, err := os.ReadFile(filepath.Join(cache, file))
 	if err != nil {
-		t.Fatalf("real-kernel harness not set up (%v): run 'sudo e2e/setup.sh' or 'sudo make e2e'", err)
+		t.Fatalf("real-kernel harness not set up for %s (%v): run 'sudo e2e/setup.sh' or 'sudo make e2e'", line, err)
 	}
 	env := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok {
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
 			env[k] = v
 		}
 	}
@@ -49,8 +85,12 @@ func kernelEnv(t *testing.T) map[string]string {
 			t.Fatalf("%s: %v: run 'sudo e2e/setup.sh'", k, err)
 		}
 		if env[k] == "" {
-			t.Fatalf("%s missing from current.env: run 'sudo e2e/setup.sh'", k)
+			t.Fatalf("%s missing from %s: run 'sudo e2e/setup.sh'", k, file)
 		}
+	}
+	// 6.1 must not pass for 6.12 or the other way round.
+	if !strings.HasPrefix(env["KLP_E2E_KREL"], line+".") {
+		t.Fatalf("%s names kernel %s, not one of the %s line: run 'sudo e2e/setup.sh'", file, env["KLP_E2E_KREL"], line)
 	}
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Fatalf("qemu-system-x86_64 not found: run 'sudo e2e/setup.sh'")
@@ -82,7 +122,13 @@ func buildAgent(t *testing.T, out string) string {
 // them with rpmbuild.
 func buildRPMs(t *testing.T, out string) {
 	t.Helper()
-	runCmd(t, repoDir(t), nil, "e2e/build-rpms.sh", out)
+	buildRPMsFor(t, out, "")
+}
+
+// buildRPMsFor does it against a kernel line's headers ("" is 6.1).
+func buildRPMsFor(t *testing.T, out, line string) {
+	t.Helper()
+	runCmd(t, repoDir(t), lineEnv(line), "e2e/build-rpms.sh", out)
 }
 
 // rpmFiles stages what the real rpm needs inside a busybox guest and
@@ -157,13 +203,7 @@ type guest struct {
 	// prints it, from another goroutine (so t.Errorf, not t.Fatal): the
 	// host can react while the guest runs.
 	watch func(marker)
-}
-
-// bootScenario builds an initramfs around a scenario script and files,
-// boots it, and returns the markers and the serial log.
-func bootScenario(t *testing.T, work, scenario string, timeout time.Duration, files []string, kos []string) ([]marker, string) {
-	t.Helper()
-	return boot(t, work, guest{scenario: scenario, files: files, kos: kos, timeout: timeout})
+	line  string // kernel line to boot (see kernelLines); "" is 6.1
 }
 
 func boot(t *testing.T, work string, g guest) ([]marker, string) {
@@ -179,7 +219,8 @@ func boot(t *testing.T, work string, g guest) ([]marker, string) {
 	for _, m := range g.kmods {
 		args = append(args, "-m", m)
 	}
-	runCmd(t, repoDir(t), nil, "e2e/guest/mkinitramfs.sh", args...)
+	env := lineEnv(g.line)
+	runCmd(t, repoDir(t), env, "e2e/guest/mkinitramfs.sh", args...)
 	qargs := []string{"-i", initrd, "-t", strconv.Itoa(int(g.timeout.Seconds()))}
 	if g.disk != "" {
 		qargs = append(qargs, "-d", g.disk)
@@ -190,27 +231,29 @@ func boot(t *testing.T, work string, g guest) ([]marker, string) {
 	for _, a := range g.append {
 		qargs = append(qargs, "-a", a)
 	}
-	return bootWatch(t, work, g.name, qargs, g.crashes, g.watch)
+	return bootWatch(t, work, g.name, env, qargs, g.crashes, g.watch)
 }
 
 // bootWith runs run-qemu.sh with qargs and returns the markers and the
 // serial log; crashes says no DONE marker is expected.
 func bootWith(t *testing.T, work, name string, qargs []string, crashes bool) ([]marker, string) {
 	t.Helper()
-	return bootWatch(t, work, name, qargs, crashes, nil)
+	return bootWatch(t, work, name, lineEnv(""), qargs, crashes, nil)
 }
 
 var markerRE = regexp.MustCompile(`KLP-E2E: (\S+) (PASS|FAIL)(?: (.*))?$`)
 
-// bootWatch is bootWith that also calls watch (if not nil) with each
+// bootWatch is bootWith with extra environment for run-qemu.sh (lineEnv)
+// that also calls watch (if not nil) with each
 // PASS/FAIL marker while the guest runs.
-func bootWatch(t *testing.T, work, name string, qargs []string, crashes bool, watch func(marker)) ([]marker, string) {
+func bootWatch(t *testing.T, work, name string, env, qargs []string, crashes bool, watch func(marker)) ([]marker, string) {
 	t.Helper()
 	log := filepath.Join(work, "serial-"+name+".log")
 	start := time.Now()
 	qargs = append([]string{"-l", log, "-q"}, qargs...)
 	cmd := exec.Command("e2e/guest/run-qemu.sh", qargs...)
 	cmd.Dir = repoDir(t)
+	cmd.Env = append(os.Environ(), env...)
 	done, watched := make(chan struct{}), make(chan struct{})
 	if watch != nil {
 		go func() {

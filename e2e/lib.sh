@@ -13,11 +13,24 @@ klp_die() {
 	exit 1
 }
 
-# Fills KLP_E2E_KREL/VMLINUZ/MODULES/HEADERS from current.env (written by
-# setup.sh); a variable already set in the environment wins. The file is
-# parsed, not sourced, so only these four keys can come from it.
+# klp_env_file: the env file setup.sh wrote for KLP_E2E_LINE, the kernel
+# line (6.1, the default, or 6.12); keep in step with setup.sh.
+klp_env_file() {
+	local line=${KLP_E2E_LINE:-6.1}
+	case $line in
+	6.1) echo "$KLP_E2E_CACHE/current.env" ;;
+	6.12) echo "$KLP_E2E_CACHE/current-$line.env" ;;
+	*) klp_die "unknown KLP_E2E_LINE '$line' (known: 6.1 6.12)" ;;
+	esac
+}
+
+# Fills KLP_E2E_KREL/VMLINUZ/MODULES/HEADERS from the env file of the
+# kernel line KLP_E2E_LINE (written by setup.sh); a variable already set in
+# the environment wins. The file is parsed, not sourced, so only these
+# four keys can come from it.
 klp_load_env() {
-	local f=$KLP_E2E_CACHE/current.env key val
+	local f key val
+	f=$(klp_env_file) || exit 1
 	if [[ -r $f ]]; then
 		while IFS='=' read -r key val; do
 			case $key in
@@ -29,7 +42,7 @@ klp_load_env() {
 	fi
 	local v
 	for v in KLP_E2E_KREL KLP_E2E_VMLINUZ KLP_E2E_MODULES KLP_E2E_HEADERS; do
-		[[ -n ${!v:-} ]] || klp_die "$v unknown: run e2e/setup.sh (as root) first ($f)"
+		[[ -n ${!v:-} ]] || klp_die "$v unknown: run e2e/setup.sh ${KLP_E2E_LINE:-6.1} (as root) first ($f)"
 		export "${v?}"
 	done
 }

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 # Prepares a Debian 12 amd64 machine (root) for the real-kernel e2e tests:
-# installs the tools, the headers of Debian's current kernel ABI and unpacks
-# that kernel's image and modules into a cache. Idempotent and safe to run
-# concurrently (one flock); a warm run makes no network requests.
+# installs the tools and, for each kernel line tested, the headers of its
+# current ABI, and unpacks that kernel's image and modules into a cache.
+# Idempotent and safe to run concurrently (one flock); a warm run makes no
+# network requests.
 #
-# Usage: e2e/setup.sh            (KLP_E2E_CACHE overrides /var/cache/klp-agent-e2e)
-# Result: ${KLP_E2E_CACHE}/current.env with KLP_E2E_KREL, KLP_E2E_VMLINUZ,
-#         KLP_E2E_MODULES, KLP_E2E_HEADERS (KEY=value lines, no quoting needed).
+# Kernel lines (each resolved from its metapackage at set-up time, never
+# pinned; the ABI moves with every security upload):
+#   6.1   linux-image-amd64       -> linux-image-6.1.0-NN-amd64      (Debian 12's default)
+#   6.12  linux-image-6.12-amd64  -> linux-image-6.12.NNN+deb12-amd64 (bookworm-security)
+#
+# Usage: e2e/setup.sh [LINE...]  (default: every line; KLP_E2E_CACHE overrides
+#                                  /var/cache/klp-agent-e2e)
+# Result: per line an env file in ${KLP_E2E_CACHE} with KLP_E2E_KREL,
+#         KLP_E2E_VMLINUZ, KLP_E2E_MODULES, KLP_E2E_HEADERS (KEY=value lines,
+#         no quoting needed): current.env for 6.1 (the default line, the
+#         file every older reader knows), current-6.12.env for 6.12.
+#         Prints each prepared line's ABI on stdout, one per line.
 set -euo pipefail
 
 CACHE=${KLP_E2E_CACHE:-/var/cache/klp-agent-e2e}
@@ -15,9 +25,24 @@ export DEBIAN_FRONTEND=noninteractive
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+now() { date +%s.%3N; }
+elapsed() { awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.1f", e - s }'; }
+
+# line  image metapackage  ABI pattern  env file (keep in step with
+# e2e/lib.sh klp_env_file and harness_test.go kernelEnvFor)
+declare -A meta=([6.1]=linux-image-amd64 [6.12]=linux-image-6.12-amd64)
+declare -A abi_re=([6.1]='^6\.1\.[0-9]+-[0-9]+-amd64$' [6.12]='^6\.12\.[0-9]+\+deb[0-9]+-amd64$')
+declare -A env_file=([6.1]=current.env [6.12]=current-6.12.env)
+all_lines=(6.1 6.12)
+
+lines=("$@")
+((${#lines[@]})) || lines=("${all_lines[@]}")
+for l in "${lines[@]}"; do
+	[[ -n ${meta[$l]:-} ]] || die "unknown kernel line '$l' (known: ${all_lines[*]})"
+done
 
 [[ $(id -u) == 0 ]] || die "must run as root (apt-get, dpkg)"
-# current.env is read by shells and by non-shell parsers; keep paths plain.
+# The env files are read by shells and by non-shell parsers; keep paths plain.
 [[ $CACHE =~ ^/[A-Za-z0-9._/+-]+$ ]] || die "KLP_E2E_CACHE must be an absolute path of [A-Za-z0-9._/+-]: $CACHE"
 [[ $(dpkg --print-architecture) == amd64 ]] || die "only amd64 hosts are supported (the guest is qemu-system-x86_64)"
 
@@ -25,6 +50,7 @@ mkdir -p "$CACHE"
 # Two setups at once (parallel CI jobs) must not race on dpkg or the cache.
 exec 9>"$CACHE/.setup.lock"
 flock 9
+start=$(now)
 
 apt_updated=0
 apt_update() {
@@ -44,26 +70,41 @@ if [[ -z $(find "$CACHE/.apt-updated" /var/lib/apt/lists -maxdepth 1 \
 	apt_update
 fi
 
+# resolve_abi METAPACKAGE: the ABI its linux-image-<ABI> dependency names.
 resolve_abi() {
-	apt-cache depends linux-image-amd64 2>/dev/null |
+	apt-cache depends "$1" 2>/dev/null |
 		awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { sub(/^linux-image-/, "", $2); print $2; exit }'
 }
-abi=$(resolve_abi || true)
-if [[ -z $abi ]]; then
-	apt_update
-	abi=$(resolve_abi || true)
-fi
-[[ $abi =~ ^[0-9]+\.[0-9]+\.[0-9]+-[0-9]+-amd64$ ]] || die "cannot resolve the kernel ABI from 'apt-cache depends linux-image-amd64' (got '$abi')"
-log "kernel ABI $abi"
+declare -A abi=()
+for l in "${lines[@]}"; do
+	a=$(resolve_abi "${meta[$l]}" || true)
+	if [[ -z $a ]]; then
+		apt_update
+		a=$(resolve_abi "${meta[$l]}" || true)
+	fi
+	hint=''
+	[[ $l == 6.1 ]] || hint=' (is bookworm-security in the apt sources?)'
+	[[ $a =~ ${abi_re[$l]} ]] || die "cannot resolve the $l kernel ABI from 'apt-cache depends ${meta[$l]}' (got '$a')$hint"
+	abi[$l]=$a
+	log "kernel $l: ABI $a (from ${meta[$l]})"
+done
 
 # No libelf-dev: linux-kbuild ships objtool prebuilt (it needs libelf1 only).
+# xz-utils: 6.12's modules ship as .ko.xz; mkinitramfs.sh unpacks them.
+# Installing linux-headers-<6.12 ABI> also pulls in its linux-image (and
+# initramfs-tools, udev) through a Depends: a kernel in /boot that this
+# host never boots; harmless.
 pkgs=(qemu-system-x86 rpm debootstrap kmod busybox-static cpio e2fsprogs gcc make
-	util-linux "linux-headers-$abi")
+	util-linux xz-utils)
+for l in "${lines[@]}"; do
+	pkgs+=("linux-headers-${abi[$l]}")
+done
 missing=()
 for p in "${pkgs[@]}"; do
 	[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 done
 if ((${#missing[@]})); then
+	s=$(now)
 	log "installing ${missing[*]}"
 	if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
 		# A failed install after fresh lists is real; with old lists retry once.
@@ -71,44 +112,61 @@ if ((${#missing[@]})); then
 		apt_update
 		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	fi
+	log "installed in $(elapsed "$s")s"
 fi
-headers=/usr/src/linux-headers-$abi
-[[ -f $headers/Makefile ]] || die "$headers is missing after installing linux-headers-$abi"
 
-kdir=$CACHE/$abi
-vmlinuz=$kdir/boot/vmlinuz-$abi
-modules=$kdir/lib/modules/$abi
-if [[ ! -f $vmlinuz || ! -f $modules/modules.dep ]]; then
-	tmp=$(mktemp -d "$CACHE/.dl.XXXXXX")
-	trap 'rm -rf "$tmp"' EXIT
-	log "downloading linux-image-$abi"
-	# As root apt-get download would warn that it cannot sandbox to _apt.
-	if ! (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "linux-image-$abi"); then
-		((apt_updated)) && die "apt-get download linux-image-$abi failed"
-		apt_update
-		(cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "linux-image-$abi")
+# prepare LINE: unpack the line's kernel into the cache, write its env file.
+prepare() {
+	local l=$1 a=${abi[$1]}
+	local headers=/usr/src/linux-headers-$a
+	[[ -f $headers/Makefile ]] || die "$headers is missing after installing linux-headers-$a"
+	local kdir=$CACHE/$a
+	local vmlinuz=$kdir/boot/vmlinuz-$a
+	local modules=$kdir/lib/modules/$a
+	if [[ ! -f $vmlinuz || ! -f $modules/modules.dep ]]; then
+		local s debs
+		s=$(now)
+		tmp=$(mktemp -d "$CACHE/.dl.XXXXXX")
+		trap 'rm -rf "$tmp"' EXIT
+		log "kernel $l: downloading linux-image-$a"
+		# As root apt-get download would warn that it cannot sandbox to _apt.
+		if ! (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "linux-image-$a"); then
+			((apt_updated)) && die "apt-get download linux-image-$a failed"
+			apt_update
+			(cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "linux-image-$a")
+		fi
+		debs=("$tmp"/linux-image-"$a"_*.deb)
+		[[ -f ${debs[0]} ]] || die "apt-get download produced no .deb"
+		log "kernel $l: downloaded $(($(stat -c %s "${debs[0]}") / 1048576)) MiB in $(elapsed "$s")s; unpacking"
+		dpkg -x "${debs[0]}" "$tmp/root"
+		# The .deb has no modules.dep (postinst makes it); modprobe/initramfs
+		# need it. depmod reads .ko.xz (6.12) as well as .ko (6.1).
+		depmod -b "$tmp/root" "$a"
+		[[ -f $tmp/root/boot/vmlinuz-$a && -f $tmp/root/lib/modules/$a/modules.dep ]] ||
+			die "unexpected layout in linux-image-$a"
+		# Rename last so a half-extracted tree is never taken for a complete one.
+		rm -rf "$kdir"
+		mv "$tmp/root" "$kdir"
+		rm -rf "$tmp"
+		trap - EXIT
+		log "kernel $l: $kdir ready in $(elapsed "$s")s"
 	fi
-	debs=("$tmp"/linux-image-"$abi"_*.deb)
-	[[ -f ${debs[0]} ]] || die "apt-get download produced no .deb"
-	dpkg -x "${debs[0]}" "$tmp/root"
-	# The .deb has no modules.dep (postinst makes it); modprobe/initramfs need it.
-	depmod -b "$tmp/root" "$abi"
-	[[ -f $tmp/root/boot/vmlinuz-$abi && -f $tmp/root/lib/modules/$abi/modules.dep ]] ||
-		die "unexpected layout in linux-image-$abi"
-	# Rename last so a half-extracted tree is never taken for a complete one.
-	rm -rf "$kdir"
-	mv "$tmp/root" "$kdir"
-	rm -rf "$tmp"
-	trap - EXIT
-fi
 
-env_tmp=$(mktemp "$CACHE/.current.env.XXXXXX")
-printf '%s\n' \
-	"KLP_E2E_KREL=$abi" \
-	"KLP_E2E_VMLINUZ=$vmlinuz" \
-	"KLP_E2E_MODULES=$modules" \
-	"KLP_E2E_HEADERS=$headers" >"$env_tmp"
-chmod 0644 "$env_tmp"
-mv "$env_tmp" "$CACHE/current.env"
-log "wrote $CACHE/current.env"
-printf '%s\n' "$abi"
+	local f=${env_file[$l]} env_tmp
+	env_tmp=$(mktemp "$CACHE/.$f.XXXXXX")
+	printf '%s\n' \
+		"KLP_E2E_KREL=$a" \
+		"KLP_E2E_VMLINUZ=$vmlinuz" \
+		"KLP_E2E_MODULES=$modules" \
+		"KLP_E2E_HEADERS=$headers" >"$env_tmp"
+	chmod 0644 "$env_tmp"
+	mv "$env_tmp" "$CACHE/$f"
+	log "kernel $l: wrote $CACHE/$f"
+}
+for l in "${lines[@]}"; do
+	prepare "$l"
+done
+log "done in $(elapsed "$start")s"
+for l in "${lines[@]}"; do
+	printf '%s\n' "${abi[$l]}"
+done

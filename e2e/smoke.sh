@@ -47,7 +47,7 @@ times=()
 stage() { times+=("$(printf '%-12s %6ss' "$1" "$(klp_elapsed "$2")")"); }
 
 s=$(klp_now)
-"$KLP_E2E_DIR/setup.sh" >/dev/null
+"$KLP_E2E_DIR/setup.sh" "${KLP_E2E_LINE:-6.1}" >/dev/null
 stage setup "$s"
 klp_load_env
 klp_log "kernel $KLP_E2E_KREL"

@@ -93,7 +93,9 @@ for spec in "${files[@]}"; do
 done
 
 # Kernel modules with their dependencies, in load order, from the cached
-# kernel (not the host's): modprobe resolves, init insmods.
+# kernel (not the host's): modprobe resolves, init insmods. Compressed
+# modules (6.12 ships .ko.xz) are unpacked here: busybox insmod passes
+# the file to the kernel as is, and the initramfs is gzipped anyway.
 krel=$KLP_E2E_KREL
 kroot=${KLP_E2E_MODULES%/lib/modules/*}
 [[ $kroot/lib/modules/$krel == "$KLP_E2E_MODULES" ]] || klp_die "unexpected KLP_E2E_MODULES $KLP_E2E_MODULES"
@@ -106,9 +108,16 @@ for m in "${kmods[@]}"; do
 		rel=${path#"$KLP_E2E_MODULES"/}
 		[[ -z ${seen[$rel]:-} ]] || continue
 		seen[$rel]=1
-		mkdir -p "$stage/lib/modules/$krel/$(dirname "$rel")"
-		install -m 0644 "$path" "$stage/lib/modules/$krel/$rel"
-		echo "/lib/modules/$krel/$rel" >>"$stage/etc/klp-e2e/modules.load"
+		dest=$stage/lib/modules/$krel/${rel%.ko*}.ko
+		mkdir -p "$(dirname "$dest")"
+		case $rel in
+		*.ko) install -m 0644 "$path" "$dest" ;;
+		*.ko.xz) xz -dc "$path" >"$dest" || klp_die "xz -d $path failed" ;;
+		*.ko.gz) gzip -dc "$path" >"$dest" || klp_die "gzip -d $path failed" ;;
+		*.ko.zst) zstd -dcq "$path" >"$dest" || klp_die "zstd -d $path failed" ;;
+		*) klp_die "module $path: unknown file type" ;;
+		esac
+		echo "/lib/modules/$krel/${dest#"$stage/lib/modules/$krel/"}" >>"$stage/etc/klp-e2e/modules.load"
 	done <<<"$deps"
 done
 if ((${#seen[@]})); then

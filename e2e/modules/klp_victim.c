@@ -40,8 +40,10 @@ MODULE_PARM_DESC(interruptible, "sleep interruptibly, so livepatch fake signals 
  * Exported and noinline so it stays a real, uniquely named function in
  * kallsyms (no .constprop/.isra clone) that livepatch can find; the work
  * after the sleep keeps the call from becoming a tail call, so this frame
- * is on the sleeping task's stack.
+ * is on the sleeping task's stack. The prototype is for -Wmissing-prototypes
+ * (on by default since 6.8).
  */
+const char *klp_victim_sleep(unsigned int secs);
 noinline const char *klp_victim_sleep(unsigned int secs)
 {
 	unsigned long deadline = jiffies + (unsigned long)secs * HZ;

@@ -68,6 +68,17 @@ apply() {
 	echo "KLP-E2E: time $name $(sed -n 's/.*verified->transition 0: \([0-9.]*ms\).*/\1/p' "/tmp/$name.out")"
 }
 apply enable-1 klp-cmdline-1-1.x86_64.rpm 1
+# What this kernel shows per patch: 6.1 has no replace, 6.11+ does (6.12:
+# klp_cmdline_1 replace=1), stack_order comes with 6.14. The Go test pins
+# which line shows what; klp_stall (replace=false) is read below.
+klp_attr() {
+	if [ -e "$KLP_LP/$1/$2" ]; then
+		echo "$2=$(klp_read "$KLP_LP/$1/$2")"
+	else
+		echo "$2=absent"
+	fi
+}
+attrs_1="klp_cmdline_1 $(klp_attr klp_cmdline_1 replace) $(klp_attr klp_cmdline_1 stack_order) files=$(echo $(ls $KLP_LP/klp_cmdline_1) | tr ' ' ',')"
 apply upgrade-2 klp-cmdline-2-1.x86_64.rpm 2 klp_cmdline_1
 apply upgrade-3 klp-cmdline-3-1.x86_64.rpm 3 klp_cmdline_2
 apply stepback-2 klp-cmdline-2-1.x86_64.rpm 2 klp_cmdline_3
@@ -130,6 +141,7 @@ insmod "/usr/lib/klp-agent/livepatches/$KREL/klp_stall.ko"
 if [ "$(klp_read $KLP_LP/klp_stall/transition)" != 1 ]; then
 	klp_fail ebusy "klp_stall transition did not stall"
 fi
+attrs_stall="klp_stall $(klp_attr klp_stall replace) $(klp_attr klp_stall stack_order)"
 # The agent's apply runs meanwhile: rpm -U, then finit_module answers EBUSY
 # and the agent retries. Once rpm has installed its module the load is
 # milliseconds away; a second later (several retries) the reader is killed,
@@ -165,9 +177,25 @@ for lvl in 1 2 3; do
 	[ $prev = 0 ] || klp_rmmod "klp_cmdline_$prev"
 done
 run list $A klp list --json
-if grep -q '"name": "klp_cmdline_3"' /tmp/list.out && grep -q '"enabled": true' /tmp/list.out; then
+# The agent reports replace where the kernel has it (6.11+), and only there.
+if [ -e $KLP_LP/klp_cmdline_3/replace ]; then
+	want_replace='"replace": true'
+	grep -q "$want_replace" /tmp/list.out
+else
+	want_replace='no "replace"'
+	! grep -q '"replace"' /tmp/list.out
+fi
+replace_ok=$?
+if grep -q '"name": "klp_cmdline_3"' /tmp/list.out && grep -q '"enabled": true' /tmp/list.out && [ $replace_ok = 0 ]; then
 	klp_pass list-foreign "a livepatch the agent did not load is listed: $(oneline list)"
 else
-	klp_fail list-foreign "$(oneline list)"
+	klp_fail list-foreign "want $want_replace: $(oneline list)"
 fi
+
+# --- the sysfs attributes seen, for the Go test to check per kernel line -------
+case "$attrs_1 $attrs_stall" in
+*"replace=absent"*"replace=absent"* | *"replace=1"*"replace=0"*)
+	klp_pass sysfs-attrs "$attrs_1; $attrs_stall" ;;
+*) klp_fail sysfs-attrs "replace=true/false patches read $attrs_1; $attrs_stall" ;;
+esac
 [ "$KLP_FAILED" = 0 ]
