@@ -47,7 +47,7 @@ e2e-setup:
 	e2e/setup.sh
 
 e2e: e2e-setup
-	$(GO) test -tags e2e -count=1 -v -timeout 30m ./e2e/
+	$(GO) test -tags e2e -count=1 -v -timeout 50m ./e2e/
 
 # Speed and memory, never asserted: Go benchmarks (manifest verify+select,
 # unchanged polls against nginx, the daemon's steady state, the fleet

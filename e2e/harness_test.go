@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -125,10 +126,36 @@ func buildRPMs(t *testing.T, out string) {
 	buildRPMsFor(t, out, "")
 }
 
-// buildRPMsFor does it against a kernel line's headers ("" is 6.1).
+// builtRPMs caches build-rpms.sh's output per kernel line for the rest of
+// this test process: the sources cannot change during one run, and every
+// test building the modules again cost CI a minute each.
+var builtRPMs = struct {
+	sync.Mutex
+	dir map[string]string
+}{dir: map[string]string{}}
+
+// buildRPMsFor does it against a kernel line's headers ("" is 6.1). The
+// first call per line builds; later ones copy that build into out.
 func buildRPMsFor(t *testing.T, out, line string) {
 	t.Helper()
-	runCmd(t, repoDir(t), lineEnv(line), "e2e/build-rpms.sh", out)
+	if line == "" {
+		line = "6.1"
+	}
+	builtRPMs.Lock()
+	defer builtRPMs.Unlock()
+	src, ok := builtRPMs.dir[line]
+	if !ok {
+		dir, err := os.MkdirTemp("", "klp-e2e-rpms-"+line+"-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		runCmd(t, repoDir(t), lineEnv(line), "e2e/build-rpms.sh", dir)
+		builtRPMs.dir[line], src = dir, dir
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	runCmd(t, repoDir(t), nil, "cp", "-a", src+"/.", out)
 }
 
 // rpmFiles stages what the real rpm needs inside a busybox guest and
