@@ -4,9 +4,10 @@
  * Its transition cannot finish while a task sleeps in the old
  * klp_victim_sleep(), which is the stalled-transition test.
  *
- * .replace = false on purpose: it stacks on top of whatever cumulative
- * cmdline level is active, so stalling or reversing it never touches that
- * level. (A later replace=true patch still removes it, as the kernel does.)
+ * Cumulative (.replace = true) like every patch the agent takes: a
+ * non-cumulative one is refused before its transition could stall (on 6.12
+ * by the replace attribute). The scenarios load it with no other patch
+ * enabled.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -37,7 +38,7 @@ static struct klp_object objs[] = {
 static struct klp_patch patch = {
 	.mod = THIS_MODULE,
 	.objs = objs,
-	.replace = false,
+	.replace = true,
 };
 
 static int __init klp_stall_init(void)
