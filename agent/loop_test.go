@@ -19,6 +19,7 @@ import (
 
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/internal/testutil/runtest"
 	"github.com/klp-agent/klp-agent/klp/klptest"
 	"github.com/klp-agent/klp-agent/manifest"
 	"golang.org/x/sys/unix"
@@ -72,21 +73,7 @@ func (h *host) serve(b []byte) {
 
 // runLoop runs d until the returned stop is called (or the test ends).
 func runLoop(t *testing.T, d *Loop) (stop func() error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	var err error
-	stopped := false
-	stop = func() error {
-		if !stopped {
-			stopped = true
-			cancel()
-			err = <-done
-		}
-		return err
-	}
-	t.Cleanup(func() { stop() })
-	return stop
+	return runtest.Start(t, d.Run)
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -21,6 +21,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/internal/testutil/nginxtest"
 	"github.com/klp-agent/klp-agent/internal/testutil/rpmtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/runtest"
 	"github.com/klp-agent/klp-agent/internal/testutil/tlstest"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/klp/klptest"
@@ -105,18 +106,7 @@ func TestPrivateCAMirror(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			writeConfig(t, cfg, strings.Replace(base, "  retries: 0\n", "  retries: 0\n"+tt.extra, 1))
-			h, err := LoadHost(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			client, err := h.Client(zap.NewNop())
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := h.Settings(zap.NewNop(), client)
-			if err != nil {
-				t.Fatal(err)
-			}
+			h, s := hostSettings(t, cfg)
 			// The kernel is simulated; rpm is real, in the test root.
 			kern := klptest.New()
 			kern.AddFile(filepath.Join(root, "usr/lib/klp-agent/livepatches", krel, "klp_cmdline_1.ko"),
@@ -147,24 +137,10 @@ func TestPrivateCAMirror(t *testing.T) {
 	}
 }
 
-// run starts Run on cfg and returns its log and a stop function.
+// runDaemon starts Run on cfg and returns its log and a stop function.
 func runDaemon(t *testing.T, cfg string) (logs *syncBuffer, stop func() error) {
 	logs = &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, Options{ConfigPath: cfg, Stderr: logs}) }()
-	var err error
-	stopped := false
-	stop = func() error {
-		if !stopped {
-			stopped = true
-			cancel()
-			err = <-done
-		}
-		return err
-	}
-	t.Cleanup(func() { stop() })
-	return logs, stop
+	return logs, runtest.Start(t, func(ctx context.Context) error { return Run(ctx, Options{ConfigPath: cfg, Stderr: logs}) })
 }
 
 // SIGHUP: an invalid configuration is refused and the running one kept; a
@@ -259,19 +235,8 @@ func TestMaxExpiryConfig(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			writeConfig(t, cfg, "manifest:\n  url: "+srv.URL+"/manifest.json\n  retries: 0\n"+tt.extra+"trust:\n  keys_dir: "+keys+
 				"\npaths:\n  root: "+root+"\n  state_dir: "+t.TempDir()+"\n")
-			h, err := LoadHost(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			client, err := h.Client(zap.NewNop())
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := h.Settings(zap.NewNop(), client)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = s.Source.Poll(context.Background())
+			_, s := hostSettings(t, cfg)
+			_, err := s.Source.Poll(context.Background())
 			if refused := errors.Is(err, manifest.ErrExpiryTooFar); refused != tt.refused || (!refused && err != nil) {
 				t.Fatalf("poll: %v, want refused %v", err, tt.refused)
 			}
@@ -280,4 +245,22 @@ func TestMaxExpiryConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hostSettings loads cfg's host and builds its agent settings.
+func hostSettings(t *testing.T, cfg string) (*Host, agent.Settings) {
+	t.Helper()
+	h, err := LoadHost(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := h.Client(zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := h.Settings(zap.NewNop(), client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, s
 }
