@@ -89,3 +89,21 @@ klp_trigger_read() {
 
 # Counts of a fixed string in the kernel log.
 klp_dmesg_count() { dmesg | grep -cF -- "$1" || true; }
+
+# klp_rpm_initdb RPM: give the real rpm a database (and root a home to own
+# files), failing the step rpm-initdb with rpm's own words.
+klp_rpm_initdb() {
+	mkdir -p /var/lib/rpm /root
+	if ! $1 --initdb >/tmp/initdb.out 2>&1; then
+		klp_fail rpm-initdb "rpm --initdb: $(tr '\n' ' ' </tmp/initdb.out)"
+	fi
+}
+
+# klp_run NAME CMD...: run CMD, keeping its output in /tmp/NAME.out;
+# klp_oneline NAME prints that output on one line.
+klp_run() {
+	local name=$1
+	shift
+	"$@" >"/tmp/$name.out" 2>&1
+}
+klp_oneline() { tr '\n' ' ' <"/tmp/$1.out"; }

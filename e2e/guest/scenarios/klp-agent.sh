@@ -14,35 +14,22 @@ export HOME=/root
 export PATH=/usr/local/bin:$PATH
 RPM=/usr/local/bin/rpm
 
-# rpm needs a database and a root user to own files.
-mkdir -p /var/lib/rpm /root
-if ! $RPM --initdb >/tmp/initdb.out 2>&1; then
-	klp_fail rpm-initdb "rpm --initdb: $(tr '\n' ' ' </tmp/initdb.out)"
-fi
-
-# expect NAME CMD...: run the agent, keep its output in /tmp/NAME.out.
-run() {
-	local name=$1
-	shift
-	"$@" >"/tmp/$name.out" 2>&1
-}
-out() { cat "/tmp/$1.out"; }
-oneline() { tr '\n' ' ' <"/tmp/$1.out"; }
+klp_rpm_initdb $RPM
 
 # --- refusals, before anything is loaded --------------------------------
-if run refuse-kernel $A klp apply --rpm "$R/klp-cmdline-1-1.otherkrel.x86_64.rpm"; then
-	klp_fail refuse-kernel "accepted an RPM for another kernel: $(oneline refuse-kernel)"
+if klp_run refuse-kernel $A klp apply --rpm "$R/klp-cmdline-1-1.otherkrel.x86_64.rpm"; then
+	klp_fail refuse-kernel "accepted an RPM for another kernel: $(klp_oneline refuse-kernel)"
 elif grep -q "kernel release mismatch" "/tmp/refuse-kernel.out" && [ -z "$(ls $KLP_LP)" ] && ! $RPM -q klp-cmdline >/dev/null 2>&1; then
-	klp_pass refuse-kernel "$(oneline refuse-kernel)"
+	klp_pass refuse-kernel "$(klp_oneline refuse-kernel)"
 else
-	klp_fail refuse-kernel "$(oneline refuse-kernel)"
+	klp_fail refuse-kernel "$(klp_oneline refuse-kernel)"
 fi
-if run refuse-notlp $A klp apply --rpm "$R/klp-notlp-1-1.x86_64.rpm"; then
-	klp_fail refuse-notlp "accepted a non-livepatch module: $(oneline refuse-notlp)"
+if klp_run refuse-notlp $A klp apply --rpm "$R/klp-notlp-1-1.x86_64.rpm"; then
+	klp_fail refuse-notlp "accepted a non-livepatch module: $(klp_oneline refuse-notlp)"
 elif grep -q "not a livepatch" "/tmp/refuse-notlp.out" && klp_module_gone klp_notlp && ! $RPM -q klp-notlp >/dev/null 2>&1; then
-	klp_pass refuse-notlp "$(oneline refuse-notlp)"
+	klp_pass refuse-notlp "$(klp_oneline refuse-notlp)"
 else
-	klp_fail refuse-notlp "$(oneline refuse-notlp)"
+	klp_fail refuse-notlp "$(klp_oneline refuse-notlp)"
 fi
 
 # --- cumulative levels by atomic replace ---------------------------------
@@ -50,8 +37,8 @@ fi
 # and PREV's module must be gone.
 apply() {
 	local name=$1 rpmf=$2 level=$3 prev=${4:-}
-	if ! run "$name" $A klp apply --rpm "$R/$rpmf"; then
-		klp_fail "$name" "$(oneline "$name")"
+	if ! klp_run "$name" $A klp apply --rpm "$R/$rpmf"; then
+		klp_fail "$name" "$(klp_oneline "$name")"
 		return
 	fi
 	local got
@@ -64,7 +51,7 @@ apply() {
 		klp_fail "$name" "replaced module $prev still loaded"
 		return
 	fi
-	klp_pass "$name" "$(oneline "$name")"
+	klp_pass "$name" "$(klp_oneline "$name")"
 	echo "KLP-E2E: time $name $(sed -n 's/.*verified->transition 0: \([0-9.]*ms\).*/\1/p' "/tmp/$name.out")"
 }
 apply enable-1 klp-cmdline-1-1.x86_64.rpm 1
@@ -89,22 +76,22 @@ else
 fi
 
 # --- disable to none --------------------------------------------------------
-if run disable $A klp disable klp_cmdline_2 && [ "$(klp_level)" = none ] && klp_module_gone klp_cmdline_2 && [ -z "$(ls $KLP_LP)" ]; then
-	klp_pass disable "$(oneline disable)"
+if klp_run disable $A klp disable klp_cmdline_2 && [ "$(klp_level)" = none ] && klp_module_gone klp_cmdline_2 && [ -z "$(ls $KLP_LP)" ]; then
+	klp_pass disable "$(klp_oneline disable)"
 else
-	klp_fail disable "level $(klp_level): $(oneline disable)"
+	klp_fail disable "level $(klp_level): $(klp_oneline disable)"
 fi
 
 # --- kpatch-patch layout ----------------------------------------------------
 set -- "$R"/kpatch-patch-*.rpm
-if run kpatch $A klp apply --nodeps --rpm "$1" &&
+if klp_run kpatch $A klp apply --nodeps --rpm "$1" &&
 	[ "$(klp_level)" = 1 ] && [ -d $KLP_LP/kpatch_cmdline_1 ]; then
-	klp_pass kpatch "$(oneline kpatch)"
-	if ! run kpatch-disable $A klp disable kpatch_cmdline_1; then
-		klp_fail kpatch-disable "$(oneline kpatch-disable); livepatches: $(ls $KLP_LP); refcnt $(klp_read /sys/module/kpatch_cmdline_1/refcnt)"
+	klp_pass kpatch "$(klp_oneline kpatch)"
+	if ! klp_run kpatch-disable $A klp disable kpatch_cmdline_1; then
+		klp_fail kpatch-disable "$(klp_oneline kpatch-disable); livepatches: $(ls $KLP_LP); refcnt $(klp_read /sys/module/kpatch_cmdline_1/refcnt)"
 	fi
 else
-	klp_fail kpatch "$(oneline kpatch)"
+	klp_fail kpatch "$(klp_oneline kpatch)"
 fi
 
 # --- stalled transition: reversed within the timeout, blocker named ---------
@@ -115,15 +102,15 @@ cat /proc/klp_victim >/tmp/victim.out 2>&1 &
 reader=$!
 sleep 1
 t0=$(klp_cs)
-if run stall $A klp apply --transition-timeout 3s --rpm "$R/klp-stall-1-1.x86_64.rpm"; then
-	klp_fail stall "stalled transition reported success: $(oneline stall)"
+if klp_run stall $A klp apply --transition-timeout 3s --rpm "$R/klp-stall-1-1.x86_64.rpm"; then
+	klp_fail stall "stalled transition reported success: $(klp_oneline stall)"
 else
 	secs=$(klp_since "$t0")
 	if grep -q "transition stalled" /tmp/stall.out && grep -q "cat (pid $reader tid $reader)" /tmp/stall.out &&
 		grep -q "klp_victim_sleep" /tmp/stall.out && klp_patch_gone klp_stall && klp_module_gone klp_stall; then
-		klp_pass stall "reversed and unloaded after ${secs}s: $(oneline stall)"
+		klp_pass stall "reversed and unloaded after ${secs}s: $(klp_oneline stall)"
 	else
-		klp_fail stall "after ${secs}s (reader pid $reader): $(oneline stall); livepatches: $(ls $KLP_LP) modules: $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+		klp_fail stall "after ${secs}s (reader pid $reader): $(klp_oneline stall); livepatches: $(ls $KLP_LP) modules: $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
 	fi
 fi
 kill "$reader" 2>/dev/null
@@ -146,7 +133,7 @@ attrs_stall="klp_stall $(klp_attr klp_stall replace) $(klp_attr klp_stall stack_
 # and the agent retries. Once rpm has installed its module the load is
 # milliseconds away; a second later (several retries) the reader is killed,
 # the stall ends and a retry loads. No timing of the guest's speed matters.
-run ebusy $A klp apply --rpm "$R/klp-cmdline-1-1.x86_64.rpm" &
+klp_run ebusy $A klp apply --rpm "$R/klp-cmdline-1-1.x86_64.rpm" &
 apply=$!
 i=0
 while [ ! -f "/usr/lib/klp-agent/livepatches/$KREL/klp_cmdline_1.ko" ] && [ $i -lt 600 ]; do
@@ -156,9 +143,9 @@ done
 sleep 1
 kill -9 "$reader" 2>/dev/null
 if wait "$apply" && grep -q "EBUSY retries" /tmp/ebusy.out && [ "$(klp_level)" = 1 ]; then
-	klp_pass ebusy "$(oneline ebusy)"
+	klp_pass ebusy "$(klp_oneline ebusy)"
 else
-	klp_fail ebusy "level $(klp_level): $(oneline ebusy)"
+	klp_fail ebusy "level $(klp_level): $(klp_oneline ebusy)"
 fi
 wait "$reader" 2>/dev/null
 $A klp disable klp_cmdline_1 >/dev/null 2>&1
@@ -176,7 +163,7 @@ for lvl in 1 2 3; do
 	prev=$((lvl - 1))
 	[ $prev = 0 ] || klp_rmmod "klp_cmdline_$prev"
 done
-run list $A klp list --json
+klp_run list $A klp list --json
 # The agent reports replace where the kernel has it (6.11+), and only there.
 if [ -e $KLP_LP/klp_cmdline_3/replace ]; then
 	want_replace='"replace": true'
@@ -187,9 +174,9 @@ else
 fi
 replace_ok=$?
 if grep -q '"name": "klp_cmdline_3"' /tmp/list.out && grep -q '"enabled": true' /tmp/list.out && [ $replace_ok = 0 ]; then
-	klp_pass list-foreign "a livepatch the agent did not load is listed: $(oneline list)"
+	klp_pass list-foreign "a livepatch the agent did not load is listed: $(klp_oneline list)"
 else
-	klp_fail list-foreign "want $want_replace: $(oneline list)"
+	klp_fail list-foreign "want $want_replace: $(klp_oneline list)"
 fi
 
 # --- the sysfs attributes seen, for the Go test to check per kernel line -------
