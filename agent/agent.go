@@ -624,7 +624,11 @@ func (a *Agent) Download(ctx context.Context, p state.PatchRecord) (string, erro
 		return "", err
 	}
 	h := sha256.New()
-	n, err := a.d.Downloader.Download(ctx, p.URL, io.MultiWriter(f, h), min(p.Size, maxRPMBytes))
+	var w io.Writer = f
+	if a.d.Crashpoint != nil {
+		w = &firstWrite{w: f, then: func() { a.crashpoint("apply:downloading") }}
+	}
+	n, err := a.d.Downloader.Download(ctx, p.URL, io.MultiWriter(w, h), min(p.Size, maxRPMBytes))
 	if err == nil {
 		err = f.Sync()
 	}
@@ -643,6 +647,24 @@ func (a *Agent) Download(ctx context.Context, p state.PatchRecord) (string, erro
 		return "", err
 	}
 	return dst, atomicfile.SyncDir(filepath.Dir(dst))
+}
+
+// firstWrite calls then after the first bytes of a download are on disk
+// (a crashpoint in the middle of it).
+type firstWrite struct {
+	w    *os.File
+	then func()
+	done bool
+}
+
+func (fw *firstWrite) Write(b []byte) (int, error) {
+	n, err := fw.w.Write(b)
+	if !fw.done && n > 0 {
+		fw.done = true
+		fw.w.Sync()
+		fw.then()
+	}
+	return n, err
 }
 
 // createPart creates a download's temporary file afresh: whatever is at

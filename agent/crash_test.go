@@ -61,7 +61,8 @@ func crashHelper(jobJSON string) int {
 	}
 	in := &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: j.Root},
 		Controller: &klp.Controller{Sysfs: &klp.Sysfs{FS: k, Poll: time.Millisecond}, Modules: k,
-			Opts: klp.Options{TransitionTimeout: 2 * time.Second, UnloadTimeout: 2 * time.Second}},
+			Opts: klp.Options{TransitionTimeout: 2 * time.Second, UnloadTimeout: 2 * time.Second},
+			Hook: func(s string) { crash("klp:" + s) }},
 		Root: j.Root, Hook: func(s string) { crash("klp:" + s) }}
 	a := New(Deps{Store: &state.Store{Dir: j.StateDir}, Host: manifest.Host{ID: "h", Kernel: krel}, Installer: in,
 		BootID: func() (string, error) { return "boot-1", nil }, Crashpoint: crash})
@@ -112,7 +113,8 @@ func TestCrashConsistency(t *testing.T) {
 	defer srv.Close()
 
 	points := map[string][]string{
-		"apply":    {"apply:intent", "apply:downloaded", "apply:installing", "klp:installed", "apply:enabling", "klp:enabled", "apply:soaking"},
+		"apply": {"apply:intent", "apply:downloading", "apply:downloaded", "apply:installing", "klp:installed", "apply:enabling",
+			"klp:loaded", "klp:enabled", "apply:soaking"},
 		"rollback": {"rollback:intent", "rollback:loaded", "rollback:stepped-back", "rollback:done"},
 	}
 	for _, op := range []string{"apply", "rollback"} {

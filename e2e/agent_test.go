@@ -186,12 +186,7 @@ func TestAgentRealKernel(t *testing.T) {
 	// mount would replay it before kdump-tools writes; debugfs does not,
 	// and boot4's replay would then undo its allocations (the inode bitmap
 	// no longer matches its checksum). e2fsck replays it first.
-	if out, err := exec.Command("e2fsck", "-fy", disk).CombinedOutput(); err != nil {
-		// Exit 1: errors corrected (the replay); more is a broken disk.
-		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() > 1 {
-			t.Fatalf("e2fsck after the crash: %v\n%s", err, out)
-		}
-	}
+	fsck(t, disk)
 	runCmd(t, work, nil, "debugfs", "-w", "-f", cmds(work), disk)
 	ms, log = boot(t, work, guest{name: "boot4", scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/agent-boot4.sh"),
 		files: files, kmods: kmods, disk: disk, timeout: 180 * time.Second})

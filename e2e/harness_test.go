@@ -112,10 +112,10 @@ func runCmd(t *testing.T, dir string, env []string, name string, args ...string)
 }
 
 // buildAgent builds the static binary users install.
-func buildAgent(t *testing.T, out string) string {
+func buildAgent(t *testing.T, out string, tags ...string) string {
 	t.Helper()
 	bin := filepath.Join(out, "klp-agent")
-	runCmd(t, repoDir(t), []string{"CGO_ENABLED=0"}, "go", "build", "-trimpath", "-o", bin, ".")
+	runCmd(t, repoDir(t), []string{"CGO_ENABLED=0"}, "go", "build", "-trimpath", "-tags", strings.Join(tags, ","), "-o", bin, ".")
 	return bin
 }
 

@@ -42,6 +42,16 @@ type Controller struct {
 	Opts    Options
 	// Log gives a refused load the kernel's own words; nil: errno only.
 	Log KernelLog
+	// Hook, if set, is called once the module is in the kernel ("loaded")
+	// and, if its transition is still running then, "in-transition": the
+	// real-kernel power-cut tests cut the power there.
+	Hook func(step string)
+}
+
+func (c *Controller) hook(step string) {
+	if c.Hook != nil {
+		c.Hook(step)
+	}
 }
 
 // EnableOptions say what an enable must do besides loading.
@@ -113,6 +123,10 @@ func (c *Controller) Enable(ctx context.Context, file, name string, eo EnableOpt
 		// livepatch. Take it out again rather than leave an unknown module.
 		c.unload(ctx, name, o)
 		return res, fmt.Errorf("enable %s: module loaded but %w", name, err)
+	}
+	c.hook("loaded")
+	if p.Transition {
+		c.hook("in-transition")
 	}
 	if p.Replace != nil && !*p.Replace {
 		// The kernel says so (6.11+): it would stack, not replace.

@@ -198,8 +198,9 @@ func (h *Host) Installer() *klp.Installer {
 			Keyring: c.Apply.RPMKeyring, DBPath: c.Apply.RPMDBPath, Scripts: c.Apply.RPMScripts},
 		Controller: &klp.Controller{Sysfs: h.Sysfs(), Modules: klp.KernelModules{},
 			Log:  klp.KmsgLog{Path: filepath.Join(c.Paths.Root, "dev/kmsg")},
-			Opts: klp.Options{TransitionTimeout: c.Apply.TransitionTimeout, ForceOnStall: c.Apply.ForceOnStall}},
-		Root: c.Paths.Root, CheckSig: c.Apply.RequireSignature,
+			Opts: klp.Options{TransitionTimeout: c.Apply.TransitionTimeout, ForceOnStall: c.Apply.ForceOnStall},
+			Hook: crashpoint},
+		Root: c.Paths.Root, CheckSig: c.Apply.RequireSignature, Hook: crashpoint,
 	}
 }
 
@@ -238,7 +239,7 @@ func (h *Host) Agent(log *zap.Logger, store *state.Store, rec agent.Recorder) (*
 	}
 	root := h.Config.Paths.Root
 	return agent.New(agent.Deps{Log: log, Store: store, Source: s.Source, Downloader: s.Downloader, Host: s.Host,
-		Installer: s.Installer, Soak: s.Soak, CrashSince: s.CrashSince, Recorder: rec,
+		Installer: s.Installer, Soak: s.Soak, CrashSince: s.CrashSince, Recorder: rec, Crashpoint: crashpoint,
 		BootID: func() (string, error) { return agent.BootID(root) }}), nil
 }
 
