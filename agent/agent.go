@@ -834,7 +834,10 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 			log.Warn("good level " + c.ID() + " not at hand: " + err.Error())
 			continue
 		case errors.As(err, &refused) && refused.Deterministic():
-			log.Warn("the kernel refuses good level "+c.ID()+" now; trying an older one: "+err.Error(), patchFields(&c)...)
+			// The log's KLP_PATCH is the patch rolled back from; this one is
+			// the level refused.
+			log.Warn("the kernel refuses good level "+c.ID()+" now; trying an older one: "+err.Error(),
+				zap.String("KLP_REFUSED_PATCH", c.Name), zap.Int("KLP_REFUSED_LEVEL", c.Level))
 			continue
 		default:
 			return fmt.Errorf("roll back %s to %s: %w", from.ID(), c.ID(), err)

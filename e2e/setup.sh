@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 # Prepares a Debian 12 amd64 machine (root) for the real-kernel e2e tests:
-# installs the tools and, for each kernel line tested, the headers of its
-# current ABI, and unpacks that kernel's image and modules into a cache.
+# installs the tools and, for each kernel line tested, unpacks the headers
+# of its current ABI (without installing them) and that kernel's image and
+# modules into a cache.
 # Idempotent and safe to run concurrently (one flock); a warm run makes no
 # network requests.
 #
@@ -12,7 +13,9 @@
 #   6.12  linux-image-6.12-amd64  -> linux-image-6.12.NNN+deb12-amd64 (bookworm-security)
 #
 # Usage: e2e/setup.sh [LINE...]  (default: every line; KLP_E2E_CACHE overrides
-#                                  /var/cache/klp-agent-e2e)
+#                                  /var/cache/klp-agent-e2e;
+#                                  KLP_E2E_HEADERS_UNPACK=1 unpacks headers
+#                                  even where dpkg has them installed)
 # Result: per line an env file in ${KLP_E2E_CACHE} with KLP_E2E_KREL,
 #         KLP_E2E_VMLINUZ, KLP_E2E_MODULES, KLP_E2E_HEADERS (KEY=value lines,
 #         no quoting needed): current.env for 6.1 (the default line, the
@@ -89,16 +92,16 @@ for l in "${lines[@]}"; do
 	log "kernel $l: ABI $a (from ${meta[$l]})"
 done
 
-# No libelf-dev: linux-kbuild ships objtool prebuilt (it needs libelf1 only).
-# xz-utils: 6.12's modules ship as .ko.xz; mkinitramfs.sh unpacks them.
-# Installing linux-headers-<6.12 ABI> also pulls in its linux-image (and
-# initramfs-tools, udev) through a Depends: a kernel in /boot that this
-# host never boots; harmless.
-pkgs=(qemu-system-x86 rpm debootstrap kmod busybox-static cpio e2fsprogs gcc make
-	util-linux xz-utils)
-for l in "${lines[@]}"; do
-	pkgs+=("linux-headers-${abi[$l]}")
-done
+# The headers are not installed: linux-headers-<6.12 ABI> Depends on its
+# linux-image, whose postinst builds an initramfs twice (about 10 minutes of
+# a fresh machine's first run, for a kernel this host never boots). Each
+# line's headers, common headers and kbuild .debs are unpacked into the
+# cache instead (prepare, below); headers already installed by dpkg are used
+# as they are. kbuild's prebuilt tools need libelf1; gcc-12 is the kernels'
+# compiler. xz-utils: 6.12's modules ship as .ko.xz; mkinitramfs.sh unpacks
+# them.
+pkgs=(qemu-system-x86 rpm debootstrap kmod busybox-static cpio e2fsprogs gcc gcc-12 make
+	util-linux xz-utils libelf1)
 missing=()
 for p in "${pkgs[@]}"; do
 	[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
@@ -115,11 +118,64 @@ if ((${#missing[@]})); then
 	log "installed in $(elapsed "$s")s"
 fi
 
+# download_debs DIR PKG...: apt-get download into DIR (lists refreshed once
+# on failure).
+download_debs() {
+	local dir=$1
+	shift
+	# As root apt-get download would warn that it cannot sandbox to _apt.
+	if ! (cd "$dir" && apt-get download -qq -o APT::Sandbox::User=root "$@"); then
+		((apt_updated)) && die "apt-get download $* failed"
+		apt_update
+		(cd "$dir" && apt-get download -qq -o APT::Sandbox::User=root "$@")
+	fi
+}
+
+# headers_for ABI: the kernel headers to build modules against: dpkg's, if
+# installed (and KLP_E2E_HEADERS_UNPACK is not 1), else the headers, common
+# headers and kbuild .debs unpacked under the cache (never installed).
+headers_for() {
+	local a=$1 root=$CACHE/headers-$1
+	local installed=/usr/src/linux-headers-$a
+	if [[ ${KLP_E2E_HEADERS_UNPACK:-0} != 1 && -f $installed/Makefile &&
+		$(dpkg-query -W -f='${Status}' "linux-headers-$a" 2>/dev/null) == "install ok installed" ]]; then
+		HEADERS=$installed
+		return
+	fi
+	HEADERS=$root/usr/src/linux-headers-$a
+	[[ -f $root/.complete ]] && return
+	local s tmp2 deps
+	s=$(now)
+	# The .debs this headers package needs from the kernel's source
+	# package: its common headers and kbuild (scripts, objtool).
+	mapfile -t deps < <(apt-cache depends "linux-headers-$a" 2>/dev/null |
+		awk '$1 == "Depends:" && $2 ~ /^linux-(headers|kbuild)-/ { print $2 }')
+	log "kernel headers $a: downloading linux-headers-$a ${deps[*]} (unpacked, not installed)"
+	tmp2=$(mktemp -d "$CACHE/.hdr.XXXXXX")
+	download_debs "$tmp2" "linux-headers-$a" "${deps[@]}"
+	local deb
+	for deb in "$tmp2"/*.deb; do
+		dpkg-deb -x "$deb" "$tmp2/root"
+	done
+	local mk=$tmp2/root/usr/src/linux-headers-$a/Makefile
+	[[ -f $mk ]] || die "linux-headers-$a has no Makefile"
+	# Its Makefile includes the common headers' by absolute path.
+	sed -i "s|^include /usr/src/|include $root/usr/src/|" "$mk"
+	grep -q "^include $root/usr/src/" "$mk" || die "unexpected $mk: $(head -c 200 "$mk")"
+	rm -rf "$root"
+	mv "$tmp2/root" "$root"
+	touch "$root/.complete"
+	rm -rf "$tmp2"
+	log "kernel headers $a: $HEADERS ready in $(elapsed "$s")s"
+}
+
 # prepare LINE: unpack the line's kernel into the cache, write its env file.
 prepare() {
 	local l=$1 a=${abi[$1]}
-	local headers=/usr/src/linux-headers-$a
-	[[ -f $headers/Makefile ]] || die "$headers is missing after installing linux-headers-$a"
+	local HEADERS
+	headers_for "$a"
+	local headers=$HEADERS
+	[[ -f $headers/Makefile ]] || die "$headers is missing"
 	local kdir=$CACHE/$a
 	local vmlinuz=$kdir/boot/vmlinuz-$a
 	local modules=$kdir/lib/modules/$a
@@ -129,12 +185,7 @@ prepare() {
 		tmp=$(mktemp -d "$CACHE/.dl.XXXXXX")
 		trap 'rm -rf "$tmp"' EXIT
 		log "kernel $l: downloading linux-image-$a"
-		# As root apt-get download would warn that it cannot sandbox to _apt.
-		if ! (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "linux-image-$a"); then
-			((apt_updated)) && die "apt-get download linux-image-$a failed"
-			apt_update
-			(cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "linux-image-$a")
-		fi
+		download_debs "$tmp" "linux-image-$a"
 		debs=("$tmp"/linux-image-"$a"_*.deb)
 		[[ -f ${debs[0]} ]] || die "apt-get download produced no .deb"
 		log "kernel $l: downloaded $(($(stat -c %s "${debs[0]}") / 1048576)) MiB in $(elapsed "$s")s; unpacking"

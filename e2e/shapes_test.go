@@ -64,6 +64,13 @@ func testShapes(t *testing.T, line, bin string) {
 			pub.cli("manifest", "sign", "--in", src, "--key", filepath.Join(pub.keys, "release.key"), "--out", out)
 		}
 	}
+	// klp_state: level 1 (state version 1), then level 2 (version 2).
+	src := filepath.Join(work, "state.yaml")
+	for i, f := range []string{"klp-state-1-1.x86_64.rpm", "klp-state-2-1.x86_64.rpm"} {
+		pub.cli("manifest", "add", "--manifest", src, "--rpm", pub.stage(f), "--url", "rpms/"+f)
+		out := filepath.Join(pub.www, "cases", "state-"+strconv.Itoa(i+1)+".json")
+		pub.cli("manifest", "sign", "--in", src, "--key", filepath.Join(pub.keys, "release.key"), "--out", out)
+	}
 	cfg := filepath.Join(work, "config.yaml")
 	os.WriteFile(cfg, []byte(`manifest:
   url: http://127.0.0.1:8080/manifest.json
@@ -83,5 +90,5 @@ log:
 		filepath.Join(pub.keys, "release.pub")+":/etc/klp-agent/keys/release.pub")
 	ms, log = boot(t, work, guest{scenario: filepath.Join(repoDir(t), "e2e/guest/scenarios/shapes-daemon.sh"), files: dfiles,
 		timeout: 400 * time.Second, name: "shapes-daemon", line: line})
-	checkMarkers(t, ms, log, "daemon-prefail", "daemon-nonreplace")
+	checkMarkers(t, ms, log, "daemon-prefail", "daemon-nonreplace", "daemon-state")
 }

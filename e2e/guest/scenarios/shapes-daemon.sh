@@ -62,4 +62,40 @@ for c in prefail:"pre-patch callback failed" nonreplace:"does not replace the li
 	done
 	$RPM -e --nodeps klp-cmdline >/dev/null 2>&1
 done
+
+# klp_state: level 1 (state version 1) soaked, then level 2 (version 2).
+# An operator's rollback --block of 2 cannot step back to 1, which the
+# kernel refuses as a state downgrade: the host runs no patch, rpm holds no
+# klp-state, and the refusal is in the journal with the kernel's line.
+rm -rf /var/lib/klp-agent && mkdir -m 0700 /var/lib/klp-agent
+cp /www/cases/state-1.json /www/manifest.json
+$A run >/tmp/agent-state.log 2>&1 &
+pid=$!
+state_good() { grep -q "\"name\": \"klp_state_v$1\"" $ST && grep -q '"phase": "good"' $ST && [ -d "$KLP_LP/klp_state_v$1" ]; }
+nopatch() { [ -z "$(ls $KLP_LP 2>/dev/null)" ] && grep -q '"phase": "none"' $ST; }
+if ! klp_wait 60 state_good 1; then
+	klp_fail daemon-state "level 1 never good: $(tail -n 8 /tmp/agent-state.log | tr '\n' ' ')"
+else
+	cp /www/cases/state-2.json /www/manifest.json
+	kill -HUP "$pid"
+	if ! klp_wait 90 state_good 2; then
+		klp_fail daemon-state "level 2 never good: $(tail -n 8 /tmp/agent-state.log | tr '\n' ' ')"
+	elif ! $A rollback --block --reason "e2e: step back past a state downgrade" >/tmp/rollback-state.out 2>&1; then
+		klp_fail daemon-state "rollback: $(tr '\n' ' ' </tmp/rollback-state.out)"
+	elif ! klp_wait 30 nopatch; then
+		klp_fail daemon-state "not back to no patch: $(ls $KLP_LP) state $(tr -d '\n' <$ST)"
+	else
+		pkgs=$($RPM -qa 'klp-*' | tr '\n' ' ')
+		refusal=$(grep -m1 'kernel refuses good level klp_state_v1@1' /tmp/agent-state.log)
+		if [ -n "$pkgs" ]; then
+			klp_fail daemon-state "rpm still holds '$pkgs' with no patch in the kernel"
+		elif ! echo "$refusal" | grep -q 'not compatible with the already installed livepatches'; then
+			klp_fail daemon-state "no refusal of level 1 with the kernel's line in the log: $(grep -i refus /tmp/agent-state.log | tr '\n' ' ')"
+		else
+			klp_pass daemon-state "level 1 refused ($refusal), no patch, rpm holds none"
+		fi
+	fi
+fi
+kill -TERM "$pid"
+wait "$pid"
 [ "$KLP_FAILED" = 0 ]
