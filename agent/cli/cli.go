@@ -116,6 +116,9 @@ func Main(args []string, env *Env) int {
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
 		return 2
+	case exitCode(err) != 0:
+		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
+		return exitCode(err)
 	default:
 		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
 		return 1

@@ -30,13 +30,17 @@ type Options struct {
 // patch after a boot, and runs the loop and the health sources until
 // SIGTERM or SIGINT (or ctx ends). SIGHUP re-reads the configuration: a
 // valid one takes effect at once, an invalid one is refused and the
-// running one kept.
+// running one kept. A configuration that cannot run (ErrNotConfigured
+// among them) is an ErrConfig.
 func Run(ctx context.Context, o Options) error {
 	if o.Stderr == nil {
 		o.Stderr = os.Stderr
 	}
 	h, err := LoadHost(o.ConfigPath)
 	if err != nil {
+		return err
+	}
+	if err := h.checkConfigured(o.ConfigPath); err != nil {
 		return err
 	}
 	if err := h.CheckTrust(); err != nil {
@@ -47,7 +51,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	log, err := h.Logger(o.Stderr)
 	if err != nil {
-		return err
+		return asConfigError(err)
 	}
 	if h.Config.Manifest.URL == "" {
 		log.Warn("manifest.url is not set: re-applying the recorded patch only, no polling")
