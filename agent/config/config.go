@@ -1,5 +1,5 @@
 // Package config loads the agent's configuration: /etc/klp-agent/config.yaml
-// plus drop-ins in config.d/*.yaml applied in lexical order, each decoded
+// plus drop-ins in config.d/*.yaml and *.yml applied in lexical order, each decoded
 // strictly so that a typo is an error naming file and line, not a silently
 // ignored setting.
 package config
@@ -217,18 +217,18 @@ type Loaded struct {
 	Origin map[string]string // "manifest.url" -> "config.d/10-x.yaml:3"
 }
 
-// Load reads path and, if it exists, the directory config.d beside it.
+// Load reads path and, if it exists, the directory config.d beside it
+// (its *.yaml and *.yml files, see Dropins).
 // A missing main file is an error; a missing config.d is not.
 func Load(path string) (*Loaded, error) {
 	l := &Loaded{Config: Default(), Origin: map[string]string{}}
 	if err := l.apply(path); err != nil {
 		return nil, err
 	}
-	dropins, err := filepath.Glob(filepath.Join(filepath.Dir(path), "config.d", "*.yaml"))
+	dropins, err := Dropins(filepath.Join(filepath.Dir(path), "config.d"))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, err
 	}
-	sort.Strings(dropins)
 	for _, p := range dropins {
 		if err := l.apply(p); err != nil {
 			return nil, err
@@ -238,6 +238,25 @@ func Load(path string) (*Loaded, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// DropinExts are the drop-in file name endings read from config.d; other
+// files there (README, *.rpmsave, editor backups) are not configuration.
+var DropinExts = []string{".yaml", ".yml"}
+
+// Dropins lists the drop-ins in dir in lexical order of their whole names,
+// .yaml and .yml alike (a missing dir has none).
+func Dropins(dir string) ([]string, error) {
+	var out []string
+	for _, ext := range DropinExts {
+		m, err := filepath.Glob(filepath.Join(dir, "*"+ext))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		out = append(out, m...)
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 func (l *Loaded) apply(path string) error {
