@@ -15,6 +15,8 @@ import (
 
 	"github.com/hashicorp/go-cleanhttp"
 	"github.com/hashicorp/go-retryablehttp"
+
+	redacting "github.com/klp-agent/klp-agent/internal/redact"
 )
 
 // ClientConfig configures the agent's one HTTP client, for manifests and
@@ -97,7 +99,7 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 	}
 	for _, v := range via {
 		if v.URL.Scheme == "https" && req.URL.Scheme != "https" {
-			return fmt.Errorf("%w: %s to %s", ErrInsecureRedirect, v.URL.Redacted(), req.URL.Redacted())
+			return fmt.Errorf("%w: %s to %s", ErrInsecureRedirect, redact(v.URL.String()), redact(req.URL.String()))
 		}
 	}
 	return nil
@@ -110,7 +112,7 @@ func (c *Client) get(ctx context.Context, url string, header http.Header) (*http
 	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		cancel(nil)
-		return nil, nil, err
+		return nil, nil, redacting.Error(err)
 	}
 	for k, v := range header {
 		req.Header[k] = v
@@ -119,7 +121,8 @@ func (c *Client) get(ctx context.Context, url string, header http.Header) (*http
 	resp, err := c.rc.Do(req)
 	if err != nil {
 		cancel(nil)
-		return nil, nil, err
+		// net/http and retryablehttp quote the URL, query and all.
+		return nil, nil, redacting.Error(err)
 	}
 	w := &idleWatch{d: c.cfg.IdleTimeout}
 	w.t = time.AfterFunc(w.d, func() { cancel(fmt.Errorf("%w for %s", ErrIdle, w.d)) })
@@ -249,11 +252,6 @@ func statusError(resp *http.Response) error {
 	return fmt.Errorf("%w: %s: %q", ErrHTTPStatus, resp.Status, strings.TrimSpace(string(snippet)))
 }
 
-// redact drops a password from a URL for messages.
-func redact(raw string) string {
-	u, err := parseURL(raw)
-	if err != nil {
-		return raw
-	}
-	return u.Redacted()
-}
+// redact hides a URL's credentials (password, token user, query values)
+// for messages.
+func redact(raw string) string { return redacting.URL(raw) }

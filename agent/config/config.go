@@ -23,6 +23,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/internal/redact"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -223,15 +224,16 @@ type Loaded struct {
 func Load(path string) (*Loaded, error) {
 	l := &Loaded{Config: Default(), Origin: map[string]string{}}
 	if err := l.apply(path); err != nil {
-		return nil, err
+		return nil, redact.Error(err)
 	}
 	dropins, err := Dropins(filepath.Join(filepath.Dir(path), "config.d"))
 	if err != nil {
 		return nil, err
 	}
 	for _, p := range dropins {
+		// A YAML error may quote the value, URL and all.
 		if err := l.apply(p); err != nil {
-			return nil, err
+			return nil, redact.Error(err)
 		}
 	}
 	if err := l.Validate(); err != nil {
@@ -404,7 +406,7 @@ func (l *Loaded) Validate() error {
 	if c.Manifest.URL != "" {
 		u, err := url.Parse(c.Manifest.URL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("manifest.url", "%q is not an http(s) URL", c.Manifest.URL)
+			bad("manifest.url", "%q is not an http(s) URL", redactURL(c.Manifest.URL))
 		}
 	}
 	if c.Manifest.PollInterval < 10*time.Second {
@@ -533,12 +535,14 @@ func (c *Config) HostID() (string, error) {
 	return id, nil
 }
 
-// YAML renders the effective configuration.
+// YAML renders the effective configuration for display, secrets masked
+// (see Redacted).
 func (c *Config) YAML() ([]byte, error) {
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
-	if err := enc.Encode(c); err != nil {
+	r := c.Redacted()
+	if err := enc.Encode(&r); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), enc.Close()

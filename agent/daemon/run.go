@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/metrics"
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/internal/redact"
 )
 
 // Options are what the process hands the daemon.
@@ -91,7 +91,7 @@ func Run(ctx context.Context, o Options) error {
 	loop := &agent.Loop{Agent: a, Config: h.LoopConfig(), Notify: notify, Events: mon.Events(), Heartbeat: hb, Changed: exp.export}
 	loop.Init()
 	log.Info("klp-agent "+Version+" starting", zap.String("KERNEL_RELEASE", h.Host.Kernel),
-		zap.String("HOST_TIER", h.Host.Tier), zap.String("MANIFEST_URL", redactURL(h.Config.Manifest.URL)))
+		zap.String("HOST_TIER", h.Host.Tier), zap.String("MANIFEST_URL", redact.URL(h.Config.Manifest.URL)))
 	if w := agent.KpatchServiceWarning(h.Config.Paths.Root, h.Host.Kernel); w != "" {
 		log.Warn(w)
 	}
@@ -229,13 +229,4 @@ func (e *exporter) export() {
 			to.log.Error(err.Error())
 		}
 	}
-}
-
-// redactURL hides a password in a URL for logs.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }
