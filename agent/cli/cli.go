@@ -94,6 +94,10 @@ func Main(args []string, env *Env) int {
 	case len(args) == 0:
 		usage(env.Stderr, cmds)
 		return 2
+	case args[0] == "help" && len(args) > 1:
+		// `help COMMAND` and the hidden generators (`help --man`): help
+		// stays out of the command table, the usage and the man page.
+		cmds["help"] = command{"", cmdHelp}
 	case args[0] == "-h" || args[0] == "--help" || args[0] == "help":
 		// Asked-for help is output, not an error: stdout, exit 0.
 		usage(env.Stdout, cmds)
