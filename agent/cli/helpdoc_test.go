@@ -29,12 +29,10 @@ func TestManPageGolden(t *testing.T) {
 		t.Fatalf("klp-agent help --man differs from %s (UPDATE_GOLDEN=1 to accept):\n%s", golden, got)
 	}
 	// groff reads it without a warning.
-	if _, err := exec.LookPath("groff"); err == nil {
-		cmd := exec.Command("groff", "-man", "-ww", "-z")
-		cmd.Stdin = strings.NewReader(got)
-		if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
-			t.Errorf("groff -man -ww: %v\n%s", err, out)
-		}
+	cmd := exec.Command("groff", "-man", "-ww", "-z")
+	cmd.Stdin = strings.NewReader(got)
+	if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Errorf("groff -man -ww (install groff-base: make deps): %v\n%s", err, out)
 	}
 }
 
@@ -157,7 +155,7 @@ func TestBashCompletion(t *testing.T) {
 // it offers the right words at each position.
 func TestZshCompletion(t *testing.T) {
 	if _, err := exec.LookPath("zsh"); err != nil {
-		t.Skip("zsh is not installed (.ci/deps.sh installs it)")
+		t.Fatal("zsh is not installed (make deps installs it)")
 	}
 	script := filepath.Join(t.TempDir(), "_klp-agent")
 	os.WriteFile(script, []byte(run(t, t0, "help", "--zsh-completion")), 0o644)
