@@ -22,9 +22,13 @@ import (
 // ClientConfig configures the agent's one HTTP client, for manifests and
 // RPMs alike: the same trust roots, proxies, retries and limits.
 type ClientConfig struct {
-	CABundle  string        // PEM file added to the system roots; empty = system roots only
-	Retries   int           // retries after the first attempt (5xx, 429, connection errors)
-	RetryWait time.Duration // first backoff; it doubles up to 30 s (Retry-After is honoured)
+	CABundle string // PEM file added to the system roots; empty = system roots only
+	// ClientCert and ClientKey are PEM files (both or neither): the
+	// certificate this host presents to a mirror that requires mutual
+	// TLS. Read when the client is made (a reload picks up renewed ones).
+	ClientCert, ClientKey string
+	Retries               int           // retries after the first attempt (5xx, 429, connection errors)
+	RetryWait             time.Duration // first backoff; it doubles up to 30 s (Retry-After is honoured)
 	// IdleTimeout abandons a response that sends no byte for this long:
 	// its headers, or a body that stalls half-way (a slow mirror must not
 	// hold a download for its whole deadline). 0 = 30 s.
@@ -38,6 +42,7 @@ var (
 	ErrHTTPStatus       = errors.New("unexpected HTTP status")
 	ErrInsecureRedirect = errors.New("redirect from https to a non-https URL refused")
 	ErrIdle             = errors.New("server sent nothing")
+	ErrClientCertPair   = errors.New("a client certificate needs both its certificate and key file")
 )
 
 // maxRedirects is as many as Go's default client follows.
@@ -79,6 +84,16 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 			return nil, fmt.Errorf("ca bundle %s: no PEM certificates found", cfg.CABundle)
 		}
 		tr.TLSClientConfig.RootCAs = pool
+	}
+	if cfg.ClientCert != "" || cfg.ClientKey != "" {
+		if cfg.ClientCert == "" || cfg.ClientKey == "" {
+			return nil, ErrClientCertPair
+		}
+		cert, err := tls.LoadX509KeyPair(cfg.ClientCert, cfg.ClientKey)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate %s, key %s: %w", cfg.ClientCert, cfg.ClientKey, err)
+		}
+		tr.TLSClientConfig.Certificates = []tls.Certificate{cert}
 	}
 	c := retryablehttp.NewClient()
 	c.HTTPClient = &http.Client{Transport: tr, CheckRedirect: checkRedirect}
@@ -184,7 +199,14 @@ type FetchResult struct {
 }
 
 // Fetch does one conditional GET of a body of at most maxSize bytes.
+// A file:// URL is read from the local file system (see Location).
 func (c *Client) Fetch(ctx context.Context, url string, prev Validators, maxSize int64) (*FetchResult, error) {
+	if path, ok, err := filePath(url); ok {
+		if err != nil {
+			return nil, err
+		}
+		return fetchFile(url, path, prev, maxSize)
+	}
 	h := http.Header{}
 	if prev.ETag != "" {
 		h.Set("If-None-Match", prev.ETag)
@@ -225,7 +247,14 @@ func (c *Client) Fetch(ctx context.Context, url string, prev Validators, maxSize
 // and returns how many it wrote. Connection errors and 5xx before the body
 // are retried; a body that stalls for the idle timeout, or ctx ending,
 // stops it.
+// A file:// URL is copied from the local file system.
 func (c *Client) Download(ctx context.Context, url string, w io.Writer, limit int64) (int64, error) {
+	if path, ok, err := filePath(url); ok {
+		if err != nil {
+			return 0, err
+		}
+		return downloadFile(ctx, url, path, w, limit)
+	}
 	resp, done, err := c.get(ctx, url, nil)
 	if err != nil {
 		return 0, fmt.Errorf("GET %s: %w", redact(url), err)
@@ -255,3 +284,6 @@ func statusError(resp *http.Response) error {
 // redact hides a URL's credentials (password, token user, query values)
 // for messages.
 func redact(raw string) string { return redacting.URL(raw) }
+
+// redactErr hides URL credentials in err's message (see internal/redact).
+func redactErr(err error) error { return redacting.Error(err) }

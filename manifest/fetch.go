@@ -37,13 +37,15 @@ type Fetcher struct {
 	client  *Client
 }
 
-// NewFetcher builds a fetcher for an http(s) manifest URL.
+// NewFetcher builds a fetcher for a manifest location: an http(s) URL, a
+// file:// URL or an absolute path, a directory meaning its manifest.json
+// (see Location).
 func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
-	u, err := parseURL(cfg.URL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("manifest url %q: an http or https URL is required", redact(cfg.URL))
+	loc, err := Location(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("manifest url: %w", err)
 	}
-	f := &Fetcher{url: cfg.URL, timeout: cfg.Timeout, maxSize: cfg.MaxSize, client: cfg.Client}
+	f := &Fetcher{url: loc, timeout: cfg.Timeout, maxSize: cfg.MaxSize, client: cfg.Client}
 	if f.timeout <= 0 {
 		f.timeout = time.Minute
 	}
@@ -60,7 +62,7 @@ func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
 	return f, nil
 }
 
-// URL is the manifest URL.
+// URL is the manifest URL (a directory source's is its manifest.json).
 func (f *Fetcher) URL() string { return f.url }
 
 // Client is the HTTP client the fetcher uses.

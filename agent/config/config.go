@@ -12,7 +12,6 @@ import (
 	"maps"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -127,8 +126,14 @@ type MetricsConfig struct {
 
 // ManifestConfig says where the signed manifest is and how to poll it.
 type ManifestConfig struct {
-	URL          string        `yaml:"url"`
-	CABundle     string        `yaml:"ca_bundle"`
+	// URL is an http(s) URL, a file:// URL or an absolute path (a
+	// directory: its manifest.json), see manifest.Location.
+	URL      string `yaml:"url"`
+	CABundle string `yaml:"ca_bundle"`
+	// ClientCert and ClientKey (PEM files, both or neither) authenticate
+	// this host to a mirror that requires mutual TLS.
+	ClientCert   string        `yaml:"client_cert"`
+	ClientKey    string        `yaml:"client_key"`
 	PollInterval time.Duration `yaml:"poll_interval"`
 	PollJitter   float64       `yaml:"poll_jitter"`
 	Timeout      time.Duration `yaml:"timeout"`
@@ -404,9 +409,16 @@ func (l *Loaded) Validate() error {
 		errs = append(errs, fmt.Errorf("%s (%s): %s", key, l.at(key), fmt.Sprintf(format, args...)))
 	}
 	if c.Manifest.URL != "" {
-		u, err := url.Parse(c.Manifest.URL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("manifest.url", "%q is not an http(s) URL", redactURL(c.Manifest.URL))
+		if _, err := manifest.Location(c.Manifest.URL); err != nil {
+			bad("manifest.url", "%q is not an http(s) URL, a file:// URL or an absolute path", redactURL(c.Manifest.URL))
+		}
+	}
+	if (c.Manifest.ClientCert == "") != (c.Manifest.ClientKey == "") {
+		bad("manifest.client_cert", "client_cert and client_key go together (both PEM files, or neither)")
+	}
+	for _, f := range []struct{ key, path string }{{"manifest.client_cert", c.Manifest.ClientCert}, {"manifest.client_key", c.Manifest.ClientKey}} {
+		if f.path != "" && !filepath.IsAbs(f.path) {
+			bad(f.key, "%q must be an absolute path", f.path)
 		}
 	}
 	if c.Manifest.PollInterval < 10*time.Second {

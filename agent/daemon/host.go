@@ -165,7 +165,8 @@ func (h *Host) Logger(stderr io.Writer) (*zap.Logger, error) {
 // Client is the one HTTP client, for manifests and RPMs.
 func (h *Host) Client(log *zap.Logger) (*manifest.Client, error) {
 	m := h.Config.Manifest
-	return manifest.NewClient(manifest.ClientConfig{CABundle: m.CABundle, Retries: m.Retries, IdleTimeout: m.IdleTimeout,
+	return manifest.NewClient(manifest.ClientConfig{CABundle: m.CABundle, ClientCert: m.ClientCert, ClientKey: m.ClientKey,
+		Retries: m.Retries, IdleTimeout: m.IdleTimeout,
 		UserAgent: "klp-agent/" + Version, Logger: logging.RetryableLogger(log)})
 }
 
