@@ -119,6 +119,7 @@ rpm: rpmspec
 	@# The package must carry exactly what packaging/ promises.
 	@rpm -qpl $(RPMFILE) | diff -u packaging/rpm-files.txt - && echo "rpm file list OK"
 	@rpm -qpc $(RPMFILE) | grep -qx /etc/klp-agent/config.yaml && echo "config(noreplace) OK"
+	@packaging/check-scriptlets.sh $(RPMFILE)
 	@set -euo pipefail; root=$$(mktemp -d); trap 'rm -rf "$$root"' EXIT; \
 	  rpm2cpio $(RPMFILE) | (cd "$$root" && cpio -idm --quiet); \
 	  out=$$(systemd-analyze verify --root="$$root" klp-agent.service 2>&1) || { echo "$$out"; exit 1; }; \
