@@ -7,8 +7,9 @@ import (
 )
 
 // ExitConfig is sysexits.h's EX_CONFIG: `klp-agent run` exits with it when
-// the configuration cannot run (unconfigured, invalid, untrusted keys or
-// state directory). The unit lists it in RestartPreventExitStatus=, so an
+// the configuration cannot run (unconfigured, invalid, too few keys, an
+// unloadable CA bundle or client certificate, an untrusted state
+// directory). The unit lists it in RestartPreventExitStatus=, so an
 // unconfigured host stays calm instead of restarting forever.
 const ExitConfig = 78
 

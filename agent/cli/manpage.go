@@ -40,7 +40,7 @@ func writeMan(env *Env, docs []helpDoc) error {
 		{"0", "Success, and help asked for with --help."},
 		{"1", "Failure."},
 		{"2", "Usage error: an unknown command or flag, a missing or stray argument."},
-		{fmt.Sprint(ExitConfig), "(EX_CONFIG) klp-agent run: the configuration cannot run: not configured (no manifest.url and no trusted keys, as shipped), an invalid file or value, fewer keys than trust.threshold, no host id, or an untrusted state directory. The unit does not restart on it (RestartPreventExitStatus=78)."},
+		{fmt.Sprint(ExitConfig), "(EX_CONFIG) klp-agent run: the configuration cannot run: not configured (no manifest.url and no trusted keys, as shipped), an invalid file or value, fewer keys than trust.threshold, no host id, a ca_bundle or client certificate that cannot be loaded, or an untrusted state directory. The unit does not restart on it (RestartPreventExitStatus=78)."},
 	} {
 		p(".TP\n.B %s\n%s", e.code, roff(e.text))
 	}

@@ -60,7 +60,9 @@ func Run(ctx context.Context, o Options) error {
 	store := h.Store()
 	a, err := h.Agent(log, store, m)
 	if err != nil {
-		return err
+		// The HTTP client and the manifest source: the files the
+		// configuration names (ca_bundle, client_cert) or its URL.
+		return asConfigError(err)
 	}
 	if err := store.Lock(); err != nil {
 		return err
