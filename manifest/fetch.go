@@ -31,7 +31,8 @@ type FetcherConfig struct {
 
 // Fetcher polls the manifest URL: a conditional GET under the poll deadline.
 type Fetcher struct {
-	url     string
+	raw     string // as configured
+	url     string // Location(raw) when the fetcher was made
 	timeout time.Duration
 	maxSize int64
 	client  *Client
@@ -45,7 +46,7 @@ func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("manifest url: %w", err)
 	}
-	f := &Fetcher{url: loc, timeout: cfg.Timeout, maxSize: cfg.MaxSize, client: cfg.Client}
+	f := &Fetcher{raw: cfg.URL, url: loc, timeout: cfg.Timeout, maxSize: cfg.MaxSize, client: cfg.Client}
 	if f.timeout <= 0 {
 		f.timeout = time.Minute
 	}
@@ -63,7 +64,14 @@ func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
 }
 
 // URL is the manifest URL (a directory source's is its manifest.json).
-func (f *Fetcher) URL() string { return f.url }
+// A path is looked at again each time: a directory mounted after the
+// agent started (a DVD, NFS) is still read as one.
+func (f *Fetcher) URL() string {
+	if loc, err := Location(f.raw); err == nil {
+		return loc
+	}
+	return f.url
+}
 
 // Client is the HTTP client the fetcher uses.
 func (f *Fetcher) Client() *Client { return f.client }
@@ -72,7 +80,7 @@ func (f *Fetcher) Client() *Client { return f.client }
 func (f *Fetcher) Fetch(ctx context.Context, prev Validators) (*FetchResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	return f.client.Fetch(ctx, f.url, prev, f.maxSize)
+	return f.client.Fetch(ctx, f.URL(), prev, f.maxSize)
 }
 
 // NextInterval spreads polls uniformly over interval ± jitter×interval so a

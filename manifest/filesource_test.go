@@ -114,3 +114,22 @@ func TestClientCertConfig(t *testing.T) {
 		t.Errorf("missing files: %v", err)
 	}
 }
+
+// A directory that appears after the agent started (mounted later) is
+// read as a directory source, not as a file of that name.
+func TestFetcherDirectoryMountedLater(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "mnt")
+	f, err := NewFetcher(FetcherConfig{URL: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Fetch(context.Background(), Validators{}); err == nil {
+		t.Fatal("fetch from a missing directory succeeded")
+	}
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, DirManifest), []byte("envelope"), 0o644)
+	res, err := f.Fetch(context.Background(), Validators{})
+	if err != nil || string(res.Body) != "envelope" || f.URL() != "file://"+dir+"/manifest.json" {
+		t.Fatalf("after the mount: %v %+v, URL %s", err, res, f.URL())
+	}
+}
