@@ -3,6 +3,7 @@ package cli
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -90,5 +91,24 @@ func TestRunConfigExitCodes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The unit does not restart on the configuration status run exits with,
+// and reads the optional environment file the README documents.
+func TestUnitKeepsUnconfiguredHostCalm(t *testing.T) {
+	b, err := os.ReadFile("../../packaging/klp-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := string(b)
+	for _, want := range []string{
+		"\nRestartPreventExitStatus=" + strconv.Itoa(ExitConfig) + "\n",
+		"\nRestart=on-failure\n",
+		"\nEnvironmentFile=-/etc/sysconfig/klp-agent\n",
+	} {
+		if !strings.Contains(unit, want) {
+			t.Errorf("packaging/klp-agent.service lacks %q", strings.TrimSpace(want))
+		}
 	}
 }
