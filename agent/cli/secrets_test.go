@@ -129,3 +129,29 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		}
 	}
 }
+
+// explain fetching manifest.url names the source with its credentials
+// masked.
+func TestExplainRedactsURL(t *testing.T) {
+	dir, _, env := publisherFixture(t)
+	body, err := os.ReadFile(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "mirror" || p != "pa55-s3cret" || r.URL.Query().Get("token") != "T0KEN-s3cret" {
+			http.Error(w, "who are you", http.StatusUnauthorized)
+			return
+		}
+		w.Write(body)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	_, keys, cfg := hostConfig(t, "manifest:\n  url: http://mirror:pa55-s3cret@"+host+"/m.json?token=T0KEN-s3cret\n")
+	pub, _ := os.ReadFile(filepath.Join(dir, "a.pub"))
+	os.WriteFile(filepath.Join(keys, "a.pub"), pub, 0o644)
+	out := run(t, t0, "explain", "--config", cfg)
+	if strings.Contains(out, "s3cret") || !strings.Contains(out, "manifest: http://mirror:xxxxx@"+host+"/m.json?token=xxxxx version") {
+		t.Fatalf("explain:\n%s", out)
+	}
+}
