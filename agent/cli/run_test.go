@@ -66,7 +66,9 @@ func TestRunConfigExitCodes(t *testing.T) {
 			}
 		}, ExitConfig, []string{"state directory is not trusted", "writable by group or others"}},
 		{"missing client certificate", "manifest:\n  url: https://patches.example/m.json\n  client_cert: /nonexistent/c.pem\n  client_key: /nonexistent/c.key\n",
-			func(t *testing.T, keys, _ string) { run(t, t0, "manifest", "keygen", "--out", filepath.Join(keys, "release")) },
+			func(t *testing.T, keys, _ string) {
+				run(t, t0, "manifest", "keygen", "--out", filepath.Join(keys, "release"))
+			},
 			ExitConfig, []string{"client certificate", "/nonexistent/c.pem"}},
 		{"kernel release unreadable is no configuration error", "manifest:\n  url: https://patches.example/m.json\nhost:\n  id: h1\npaths:\n  root: /nonexistent-klp-root\n",
 			nil, 1, []string{"osrelease"}},
