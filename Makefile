@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 60s
 BIN := bin/klp-agent
 
-.PHONY: all build test lint fuzz deps check demo clean staticcheck e2e e2e-setup rpm bench
+.PHONY: all build test lint fuzz deps check demo clean staticcheck e2e e2e-setup rpm bench dist rpmspec srpm rpmlint docs
 
 all: build
 
@@ -70,20 +70,76 @@ deps:
 	.ci/deps.sh
 
 # Everything CI runs: the README's test command.
-check: deps lint test rpm fuzz e2e
+check: deps lint test rpm rpmlint fuzz e2e
 
-# The agent's own RPM (rpmbuild, from the static binary and packaging/).
+# The agent's own RPM and SRPM: rpmbuild -ba on the source tarball (git
+# archive of the tree, uncommitted changes to tracked files included, plus
+# the vendored Go modules, so %build needs no network). The spec copy in
+# bin/rpmbuild/SPECS carries the Version, Release and agent version, so
+# the SRPM rebuilds as it is (rpmbuild --rebuild). --nodeps: Debian's rpm
+# database does not know dpkg's golang. Then the payload must be exactly
+# what packaging/ promises, and its unit must pass systemd-analyze verify
+# (against the payload as root, so ExecStart's binary is the shipped one;
+# any warning fails).
 RPM_VERSION ?= 0.1.0
 RPM_RELEASE ?= 1.g$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
-rpm: build
-	rm -rf bin/rpmbuild && mkdir -p bin/rpmbuild
-	rpmbuild -bb --quiet --define '_topdir $(CURDIR)/bin/rpmbuild' --define '_rpmdir $(CURDIR)/bin' \
-	  --define '_build_name_fmt %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm' \
-	  --define 'version $(RPM_VERSION)' --define 'release $(RPM_RELEASE)' --define 'srcdir $(CURDIR)' packaging/klp-agent.spec
-	@ls -l bin/klp-agent-*.rpm
+DIST := bin/klp-agent-$(RPM_VERSION).tar.gz
+RPMTOP := bin/rpmbuild
+RPMFILE := bin/klp-agent-$(RPM_VERSION)-$(RPM_RELEASE).x86_64.rpm
+SRPMFILE := bin/klp-agent-$(RPM_VERSION)-$(RPM_RELEASE).src.rpm
+RPMBUILD := rpmbuild --nodeps --quiet --define '_topdir $(CURDIR)/$(RPMTOP)' --define '_rpmdir $(CURDIR)/bin' \
+  --define '_srcrpmdir $(CURDIR)/bin' --define '_build_name_fmt %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm'
+
+dist:
+	@set -euo pipefail; rm -rf bin/dist $(DIST); mkdir -p bin/dist; \
+	tree=$$(git stash create); tree=$${tree:-HEAD}; \
+	untracked=$$(git ls-files --others --exclude-standard); \
+	if [ -n "$$untracked" ]; then echo "dist: untracked files are not in the tarball (git add them):" $$untracked >&2; fi; \
+	git archive --format=tar --prefix=klp-agent-$(RPM_VERSION)/ $$tree | tar -x -C bin/dist; \
+	(cd bin/dist/klp-agent-$(RPM_VERSION) && $(GO) mod vendor); \
+	tar -C bin/dist --sort=name --owner=0 --group=0 --numeric-owner --mtime=@$$(git log -1 --format=%ct) \
+	  -cf - klp-agent-$(RPM_VERSION) | gzip -n >$(DIST); \
+	rm -rf bin/dist; ls -l $(DIST)
+
+rpmspec: dist
+	rm -rf $(RPMTOP) && mkdir -p $(RPMTOP)/SOURCES $(RPMTOP)/SPECS
+	cp $(DIST) $(RPMTOP)/SOURCES/
+	sed -e 's/^Version:.*/Version:        $(RPM_VERSION)/' -e 's/^Release:.*/Release:        $(RPM_RELEASE)/' \
+	  -e 's/^%global agent_version .*/%global agent_version $(VERSION)/' packaging/klp-agent.spec >$(RPMTOP)/SPECS/klp-agent.spec
+
+srpm: rpmspec
+	rm -f bin/klp-agent-*.src.rpm
+	$(RPMBUILD) -bs $(RPMTOP)/SPECS/klp-agent.spec
+	@ls -l $(SRPMFILE)
+
+rpm: rpmspec
+	rm -f bin/klp-agent-*.rpm
+	$(RPMBUILD) -ba $(RPMTOP)/SPECS/klp-agent.spec
+	@ls -l $(RPMFILE) $(SRPMFILE)
 	@# The package must carry exactly what packaging/ promises.
-	@rpm -qpl bin/klp-agent-$(RPM_VERSION)-$(RPM_RELEASE).x86_64.rpm | diff -u packaging/rpm-files.txt - && echo "rpm file list OK"
-	@rpm -qpc bin/klp-agent-$(RPM_VERSION)-$(RPM_RELEASE).x86_64.rpm | grep -qx /etc/klp-agent/config.yaml && echo "config(noreplace) OK"
+	@rpm -qpl $(RPMFILE) | diff -u packaging/rpm-files.txt - && echo "rpm file list OK"
+	@rpm -qpc $(RPMFILE) | grep -qx /etc/klp-agent/config.yaml && echo "config(noreplace) OK"
+	@packaging/check-scriptlets.sh $(RPMFILE)
+	@set -euo pipefail; root=$$(mktemp -d); trap 'rm -rf "$$root"' EXIT; \
+	  rpm2cpio $(RPMFILE) | (cd "$$root" && cpio -idm --quiet); \
+	  out=$$(systemd-analyze verify --root="$$root" klp-agent.service 2>&1) || { echo "$$out"; exit 1; }; \
+	  if [ -n "$$out" ]; then echo "systemd-analyze verify:"; echo "$$out"; exit 1; fi; \
+	  echo "systemd-analyze verify OK"
+
+# rpmlint on the RPM and SRPM just built; packaging/klp-agent.rpmlintrc
+# lists the accepted findings, each with its reason, and an unused filter
+# is an error too (except the development releases' changelog one in a
+# release build, RPM_RELEASE=1).
+rpmlint:
+	rpmlint $(if $(filter 1,$(RPM_RELEASE)),--ignore-unused-rpmlintrc) -r packaging/klp-agent.rpmlintrc $(RPMFILE) $(SRPMFILE)
+
+# The man page and completions, generated from the commands' --help (the
+# RPM's %build makes its own the same way).
+docs: build
+	mkdir -p bin/docs
+	$(BIN) help --man >bin/docs/klp-agent.8
+	$(BIN) help --bash-completion >bin/docs/klp-agent.bash
+	$(BIN) help --zsh-completion >bin/docs/_klp-agent
 
 demo: deps build
 	e2e/demo.sh

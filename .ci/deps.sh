@@ -3,7 +3,10 @@
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 # prometheus: for promtool, which checks and unit-tests the fleet rules.
-pkgs=(nginx-light rpm gcc make git ca-certificates curl python3 prometheus busybox-static)
+# rpmlint, cpio and systemd (systemd-analyze verify): make rpm / rpmlint
+# check the agent's package and unit; zsh and groff-base: the completion and
+# man page tests.
+pkgs=(nginx-light rpm gcc make git ca-certificates curl python3 prometheus busybox-static rpmlint cpio systemd zsh groff-base)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -108,6 +108,7 @@ func CollectStatus(in StatusInput) (*Status, error) {
 	if RequestPending(in.Store.Layout()) {
 		s.Problems = append(s.Problems, "an operator rollback request is waiting for the daemon")
 	}
+	s.redactURLs()
 	return s, nil
 }
 

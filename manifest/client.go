@@ -15,14 +15,20 @@ import (
 
 	"github.com/hashicorp/go-cleanhttp"
 	"github.com/hashicorp/go-retryablehttp"
+
+	redacting "github.com/klp-agent/klp-agent/internal/redact"
 )
 
 // ClientConfig configures the agent's one HTTP client, for manifests and
 // RPMs alike: the same trust roots, proxies, retries and limits.
 type ClientConfig struct {
-	CABundle  string        // PEM file added to the system roots; empty = system roots only
-	Retries   int           // retries after the first attempt (5xx, 429, connection errors)
-	RetryWait time.Duration // first backoff; it doubles up to 30 s (Retry-After is honoured)
+	CABundle string // PEM file added to the system roots; empty = system roots only
+	// ClientCert and ClientKey are PEM files (both or neither): the
+	// certificate this host presents to a mirror that requires mutual
+	// TLS. Read when the client is made (a reload picks up renewed ones).
+	ClientCert, ClientKey string
+	Retries               int           // retries after the first attempt (5xx, 429, connection errors)
+	RetryWait             time.Duration // first backoff; it doubles up to 30 s (Retry-After is honoured)
 	// IdleTimeout abandons a response that sends no byte for this long:
 	// its headers, or a body that stalls half-way (a slow mirror must not
 	// hold a download for its whole deadline). 0 = 30 s.
@@ -36,6 +42,7 @@ var (
 	ErrHTTPStatus       = errors.New("unexpected HTTP status")
 	ErrInsecureRedirect = errors.New("redirect from https to a non-https URL refused")
 	ErrIdle             = errors.New("server sent nothing")
+	ErrClientCertPair   = errors.New("a client certificate needs both its certificate and key file")
 )
 
 // maxRedirects is as many as Go's default client follows.
@@ -78,6 +85,16 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		}
 		tr.TLSClientConfig.RootCAs = pool
 	}
+	if cfg.ClientCert != "" || cfg.ClientKey != "" {
+		if cfg.ClientCert == "" || cfg.ClientKey == "" {
+			return nil, ErrClientCertPair
+		}
+		cert, err := tls.LoadX509KeyPair(cfg.ClientCert, cfg.ClientKey)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate %s, key %s: %w", cfg.ClientCert, cfg.ClientKey, err)
+		}
+		tr.TLSClientConfig.Certificates = []tls.Certificate{cert}
+	}
 	c := retryablehttp.NewClient()
 	c.HTTPClient = &http.Client{Transport: tr, CheckRedirect: checkRedirect}
 	c.RetryMax = max(cfg.Retries, 0)
@@ -97,7 +114,7 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 	}
 	for _, v := range via {
 		if v.URL.Scheme == "https" && req.URL.Scheme != "https" {
-			return fmt.Errorf("%w: %s to %s", ErrInsecureRedirect, v.URL.Redacted(), req.URL.Redacted())
+			return fmt.Errorf("%w: %s to %s", ErrInsecureRedirect, redact(v.URL.String()), redact(req.URL.String()))
 		}
 	}
 	return nil
@@ -110,7 +127,7 @@ func (c *Client) get(ctx context.Context, url string, header http.Header) (*http
 	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		cancel(nil)
-		return nil, nil, err
+		return nil, nil, redacting.Error(err)
 	}
 	for k, v := range header {
 		req.Header[k] = v
@@ -119,7 +136,8 @@ func (c *Client) get(ctx context.Context, url string, header http.Header) (*http
 	resp, err := c.rc.Do(req)
 	if err != nil {
 		cancel(nil)
-		return nil, nil, err
+		// net/http and retryablehttp quote the URL, query and all.
+		return nil, nil, redacting.Error(err)
 	}
 	w := &idleWatch{d: c.cfg.IdleTimeout}
 	w.t = time.AfterFunc(w.d, func() { cancel(fmt.Errorf("%w for %s", ErrIdle, w.d)) })
@@ -181,7 +199,14 @@ type FetchResult struct {
 }
 
 // Fetch does one conditional GET of a body of at most maxSize bytes.
+// A file:// URL is read from the local file system (see Location).
 func (c *Client) Fetch(ctx context.Context, url string, prev Validators, maxSize int64) (*FetchResult, error) {
+	if path, ok, err := filePath(url); ok {
+		if err != nil {
+			return nil, err
+		}
+		return fetchFile(url, path, prev, maxSize)
+	}
 	h := http.Header{}
 	if prev.ETag != "" {
 		h.Set("If-None-Match", prev.ETag)
@@ -222,7 +247,14 @@ func (c *Client) Fetch(ctx context.Context, url string, prev Validators, maxSize
 // and returns how many it wrote. Connection errors and 5xx before the body
 // are retried; a body that stalls for the idle timeout, or ctx ending,
 // stops it.
+// A file:// URL is copied from the local file system.
 func (c *Client) Download(ctx context.Context, url string, w io.Writer, limit int64) (int64, error) {
+	if path, ok, err := filePath(url); ok {
+		if err != nil {
+			return 0, err
+		}
+		return downloadFile(ctx, url, path, w, limit)
+	}
 	resp, done, err := c.get(ctx, url, nil)
 	if err != nil {
 		return 0, fmt.Errorf("GET %s: %w", redact(url), err)
@@ -249,11 +281,9 @@ func statusError(resp *http.Response) error {
 	return fmt.Errorf("%w: %s: %q", ErrHTTPStatus, resp.Status, strings.TrimSpace(string(snippet)))
 }
 
-// redact drops a password from a URL for messages.
-func redact(raw string) string {
-	u, err := parseURL(raw)
-	if err != nil {
-		return raw
-	}
-	return u.Redacted()
-}
+// redact hides a URL's credentials (password, token user, query values)
+// for messages.
+func redact(raw string) string { return redacting.URL(raw) }
+
+// redactErr hides URL credentials in err's message (see internal/redact).
+func redactErr(err error) error { return redacting.Error(err) }

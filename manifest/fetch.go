@@ -31,19 +31,22 @@ type FetcherConfig struct {
 
 // Fetcher polls the manifest URL: a conditional GET under the poll deadline.
 type Fetcher struct {
-	url     string
+	raw     string // as configured
+	url     string // Location(raw) when the fetcher was made
 	timeout time.Duration
 	maxSize int64
 	client  *Client
 }
 
-// NewFetcher builds a fetcher for an http(s) manifest URL.
+// NewFetcher builds a fetcher for a manifest location: an http(s) URL, a
+// file:// URL or an absolute path, a directory meaning its manifest.json
+// (see Location).
 func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
-	u, err := parseURL(cfg.URL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("manifest url %q: an http or https URL is required", redact(cfg.URL))
+	loc, err := Location(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("manifest url: %w", err)
 	}
-	f := &Fetcher{url: cfg.URL, timeout: cfg.Timeout, maxSize: cfg.MaxSize, client: cfg.Client}
+	f := &Fetcher{raw: cfg.URL, url: loc, timeout: cfg.Timeout, maxSize: cfg.MaxSize, client: cfg.Client}
 	if f.timeout <= 0 {
 		f.timeout = time.Minute
 	}
@@ -60,8 +63,15 @@ func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
 	return f, nil
 }
 
-// URL is the manifest URL.
-func (f *Fetcher) URL() string { return f.url }
+// URL is the manifest URL (a directory source's is its manifest.json).
+// A path is looked at again each time: a directory mounted after the
+// agent started (a DVD, NFS) is still read as one.
+func (f *Fetcher) URL() string {
+	if loc, err := Location(f.raw); err == nil {
+		return loc
+	}
+	return f.url
+}
 
 // Client is the HTTP client the fetcher uses.
 func (f *Fetcher) Client() *Client { return f.client }
@@ -70,7 +80,7 @@ func (f *Fetcher) Client() *Client { return f.client }
 func (f *Fetcher) Fetch(ctx context.Context, prev Validators) (*FetchResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	return f.client.Fetch(ctx, f.url, prev, f.maxSize)
+	return f.client.Fetch(ctx, f.URL(), prev, f.maxSize)
 }
 
 // NextInterval spreads polls uniformly over interval ± jitter×interval so a

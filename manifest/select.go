@@ -138,15 +138,23 @@ func Bucket(hostID string, p *Patch) float64 {
 func ResolveURL(manifestURL string, p *Patch) (string, error) {
 	base, err := url.Parse(manifestURL)
 	if err != nil {
-		return "", fmt.Errorf("manifest url %q: %w", manifestURL, err)
+		return "", fmt.Errorf("manifest url %q: %w", redact(manifestURL), redactErr(err))
 	}
 	ref, err := url.Parse(p.URL)
 	if err != nil {
 		return "", fmt.Errorf("%s: url %q: %w", p.ID(), p.URL, err)
 	}
 	u := base.ResolveReference(ref)
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return "", fmt.Errorf("%s: resolved url %q has unsupported scheme", p.ID(), u)
+	// A manifest on a file system may name files beside it or http(s)
+	// URLs; one served over http(s) only http(s) URLs, never a local file.
+	switch {
+	case u.Scheme == "http" || u.Scheme == "https":
+	case u.Scheme == "file" && base.Scheme == "file":
+		if _, err := localPath(u); err != nil {
+			return "", fmt.Errorf("%s: %w", p.ID(), err)
+		}
+	default:
+		return "", fmt.Errorf("%s: resolved url %q has unsupported scheme", p.ID(), redact(u.String()))
 	}
 	return u.String(), nil
 }

@@ -94,6 +94,10 @@ func Main(args []string, env *Env) int {
 	case len(args) == 0:
 		usage(env.Stderr, cmds)
 		return 2
+	case args[0] == "help" && len(args) > 1:
+		// `help COMMAND` and the hidden generators (`help --man`): help
+		// stays out of the command table, the usage and the man page.
+		cmds["help"] = command{"", cmdHelp}
 	case args[0] == "-h" || args[0] == "--help" || args[0] == "help":
 		// Asked-for help is output, not an error: stdout, exit 0.
 		usage(env.Stdout, cmds)
@@ -116,6 +120,9 @@ func Main(args []string, env *Env) int {
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
 		return 2
+	case exitCode(err) != 0:
+		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
+		return exitCode(err)
 	default:
 		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
 		return 1

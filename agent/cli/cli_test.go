@@ -198,7 +198,8 @@ func TestCheckConfig(t *testing.T) {
 }
 
 // Every command and subcommand answers --help with its usage and exit 0:
-// that text is the manual (man klp-agent is not shipped).
+// that text is the manual (klp-agent(8) and the completions are generated
+// from it, see helpdoc_test.go).
 func TestHelpCoversEveryCommand(t *testing.T) {
 	top, code := runCode(t, t0, "--help")
 	if code != 0 {

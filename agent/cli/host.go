@@ -10,6 +10,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/agent/daemon"
 	"github.com/klp-agent/klp-agent/agent/logging"
+	"github.com/klp-agent/klp-agent/internal/redact"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -84,7 +85,7 @@ func cmdExplain(env *Env, args []string) error {
 		if err != nil {
 			return err
 		}
-		envelope, source = res.Body, src.URL()
+		envelope, source = res.Body, redact.URL(src.URL())
 	}
 	v, err := h.Trust.Verify(envelope, now, manifest.ReadOnly(&manifest.FileVersionStore{Path: h.Layout().ManifestVersion()}))
 	if err != nil {
@@ -101,7 +102,7 @@ func writeDecision(env *Env, source string, v *manifest.Verified, d manifest.Dec
 	fmt.Fprintf(w, "manifest: %s version %d, expires %s, signed by %d key(s)\n", source, v.Version,
 		v.Expires.UTC().Format(time.RFC3339), len(v.KeyIDs))
 	if d.Wanted != nil {
-		fmt.Fprintf(w, "wanted:   %s level %d (%s)\n", d.Wanted.Name, d.Wanted.Level, d.Wanted.URL)
+		fmt.Fprintf(w, "wanted:   %s level %d (%s)\n", d.Wanted.Name, d.Wanted.Level, redact.Text(d.Wanted.URL))
 	} else {
 		fmt.Fprintf(w, "wanted:   no patch for %s\n", d.Host.Kernel)
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -23,35 +24,49 @@ func cmdKLP(env *Env, args []string) error {
 	}, args)
 }
 
+// klpFlags are the flags the klp subcommands share; each subcommand
+// registers only the groups it uses (klp list takes no rpm or transition
+// flags), the others keep their defaults.
 type klpFlags struct {
-	scripts    *bool
 	root       *string
 	timeout    *time.Duration
 	force      *bool
-	nodeps     *bool
 	poll       *time.Duration
+	scripts    *bool
+	nodeps     *bool
 	keyring    *string
 	requireSig *bool
 	dbpath     *string
 }
 
-func addKLPFlags(fs interface {
-	String(string, string, string) *string
-	Duration(string, time.Duration, string) *time.Duration
-	Bool(string, bool, string) *bool
-}) klpFlags {
-	return klpFlags{
-		scripts:    fs.Bool("scripts", false, "let rpm run the package's %pre/%post scriptlets and triggers (off: the agent loads the module itself)"),
-		root:       fs.String("root", "/", "filesystem root for /sys, /proc and rpm --root"),
-		timeout:    fs.Duration("transition-timeout", 60*time.Second, "a transition longer than this is stalled: reversed (or forced with --force)"),
-		force:      fs.Bool("force", false, "force a stalled transition instead of reversing it (the module can then never be unloaded)"),
-		nodeps:     fs.Bool("nodeps", false, "rpm --nodeps (kpatch-patch RPMs require kernel-uname-r)"),
-		poll:       fs.Duration("poll", 10*time.Millisecond, "transition poll period"),
-		keyring:    fs.String("rpm-keyring", "", "rpm keyring path for the signature check"),
-		requireSig: fs.Bool("require-signature", false, "refuse RPMs without a signature from the rpm keyring"),
-		dbpath:     fs.String("rpm-dbpath", "", "rpm --dbpath (default: rpm's own)"),
+// Flag groups beyond --root.
+const (
+	transitionFlags = 1 << iota // --transition-timeout, --force, --poll
+	rpmFlags                    // --scripts, --nodeps, --rpm-keyring, --require-signature, --rpm-dbpath
+)
+
+func addKLPFlags(fs *flag.FlagSet, groups int) klpFlags {
+	f := klpFlags{
+		root:    fs.String("root", "/", "filesystem root for /sys, /proc and rpm --root"),
+		timeout: ptr(60 * time.Second), force: new(bool), poll: ptr(10 * time.Millisecond),
+		scripts: new(bool), nodeps: new(bool), keyring: new(string), requireSig: new(bool), dbpath: new(string),
 	}
+	if groups&transitionFlags != 0 {
+		f.timeout = fs.Duration("transition-timeout", *f.timeout, "a transition longer than this is stalled: reversed (or forced with --force)")
+		f.force = fs.Bool("force", false, "force a stalled transition instead of reversing it (the module can then never be unloaded)")
+		f.poll = fs.Duration("poll", *f.poll, "transition poll period")
+	}
+	if groups&rpmFlags != 0 {
+		f.scripts = fs.Bool("scripts", false, "let rpm run the package's %pre/%post scriptlets and triggers (off: the agent loads the module itself)")
+		f.nodeps = fs.Bool("nodeps", false, "rpm --nodeps (kpatch-patch RPMs require kernel-uname-r)")
+		f.keyring = fs.String("rpm-keyring", "", "rpm keyring path for the signature check")
+		f.requireSig = fs.Bool("require-signature", false, "refuse RPMs without a signature from the rpm keyring")
+		f.dbpath = fs.String("rpm-dbpath", "", "rpm --dbpath (default: rpm's own)")
+	}
+	return f
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func (f klpFlags) controller() *klp.Controller {
 	return &klp.Controller{
@@ -64,7 +79,7 @@ func (f klpFlags) controller() *klp.Controller {
 
 func cmdKLPList(env *Env, args []string) error {
 	fs := newFlags(env, "klp list", "klp list [--json] [--root DIR]")
-	f := addKLPFlags(fs)
+	f := addKLPFlags(fs, 0)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -95,7 +110,7 @@ func cmdKLPList(env *Env, args []string) error {
 
 func cmdKLPApply(env *Env, args []string) error {
 	fs := newFlags(env, "klp apply", "klp apply --rpm FILE [--sha256 HEX --size N] [--previous-rpm FILE] [flags]")
-	f := addKLPFlags(fs)
+	f := addKLPFlags(fs, transitionFlags|rpmFlags)
 	file := fs.String("rpm", "", "livepatch RPM")
 	sum := fs.String("sha256", "", "pinned sha256 (default: the file's own; a manifest always pins it)")
 	size := fs.Int64("size", 0, "pinned size in bytes (default: the file's own)")
@@ -202,8 +217,8 @@ func previous(env *Env, f klpFlags, name, replaces, prevRPM string) (*klp.Instal
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond)) }
 
 func cmdKLPDisable(env *Env, args []string) error {
-	fs := newFlags(env, "klp disable", "klp disable NAME [flags]")
-	f := addKLPFlags(fs)
+	fs := newFlags(env, "klp disable", "klp disable NAME [--root DIR] [--transition-timeout D] [--force] [--poll D]")
+	f := addKLPFlags(fs, transitionFlags)
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}

@@ -11,5 +11,5 @@ func cmdRun(env *Env, args []string) error {
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	return daemon.Run(env.Ctx, daemon.Options{ConfigPath: *path, Stderr: env.Stderr})
+	return runExit(daemon.Run(env.Ctx, daemon.Options{ConfigPath: *path, Stderr: env.Stderr}))
 }

@@ -1,5 +1,5 @@
 // Package config loads the agent's configuration: /etc/klp-agent/config.yaml
-// plus drop-ins in config.d/*.yaml applied in lexical order, each decoded
+// plus drop-ins in config.d/*.yaml and *.yml applied in lexical order, each decoded
 // strictly so that a typo is an error naming file and line, not a silently
 // ignored setting.
 package config
@@ -12,7 +12,6 @@ import (
 	"maps"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -23,6 +22,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/internal/redact"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -126,8 +126,14 @@ type MetricsConfig struct {
 
 // ManifestConfig says where the signed manifest is and how to poll it.
 type ManifestConfig struct {
-	URL          string        `yaml:"url"`
-	CABundle     string        `yaml:"ca_bundle"`
+	// URL is an http(s) URL, a file:// URL or an absolute path (a
+	// directory: its manifest.json), see manifest.Location.
+	URL      string `yaml:"url"`
+	CABundle string `yaml:"ca_bundle"`
+	// ClientCert and ClientKey (PEM files, both or neither) authenticate
+	// this host to a mirror that requires mutual TLS.
+	ClientCert   string        `yaml:"client_cert"`
+	ClientKey    string        `yaml:"client_key"`
 	PollInterval time.Duration `yaml:"poll_interval"`
 	PollJitter   float64       `yaml:"poll_jitter"`
 	Timeout      time.Duration `yaml:"timeout"`
@@ -217,27 +223,47 @@ type Loaded struct {
 	Origin map[string]string // "manifest.url" -> "config.d/10-x.yaml:3"
 }
 
-// Load reads path and, if it exists, the directory config.d beside it.
+// Load reads path and, if it exists, the directory config.d beside it
+// (its *.yaml and *.yml files, see Dropins).
 // A missing main file is an error; a missing config.d is not.
 func Load(path string) (*Loaded, error) {
 	l := &Loaded{Config: Default(), Origin: map[string]string{}}
 	if err := l.apply(path); err != nil {
+		return nil, redact.Error(err)
+	}
+	dropins, err := Dropins(filepath.Join(filepath.Dir(path), "config.d"))
+	if err != nil {
 		return nil, err
 	}
-	dropins, err := filepath.Glob(filepath.Join(filepath.Dir(path), "config.d", "*.yaml"))
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-	sort.Strings(dropins)
 	for _, p := range dropins {
+		// A YAML error may quote the value, URL and all.
 		if err := l.apply(p); err != nil {
-			return nil, err
+			return nil, redact.Error(err)
 		}
 	}
 	if err := l.Validate(); err != nil {
 		return nil, err
 	}
 	return l, nil
+}
+
+// DropinExts are the drop-in file name endings read from config.d; other
+// files there (README, *.rpmsave, editor backups) are not configuration.
+var DropinExts = []string{".yaml", ".yml"}
+
+// Dropins lists the drop-ins in dir in lexical order of their whole names,
+// .yaml and .yml alike (a missing dir has none).
+func Dropins(dir string) ([]string, error) {
+	var out []string
+	for _, ext := range DropinExts {
+		m, err := filepath.Glob(filepath.Join(dir, "*"+ext))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		out = append(out, m...)
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 func (l *Loaded) apply(path string) error {
@@ -383,9 +409,16 @@ func (l *Loaded) Validate() error {
 		errs = append(errs, fmt.Errorf("%s (%s): %s", key, l.at(key), fmt.Sprintf(format, args...)))
 	}
 	if c.Manifest.URL != "" {
-		u, err := url.Parse(c.Manifest.URL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("manifest.url", "%q is not an http(s) URL", c.Manifest.URL)
+		if _, err := manifest.Location(c.Manifest.URL); err != nil {
+			bad("manifest.url", "%q is not an http(s) URL, a file:// URL or an absolute path", redactURL(c.Manifest.URL))
+		}
+	}
+	if (c.Manifest.ClientCert == "") != (c.Manifest.ClientKey == "") {
+		bad("manifest.client_cert", "client_cert and client_key go together (both PEM files, or neither)")
+	}
+	for _, f := range []struct{ key, path string }{{"manifest.client_cert", c.Manifest.ClientCert}, {"manifest.client_key", c.Manifest.ClientKey}} {
+		if f.path != "" && !filepath.IsAbs(f.path) {
+			bad(f.key, "%q must be an absolute path", f.path)
 		}
 	}
 	if c.Manifest.PollInterval < 10*time.Second {
@@ -514,12 +547,14 @@ func (c *Config) HostID() (string, error) {
 	return id, nil
 }
 
-// YAML renders the effective configuration.
+// YAML renders the effective configuration for display, secrets masked
+// (see Redacted).
 func (c *Config) YAML() ([]byte, error) {
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
-	if err := enc.Encode(c); err != nil {
+	r := c.Redacted()
+	if err := enc.Encode(&r); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), enc.Close()

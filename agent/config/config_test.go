@@ -59,6 +59,39 @@ func TestLoadMergesDropinsInOrder(t *testing.T) {
 	}
 }
 
+// .yml drop-ins are read like .yaml ones, in one lexical order by whole
+// name; other files in config.d are not configuration.
+func TestLoadReadsYmlDropins(t *testing.T) {
+	dir := writeTree(t, map[string]string{
+		"config.yaml":            "manifest:\n  poll_interval: 10m\n",
+		"config.d/10-a.yml":      "manifest:\n  poll_interval: 1h\nhost:\n  tier: canary\n",
+		"config.d/20-b.yaml":     "manifest:\n  poll_interval: 5m\n",
+		"config.d/30-c.yml":      "log:\n  level: debug\n",
+		"config.d/40-d.yml~":     "log: {level: error}\n",
+		"config.d/50-e.rpmsave":  "log: {level: error}\n",
+		"config.d/60-f.YAML.txt": "log: {level: error}\n",
+	})
+	l, err := Load(filepath.Join(dir, "config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range l.Files {
+		names = append(names, filepath.Base(f))
+	}
+	if got := strings.Join(names, " "); got != "config.yaml 10-a.yml 20-b.yaml 30-c.yml" {
+		t.Errorf("files read: %s", got)
+	}
+	if c := l.Config; c.Manifest.PollInterval != 5*time.Minute || c.Host.Tier != "canary" || c.Log.Level != "debug" {
+		t.Errorf("effective: poll_interval %v tier %q level %q", c.Manifest.PollInterval, c.Host.Tier, c.Log.Level)
+	}
+	// A .yml drop-in is as strict as a .yaml one.
+	os.WriteFile(filepath.Join(dir, "config.d", "70-typo.yml"), []byte("log:\n  levle: debug\n"), 0o644)
+	if _, err := Load(filepath.Join(dir, "config.yaml")); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "70-typo.yml") {
+		t.Errorf("typo in a .yml drop-in: %v", err)
+	}
+}
+
 func TestLoadRejects(t *testing.T) {
 	tests := []struct {
 		name    string

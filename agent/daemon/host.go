@@ -40,19 +40,20 @@ type Host struct {
 }
 
 // LoadHost reads the configuration at path (and its drop-ins), the trusted
-// keys, the host id and the running kernel release.
+// keys, the host id and the running kernel release. Errors in the first
+// three are ErrConfig.
 func LoadHost(path string) (*Host, error) {
 	l, err := config.Load(path)
 	if err != nil {
-		return nil, err
+		return nil, asConfigError(err)
 	}
 	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
 	if err != nil {
-		return nil, err
+		return nil, asConfigError(err)
 	}
 	id, err := l.HostID()
 	if err != nil {
-		return nil, err
+		return nil, asConfigError(err)
 	}
 	krel, err := klp.KernelRelease(l.Paths.Root)
 	if err != nil {
@@ -68,10 +69,11 @@ func LoadHost(path string) (*Host, error) {
 // ErrThreshold is a keyring with fewer keys than the threshold needs.
 var ErrThreshold = errors.New("too few trusted keys for trust.threshold")
 
-// CheckTrust refuses a keyring that can never meet the threshold.
+// CheckTrust refuses a keyring that can never meet the threshold (an
+// ErrConfig).
 func (h *Host) CheckTrust() error {
 	if n := len(h.Trust.Keys); n < h.Trust.Threshold {
-		return fmt.Errorf("%w: trust.threshold %d but %s holds %d key(s)", ErrThreshold, h.Trust.Threshold, h.Config.Trust.KeysDir, n)
+		return configError{fmt.Errorf("%w: trust.threshold %d but %s holds %d key(s)", ErrThreshold, h.Trust.Threshold, h.Config.Trust.KeysDir, n)}
 	}
 	return nil
 }
@@ -87,9 +89,9 @@ var ErrUntrustedStateDir = errors.New("state directory is not trusted")
 
 // CheckStateDir creates paths.state_dir (0700) if missing and refuses one
 // that is a symlink, not a directory, not owned by StateDirOwner, or
-// writable by group or others.
+// writable by group or others (an ErrConfig: the operator must fix it).
 func (h *Host) CheckStateDir() error {
-	return checkStateDir(h.Config.Paths.StateDir, StateDirOwner)
+	return asConfigError(checkStateDir(h.Config.Paths.StateDir, StateDirOwner))
 }
 
 func checkStateDir(dir string, uid int) error {
@@ -163,7 +165,8 @@ func (h *Host) Logger(stderr io.Writer) (*zap.Logger, error) {
 // Client is the one HTTP client, for manifests and RPMs.
 func (h *Host) Client(log *zap.Logger) (*manifest.Client, error) {
 	m := h.Config.Manifest
-	return manifest.NewClient(manifest.ClientConfig{CABundle: m.CABundle, Retries: m.Retries, IdleTimeout: m.IdleTimeout,
+	return manifest.NewClient(manifest.ClientConfig{CABundle: m.CABundle, ClientCert: m.ClientCert, ClientKey: m.ClientKey,
+		Retries: m.Retries, IdleTimeout: m.IdleTimeout,
 		UserAgent: "klp-agent/" + Version, Logger: logging.RetryableLogger(log)})
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/metrics"
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/internal/redact"
 )
 
 // Options are what the process hands the daemon.
@@ -30,13 +30,17 @@ type Options struct {
 // patch after a boot, and runs the loop and the health sources until
 // SIGTERM or SIGINT (or ctx ends). SIGHUP re-reads the configuration: a
 // valid one takes effect at once, an invalid one is refused and the
-// running one kept.
+// running one kept. A configuration that cannot run (ErrNotConfigured
+// among them) is an ErrConfig.
 func Run(ctx context.Context, o Options) error {
 	if o.Stderr == nil {
 		o.Stderr = os.Stderr
 	}
 	h, err := LoadHost(o.ConfigPath)
 	if err != nil {
+		return err
+	}
+	if err := h.checkConfigured(o.ConfigPath); err != nil {
 		return err
 	}
 	if err := h.CheckTrust(); err != nil {
@@ -47,7 +51,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	log, err := h.Logger(o.Stderr)
 	if err != nil {
-		return err
+		return asConfigError(err)
 	}
 	if h.Config.Manifest.URL == "" {
 		log.Warn("manifest.url is not set: re-applying the recorded patch only, no polling")
@@ -56,7 +60,9 @@ func Run(ctx context.Context, o Options) error {
 	store := h.Store()
 	a, err := h.Agent(log, store, m)
 	if err != nil {
-		return err
+		// The HTTP client and the manifest source: the files the
+		// configuration names (ca_bundle, client_cert) or its URL.
+		return asConfigError(err)
 	}
 	if err := store.Lock(); err != nil {
 		return err
@@ -87,7 +93,7 @@ func Run(ctx context.Context, o Options) error {
 	loop := &agent.Loop{Agent: a, Config: h.LoopConfig(), Notify: notify, Events: mon.Events(), Heartbeat: hb, Changed: exp.export}
 	loop.Init()
 	log.Info("klp-agent "+Version+" starting", zap.String("KERNEL_RELEASE", h.Host.Kernel),
-		zap.String("HOST_TIER", h.Host.Tier), zap.String("MANIFEST_URL", redactURL(h.Config.Manifest.URL)))
+		zap.String("HOST_TIER", h.Host.Tier), zap.String("MANIFEST_URL", redact.URL(h.Config.Manifest.URL)))
 	if w := agent.KpatchServiceWarning(h.Config.Paths.Root, h.Host.Kernel); w != "" {
 		log.Warn(w)
 	}
@@ -225,13 +231,4 @@ func (e *exporter) export() {
 			to.log.Error(err.Error())
 		}
 	}
-}
-
-// redactURL hides a password in a URL for logs.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }

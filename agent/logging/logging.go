@@ -106,7 +106,7 @@ func New(opts Options) (*zap.Logger, error) {
 		return nil, fmt.Errorf("logging: unknown format %q (allowed: %s)", opts.Format, strings.Join(formatNames, ", "))
 	}
 
-	return zap.New(core,
+	return zap.New(Redacting(core),
 		// Caller feeds CODE_FILE/CODE_LINE/CODE_FUNC in the journal.
 		zap.AddCaller(),
 		// Stacks only for programming errors: an Error here is usually an

@@ -2,6 +2,7 @@ package logging
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -77,20 +78,25 @@ func TestRetryableLoggerFields(t *testing.T) {
 	}
 }
 
-// A real client: the first attempt's connection is dropped, the retry
-// succeeds ("performing request" is logged once per Do, not per attempt). Its chatter must come out at Debug, the dropped attempt at Warn,
-// with the caller pointing into retryablehttp rather than this adapter.
+// A real client: the first attempt's connection is dropped, the second
+// gets a 503, the third succeeds ("performing request" is logged once per
+// Do, not per attempt). The dropped attempt is a Warn and each retry an
+// Info, each message naming the request (its URL redacted) and why; the
+// caller points into retryablehttp rather than this adapter.
 func TestRetryableLoggerWithClient(t *testing.T) {
 	var hits atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if hits.Add(1) == 1 {
+		switch hits.Add(1) {
+		case 1:
 			conn, _, err := w.(http.Hijacker).Hijack()
 			if err == nil {
 				conn.Close()
 			}
-			return
+		case 2:
+			w.WriteHeader(http.StatusServiceUnavailable)
+		default:
+			w.WriteHeader(http.StatusOK)
 		}
-		w.WriteHeader(http.StatusOK)
 	}))
 	defer srv.Close()
 
@@ -101,7 +107,9 @@ func TestRetryableLoggerWithClient(t *testing.T) {
 	c.Backoff = func(_, _ time.Duration, _ int, _ *http.Response) time.Duration { return 0 }
 	c.HTTPClient = srv.Client()
 
-	resp, err := c.Get(srv.URL)
+	secretURL := strings.Replace(srv.URL, "http://", "http://user:s3cret@", 1) + "/m.json?token=T0KEN"
+	shown := strings.Replace(srv.URL, "http://", "http://user:xxxxx@", 1) + "/m.json?token=xxxxx"
+	resp, err := c.Get(secretURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,9 +119,10 @@ func TestRetryableLoggerWithClient(t *testing.T) {
 		level zapcore.Level
 		msg   string
 	}{
-		{zapcore.DebugLevel, "performing request"},
-		{zapcore.WarnLevel, "request failed"},
-		{zapcore.DebugLevel, "retrying request"},
+		{zapcore.DebugLevel, "performing request: GET " + shown},
+		{zapcore.WarnLevel, "request failed: GET " + shown + `: Get "` + shown + `": EOF`},
+		{zapcore.InfoLevel, "retrying request: GET " + shown + " in 0s, 2 left"},
+		{zapcore.InfoLevel, "retrying request: GET " + shown + " (status: 503) in 0s, 1 left"},
 	}
 	got := logs.All()
 	if len(got) != len(want) {
@@ -125,6 +134,11 @@ func TestRetryableLoggerWithClient(t *testing.T) {
 		}
 		if !strings.Contains(got[i].Caller.File, "go-retryablehttp") {
 			t.Errorf("entry %d caller = %s, want retryablehttp's code", i, got[i].Caller.File)
+		}
+		for k, v := range got[i].ContextMap() {
+			if s := fmt.Sprint(v); strings.Contains(s, "s3cret") || strings.Contains(s, "T0KEN") {
+				t.Errorf("entry %d field %s = %q: secret shown", i, k, s)
+			}
 		}
 	}
 	if _, ok := got[1].ContextMap()["error"]; !ok {

@@ -32,8 +32,10 @@ func Start(t testing.TB, root string) *Server { return start(t, root, nil) }
 // (PEM), as a private mirror does.
 func StartTLS(t testing.TB, root string, cert TLSFiles) *Server { return start(t, root, &cert) }
 
-// TLSFiles are a server certificate chain and its key, PEM files.
-type TLSFiles struct{ Cert, Key string }
+// TLSFiles are a server certificate chain and its key, PEM files, and,
+// for a mirror that requires mutual TLS, the CA its clients' certificates
+// must chain to (nginx then answers 400 to a client without one).
+type TLSFiles struct{ Cert, Key, ClientCA string }
 
 func start(t testing.TB, root string, tlsFiles *TLSFiles) *Server {
 	t.Helper()
@@ -54,6 +56,9 @@ func start(t testing.TB, root string, tlsFiles *TLSFiles) *Server {
 	listen, scheme := fmt.Sprintf("127.0.0.1:%d", port), "http"
 	if tlsFiles != nil {
 		listen += fmt.Sprintf(" ssl;\n    ssl_certificate %s;\n    ssl_certificate_key %s", tlsFiles.Cert, tlsFiles.Key)
+		if tlsFiles.ClientCA != "" {
+			listen += fmt.Sprintf(";\n    ssl_client_certificate %s;\n    ssl_verify_client on", tlsFiles.ClientCA)
+		}
 		scheme = "https"
 	}
 	user := ""

@@ -1,0 +1,41 @@
+package cli
+
+import (
+	"errors"
+
+	"github.com/klp-agent/klp-agent/agent/daemon"
+)
+
+// ExitConfig is sysexits.h's EX_CONFIG: `klp-agent run` exits with it when
+// the configuration cannot run (unconfigured, invalid, too few keys, an
+// unloadable CA bundle or client certificate, an untrusted state
+// directory). The unit lists it in RestartPreventExitStatus=, so an
+// unconfigured host stays calm instead of restarting forever.
+const ExitConfig = 78
+
+// exitCodeError makes Main exit with code after printing err.
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e exitCodeError) Error() string { return e.err.Error() }
+func (e exitCodeError) Unwrap() error { return e.err }
+
+// exitCode is the status Main exits with for a command's error that asks
+// for one (0 when none does).
+func exitCode(err error) int {
+	var ec exitCodeError
+	if errors.As(err, &ec) {
+		return ec.code
+	}
+	return 0
+}
+
+// runExit maps the daemon's configuration errors to ExitConfig.
+func runExit(err error) error {
+	if errors.Is(err, daemon.ErrConfig) {
+		return exitCodeError{ExitConfig, err}
+	}
+	return err
+}

@@ -1,0 +1,195 @@
+package cli
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// klp-agent(8) is generated from the commands' --help; the golden file
+// shows every change to it in review (UPDATE_GOLDEN=1 rewrites it after
+// a command or flag changes).
+func TestManPageGolden(t *testing.T) {
+	got := run(t, t0, "help", "--man")
+	golden := filepath.Join("testdata", "klp-agent.8.golden")
+	if os.Getenv("UPDATE_GOLDEN") != "" {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with UPDATE_GOLDEN=1 to create)", err)
+	}
+	if got != string(want) {
+		t.Fatalf("klp-agent help --man differs from %s (UPDATE_GOLDEN=1 to accept):\n%s", golden, got)
+	}
+	// groff reads it without a warning.
+	cmd := exec.Command("groff", "-man", "-ww", "-z")
+	cmd.Stdin = strings.NewReader(got)
+	if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Errorf("groff -man -ww (install groff-base: make deps): %v\n%s", err, out)
+	}
+}
+
+// Every command and subcommand in the table, and every flag its --help
+// shows, is in the man page and in both completions.
+func TestEveryCommandDocumented(t *testing.T) {
+	man := run(t, t0, "help", "--man")
+	bash := run(t, t0, "help", "--bash-completion")
+	zsh := run(t, t0, "help", "--zsh-completion")
+	docs, err := collectHelp(&Env{Now: nowFunc, Ctx: t.Context()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups := map[string][]string{"manifest": {"keygen", "add", "revoke", "sign", "verify", "lint"}, "klp": {"list", "apply", "disable"}}
+	seen := map[string]bool{}
+	for _, d := range docs {
+		seen[d.Name] = true
+		for _, s := range d.Subs {
+			seen[s.Name] = true
+		}
+	}
+	for name := range commands() {
+		names := []string{name}
+		for _, sub := range groups[name] {
+			names = append(names, name+" "+sub)
+		}
+		for _, n := range names {
+			if !seen[n] {
+				t.Errorf("%q is not among the documented commands", n)
+			}
+			if !strings.Contains(man, `.SS "`+roff(n)+`"`) {
+				t.Errorf("man page lacks a section for %q", n)
+			}
+			last := n[strings.LastIndex(n, " ")+1:]
+			if !regexp.MustCompile(`(?m)[" ]` + regexp.QuoteMeta(last) + `[ "]`).MatchString(bash) {
+				t.Errorf("bash completion does not offer %q", n)
+			}
+			if !strings.Contains(zsh, "\t"+last+")") || !strings.Contains(zsh, "'"+last+":") {
+				t.Errorf("zsh completion does not offer %q", n)
+			}
+		}
+	}
+	for _, d := range leaves(docs) {
+		if len(d.Flags) == 0 && d.Name != "version" {
+			t.Errorf("%s: no flags read from its --help", d.Name)
+		}
+		for _, f := range d.Flags {
+			if !strings.Contains(man, `\-\-`+roff(f.Name)) {
+				t.Errorf("man page lacks %s --%s", d.Name, f.Name)
+			}
+			if !strings.Contains(bash, "--"+f.Name) || !strings.Contains(zsh, "'--"+f.Name+"[") {
+				t.Errorf("a completion lacks %s --%s", d.Name, f.Name)
+			}
+		}
+	}
+}
+
+// Each subcommand shows and accepts only its own flags: klp list takes no
+// rpm or transition flags, klp disable no rpm flags.
+func TestPerCommandFlags(t *testing.T) {
+	docs, err := collectHelp(&Env{Now: nowFunc, Ctx: t.Context()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags := map[string]string{}
+	for _, d := range leaves(docs) {
+		var names []string
+		for _, f := range d.Flags {
+			names = append(names, f.Name)
+		}
+		flags[d.Name] = strings.Join(names, " ")
+	}
+	for cmd, want := range map[string]string{
+		"klp list":    "json root",
+		"klp disable": "force poll root transition-timeout",
+		"klp apply":   "force level nodeps poll previous-rpm replaces require-signature root rpm rpm-dbpath rpm-keyring scripts sha256 size transition-timeout",
+		"status":      "config json",
+		"version":     "",
+	} {
+		if flags[cmd] != want {
+			t.Errorf("%s --help shows flags %q, want %q", cmd, flags[cmd], want)
+		}
+	}
+	for _, args := range [][]string{{"klp", "list", "--nodeps"}, {"klp", "list", "--transition-timeout", "1s"}, {"klp", "disable", "--rpm-dbpath", "/d", "x"}} {
+		if out, code := runCode(t, t0, args...); code != 2 || !strings.Contains(out, "flag provided but not defined") {
+			t.Errorf("%v: exit %d, want 2 (unknown flag):\n%s", args, code, out)
+		}
+	}
+}
+
+// The bash completion, sourced into a real bash: commands, subcommands,
+// a subcommand's own flags, and files after a flag that takes a value.
+func TestBashCompletion(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "klp-agent")
+	os.WriteFile(script, []byte(run(t, t0, "help", "--bash-completion")), 0o644)
+	for _, tt := range []struct {
+		line, want string
+	}{
+		{"klp-agent ", "check-config explain klp manifest reload rollback run simulate status version --help --version"},
+		{"klp-agent st", "status"},
+		{"klp-agent klp ", "list apply disable"},
+		{"klp-agent klp list --", "--json --root --help"},
+		{"klp-agent manifest sign --k", "--key"},
+		{"klp-agent status --config ", ""},
+		{"klp-agent status --config /etc/x.yaml --", "--config --json --help"},
+	} {
+		words := strings.Split(tt.line, " ")
+		cmd := exec.Command("bash", append([]string{"-c", `source "$0"; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _klp_agent; echo "${COMPREPLY[*]}"`, script}, words...)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("bash: %v\n%s", err, out)
+		}
+		if got := strings.TrimSpace(string(out)); !strings.HasPrefix(got, tt.want) || (tt.want == "" && got != "") {
+			t.Errorf("%q completes to %q, want %q", tt.line, got, tt.want)
+		}
+	}
+}
+
+// The zsh completion parses, and run with _describe and _arguments stubbed
+// it offers the right words at each position.
+func TestZshCompletion(t *testing.T) {
+	if _, err := exec.LookPath("zsh"); err != nil {
+		t.Fatal("zsh is not installed (make deps installs it)")
+	}
+	script := filepath.Join(t.TempDir(), "_klp-agent")
+	os.WriteFile(script, []byte(run(t, t0, "help", "--zsh-completion")), 0o644)
+	if out, err := exec.Command("zsh", "-n", script).CombinedOutput(); err != nil {
+		t.Fatalf("zsh -n: %v\n%s", err, out)
+	}
+	for _, tt := range []struct {
+		line, want string
+	}{
+		{"klp-agent ", "DESCRIBE check-config:"},
+		{"klp-agent klp ", "DESCRIBE list:livepatches"},
+		{"klp-agent klp list ", "ARGS list|"},
+		{"klp-agent status --json ", "ARGS status --json|"},
+	} {
+		words := strings.Split(tt.line, " ")
+		// The stubs print what they were given: _describe its array,
+		// _arguments the words left after the command and its specs.
+		prog := `_describe() { print -r -- "DESCRIBE ${(P)${@[-1]}}" }
+_arguments() { print -r -- "ARGS ${words[1,CURRENT-1]}|$*" }
+functions[_klp-agent]=$(<$1); shift
+words=("$@"); CURRENT=$#
+_klp-agent`
+		out, err := exec.Command("zsh", append([]string{"-fc", prog, "zsh", script}, words...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("zsh: %v\n%s", err, out)
+		}
+		if !strings.HasPrefix(string(out), tt.want) {
+			t.Errorf("%q: %q, want it to start with %q", tt.line, out, tt.want)
+		}
+	}
+	out, _ := exec.Command("zsh", "-fc", `_describe() { :; }; _arguments() { print -r -- "$*" }; functions[_klp-agent]=$(<$1); words=(klp-agent klp list ''); CURRENT=4; _klp-agent`, "zsh", script).CombinedOutput()
+	if strings.Contains(string(out), "--nodeps") || !strings.Contains(string(out), "--root[") {
+		t.Errorf("klp list's zsh flags: %s", out)
+	}
+}
+
+func nowFunc() time.Time { return t0 }
