@@ -53,7 +53,7 @@ type ControlRequest struct {
 	ID string    `json:"id"`
 	Op ControlOp `json:"op"`
 	state.Operator
-	Until time.Time `json:"until,omitzero"` // hold
+	Until time.Time `json:"until,omitzero"`  // hold
 	Name  string    `json:"name,omitempty"`  // unblock
 	Level int       `json:"level,omitempty"` // pin, unblock
 }
