@@ -24,11 +24,11 @@ import (
 
 // MsgControl is the journal's MESSAGE_ID for a host control taken (hold,
 // resume, pin, unpin, unblock), with who asked and why.
-const MsgControl = "6a0d3f3e2b7d4b55a1f4c2d9e8b71c06"
+const MsgControl = "948df1b30f8644c08cdaa67c1344d455"
 
 // MsgKillSwitch is logged at start when klp_agent.enable=0 is on the
 // kernel command line.
-const MsgKillSwitch = "b5e2a4c1d3f84e6a9c7b0d1e2f3a4b5c"
+const MsgKillSwitch = "598ea436df064fe9b9996101f2c3794f"
 
 // ControlOp is one host control.
 type ControlOp string
