@@ -280,3 +280,14 @@ func (a *Agent) Outcome() string {
 	}
 	return s
 }
+
+// LoadState reads the state without touching the kernel, for a control
+// taken while no daemon runs.
+func (a *Agent) LoadState() error {
+	st, err := a.d.Store.Load()
+	if err != nil {
+		return err
+	}
+	a.st = st
+	return nil
+}
