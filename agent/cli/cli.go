@@ -118,6 +118,11 @@ func Main(args []string, env *Env) int {
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, new(exitCode)):
+		// The command printed its answer; the code is the answer too.
+		var c exitCode
+		errors.As(err, &c)
+		return int(c)
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
 		return 2
