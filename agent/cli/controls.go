@@ -178,6 +178,9 @@ func controlDirect(env *Env, h *daemon.Host, store *state.Store, req agent.Contr
 	}
 	var msg string
 	if req.Op == agent.OpPoll {
+		if a.Source() == nil {
+			return errors.New("manifest.url is not set: nothing to poll")
+		}
 		// As the daemon would: the boot's re-apply first, then the poll.
 		if err := a.Start(env.Ctx); err != nil {
 			return err
