@@ -66,7 +66,7 @@ func TestControlsWithoutDaemon(t *testing.T) {
 		{[]string{"resume"}, 0, "resumed"},
 		{[]string{"resume"}, 0, "not held"},
 	} {
-		out, code := runCode(t, t0, append(append([]string{tt.args[0], "--config", cfg}, tt.args[1:]...))...)
+		out, code := runCode(t, t0, append([]string{tt.args[0], "--config", cfg}, tt.args[1:]...)...)
 		if code != tt.code || !strings.Contains(out, tt.out) {
 			t.Errorf("%v: exit %d, want %d with %q:\n%s", tt.args, code, tt.code, tt.out, out)
 		}
