@@ -13,6 +13,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/klp"
 )
 
 func (h *host) control(r ControlRequest) string {
@@ -230,5 +231,43 @@ func TestDaemonTakesControls(t *testing.T) {
 	waitFor(t, "level 2 applied after resume", func() bool { return kernelLevel() == "klp_cmdline_2" })
 	if err := stop(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A poll without the daemon (klp-agent poll when none runs) applies what
+// is wanted; status then shows the manifest in force, what the applied
+// patch fixes and the controls.
+func TestPollOnceAndStatusShowsControls(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	h := newHost(t, 1, 2)
+	p := h.patches[1]
+	p.Description, p.CVEs, p.Annotations = "fixes cmdline", []string{"CVE-2026-10001"}, map[string]string{"risk": "low"}
+	h.patches[1] = p
+	h.publish(priv, 3, []int{1})
+	h.polls(pub)
+	out, err := h.agent.PollOnce(context.Background())
+	if err != nil || !strings.Contains(out, "manifest version 3; now soaking klp_cmdline_1@1") {
+		t.Fatalf("poll: %q %v", out, err)
+	}
+	h.control(ControlRequest{Op: OpHold, Until: h.now.Add(time.Hour)})
+	h.control(ControlRequest{Op: OpPin, Level: 5})
+	src := *h.source // status reads the cache through its own source
+	s, err := CollectStatus(StatusInput{Store: &state.Store{Dir: h.stateDir}, Sysfs: &klp.Sysfs{FS: h.kernel}, Source: &src,
+		Host: h.agent.Host(), Now: h.now.Add(10 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Manifest == nil || s.Manifest.Version != 3 || s.Manifest.Age != "10m0s" || !s.Configured {
+		t.Fatalf("manifest in status: %+v", s.Manifest)
+	}
+	if s.AppliedEntry == nil || s.AppliedEntry.Fixes() != "fixes cmdline; CVE-2026-10001" || s.AppliedEntry.Annotations["risk"] != "low" {
+		t.Fatalf("what the applied patch fixes: %+v", s.AppliedEntry)
+	}
+	c := s.Controls
+	if c.Hold == nil || c.Pin == nil || c.Pin.Level != 5 || !strings.Contains(c.Waiting, "held by alice") || !c.WindowOpen || c.Windows != "any time" {
+		t.Fatalf("controls in status: %+v", c)
+	}
+	if code, why := s.Check(); code != CheckPending {
+		t.Fatalf("check while soaking and held: %d %s", code, why)
 	}
 }
