@@ -135,6 +135,29 @@ boot_a() {
 	fi
 	# 2: degraded, a level above the applied one (3) is blocked here.
 	check_code check-blocked 2
+	# With /etc/klp-e2e/killswitch the host boots a K boot next, with
+	# klp_agent.enable=0 on the kernel command line (run-qemu.sh -a).
+	if [ -e /etc/klp-e2e/killswitch ]; then echo K; else echo B; fi >/var/lib/klp-e2e/phase
+}
+
+# boot_k: booted with klp_agent.enable=0 (the kill switch): the unit runs
+# but applies nothing, says so in the journal and status (--check exits 1);
+# the next boot (B) re-applies level 2 as usual.
+boot_k() {
+	wait_step ready-k 30 active || return 1
+	if grep -qw 'klp_agent.enable=0' /proc/cmdline; then
+		klp_pass killswitch-cmdline "$(cut -c1-120 /proc/cmdline)"
+	else
+		klp_fail killswitch-cmdline "not on /proc/cmdline: $(cat /proc/cmdline)"
+	fi
+	sleep 5 # its first poll comes at once: time to apply, were it allowed to
+	if [ -z "$(klp_level)" ] && journalctl -b -u klp-agent | grep -q 'kill switch'; then
+		klp_pass killswitch-nothing-applied "no livepatch; the journal says kill switch"
+	else
+		klp_fail killswitch-nothing-applied "level $(klp_level): $(agent_state)"
+	fi
+	check_code check-killswitch 1
+	save K
 	echo B >/var/lib/klp-e2e/phase
 }
 
@@ -169,6 +192,7 @@ A)
 	boot_a
 	save A
 	;;
+K) boot_k || save K ;;
 B) boot_b || save B ;;
 *) klp_fail phase "unexpected phase $phase" ;;
 esac
