@@ -573,10 +573,6 @@ type Plan struct {
 // patch does not remove it.
 func (a *Agent) Plan(v *manifest.Verified) (Plan, error) {
 	k := a.kernel()
-	if a.d.KillSwitch != "" {
-		// Not even a revocation's step back: it would load a module.
-		return Plan{}, nil
-	}
 	if c := k.Current; c != nil && (k.Phase == state.PhaseSoaking || k.Phase == state.PhaseGood) {
 		for i := range v.Revoked {
 			r := &v.Revoked[i]
@@ -860,8 +856,15 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 	log := a.log().With(patchFields(from)...)
 	start := a.now()
 	var to *state.PatchRecord
+	stepBack := a.stepBack
+	if a.d.KillSwitch != "" {
+		// Nothing of ours is in the kernel in this boot and nothing may go
+		// in: only the record and rpm's bookkeeping step back; the next
+		// boot without the switch re-applies the level stepped back to.
+		stepBack = a.stepBackRecord
+	}
 	for _, c := range a.stepBackTargets(from, k.Target) {
-		err := a.stepBack(ctx, from, &c)
+		err := stepBack(ctx, from, &c)
 		var refused *klp.RefusedError
 		switch {
 		case err == nil:
@@ -878,7 +881,9 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 		break
 	}
 	if to == nil {
-		if err := a.d.Installer.Controller.Disable(ctx, from.Name); err != nil {
+		if a.d.KillSwitch != "" {
+			log.Info("kill switch: " + from.ID() + " is not in the kernel; its record is rolled back")
+		} else if err := a.d.Installer.Controller.Disable(ctx, from.Name); err != nil {
 			return fmt.Errorf("roll back %s: %w", from.ID(), err)
 		}
 		if from.RPMName != "" {
@@ -898,7 +903,9 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 	if err := a.setPhase(ph); err != nil {
 		return err
 	}
-	a.golive(to, start)
+	if a.d.KillSwitch == "" {
+		a.golive(to, start)
+	}
 	a.crashpoint("rollback:done")
 	dest := "no patch"
 	if to != nil {
@@ -962,6 +969,28 @@ func (a *Agent) stepBack(ctx context.Context, from, to *state.PatchRecord) error
 	if from.RPMName != "" && from.RPMName != to.RPMName && to.RPMName != "" {
 		if err := a.d.Installer.RPM.Erase(ctx, from.RPMName); err != nil && !errors.Is(err, klp.ErrNotInstalled) {
 			a.log().Warn("stepped back to "+to.ID()+", but erasing "+from.RPMName+": "+err.Error(), patchFields(to)...)
+		}
+	}
+	return nil
+}
+
+// stepBackRecord is stepBack under the kill switch: rpm's database names
+// to again, the kernel is not touched.
+func (a *Agent) stepBackRecord(ctx context.Context, from, to *state.PatchRecord) error {
+	rpm, err := a.d.Store.RPMPath(to)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(rpm); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrNoRPM, to.ID(), err)
+	}
+	if err := a.d.Installer.RPM.Install(ctx, rpm); err != nil {
+		a.log().Warn("stepped back to "+to.ID()+" in the record, but rpm: "+err.Error(), patchFields(to)...)
+		return nil
+	}
+	if from.RPMName != "" && from.RPMName != to.RPMName && to.RPMName != "" {
+		if err := a.d.Installer.RPM.Erase(ctx, from.RPMName); err != nil && !errors.Is(err, klp.ErrNotInstalled) {
+			a.log().Warn("stepped back to "+to.ID()+" in the record, but erasing "+from.RPMName+": "+err.Error(), patchFields(to)...)
 		}
 	}
 	return nil

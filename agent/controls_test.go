@@ -168,6 +168,39 @@ func TestKillSwitch(t *testing.T) {
 	h.expect(state.PhaseGood, 1)
 }
 
+// Under the kill switch a revocation and an operator rollback move the
+// record (and rpm's database) back without loading anything; the next
+// boot without the switch applies the level stepped back to.
+func TestKillSwitchRollbackIsRecordOnly(t *testing.T) {
+	h := newHost(t, 1, 2, 3)
+	h.converge([]int{1})
+	h.soak()
+	h.converge([]int{1, 2})
+	h.soak()
+	h.converge([]int{1, 2, 3})
+	h.soak()
+	h.agent.Stop()
+	h.killSwitch = "klp_agent.enable=0 on the kernel command line"
+	h.reboot()
+	if err := h.converge([]int{1, 2, 3}, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.agent.Rollback(context.Background(), state.CauseOperator, "operator", nil, false); err != nil {
+		t.Fatal(err)
+	}
+	k := h.agent.Kernel()
+	if len(h.kernel.Loads) != 0 || k.Current == nil || k.Current.Level != 1 || !k.IsBlocked(h.patches[3].Name, 3, h.patches[3].SHA256) {
+		t.Fatalf("kill switch: loads %v, current %+v, blocked %+v", h.kernel.Loads, k.Current, k.Blocked)
+	}
+	if got := h.rpmQ(); got != "1-1" {
+		t.Fatalf("rpm after record-only rollbacks: %s", got)
+	}
+	h.agent.Stop()
+	h.killSwitch = ""
+	h.reboot()
+	h.expect(state.PhaseGood, 1)
+}
+
 // The daemon takes controls from request files and answers them: hold
 // keeps a published level off, poll answers with the outcome, resume lets
 // it in, and a health rollback happens while held.
