@@ -304,3 +304,28 @@ func TestPollOnceAndStatusShowsControls(t *testing.T) {
 		t.Fatalf("check while soaking and held: %d %s", code, why)
 	}
 }
+
+// The daemon looks again when a hold ends by itself (or a window opens),
+// not only at the next poll an interval later.
+func TestDaemonAppliesWhenHoldEnds(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	h := newHost(t, 1)
+	h.now = time.Now().UTC() // the hold's end is a real timer
+	h.publish(priv, 1, []int{1})
+	h.polls(pub)
+	h.agent.d.Now, h.agent.d.Store.Now = time.Now, time.Now
+	if err := h.agent.LoadState(); err != nil {
+		t.Fatal(err)
+	}
+	h.control(ControlRequest{Op: OpHold, Until: time.Now().Add(300 * time.Millisecond)})
+	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}}
+	start := time.Now()
+	stop := runLoop(t, d)
+	waitFor(t, "level 1 applied once the hold ended", func() bool { return h.kernel.Patched("cmdline_proc_show") == "klp_cmdline_1" })
+	if el := time.Since(start); el < 300*time.Millisecond {
+		t.Fatalf("applied after %s, during the hold", el)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
