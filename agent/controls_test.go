@@ -329,3 +329,26 @@ func TestDaemonAppliesWhenHoldEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Without manifest.url the daemon answers a poll at once, as failed.
+func TestDaemonPollWithoutSource(t *testing.T) {
+	h := newHost(t)
+	stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}})
+	l := state.Layout{Dir: h.stateDir}
+	id := NewControlID(time.Now())
+	if err := WriteControl(l, ControlRequest{ID: id, Op: OpPoll}); err != nil {
+		t.Fatal(err)
+	}
+	var res ControlResult
+	waitFor(t, "the poll answered", func() bool {
+		var ok bool
+		res, ok, _ = ReadControlResult(l, id)
+		return ok
+	})
+	if res.OK || !strings.Contains(res.Message, "manifest.url is not set") {
+		t.Fatalf("poll without a source: %+v", res)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -168,7 +168,6 @@ func (l *Loop) Run(ctx context.Context) error {
 	soak := time.NewTimer(time.Hour)
 	defer soak.Stop()
 	for {
-		r.answerPolls()
 		l.Heartbeat.End()
 		// Wake for the end of a soak, if one runs; otherwise sleep.
 		if k := r.a.kernel(); k.Phase == state.PhaseSoaking && k.Current != nil {
@@ -177,6 +176,7 @@ func (l *Loop) Run(ctx context.Context) error {
 			soak.Stop()
 		}
 		r.startPoll(ctx) // one owed while a job ran, or after a rollback
+		r.answerPolls()  // once their poll and what it started are done
 		var jobDone chan func()
 		if r.job != nil {
 			jobDone = r.job.done
