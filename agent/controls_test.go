@@ -14,6 +14,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/klp"
+	"github.com/klp-agent/klp-agent/manifest"
 )
 
 func (h *host) control(r ControlRequest) string {
@@ -284,8 +285,9 @@ func TestPollOnceAndStatusShowsControls(t *testing.T) {
 	}
 	h.control(ControlRequest{Op: OpHold, Until: h.now.Add(time.Hour)})
 	h.control(ControlRequest{Op: OpPin, Level: 5})
-	src := *h.source // status reads the cache through its own source
-	s, err := CollectStatus(StatusInput{Store: &state.Store{Dir: h.stateDir}, Sysfs: &klp.Sysfs{FS: h.kernel}, Source: &src,
+	// status reads the cache through its own source
+	src := &manifest.Source{Fetcher: h.source.Fetcher, Trust: h.source.Trust, Store: h.source.Store, Now: h.source.Now, Cache: h.source.Cache}
+	s, err := CollectStatus(StatusInput{Store: &state.Store{Dir: h.stateDir}, Sysfs: &klp.Sysfs{FS: h.kernel}, Source: src,
 		Host: h.agent.Host(), Now: h.now.Add(10 * time.Minute)})
 	if err != nil {
 		t.Fatal(err)
