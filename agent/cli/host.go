@@ -103,7 +103,6 @@ func writeDecision(env *Env, source string, v *manifest.Verified, d manifest.Dec
 	writeAnnotations(w, "          ", v.Annotations)
 	if d.Wanted != nil {
 		fmt.Fprintf(w, "wanted:   %s level %d (%s)\n", d.Wanted.Name, d.Wanted.Level, d.Wanted.URL)
-		writeFixes(w, d.Wanted)
 	} else {
 		fmt.Fprintf(w, "wanted:   no patch for %s\n", d.Host.Kernel)
 	}

@@ -105,3 +105,15 @@ func TestStatusFromSnapshotAndCheckCodes(t *testing.T) {
 		t.Fatalf("blocked: exit %d\n%s", code, out)
 	}
 }
+
+// explain shows the manifest's annotations and what each entry fixes.
+func TestExplainGolden(t *testing.T) {
+	s := goldenStatus()
+	m := &manifest.Manifest{Schema: 1, Version: 9, Expires: t0.Add(14 * 24 * time.Hour), Patches: []manifest.Patch{*s.AppliedEntry, *s.Wanted},
+		Annotations: map[string]string{"publisher": "kernel-team@example"}}
+	v := &manifest.Verified{Manifest: m, KeyIDs: []string{"k1"}}
+	d := manifest.Select(m, manifest.Host{ID: "host-1", Kernel: testKernel}, t0, nil)
+	var buf bytes.Buffer
+	writeDecision(&Env{Stdout: &buf}, "https://mirror.example/manifest.json", v, d)
+	golden(t, "explain.golden.txt", buf.Bytes())
+}
