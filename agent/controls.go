@@ -291,3 +291,6 @@ func (a *Agent) LoadState() error {
 	a.st = st
 	return nil
 }
+
+// KillSwitch says why nothing is applied in this boot ("" when the agent may).
+func (a *Agent) KillSwitch() string { return a.d.KillSwitch }

@@ -243,6 +243,11 @@ func (e *exporter) export() {
 		}
 		m.SetPatch(a.Host().Kernel, name, level, phase)
 		m.SetBlocked(len(k.Blocked))
+		pin := 0
+		if k.Pin != nil {
+			pin = k.Pin.Level
+		}
+		m.SetControls(st.Hold.Active(time.Now()), pin, a.KillSwitch() != "")
 	}
 	if to.textfile != "" {
 		if err := m.WriteTextfile(to.textfile); err != nil {
