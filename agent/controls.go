@@ -137,6 +137,31 @@ func pendingControls(l state.Layout) []ControlRequest {
 	return out
 }
 
+// staleResults is how long an answer nobody read is kept (its command
+// gave up waiting).
+const staleResults = 24 * time.Hour
+
+// removeStaleResults removes answers older than staleResults.
+func removeStaleResults(l state.Layout, now time.Time) {
+	ents, err := os.ReadDir(l.Dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(strings.TrimPrefix(e.Name(), "control-"), ".result.json")
+		if !ok || !strings.HasPrefix(e.Name(), "control-") {
+			continue
+		}
+		path, err := l.ControlResult(id)
+		if err != nil {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() && now.Sub(fi.ModTime()) > staleResults {
+			os.Remove(path)
+		}
+	}
+}
+
 func writeControlResult(l state.Layout, r ControlResult) error {
 	path, err := l.ControlResult(r.ID)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -352,5 +353,24 @@ func TestDaemonPollWithoutSource(t *testing.T) {
 	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestStaleResultsRemoved(t *testing.T) {
+	l := state.Layout{Dir: t.TempDir()}
+	now := time.Now()
+	for id, age := range map[string]time.Duration{"old": 25 * time.Hour, "new": time.Hour} {
+		if err := writeControlResult(l, ControlResult{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+		p, _ := l.ControlResult(id)
+		os.Chtimes(p, now.Add(-age), now.Add(-age))
+	}
+	removeStaleResults(l, now)
+	if _, ok, _ := ReadControlResult(l, "old"); ok {
+		t.Error("a day-old answer kept")
+	}
+	if _, ok, _ := ReadControlResult(l, "new"); !ok {
+		t.Error("a recent answer removed")
 	}
 }

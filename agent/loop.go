@@ -162,6 +162,7 @@ func (l *Loop) Run(ctx context.Context) error {
 	r.notify.Ready()
 	r.changed()
 	r.handleRequest(work) // one written while the daemon was down
+	removeStaleResults(r.a.Layout(), time.Now())
 	r.handleControls()
 	r.poll = time.NewTimer(0) // first poll right away: a booted host wants its patch
 	defer r.poll.Stop()

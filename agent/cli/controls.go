@@ -32,6 +32,9 @@ func cmdHold(env *Env, args []string) error {
 		if err != nil {
 			return err
 		}
+		if !t.After(env.Now()) {
+			return fmt.Errorf("%w: --until %s is not in the future", errUsage, t.UTC().Format(time.RFC3339))
+		}
 		req.Until = t
 	}
 	return control(env, *path, *reason, *wait, req)

@@ -61,6 +61,7 @@ func TestControlsWithoutDaemon(t *testing.T) {
 		{[]string{"unblock", "klp_cmdline_3"}, 2, "NAME@LEVEL"},
 		{[]string{"pin", "zero"}, 2, "LEVEL"},
 		{[]string{"hold", "--until", "soon"}, 2, "--until"},
+		{[]string{"hold", "--until", "2026-11-25T11:00:00Z"}, 2, "not in the future"},
 		{[]string{"poll"}, 1, "manifest.url is not set"},
 		{[]string{"pin", "--clear"}, 0, "pin cleared"},
 		{[]string{"resume"}, 0, "resumed"},
