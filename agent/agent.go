@@ -28,6 +28,7 @@ import (
 
 	"github.com/klp-agent/klp-agent/agent/logging"
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
 	"github.com/klp-agent/klp-agent/klp"
@@ -78,6 +79,12 @@ type Deps struct {
 	// Recorder hears about applies, rollbacks, polls and health events
 	// (agent/metrics); nil = nobody.
 	Recorder Recorder
+	// Windows are the maintenance windows new levels wait for (none:
+	// any time). Rollbacks and the boot re-apply never wait.
+	Windows window.Set
+	// KillSwitch, when set, says why nothing may be applied or re-applied
+	// in this boot (klp_agent.enable=0 on the kernel command line).
+	KillSwitch string
 }
 
 // Recorder is what the agent reports for metrics.
@@ -161,6 +168,7 @@ type Settings struct {
 	Soak       time.Duration
 	CrashSince func(t time.Time) ([]string, error)
 	Log        *zap.Logger
+	Windows    window.Set
 }
 
 // Reconfigure takes new settings; the state and the kernel are as they were.
@@ -170,6 +178,7 @@ func (a *Agent) Reconfigure(s Settings) error {
 	}
 	d := a.d
 	d.Source, d.Downloader, d.Host, d.Installer, d.Soak, d.CrashSince = s.Source, s.Downloader, s.Host, s.Installer, s.Soak, s.CrashSince
+	d.Windows = s.Windows
 	if s.Log != nil {
 		d.Log = s.Log
 	}
@@ -242,7 +251,11 @@ func (a *Agent) Start(ctx context.Context) error {
 		return err
 	}
 	a.st = st
-	defer func() { a.golive(a.kernel().Current, time.Time{}) }()
+	defer func() {
+		if a.d.KillSwitch == "" {
+			a.golive(a.kernel().Current, time.Time{})
+		}
+	}()
 	boot := ""
 	if a.d.BootID != nil {
 		if boot, err = a.d.BootID(); err != nil {
@@ -261,6 +274,13 @@ func (a *Agent) Start(ctx context.Context) error {
 		if err := a.d.Source.LoadCache(); err != nil {
 			log.Warn("cached manifest not usable: " + err.Error())
 		}
+	}
+	if a.d.KillSwitch != "" {
+		// Nothing of ours is in this boot's kernel and nothing goes in:
+		// the state stays as recorded for the next boot without it.
+		log.Warn("kill switch: "+a.d.KillSwitch+"; nothing is applied or re-applied in this boot (health watching and status go on)",
+			append(patchFields(k.Current), logging.MessageID(MsgKillSwitch))...)
+		return nil
 	}
 	switch k.Phase {
 	case state.PhaseNone, "":
@@ -500,9 +520,33 @@ func (a *Agent) keepModule(p *state.PatchRecord, info *klp.RPMInfo) {
 // Wanted is the selection for this host under m, as the daemon makes it:
 // patches blocked here are never chosen.
 func Wanted(k *state.Kernel, m *manifest.Manifest, host manifest.Host, now time.Time) manifest.Decision {
-	return manifest.Select(m, host, now, func(p *manifest.Patch) bool {
+	d := manifest.Select(m, host, now, func(p *manifest.Patch) bool {
 		return k.IsBlocked(p.Name, p.Level, p.SHA256)
 	})
+	if k.Pin != nil {
+		pinned(&d, k.Pin.Level)
+	}
+	return d
+}
+
+// pinned re-chooses under a pin: the highest eligible level at or below it.
+func pinned(d *manifest.Decision, pin int) {
+	d.Wanted = nil
+	for i := range d.Entries {
+		e := &d.Entries[i]
+		e.Chosen = false
+		switch {
+		case !e.Eligible:
+		case e.Patch.Level > pin:
+			e.Eligible = false
+			e.Reason = fmt.Sprintf("above the pin at level %d (klp-agent pin)", pin)
+		case d.Wanted == nil:
+			d.Wanted, e.Chosen = e.Patch, true
+			e.Reason = fmt.Sprintf("chosen: highest eligible level at or below the pin at %d", pin)
+		default:
+			e.Reason = fmt.Sprintf("superseded by level %d", d.Wanted.Level)
+		}
+	}
 }
 
 // Wanted is the selection for this host under the manifest m.
@@ -517,6 +561,10 @@ type Plan struct {
 	Reason  string
 	// Apply: this level is wanted and higher than the current one.
 	Apply *state.PatchRecord
+	// Waits: a wanted level waits (held, outside the maintenance windows,
+	// kill switch) for this reason, until Until (zero: an operator).
+	Waits string
+	Until time.Time
 }
 
 // Plan decides what v asks: a revoked current patch is rolled back; a
@@ -544,6 +592,9 @@ func (a *Agent) Plan(v *manifest.Verified) (Plan, error) {
 	}
 	if c := k.Current; c != nil && d.Wanted.Level <= c.Level {
 		return Plan{}, nil
+	}
+	if why, until := a.Gate(); why != "" {
+		return Plan{Waits: fmt.Sprintf("%s waits: %s", d.Wanted.ID(), why), Until: until}, nil
 	}
 	u, err := manifest.ResolveURL(v.URL, d.Wanted)
 	if err != nil {
@@ -762,6 +813,9 @@ func (a *Agent) AbandonApply(cause error) error {
 // Tick ends a soak whose time has come: the patch becomes good.
 func (a *Agent) Tick() error {
 	k := a.kernel()
+	if a.d.KillSwitch != "" {
+		return nil // not in the kernel this boot: its soak does not run
+	}
 	if k.Phase != state.PhaseSoaking || k.Current == nil || a.now().Before(k.SoakUntil) {
 		return nil
 	}
@@ -824,8 +878,15 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 	log := a.log().With(patchFields(from)...)
 	start := a.now()
 	var to *state.PatchRecord
+	stepBack := a.stepBack
+	if a.d.KillSwitch != "" {
+		// Nothing of ours is in the kernel in this boot and nothing may go
+		// in: only the record and rpm's bookkeeping step back; the next
+		// boot without the switch re-applies the level stepped back to.
+		stepBack = a.stepBackRecord
+	}
 	for _, c := range a.stepBackTargets(from, k.Target) {
-		err := a.stepBack(ctx, from, &c)
+		err := stepBack(ctx, from, &c)
 		var refused *klp.RefusedError
 		switch {
 		case err == nil:
@@ -845,7 +906,9 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 		break
 	}
 	if to == nil {
-		if err := a.d.Installer.Controller.Disable(ctx, from.Name); err != nil {
+		if a.d.KillSwitch != "" {
+			log.Info("kill switch: " + from.ID() + " is not in the kernel; its record is rolled back")
+		} else if err := a.d.Installer.Controller.Disable(ctx, from.Name); err != nil {
 			return fmt.Errorf("roll back %s: %w", from.ID(), err)
 		}
 		if from.RPMName != "" {
@@ -865,7 +928,9 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 	if err := a.setPhase(ph); err != nil {
 		return err
 	}
-	a.golive(to, start)
+	if a.d.KillSwitch == "" {
+		a.golive(to, start)
+	}
 	a.crashpoint("rollback:done")
 	dest := "no patch"
 	if to != nil {
@@ -929,6 +994,28 @@ func (a *Agent) stepBack(ctx context.Context, from, to *state.PatchRecord) error
 	if from.RPMName != "" && from.RPMName != to.RPMName && to.RPMName != "" {
 		if err := a.d.Installer.RPM.Erase(ctx, from.RPMName); err != nil && !errors.Is(err, klp.ErrNotInstalled) {
 			a.log().Warn("stepped back to "+to.ID()+", but erasing "+from.RPMName+": "+err.Error(), patchFields(to)...)
+		}
+	}
+	return nil
+}
+
+// stepBackRecord is stepBack under the kill switch: rpm's database names
+// to again, the kernel is not touched.
+func (a *Agent) stepBackRecord(ctx context.Context, from, to *state.PatchRecord) error {
+	rpm, err := a.d.Store.RPMPath(to)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(rpm); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrNoRPM, to.ID(), err)
+	}
+	if err := a.d.Installer.RPM.Install(ctx, rpm); err != nil {
+		a.log().Warn("stepped back to "+to.ID()+" in the record, but rpm: "+err.Error(), patchFields(to)...)
+		return nil
+	}
+	if from.RPMName != "" && from.RPMName != to.RPMName && to.RPMName != "" {
+		if err := a.d.Installer.RPM.Erase(ctx, from.RPMName); err != nil && !errors.Is(err, klp.ErrNotInstalled) {
+			a.log().Warn("stepped back to "+to.ID()+" in the record, but erasing "+from.RPMName+": "+err.Error(), patchFields(to)...)
 		}
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/internal/testutil/rpmtest"
 	"github.com/klp-agent/klp-agent/klp"
@@ -47,6 +48,9 @@ type host struct {
 	source     *manifest.Source
 	published  int
 	rec        fakeRecorder
+	// windows and killSwitch go to the agent's Deps at the next restart.
+	windows    window.Set
+	killSwitch string
 }
 
 // fakeRecorder notes what the agent reports for metrics.
@@ -130,7 +134,9 @@ func (h *host) restart() {
 			}
 			return h.kdumps, nil
 		},
-		Recorder: &h.rec,
+		Recorder:   &h.rec,
+		Windows:    h.windows,
+		KillSwitch: h.killSwitch,
 	})
 	if err := h.agent.Start(context.Background()); err != nil {
 		h.t.Fatalf("start (boot %d): %v", h.boot, err)

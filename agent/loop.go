@@ -88,6 +88,9 @@ type running struct {
 	job     *job
 	poll    *time.Timer
 	pollDue bool // a poll is owed as soon as no job runs
+	// `klp-agent poll` requests: waiting for a poll to start, waiting
+	// for the one started for them, and answered once the loop is idle.
+	pollWaiting, pollRunning, pollAnswer []ControlRequest
 }
 
 // Reload hands the running loop a new configuration and new agent
@@ -158,7 +161,9 @@ func (l *Loop) Run(ctx context.Context) error {
 	}
 	r.notify.Ready()
 	r.changed()
-	r.handleRequest(work)     // one written while the daemon was down
+	r.handleRequest(work) // one written while the daemon was down
+	removeStaleResults(r.a.Layout(), time.Now())
+	r.handleControls()
 	r.poll = time.NewTimer(0) // first poll right away: a booted host wants its patch
 	defer r.poll.Stop()
 	soak := time.NewTimer(time.Hour)
@@ -172,6 +177,7 @@ func (l *Loop) Run(ctx context.Context) error {
 			soak.Stop()
 		}
 		r.startPoll(ctx) // one owed while a job ran, or after a rollback
+		r.answerPolls()  // once their poll and what it started are done
 		var jobDone chan func()
 		if r.job != nil {
 			jobDone = r.job.done
@@ -205,6 +211,7 @@ func (l *Loop) Run(ctx context.Context) error {
 		case <-requests:
 			l.Heartbeat.Begin()
 			r.handleRequest(work)
+			r.handleControls()
 		case req := <-l.reload:
 			l.Heartbeat.Begin()
 			req.done <- r.reconfigure(req)
@@ -258,8 +265,12 @@ func (r *running) startPoll(ctx context.Context) {
 		return
 	}
 	r.pollDue = false
+	r.pollRunning = append(r.pollRunning, r.pollWaiting...)
+	r.pollWaiting = nil
 	src := r.a.d.Source
 	if src == nil {
+		r.pollAnswer = append(r.pollAnswer, r.pollRunning...)
+		r.pollRunning = nil
 		r.schedulePoll()
 		r.changed()
 		return
@@ -306,8 +317,12 @@ func (r *running) polled(ctx context.Context, res manifest.PollResult, err error
 			log.Info("manifest poll cancelled; polling again")
 			r.pollDue = true
 		}
+		r.pollWaiting = append(r.pollRunning, r.pollWaiting...)
+		r.pollRunning = nil
 		return
 	}
+	r.pollAnswer = append(r.pollAnswer, r.pollRunning...)
+	r.pollRunning = nil
 	a.recordPoll(res, err)
 	r.schedulePoll()
 	if m := res.Manifest; m != nil && !m.Expired(a.now()) {
@@ -362,6 +377,13 @@ func (r *running) converge(ctx context.Context, v *manifest.Verified) {
 	case plan.Revoked != nil:
 		if err := a.rollback(context.WithoutCancel(ctx), *plan.Revoked, state.CauseRevoked, plan.Reason, nil, true); err != nil {
 			log.Error("revocation rollback failed: " + err.Error())
+		}
+		return
+	case plan.Waits != "":
+		log.Info(plan.Waits)
+		if !plan.Until.IsZero() {
+			// Look again when the hold ends or the window opens.
+			r.poll.Reset(min(max(plan.Until.Sub(a.now()), 0)+time.Second, manifest.NextInterval(r.cfg.Interval, r.cfg.Jitter, r.rnd)))
 		}
 		return
 	case plan.Apply == nil:
@@ -489,4 +511,49 @@ func (r *running) reconfigure(req reloadReq) error {
 
 func samePolicy(a, b LoopConfig) bool {
 	return fmt.Sprint(policyOf(a)) == fmt.Sprint(policyOf(b))
+}
+
+// handleControls takes the waiting host controls: poll is answered after a
+// poll started for it, the others at once.
+func (r *running) handleControls() {
+	a := r.a
+	for _, req := range pendingControls(a.Layout()) {
+		if req.Op == OpPoll {
+			a.log().Info("poll requested by " + req.By)
+			r.pollWaiting = append(r.pollWaiting, req)
+			r.pollDue = true
+			continue
+		}
+		msg, err := a.Control(req)
+		res := ControlResult{ID: req.ID, OK: err == nil, Message: msg, At: a.now()}
+		if err != nil {
+			res.Message = err.Error()
+		}
+		if err := writeControlResult(a.Layout(), res); err != nil {
+			a.log().Error("answer control request: " + err.Error())
+		}
+		// What is wanted may have changed: look again now.
+		r.pollDue = true
+		r.changed()
+	}
+}
+
+// answerPolls answers poll requests once their poll and what it started
+// (a download, an apply) are done.
+func (r *running) answerPolls() {
+	if len(r.pollAnswer) == 0 || r.job != nil {
+		return
+	}
+	a := r.a
+	ok := a.st.LastPoll != nil && a.st.LastPoll.OK
+	msg := a.Outcome()
+	if a.d.Source == nil {
+		ok, msg = false, "manifest.url is not set: nothing to poll"
+	}
+	for _, req := range r.pollAnswer {
+		if err := writeControlResult(a.Layout(), ControlResult{ID: req.ID, OK: ok, Message: msg, At: a.now()}); err != nil {
+			a.log().Error("answer poll request: " + err.Error())
+		}
+	}
+	r.pollAnswer = nil
 }

@@ -241,7 +241,7 @@ func TestRequestIn(t *testing.T) {
 		{"cut short", ev(unix.IN_MOVED_TO, want)[:unix.SizeofInotifyEvent+4], true},
 	}
 	for _, tt := range tests {
-		if got := requestIn(tt.b, want); got != tt.ok {
+		if got := requestIn(tt.b, func(n string) bool { return n == want }); got != tt.ok {
 			t.Errorf("%s: %v", tt.name, got)
 		}
 	}

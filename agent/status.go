@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
@@ -29,6 +30,50 @@ type Status struct {
 	Livepatches  []LivepatchRow      `json:"livepatches"`
 	Events       []state.Event       `json:"events"` // recent health events, newest last
 	Problems     []string            `json:"problems,omitempty"`
+
+	// AppliedEntry is the cached manifest's entry for the applied patch:
+	// what it fixes (description, CVEs, advisory, annotations).
+	AppliedEntry *manifest.Patch `json:"applied_entry,omitempty"`
+	Manifest     *ManifestInfo   `json:"manifest,omitempty"`
+	Controls     Controls        `json:"controls"`
+	// Configured is false without manifest.url: nothing to poll.
+	Configured bool `json:"configured"`
+	// Daemon is the running daemon, from its status snapshot (nil: not
+	// known to run).
+	Daemon *DaemonInfo `json:"daemon,omitempty"`
+}
+
+// ManifestInfo is the manifest in force (the cached one).
+type ManifestInfo struct {
+	Version     uint64            `json:"version"`
+	Expires     time.Time         `json:"expires"`
+	Expired     bool              `json:"expired"`
+	Accepted    time.Time         `json:"accepted,omitzero"` // when this host first accepted this version
+	Age         string            `json:"age,omitempty"`     // since then
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// Controls are the operator's host controls and the kill switch in force.
+type Controls struct {
+	Hold       *state.Hold `json:"hold,omitempty"` // only while in force
+	Pin        *state.Pin  `json:"pin,omitempty"`
+	Windows    string      `json:"windows"` // "any time" without apply.windows
+	WindowOpen bool        `json:"window_open"`
+	NextWindow time.Time   `json:"next_window,omitzero"`
+	KillSwitch string      `json:"kill_switch,omitempty"`
+	// Waiting says why a new level would not be applied now ("" when it
+	// would).
+	Waiting string `json:"waiting,omitempty"`
+}
+
+// DaemonInfo is what the daemon says of itself in its status snapshot.
+type DaemonInfo struct {
+	PID     int       `json:"pid"`
+	Since   time.Time `json:"since"`
+	Version string    `json:"version"`
+	Written time.Time `json:"written"`
+	Stopped time.Time `json:"stopped,omitzero"` // the daemon stopped cleanly then
+	Running bool      `json:"running"`          // set by the reader: the pid is alive
 }
 
 // LivepatchRow is one livepatch in the kernel and whether the agent owns it.
@@ -49,6 +94,9 @@ type StatusInput struct {
 	// Root is the host's filesystem root (config paths.root), where an
 	// enabled kpatch.service is looked for.
 	Root string
+	// Windows and KillSwitch are as the daemon has them.
+	Windows    window.Set
+	KillSwitch string
 }
 
 // CollectStatus reads the recorded state, the kernel's livepatches and the
@@ -80,7 +128,7 @@ func CollectStatus(in StatusInput) (*Status, error) {
 		}
 		s.Livepatches = append(s.Livepatches, LivepatchRow{Livepatch: p, Owner: owner})
 	}
-	if k.Current != nil && k.Phase != state.PhaseRollingBack {
+	if k.Current != nil && k.Phase != state.PhaseRollingBack && in.KillSwitch == "" {
 		if p, err := in.Sysfs.Get(k.Current.Name); err != nil || !p.Enabled {
 			s.Problems = append(s.Problems, fmt.Sprintf("recorded patch %s is not enabled in the kernel", k.Current.ID()))
 		}
@@ -90,15 +138,35 @@ func CollectStatus(in StatusInput) (*Status, error) {
 		case err != nil:
 			s.Problems = append(s.Problems, err.Error())
 		case in.Source.Current() != nil:
-			d := Wanted(k, in.Source.Current().Manifest, in.Host, in.Now)
+			v := in.Source.Current()
+			d := Wanted(k, v.Manifest, in.Host, in.Now)
 			s.Wanted = d.Wanted
 			for _, e := range d.Entries {
 				if e.Chosen {
 					s.WantedReason = e.Reason
 				}
+				if k.Current != nil && e.Patch.Name == k.Current.Name && e.Patch.Level == k.Current.Level && e.Patch.SHA256 == k.Current.SHA256 {
+					s.AppliedEntry = e.Patch
+				}
+			}
+			s.Manifest = &ManifestInfo{Version: v.Version, Expires: v.Expires, Expired: v.Expired(in.Now), Annotations: v.Annotations}
+			if p := st.LastPoll; p != nil && p.ManifestVersion == v.Version && !p.ManifestSince.IsZero() {
+				s.Manifest.Accepted = p.ManifestSince
+				s.Manifest.Age = max(in.Now.Sub(p.ManifestSince), 0).Round(time.Second).String()
 			}
 		}
+		s.Configured = true
 	}
+	s.Controls = Controls{Pin: k.Pin, Windows: in.Windows.String(), WindowOpen: in.Windows.Open(in.Now), KillSwitch: in.KillSwitch}
+	if st.Hold.Active(in.Now) {
+		s.Controls.Hold = st.Hold
+	}
+	if !s.Controls.WindowOpen {
+		s.Controls.NextWindow = in.Windows.NextOpen(in.Now)
+	}
+	gate := New(Deps{Now: func() time.Time { return in.Now }, Store: in.Store, Host: in.Host, Windows: in.Windows, KillSwitch: in.KillSwitch})
+	gate.st = st
+	s.Controls.Waiting, _ = gate.Gate()
 	if w := KpatchServiceWarning(in.Root, in.Host.Kernel); w != "" {
 		s.Problems = append(s.Problems, w)
 	}
@@ -146,4 +214,52 @@ func KpatchServiceWarning(root, krel string) string {
 		return ""
 	}
 	return fmt.Sprintf("kpatch.service is enabled and loads %d module(s) at boot before klp-agent, blocked ones too (%s): run `systemctl disable kpatch.service`", len(s.Modules), strings.Join(s.Modules, ", "))
+}
+
+// Check codes, for `klp-agent status --check` (documented in the README).
+const (
+	CheckUpToDate      = 0 // the wanted level is applied and good, nothing waits
+	CheckPending       = 1 // an update is pending, soaking, held, pinned below, outside a window, or the kill switch is on
+	CheckDegraded      = 2 // a problem, a failed last poll, an expired manifest, a rollback in flight, or a block above the applied level
+	CheckNotConfigured = 3 // no manifest.url, or nothing to read (no configuration or state, no status snapshot)
+)
+
+// Check is the status as one code and the reason for it.
+func (s *Status) Check() (int, string) {
+	cur := 0
+	if s.Applied != nil {
+		cur = s.Applied.Level
+	}
+	switch {
+	case !s.Configured:
+		return CheckNotConfigured, "not configured: manifest.url is not set"
+	case len(s.Problems) > 0:
+		return CheckDegraded, "degraded: " + s.Problems[0]
+	case s.LastPoll != nil && !s.LastPoll.OK:
+		return CheckDegraded, "degraded: the last poll failed: " + s.LastPoll.Error
+	case s.Manifest != nil && s.Manifest.Expired:
+		return CheckDegraded, "degraded: the manifest in force expired " + s.Manifest.Expires.UTC().Format(time.RFC3339)
+	case s.Phase == state.PhaseRollingBack:
+		return CheckDegraded, "degraded: a rollback is in flight"
+	}
+	for _, b := range s.Blocked {
+		if b.Level > cur {
+			return CheckDegraded, fmt.Sprintf("degraded: %s is blocked on this host (%s)", b.ID(), b.Reason)
+		}
+	}
+	switch {
+	case s.Controls.KillSwitch != "":
+		return CheckPending, "kill switch: " + s.Controls.KillSwitch
+	case s.Wanted != nil && s.Wanted.Level > cur:
+		why := fmt.Sprintf("update pending: %s wanted, level %d applied", s.Wanted.ID(), cur)
+		if s.Controls.Waiting != "" {
+			why += "; " + s.Controls.Waiting
+		}
+		return CheckPending, why
+	case s.Phase != state.PhaseGood && s.Phase != state.PhaseNone && s.Phase != "":
+		return CheckPending, "in progress: " + string(s.Phase)
+	case s.Controls.Hold != nil:
+		return CheckPending, "held: " + s.Controls.Waiting
+	}
+	return CheckUpToDate, "up to date"
 }

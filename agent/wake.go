@@ -14,7 +14,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/state"
 )
 
-// watchRequests wakes the daemon when a rollback request lands in dir, so
+// watchRequests wakes the daemon when a rollback or control request lands in dir, so
 // it needs no timer for operators. WriteRequest renames the file in
 // (IN_MOVED_TO); a plain write is seen when closed (IN_CLOSE_WRITE).
 // The channel has room for one wake-up; more while one waits add nothing.
@@ -31,7 +31,8 @@ func watchRequests(ctx context.Context, l state.Layout) (<-chan struct{}, error)
 	// A non-blocking fd goes to Go's poller: Read parks the goroutine
 	// without a thread, and Close wakes it.
 	f := os.NewFile(uintptr(fd), "inotify:"+dir)
-	want := filepath.Base(l.RollbackRequest())
+	rollback := filepath.Base(l.RollbackRequest())
+	want := func(name string) bool { return name == rollback || state.ControlRequestID(name) != "" }
 	wake := make(chan struct{}, 1)
 	go func() {
 		<-ctx.Done()
@@ -57,9 +58,9 @@ func watchRequests(ctx context.Context, l state.Layout) (<-chan struct{}, error)
 	return wake, nil
 }
 
-// requestIn reports whether a batch of inotify events names the request
+// requestIn reports whether a batch of inotify events names a request
 // file (or overflowed, when anything may have happened).
-func requestIn(b []byte, want string) bool {
+func requestIn(b []byte, want func(name string) bool) bool {
 	for len(b) >= unix.SizeofInotifyEvent {
 		ev := (*unix.InotifyEvent)(unsafe.Pointer(&b[0]))
 		end := unix.SizeofInotifyEvent + int(ev.Len)
@@ -70,7 +71,7 @@ func requestIn(b []byte, want string) bool {
 			return true
 		}
 		name := strings.TrimRight(string(b[unix.SizeofInotifyEvent:end]), "\x00")
-		if name == want {
+		if want(name) {
 			return true
 		}
 		b = b[end:]

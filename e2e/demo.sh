@@ -3,8 +3,9 @@
 # built-in default. A Debian 12 guest boots under systemd in qemu on the
 # cached Debian kernel, installs the agent's own RPM with rpm, and the unit
 # polls signed manifests served by nginx on the host: level 1 applied, the
-# upgrade to 2, a faulty 3 rolled back to 2 and blocked, 2 re-applied after a
-# reboot. It is TestSystemRealKernel (the same assertions CI runs); this
+# upgrade to 2, `klp-agent hold` keeping the next level off until `klp-agent
+# resume` (with `status --check`'s exit codes), a faulty 3 rolled back to 2
+# and blocked, 2 re-applied after a reboot. It is TestSystemRealKernel (the same assertions CI runs); this
 # script shows what the guest's `klp-agent status` and `journalctl -u
 # klp-agent` said, and a summary with timings.
 set -euo pipefail
@@ -25,8 +26,12 @@ fi
 show() { printf '\n== %s\n' "$1"; }
 show "klp-agent status in the guest, after the faulty level 3 was rolled back (boot A)"
 cat "$out/status-A.txt"
+show "host controls in the guest (boot A): status --check, hold, poll, resume"
+for f in up-to-date hold poll-held check-held resume check-blocked; do
+	if [ -f "$out/$f.txt" ]; then printf '%-14s %s\n' "$f:" "$(tr '\n' ' ' <"$out/$f.txt")"; fi
+done
 show "journalctl -u klp-agent in the guest (boot A; transitions only)"
-grep -E 'applied|good|rolled back|blocked|reload|oops report' "$out/journal-A.txt" | cut -c1-200 || true
+grep -E 'applied|good|rolled back|blocked|reload|oops report|held|resumed' "$out/journal-A.txt" | cut -c1-200 || true
 show "journalctl -u klp-agent after the reboot (boot B)"
 grep -E 're-applied|applied|manifest version|good' "$out/journal-B.txt" | head -n 8 | cut -c1-200 || true
 show "/proc/cmdline after rpm -e klp-agent (the patch stays)"

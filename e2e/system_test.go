@@ -99,7 +99,8 @@ metrics:
 		maps.Copy(timings, checkMarkers(t, ms, log, want...))
 	}
 	ms, log := bootRootfs(t, work, initrd, img, "systemA", 420*time.Second)
-	check(ms, log, "agent-installed", "enabled", "ready", "applied-1", "watchdog", "upgraded-2", "reload", "applied-3", "rolled-back-2")
+	check(ms, log, "agent-installed", "enabled", "ready", "applied-1", "watchdog", "upgraded-2", "reload", "up-to-date", "held", "poll-held",
+		"check-held", "resumed", "applied-3", "rolled-back-2", "check-blocked")
 	if t.Failed() {
 		return
 	}
@@ -122,6 +123,16 @@ metrics:
 		t.Errorf("rollback reason %q, want the oops attributed to klp_oops_3", r)
 	}
 	wantEntry(t, ja, agent.MsgBlocked, "klp_oops_3", "3")
+	// The hold and the resume, each with who took it.
+	controls := map[string]string{}
+	for _, e := range ja {
+		if e["MESSAGE_ID"] == agent.MsgControl {
+			controls[e["KLP_CONTROL"]] = e["KLP_OPERATOR"]
+		}
+	}
+	if !strings.Contains(controls["hold"], "uid 0") || !strings.Contains(controls["resume"], "uid 0") {
+		t.Errorf("host controls in the journal: %v, want hold and resume by uid 0", controls)
+	}
 	for _, e := range ja {
 		if e["MESSAGE_ID"] == agent.MsgApplied && e["KLP_PATCH"] == "klp_cmdline_1" && e["_SYSTEMD_UNIT"] != "klp-agent.service" {
 			t.Errorf("applied entry from unit %q, want klp-agent.service", e["_SYSTEMD_UNIT"])
@@ -281,8 +292,14 @@ func demoSummary(t *testing.T, dir, out string, timings map[string]string, total
 		{"ready", "unit active: READY=1 after start-up"},
 		{"applied-1", "level 1 applied and soaked"},
 		{"upgraded-2", "systemctl reload, new manifest: upgraded to 2"},
+		{"up-to-date", "klp-agent status --check: exit 0"},
+		{"held", "klp-agent hold"},
+		{"poll-held", "new manifest, klp-agent poll: level 3 waits (held)"},
+		{"check-held", "klp-agent status --check: exit 1 (update pending, held)"},
+		{"resumed", "klp-agent resume"},
 		{"applied-3", "faulty level 3 applied"},
 		{"rolled-back-2", "its oops seen on /dev/kmsg, rolled back to 2, 3 blocked"},
+		{"check-blocked", "klp-agent status --check: exit 2 (degraded, 3 blocked)"},
 		{"reapplied-2", "after a reboot: 2 re-applied by the unit"},
 		{"agent-erased", "rpm -e klp-agent: service stopped"},
 		{"patch-stays", "level 2 still in the kernel"},

@@ -110,6 +110,13 @@ func decodeJSONFor(payload []byte, kernel string, m *Manifest) error {
 			err = json.UnmarshalDecode(dec, &m.Revoked, opts)
 		case "patches":
 			err = decodePatchesFor(dec, needle, m, opts)
+		case "annotations":
+			// Read whole and decoded apart: this decoder lets duplicate
+			// names through, Unmarshal does not.
+			var raw jsontext.Value
+			if raw, err = dec.ReadValue(); err == nil {
+				err = json.Unmarshal(raw, &m.Annotations, opts)
+			}
 		default:
 			err = fmt.Errorf("unknown member %q", name)
 		}

@@ -90,6 +90,10 @@ type Manifest struct {
 	Expires time.Time `yaml:"expires" json:"expires"`
 	Patches []Patch   `yaml:"patches,omitempty" json:"patches,omitempty"`
 	Revoked []Revoked `yaml:"revoked,omitempty" json:"revoked,omitempty"`
+	// Annotations are the publisher's own fields, signed like the rest:
+	// shown by status and explain, never acted on. New information goes
+	// here so that older hosts, which refuse unknown keys, still parse.
+	Annotations map[string]string `yaml:"annotations,omitempty" json:"annotations,omitempty"`
 	// Skipped counts entries for other kernels that ParseFor did not decode.
 	Skipped int `yaml:"-" json:"-"`
 }
@@ -103,6 +107,11 @@ type Patch struct {
 	SHA256  string   `yaml:"sha256" json:"sha256"`
 	Size    int64    `yaml:"size" json:"size"`
 	Rollout *Rollout `yaml:"rollout,omitempty" json:"rollout,omitempty"`
+	// What the patch fixes, for status and explain; optional.
+	Description string            `yaml:"description,omitempty" json:"description,omitempty"`
+	CVEs        []string          `yaml:"cves,omitempty" json:"cves,omitempty"`
+	Advisory    string            `yaml:"advisory,omitempty" json:"advisory,omitempty"`
+	Annotations map[string]string `yaml:"annotations,omitempty" json:"annotations,omitempty"`
 }
 
 // Rollout stages a patch. Hosts whose tier is listed get it at Start; the
@@ -179,6 +188,9 @@ func (m *Manifest) Validate() error {
 		}
 		seen[k] = i
 	}
+	if err := validAnnotations(m.Annotations); err != nil {
+		return err
+	}
 	for i := range m.Revoked {
 		if err := m.Revoked[i].validate(); err != nil {
 			return fmt.Errorf("revoked[%d]: %w", i, err)
@@ -212,6 +224,9 @@ func (p *Patch) validate() error {
 	}
 	if u.User != nil {
 		return fmt.Errorf("%w: %s: url must not carry credentials", ErrInvalid, p.ID())
+	}
+	if err := p.validateInfo(); err != nil {
+		return fmt.Errorf("%s: %w", p.ID(), err)
 	}
 	if r := p.Rollout; r != nil {
 		for _, t := range r.Tiers {
@@ -287,4 +302,88 @@ func ParseDuration(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("duration %q: %w", s, err)
 	}
 	return v, nil
+}
+
+// Bounds on the informational fields: they are printed on terminals and
+// kept in status snapshots, never acted on.
+const (
+	MaxAnnotations     = 32
+	MaxAnnotationKey   = 63
+	MaxAnnotationValue = 1024
+	MaxDescription     = 1024
+	MaxCVEs            = 64
+)
+
+// annotationKeyChars: keys like "vendor.example/ticket" or "risk_level".
+const annotationKeyChars = "._/-"
+
+func validAnnotations(a map[string]string) error {
+	if len(a) > MaxAnnotations {
+		return fmt.Errorf("%w: %d annotations (limit %d)", ErrInvalid, len(a), MaxAnnotations)
+	}
+	for k, v := range a {
+		if len(k) > MaxAnnotationKey || !charsOK(k, annotationKeyChars) {
+			return fmt.Errorf("%w: annotation key %q ([A-Za-z0-9._/-], at most %d)", ErrInvalid, k, MaxAnnotationKey)
+		}
+		if err := printable(v, MaxAnnotationValue); err != nil {
+			return fmt.Errorf("%w: annotation %s: %w", ErrInvalid, k, err)
+		}
+	}
+	return nil
+}
+
+// printable refuses control characters (terminal escapes in status) and
+// values over max bytes.
+func printable(s string, max int) error {
+	if len(s) > max {
+		return fmt.Errorf("%d bytes (limit %d)", len(s), max)
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return fmt.Errorf("control character %U", r)
+		}
+	}
+	return nil
+}
+
+// validCVE is CVE-YYYY-NNNN with four or more digits.
+func validCVE(s string) bool {
+	y, n, ok := strings.Cut(strings.TrimPrefix(s, "CVE-"), "-")
+	if !ok || !strings.HasPrefix(s, "CVE-") || len(y) != 4 || len(n) < 4 || len(n) > 19 {
+		return false
+	}
+	return charsOK(y, "") && charsOK(n, "") && strings.Trim(y+n, "0123456789") == ""
+}
+
+func (p *Patch) validateInfo() error {
+	if err := printable(p.Description, MaxDescription); err != nil {
+		return fmt.Errorf("%w: description: %w", ErrInvalid, err)
+	}
+	if err := printable(p.Advisory, MaxAnnotationValue); err != nil {
+		return fmt.Errorf("%w: advisory: %w", ErrInvalid, err)
+	}
+	if len(p.CVEs) > MaxCVEs {
+		return fmt.Errorf("%w: %d CVEs (limit %d)", ErrInvalid, len(p.CVEs), MaxCVEs)
+	}
+	for _, c := range p.CVEs {
+		if !validCVE(c) {
+			return fmt.Errorf("%w: CVE %q (CVE-YYYY-NNNN)", ErrInvalid, c)
+		}
+	}
+	return validAnnotations(p.Annotations)
+}
+
+// Fixes is what the patch says it fixes, in one line ("" when nothing).
+func (p *Patch) Fixes() string {
+	var parts []string
+	if p.Description != "" {
+		parts = append(parts, p.Description)
+	}
+	if len(p.CVEs) > 0 {
+		parts = append(parts, strings.Join(p.CVEs, ", "))
+	}
+	if p.Advisory != "" {
+		parts = append(parts, p.Advisory)
+	}
+	return strings.Join(parts, "; ")
 }

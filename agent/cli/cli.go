@@ -47,6 +47,11 @@ func commands() map[string]command {
 		"manifest":     {"publisher tools: keygen, add, sign, verify, lint", cmdManifest},
 		"klp":          {"by hand: list livepatches, apply one RPM, disable one patch", cmdKLP},
 		"simulate":     {"model a fleet rolling a patch out, and the crash-budget pull-back of a bad one", cmdSimulate},
+		"hold":         {"apply no new levels (--until TIME, --reason TEXT); health watching and rollbacks go on", cmdHold},
+		"resume":       {"end a hold", cmdResume},
+		"pin":          {"never apply a level above LEVEL on this kernel (pin LEVEL; pin --clear)", cmdPin},
+		"unblock":      {"forget the block of NAME@LEVEL after a false positive", cmdUnblock},
+		"poll":         {"poll the manifest now and print the outcome (exit 1 on failure)", cmdPoll},
 	}
 }
 
@@ -117,6 +122,10 @@ func Main(args []string, env *Env) int {
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, new(answerCode)):
+		var c answerCode
+		errors.As(err, &c)
+		return int(c)
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
 		return 2

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/klp-agent/klp-agent/agent/daemon"
 )
@@ -12,6 +13,12 @@ import (
 // directory). The unit lists it in RestartPreventExitStatus=, so an
 // unconfigured host stays calm instead of restarting forever.
 const ExitConfig = 78
+
+// answerCode is a command's answer as its exit status (status --check): the
+// command printed the answer, Main prints nothing more.
+type answerCode int
+
+func (c answerCode) Error() string { return fmt.Sprintf("exit status %d", int(c)) }
 
 // exitCodeError makes Main exit with code after printing err.
 type exitCodeError struct {

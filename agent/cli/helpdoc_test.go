@@ -109,7 +109,7 @@ func TestPerCommandFlags(t *testing.T) {
 		"klp list":    "json root",
 		"klp disable": "force poll root transition-timeout",
 		"klp apply":   "force level nodeps poll previous-rpm replaces require-signature root rpm rpm-dbpath rpm-keyring scripts sha256 size transition-timeout",
-		"status":      "config json",
+		"status":      "check config json snapshot",
 		"version":     "",
 	} {
 		if flags[cmd] != want {
@@ -131,13 +131,13 @@ func TestBashCompletion(t *testing.T) {
 	for _, tt := range []struct {
 		line, want string
 	}{
-		{"klp-agent ", "check-config explain klp manifest reload rollback run simulate status version --help --version"},
+		{"klp-agent ", "check-config explain hold klp manifest pin poll reload resume rollback run simulate status unblock version --help --version"},
 		{"klp-agent st", "status"},
 		{"klp-agent klp ", "list apply disable"},
 		{"klp-agent klp list --", "--json --root --help"},
 		{"klp-agent manifest sign --k", "--key"},
 		{"klp-agent status --config ", ""},
-		{"klp-agent status --config /etc/x.yaml --", "--config --json --help"},
+		{"klp-agent status --config /etc/x.yaml --", "--check --config --json --snapshot --help"},
 	} {
 		words := strings.Split(tt.line, " ")
 		cmd := exec.Command("bash", append([]string{"-c", `source "$0"; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _klp_agent; echo "${COMPREPLY[*]}"`, script}, words...)...)

@@ -101,6 +101,7 @@ func writeDecision(env *Env, source string, v *manifest.Verified, d manifest.Dec
 	fmt.Fprintf(w, "host:     id %s, tier %q, kernel %s\n", d.Host.ID, d.Host.Tier, d.Host.Kernel)
 	fmt.Fprintf(w, "manifest: %s version %d, expires %s, signed by %d key(s)\n", source, v.Version,
 		v.Expires.UTC().Format(time.RFC3339), len(v.KeyIDs))
+	writeAnnotations(w, "          ", v.Annotations)
 	if d.Wanted != nil {
 		fmt.Fprintf(w, "wanted:   %s level %d (%s)\n", d.Wanted.Name, d.Wanted.Level, redact.Text(d.Wanted.URL))
 	} else {
@@ -120,6 +121,12 @@ func writeDecision(env *Env, source string, v *manifest.Verified, d manifest.Dec
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", e.Patch.Level, e.Patch.Name, mark, e.Reason)
 	}
 	tw.Flush()
+	for _, e := range d.Entries {
+		if f := e.Patch.Fixes(); f != "" || len(e.Patch.Annotations) > 0 {
+			fmt.Fprintf(w, "\n%s fixes: %s\n", e.Patch.ID(), orNone(f))
+			writeAnnotations(w, "  ", e.Patch.Annotations)
+		}
+	}
 }
 
 // cmdReload is the unit's ExecReload: it refuses a configuration the daemon

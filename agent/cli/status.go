@@ -1,9 +1,10 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -12,37 +13,79 @@ import (
 	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/agent/daemon"
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/manifest"
 )
 
 // maxEvidenceLines bounds the evidence the human status shows per block.
 const maxEvidenceLines = 4
 
 func cmdStatus(env *Env, args []string) error {
-	fs := newFlags(env, "status", "status [--config PATH] [--json]")
+	fs := newFlags(env, "status", "status [--config PATH] [--json] [--check] [--snapshot PATH]")
 	path := fs.String("config", config.DefaultPath, "main configuration file")
 	asJSON := fs.Bool("json", false, "print JSON")
+	check := fs.Bool("check", false, "print one line and exit 0 up to date, 1 update pending or held, 2 degraded, 3 not configured")
+	snap := fs.String("snapshot", "", "the daemon's status snapshot, read when the configuration or the state is not readable\n(default: paths.status_file, else "+config.DefaultStatusFile+")")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	h, err := daemon.LoadHost(*path)
+	s, err := collectStatus(env, *path, *snap)
 	if err != nil {
+		if *check {
+			fmt.Fprintln(env.Stdout, "not configured: "+err.Error())
+			return answerCode(agent.CheckNotConfigured)
+		}
 		return err
 	}
-	in, err := h.StatusInput(env.Now())
-	if err != nil {
-		return err
-	}
-	s, err := agent.CollectStatus(in)
-	if err != nil {
-		return err
+	if *check {
+		code, why := s.Check()
+		fmt.Fprintln(env.Stdout, why)
+		if code != 0 {
+			return answerCode(code)
+		}
+		return nil
 	}
 	if *asJSON {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(s)
+		b, err := daemon.MarshalStatus(s)
+		if err != nil {
+			return err
+		}
+		_, err = env.Stdout.Write(b)
+		return err
 	}
 	writeStatus(env, s)
 	return nil
+}
+
+// collectStatus reads the status itself when it can (the configuration
+// and the state dir are readable: root), else the daemon's snapshot (any
+// user, no configuration needed).
+func collectStatus(env *Env, path, snap string) (*agent.Status, error) {
+	h, err := daemon.LoadHost(path)
+	if err == nil {
+		if snap == "" {
+			snap = h.Config.Paths.StatusFile
+		}
+		var in agent.StatusInput
+		var s *agent.Status
+		if in, err = h.StatusInput(env.Now()); err == nil {
+			s, err = agent.CollectStatus(in)
+		}
+		if err == nil {
+			if sn, serr := daemon.ReadSnapshot(snap); serr == nil {
+				s.Daemon = sn.Daemon
+			}
+			return s, nil
+		}
+	}
+	if snap == "" {
+		snap = config.DefaultStatusFile
+	}
+	s, serr := daemon.ReadSnapshot(snap)
+	if serr != nil {
+		return nil, fmt.Errorf("%w; no status snapshot either (%w): not configured, or the daemon is not running", err, serr)
+	}
+	fmt.Fprintf(env.Stderr, "klp-agent status: from the daemon's snapshot %s (%v)\n", snap, err)
+	return s, nil
 }
 
 func writeStatus(env *Env, s *agent.Status) {
@@ -54,16 +97,38 @@ func writeStatus(env *Env, s *agent.Status) {
 		ph += " (soak ends in " + s.SoakLeft + ")"
 	}
 	fmt.Fprintf(w, "state:      %s\n", ph)
+	writeDaemon(w, s, ts)
+	if m := s.Manifest; m != nil {
+		line := fmt.Sprintf("version %d", m.Version)
+		if !m.Accepted.IsZero() {
+			line += fmt.Sprintf(", accepted %s (%s ago)", ts(m.Accepted), m.Age)
+		}
+		exp := "expires"
+		if m.Expired {
+			exp = "EXPIRED"
+		}
+		fmt.Fprintf(w, "manifest:   %s, %s %s\n", line, exp, ts(m.Expires))
+		writeAnnotations(w, "            ", m.Annotations)
+	} else if !s.Configured {
+		fmt.Fprintf(w, "manifest:   not configured (manifest.url)\n")
+	} else {
+		fmt.Fprintf(w, "manifest:   none cached yet\n")
+	}
 	if a := s.Applied; a != nil {
 		fmt.Fprintf(w, "applied:    %s level %d (sha256 %.12s…, applied %s)\n", a.Name, a.Level, a.SHA256, ts(a.Applied))
+		writeFixes(w, s.AppliedEntry)
 	} else {
 		fmt.Fprintf(w, "applied:    none\n")
 	}
 	if s.Wanted != nil {
 		fmt.Fprintf(w, "wanted:     %s level %d (%s)\n", s.Wanted.Name, s.Wanted.Level, s.WantedReason)
+		if s.AppliedEntry == nil || s.Wanted.ID() != s.AppliedEntry.ID() {
+			writeFixes(w, s.Wanted)
+		}
 	} else {
 		fmt.Fprintf(w, "wanted:     none for this kernel\n")
 	}
+	writeControls(w, s, ts)
 	var good []string
 	for _, g := range s.Good {
 		good = append(good, g.ID())
@@ -121,6 +186,72 @@ func writeStatus(env *Env, s *agent.Status) {
 	}
 	for _, p := range s.Problems {
 		fmt.Fprintf(w, "problem:    %s\n", p)
+	}
+	code, why := s.Check()
+	fmt.Fprintf(w, "check:      %d, %s\n", code, why)
+}
+
+func writeDaemon(w io.Writer, s *agent.Status, ts func(time.Time) string) {
+	switch d := s.Daemon; {
+	case d == nil:
+		fmt.Fprintf(w, "daemon:     unknown (no status snapshot)\n")
+	case d.Running:
+		fmt.Fprintf(w, "daemon:     running, pid %d since %s, version %s\n", d.PID, ts(d.Since), d.Version)
+	case !d.Stopped.IsZero():
+		fmt.Fprintf(w, "daemon:     not running (stopped %s)\n", ts(d.Stopped))
+	default:
+		fmt.Fprintf(w, "daemon:     not running (pid %d is gone; its snapshot is from %s)\n", d.PID, ts(d.Written))
+	}
+}
+
+// writeFixes says what a patch fixes, from its manifest entry.
+func writeFixes(w io.Writer, p *manifest.Patch) {
+	if p == nil {
+		return
+	}
+	if f := p.Fixes(); f != "" {
+		fmt.Fprintf(w, "  fixes:    %s\n", f)
+	}
+	writeAnnotations(w, "            ", p.Annotations)
+}
+
+func writeAnnotations(w io.Writer, indent string, a map[string]string) {
+	keys := make([]string, 0, len(a))
+	for k := range a {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "%s%s: %s\n", indent, k, a[k])
+	}
+}
+
+func writeControls(w io.Writer, s *agent.Status, ts func(time.Time) string) {
+	c := s.Controls
+	if h := c.Hold; h != nil {
+		until := "until resumed"
+		if !h.Until.IsZero() {
+			until = "until " + ts(h.Until)
+		}
+		fmt.Fprintf(w, "hold:       by %s at %s, %s: %s\n", h.By, ts(h.At), until, orNone(h.Reason))
+	} else {
+		fmt.Fprintf(w, "hold:       none\n")
+	}
+	if p := c.Pin; p != nil {
+		fmt.Fprintf(w, "pin:        level %d, by %s at %s: %s\n", p.Level, p.By, ts(p.At), orNone(p.Reason))
+	} else {
+		fmt.Fprintf(w, "pin:        none\n")
+	}
+	win := c.Windows
+	if win == "" {
+		win = "any time"
+	}
+	if !c.WindowOpen && !c.NextWindow.IsZero() {
+		win += ", closed now, next opens " + ts(c.NextWindow)
+	}
+	fmt.Fprintf(w, "windows:    %s\n", win)
+	if c.KillSwitch != "" {
+		fmt.Fprintf(w, "kill switch: %s: nothing is applied in this boot\n", c.KillSwitch)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/internal/redact"
 	"github.com/klp-agent/klp-agent/manifest"
@@ -54,6 +55,15 @@ type ApplyConfig struct {
 	RequireSignature  bool          `yaml:"require_signature"`
 	RPMKeyring        string        `yaml:"rpm_keyring"`
 	RPMDBPath         string        `yaml:"rpm_dbpath"`
+	// Windows are the maintenance windows new levels wait for; none = any
+	// time. Rollbacks and the boot re-apply of the good level never wait.
+	Windows []window.Spec `yaml:"windows"`
+}
+
+// MaintenanceWindows parses apply.windows (validated by Load).
+func (a ApplyConfig) MaintenanceWindows() window.Set {
+	s, _ := window.ParseAll(a.Windows, nil)
+	return s
 }
 
 // HealthConfig selects the crash signals the agent watches and the policy
@@ -163,6 +173,9 @@ type HostConfig struct {
 type PathsConfig struct {
 	Root     string `yaml:"root"`      // prefix for /proc, /sys, /etc/machine-id
 	StateDir string `yaml:"state_dir"` // not under root: it is the agent's own
+	// StatusFile is the world-readable status snapshot the daemon writes
+	// (no secrets in it), read by `status` without the config or root.
+	StatusFile string `yaml:"status_file"`
 }
 
 // LogConfig selects logging output.
@@ -170,6 +183,10 @@ type LogConfig struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
 }
+
+// DefaultStatusFile is where the daemon writes its status snapshot and
+// where `status` looks for it when it cannot read the configuration.
+const DefaultStatusFile = "/run/klp-agent/status.json"
 
 // Default returns the built-in defaults, which packaging/config.yaml documents.
 func Default() Config {
@@ -184,7 +201,7 @@ func Default() Config {
 			MaxExpiry:    manifest.DefaultMaxExpiry,
 		},
 		Trust: TrustConfig{KeysDir: "/etc/klp-agent/keys", Threshold: 1},
-		Apply: ApplyConfig{Soak: 30 * time.Minute, TransitionTimeout: 60 * time.Second},
+		Apply: ApplyConfig{Soak: 30 * time.Minute, TransitionTimeout: 60 * time.Second, Windows: []window.Spec{}},
 		Health: HealthConfig{
 			Kmsg: true, KdumpDir: "/var/crash", Taint: true, TaintInterval: 5 * time.Second,
 			Netconsole: NetconsoleConfig{Allow: []string{}, RequireRelease: true},
@@ -192,7 +209,7 @@ func Default() Config {
 			Policy:     health.DefaultPolicy(),
 		},
 		Host:    HostConfig{IDFile: "/etc/machine-id"},
-		Paths:   PathsConfig{Root: "/", StateDir: "/var/lib/klp-agent"},
+		Paths:   PathsConfig{Root: "/", StateDir: "/var/lib/klp-agent", StatusFile: DefaultStatusFile},
 		Log:     LogConfig{Level: "info", Format: "auto"},
 		Metrics: MetricsConfig{SocketMode: "0660"},
 	}
@@ -447,6 +464,12 @@ func (l *Loaded) Validate() error {
 	}
 	if c.Apply.TransitionTimeout < time.Second || c.Apply.TransitionTimeout > time.Hour {
 		bad("apply.transition_timeout", "%s not in [1s,1h]", c.Apply.TransitionTimeout)
+	}
+	if _, err := window.ParseAll(c.Apply.Windows, nil); err != nil {
+		bad("apply.windows", "%v", err)
+	}
+	if c.Paths.StatusFile != "" && !filepath.IsAbs(c.Paths.StatusFile) {
+		bad("paths.status_file", "%q must be an absolute path", c.Paths.StatusFile)
 	}
 	if c.Apply.RPMDBPath != "" && !filepath.IsAbs(c.Apply.RPMDBPath) {
 		bad("apply.rpm_dbpath", "%q must be an absolute path", c.Apply.RPMDBPath)

@@ -34,7 +34,7 @@ const krel = "6.1.0-56-amd64"
 func hostRoot(t *testing.T) string {
 	root := t.TempDir()
 	for p, v := range map[string]string{"proc/sys/kernel/osrelease": krel, "etc/machine-id": "0123456789abcdef0123456789abcdef",
-		"proc/sys/kernel/random/boot_id": "b0071d00-0000-4000-8000-000000000001", "proc/sys/kernel/tainted": "0"} {
+		"proc/sys/kernel/random/boot_id": "b0071d00-0000-4000-8000-000000000001", "proc/sys/kernel/tainted": "0", "proc/cmdline": "root=/dev/vda ro"} {
 		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -152,8 +152,8 @@ func TestReloadSupervision(t *testing.T) {
 	os.WriteFile(filepath.Join(keys, "k.pub"), pub, 0o644)
 	cfg := filepath.Join(t.TempDir(), "config.yaml")
 	body := func(level string) string {
-		return fmt.Sprintf("trust:\n  keys_dir: %s\nhealth:\n  kmsg: false\n  taint: false\n  kdump_dir: \"\"\npaths:\n  root: %s\n  state_dir: %s\nlog:\n  level: %s\n  format: console\n",
-			keys, root, stateDir, level)
+		return fmt.Sprintf("trust:\n  keys_dir: %s\nhealth:\n  kmsg: false\n  taint: false\n  kdump_dir: \"\"\npaths:\n  root: %s\n  state_dir: %s\n  status_file: %s\nlog:\n  level: %s\n  format: console\n",
+			keys, root, stateDir, filepath.Join(stateDir, "status.json"), level)
 	}
 	writeConfig(t, cfg, body("debug"))
 	logs, stop := runDaemon(t, cfg)

@@ -227,7 +227,7 @@ func (h *Host) Settings(log *zap.Logger, client *manifest.Client) (agent.Setting
 		return agent.Settings{}, err
 	}
 	return agent.Settings{Source: src, Downloader: client, Host: h.Host, Installer: h.Installer(),
-		Soak: h.Config.Apply.Soak, CrashSince: h.CrashSince(), Log: log}, nil
+		Soak: h.Config.Apply.Soak, CrashSince: h.CrashSince(), Log: log, Windows: h.Config.Apply.MaintenanceWindows()}, nil
 }
 
 // Agent builds the agent on store (locked by the caller).
@@ -242,8 +242,19 @@ func (h *Host) Agent(log *zap.Logger, store *state.Store, rec agent.Recorder) (*
 	}
 	root := h.Config.Paths.Root
 	return agent.New(agent.Deps{Log: log, Store: store, Source: s.Source, Downloader: s.Downloader, Host: s.Host,
-		Installer: s.Installer, Soak: s.Soak, CrashSince: s.CrashSince, Recorder: rec, Crashpoint: crashpoint,
-		BootID: func() (string, error) { return agent.BootID(root) }}), nil
+		Installer: s.Installer, Soak: s.Soak, CrashSince: s.CrashSince, Recorder: rec, Windows: s.Windows, Crashpoint: crashpoint,
+		KillSwitch: h.KillSwitch(log), BootID: func() (string, error) { return agent.BootID(root) }}), nil
+}
+
+// KillSwitch is why this boot must apply nothing ("" when it may): the
+// kernel command line under paths.root. An unreadable command line is
+// logged and does not stop the agent.
+func (h *Host) KillSwitch(log *zap.Logger) string {
+	why, err := agent.KillSwitch(h.Config.Paths.Root)
+	if err != nil && log != nil {
+		log.Warn(err.Error() + "; the kill switch cannot be read")
+	}
+	return why
 }
 
 // LoopConfig is the loop's pacing and policy.
@@ -264,7 +275,8 @@ func (h *Host) MonitorOptions() health.MonitorOptions {
 
 // StatusInput is what `status` reads for this host at now.
 func (h *Host) StatusInput(now time.Time) (agent.StatusInput, error) {
-	in := agent.StatusInput{Store: h.Store(), Sysfs: h.Sysfs(), Host: h.Host, Now: now, Root: h.Config.Paths.Root}
+	in := agent.StatusInput{Store: h.Store(), Sysfs: h.Sysfs(), Host: h.Host, Now: now, Root: h.Config.Paths.Root,
+		Windows: h.Config.Apply.MaintenanceWindows(), KillSwitch: h.KillSwitch(nil)}
 	client, err := manifest.NewClient(manifest.ClientConfig{})
 	if err != nil {
 		return in, err

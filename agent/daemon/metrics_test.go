@@ -29,8 +29,8 @@ func TestMetricsPortTakenIsLoud(t *testing.T) {
 	textfile := filepath.Join(t.TempDir(), "klp-agent.prom")
 	cfg := filepath.Join(t.TempDir(), "config.yaml")
 	writeConfig(t, cfg, fmt.Sprintf("trust:\n  keys_dir: %s\nhealth:\n  kmsg: false\n  taint: false\n  kdump_dir: \"\"\n"+
-		"paths:\n  root: %s\n  state_dir: %s\nlog:\n  format: console\nmetrics:\n  listen: %s\n  textfile: %s\n",
-		keys, root, stateDir, addr, textfile))
+		"paths:\n  root: %s\n  state_dir: %s\n  status_file: %s\nlog:\n  format: console\nmetrics:\n  listen: %s\n  textfile: %s\n",
+		keys, root, stateDir, filepath.Join(stateDir, "status.json"), addr, textfile))
 
 	logs, stop := runDaemon(t, cfg)
 	waitLog(t, logs, "starting")

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -88,8 +89,9 @@ func Run(ctx context.Context, o Options) error {
 	// The listener is set up once; a reload changes what it shows, not
 	// where (restart to move it).
 	serveMetrics(ctx, h, m, log)
-	exp := &exporter{m: m, a: a}
-	exp.set(h.Config.Metrics.Textfile, log)
+	exp := &exporter{m: m, a: a, snap: &Snapshot{Path: h.Config.Paths.StatusFile, PID: os.Getpid(), Since: time.Now(), Version: Version}}
+	exp.set(h, log)
+	defer exp.stopped()
 	loop := &agent.Loop{Agent: a, Config: h.LoopConfig(), Notify: notify, Events: mon.Events(), Heartbeat: hb, Changed: exp.export}
 	loop.Init()
 	log.Info("klp-agent "+Version+" starting", zap.String("KERNEL_RELEASE", h.Host.Kernel),
@@ -120,7 +122,7 @@ func Run(ctx context.Context, o Options) error {
 				continue
 			}
 			h, log = nh, nlog
-			exp.set(h.Config.Metrics.Textfile, log)
+			exp.set(h, log)
 			log.Info("configuration reloaded from " + o.ConfigPath)
 			notify.Ready()
 		}
@@ -197,17 +199,39 @@ func reload(ctx context.Context, old *Host, loop *agent.Loop, mon *health.Monito
 // exporter keeps the metrics in step with the state; the loop calls it,
 // a reload retargets it.
 type exporter struct {
-	m   *metrics.Metrics
-	a   *agent.Agent
-	cfg atomic.Pointer[exportTo]
+	m    *metrics.Metrics
+	a    *agent.Agent
+	snap *Snapshot // the status snapshot; nil: none
+	cfg  atomic.Pointer[exportTo]
 }
 
 type exportTo struct {
 	textfile string
 	log      *zap.Logger
+	h        *Host
 }
 
-func (e *exporter) set(textfile string, log *zap.Logger) { e.cfg.Store(&exportTo{textfile, log}) }
+func (e *exporter) set(h *Host, log *zap.Logger) {
+	e.cfg.Store(&exportTo{h.Config.Metrics.Textfile, log, h})
+}
+
+// writeSnapshot refreshes the status snapshot (stopped: the daemon stops).
+func (e *exporter) writeSnapshot(stopped time.Time) {
+	to := e.cfg.Load()
+	if e.snap == nil || to == nil || to.h == nil {
+		return
+	}
+	in, err := to.h.StatusInput(time.Now())
+	if err == nil {
+		err = e.snap.Write(in, stopped)
+	}
+	if err != nil {
+		to.log.Error(err.Error())
+	}
+}
+
+// stopped records the clean stop in the snapshot.
+func (e *exporter) stopped() { e.writeSnapshot(time.Now()) }
 
 // export refreshes what the state says (patch info, blocks) and writes the
 // textfile, if configured.
@@ -225,10 +249,16 @@ func (e *exporter) export() {
 		}
 		m.SetPatch(a.Host().Kernel, name, level, phase)
 		m.SetBlocked(len(k.Blocked))
+		pin := 0
+		if k.Pin != nil {
+			pin = k.Pin.Level
+		}
+		m.SetControls(st.Hold.Active(time.Now()), pin, a.KillSwitch() != "")
 	}
 	if to.textfile != "" {
 		if err := m.WriteTextfile(to.textfile); err != nil {
 			to.log.Error(err.Error())
 		}
 	}
+	e.writeSnapshot(time.Time{})
 }

@@ -64,6 +64,9 @@ type Metrics struct {
 	lastOK        prometheus.Gauge
 	applyDuration prometheus.Histogram
 	listenFailed  prometheus.Gauge
+	held          prometheus.Gauge
+	pinLevel      prometheus.Gauge
+	killSwitch    prometheus.Gauge
 
 	mu sync.Mutex // serialises textfile writes
 }
@@ -102,10 +105,17 @@ func New(version, goVersion string) *Metrics {
 		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120}})
 	m.listenFailed = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_metrics_listen_failed",
 		Help: "1 when metrics.listen is set but could not be listened on (port taken, socket path refused): someone else may be serving this host's metrics."})
+	m.held = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_held",
+		Help: "1 while an operator's klp-agent hold keeps new levels off this host."})
+	m.pinLevel = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_pin_level",
+		Help: "The highest level klp-agent pin allows for the running kernel; 0 when not pinned."})
+	m.killSwitch = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_kill_switch",
+		Help: "1 when the kernel was booted with klp_agent.enable=0: the agent applies nothing in this boot."})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_build_info", Help: "The agent's version (1)."}, []string{"version", "goversion"})
 	build.WithLabelValues(version, goVersion).Set(1)
 	for _, c := range []prometheus.Collector{m.patchInfo, m.applies, m.rollbacks, m.healthEvents, m.crashes, m.blocked,
-		m.manifestVer, m.manifestExp, m.manifestSince, m.manifestAge, m.lastPoll, m.lastOK, m.applyDuration, m.listenFailed, build} {
+		m.manifestVer, m.manifestExp, m.manifestSince, m.manifestAge, m.lastPoll, m.lastOK, m.applyDuration, m.listenFailed,
+		m.held, m.pinLevel, m.killSwitch, build} {
 		f(c)
 	}
 	// Series that alert rules increase() over exist from the start, at 0:
@@ -223,6 +233,20 @@ func (m *Metrics) SetListenFailed(failed bool) {
 		v = 1
 	}
 	m.listenFailed.Set(v)
+}
+
+// SetControls records the host controls in force: a hold, the pin (0:
+// none) and the kill switch.
+func (m *Metrics) SetControls(held bool, pin int, killSwitch bool) {
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	m.held.Set(b(held))
+	m.pinLevel.Set(float64(pin))
+	m.killSwitch.Set(b(killSwitch))
 }
 
 // SetBlocked records how many patches are blocked.

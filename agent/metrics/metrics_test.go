@@ -35,6 +35,7 @@ func sample() *Metrics {
 	m.RolledBack("cosmic rays")
 	m.SetPatch("6.1.0-56-amd64", "klp_cmdline_1", 1, "good")
 	m.SetBlocked(1)
+	m.SetControls(true, 3, false)
 	m.Polled("error", t0.Add(time.Minute), 0)
 	return m
 }

@@ -3,6 +3,8 @@ package state
 import (
 	"fmt"
 	"path/filepath"
+	"regexp"
+	"strings"
 )
 
 // Layout is the state directory's shape: every file the agent keeps there
@@ -57,3 +59,42 @@ func (l Layout) MetricsListenFailure() string { return filepath.Join(l.Dir, "met
 
 // RollbackRequest is where an operator's rollback waits for the daemon.
 func (l Layout) RollbackRequest() string { return filepath.Join(l.Dir, "rollback-request.json") }
+
+// Host controls (hold, resume, pin, unblock, poll) wait for the daemon in
+// control-<id>.request.json and get their answer in control-<id>.result.json.
+const (
+	controlPrefix        = "control-"
+	ControlRequestSuffix = ".request.json"
+	controlResultSuffix  = ".result.json"
+)
+
+// ControlRequest is where control request id waits for the daemon.
+func (l Layout) ControlRequest(id string) (string, error) {
+	if !controlIDRE.MatchString(id) {
+		return "", fmt.Errorf("%w: control id %q", ErrBadRecord, id)
+	}
+	return filepath.Join(l.Dir, controlPrefix+id+ControlRequestSuffix), nil
+}
+
+// ControlResult is the daemon's answer to control request id.
+func (l Layout) ControlResult(id string) (string, error) {
+	if !controlIDRE.MatchString(id) {
+		return "", fmt.Errorf("%w: control id %q", ErrBadRecord, id)
+	}
+	return filepath.Join(l.Dir, controlPrefix+id+controlResultSuffix), nil
+}
+
+// ControlRequestID is the id of a control request file name ("" when name
+// is none).
+func ControlRequestID(name string) string {
+	id, ok := strings.CutPrefix(name, controlPrefix)
+	if !ok {
+		return ""
+	}
+	if id, ok = strings.CutSuffix(id, ControlRequestSuffix); !ok || !controlIDRE.MatchString(id) {
+		return ""
+	}
+	return id
+}
+
+var controlIDRE = regexp.MustCompile(`^[0-9a-z-]{1,64}$`)

@@ -115,6 +115,8 @@ type Kernel struct {
 
 	SoakUntil time.Time `json:"soak_until,omitempty"`
 	Blocked   []Blocked `json:"blocked,omitempty"`
+	// Pin is the highest level an operator allows here (klp-agent pin).
+	Pin *Pin `json:"pin,omitempty"`
 }
 
 // IsBlocked reports whether the pinned patch is blocked on this host.
@@ -179,6 +181,8 @@ type State struct {
 	// Events are the most recent health events (MaxEvents), newest last.
 	Events  []Event   `json:"events,omitempty"`
 	Updated time.Time `json:"updated"`
+	// Hold stops new levels on this host (klp-agent hold); nil: none.
+	Hold *Hold `json:"hold,omitempty"`
 }
 
 // MaxEvents bounds the health events the state keeps for `status`; the

@@ -7,8 +7,10 @@
 # (10.0.2.2). Installed as /etc/klp-e2e/scenario; it runs once per boot.
 #
 # Boot A: level 1 applied; `systemctl reload` with a drop-in pointing at the
-#   next manifest upgrades to 2; the next one offers a faulty level 3, which
-#   oopses when used and is rolled back to 2 and blocked.
+#   next manifest upgrades to 2 (`status --check` exits 0); `klp-agent hold`,
+#   then the next manifest offers a faulty level 3, which waits (`poll` says
+#   held, `status --check` exits 1); `klp-agent resume` lets it in; it oopses
+#   when used and is rolled back to 2 and blocked (`status --check` exits 2).
 # Boot B: the unit re-applies 2 before its first poll; `rpm -e klp-agent`
 #   stops the service and leaves level 2 in the kernel.
 # What the host asserts on (journal JSON, status JSON, /proc/cmdline) goes to
@@ -47,6 +49,18 @@ wait_step() {
 	else
 		klp_fail "$name" "$(agent_state)"
 		return 1
+	fi
+}
+
+# check_code NAME CODE: `klp-agent status --check` exits CODE; its line is
+# kept in $OUT/NAME.txt for the demo.
+check_code() {
+	local code=0
+	$A status --check >"$OUT/$1.txt" 2>&1 || code=$?
+	if [ "$code" = "$2" ]; then
+		klp_pass "$1" "exit $code: $(cat "$OUT/$1.txt")"
+	else
+		klp_fail "$1" "exit $code, want $2: $(cat "$OUT/$1.txt")"
 	fi
 }
 
@@ -93,7 +107,24 @@ boot_a() {
 	else
 		klp_fail reload "no 'configuration reloaded' in the journal"
 	fi
+	# status --check: 0 up to date (level 2 good, nothing newer offered).
+	check_code up-to-date 0
+	# Host controls: held, the next manifest's level 3 waits (poll now says
+	# why, status --check exits 1); resumed, it goes in.
+	if $A hold --reason "demo: change freeze" >"$OUT/hold.txt" 2>&1; then
+		klp_pass held "$(cat "$OUT/hold.txt")"
+	else
+		klp_fail held "$(tr '\n' ' ' <"$OUT/hold.txt")"
+	fi
 	use_manifest 3
+	$A poll >"$OUT/poll-held.txt" 2>&1
+	if level_is 2 && grep -q 'held by' "$OUT/poll-held.txt"; then
+		klp_pass poll-held "$(cat "$OUT/poll-held.txt")"
+	else
+		klp_fail poll-held "level $(klp_level): $(tr '\n' ' ' <"$OUT/poll-held.txt")"
+	fi
+	check_code check-held 1
+	$A resume >"$OUT/resume.txt" 2>&1 && klp_pass resumed "$(cat "$OUT/resume.txt")" || klp_fail resumed "$(cat "$OUT/resume.txt")"
 	wait_step applied-3 120 soaking_level 3 || return 1
 	t=$(klp_cs)
 	klp_trigger_read >/dev/null 2>&1
@@ -102,6 +133,31 @@ boot_a() {
 	else
 		klp_fail rolled-back-2 "$(agent_state)"
 	fi
+	# 2: degraded, a level above the applied one (3) is blocked here.
+	check_code check-blocked 2
+	# With /etc/klp-e2e/killswitch the host boots a K boot next, with
+	# klp_agent.enable=0 on the kernel command line (run-qemu.sh -a).
+	if [ -e /etc/klp-e2e/killswitch ]; then echo K; else echo B; fi >/var/lib/klp-e2e/phase
+}
+
+# boot_k: booted with klp_agent.enable=0 (the kill switch): the unit runs
+# but applies nothing, says so in the journal and status (--check exits 1);
+# the next boot (B) re-applies level 2 as usual.
+boot_k() {
+	wait_step ready-k 30 active || return 1
+	if grep -qw 'klp_agent.enable=0' /proc/cmdline; then
+		klp_pass killswitch-cmdline "$(cut -c1-120 /proc/cmdline)"
+	else
+		klp_fail killswitch-cmdline "not on /proc/cmdline: $(cat /proc/cmdline)"
+	fi
+	sleep 5 # its first poll comes at once: time to apply, were it allowed to
+	if [ -z "$(klp_level)" ] && journalctl -b -u klp-agent | grep -q 'kill switch'; then
+		klp_pass killswitch-nothing-applied "no livepatch; the journal says kill switch"
+	else
+		klp_fail killswitch-nothing-applied "level $(klp_level): $(agent_state)"
+	fi
+	check_code check-killswitch 1
+	save K
 	echo B >/var/lib/klp-e2e/phase
 }
 
@@ -136,6 +192,7 @@ A)
 	boot_a
 	save A
 	;;
+K) boot_k || save K ;;
 B) boot_b || save B ;;
 *) klp_fail phase "unexpected phase $phase" ;;
 esac
