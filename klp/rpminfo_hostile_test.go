@@ -203,7 +203,8 @@ var (
 	validModuleName = regexp.MustCompile(`^[A-Za-z0-9_]{1,55}$`)
 	validKrel       = regexp.MustCompile(`^[A-Za-z0-9._+~-]{1,64}$`)
 	sentinels       = []error{klp.ErrNotRPM, klp.ErrModuleCount, klp.ErrLayout, klp.ErrKernelMismatch,
-		klp.ErrInvalidName, klp.ErrNoLevel, klp.ErrLevelMismatch}
+		klp.ErrInvalidName, klp.ErrNoLevel, klp.ErrLevelMismatch, klp.ErrNotLivepatch, klp.ErrVermagic,
+		klp.ErrUnsupportedPayload, klp.ErrPayload, klp.ErrDependency}
 )
 
 // compactSeed swaps a built RPM's signature header for an empty one and
