@@ -67,6 +67,8 @@ func TestSystemRealKernel(t *testing.T) {
 	write("root/klp-agent.rpm", read(agentRPM), 0o644)
 	write("etc/klp-agent/keys/release.pub", read(filepath.Join(keys, "release.pub")), 0o644)
 	write("etc/klp-e2e/base-url", baseURL, 0o644)
+	// Boot A is followed by a boot with the kill switch on (phase K).
+	write("etc/klp-e2e/killswitch", "", 0o644)
 	write("etc/klp-e2e/scenario", read(filepath.Join(repoDir(t), "e2e/guest/scenarios/system.sh")), 0o755)
 	write("etc/klp-agent/config.d/50-site.yaml", `# The test fleet: fast polls and a short soak, so the demo takes minutes.
 manifest:
@@ -99,11 +101,14 @@ metrics:
 		maps.Copy(timings, checkMarkers(t, ms, log, want...))
 	}
 	ms, log := bootRootfs(t, work, initrd, img, "systemA", 420*time.Second)
-	check(ms, log, "agent-installed", "enabled", "ready", "applied-1", "watchdog", "upgraded-2", "reload", "up-to-date", "held", "poll-held",
+	check(ms, log, "agent-installed", "enabled", "unconfigured-calm", "ready", "applied-1", "watchdog", "upgraded-2", "reload", "up-to-date", "held", "poll-held",
 		"check-held", "resumed", "applied-3", "rolled-back-2", "check-blocked")
 	if t.Failed() {
 		return
 	}
+	// The kill switch: klp_agent.enable=0 on the command line.
+	ms, log = bootWith(t, work, "systemK", []string{"-i", initrd, "-d", img, "-n", "-t", "240", "-a", "klp_agent.enable=0"}, false)
+	check(ms, log, "ready-k", "killswitch-cmdline", "killswitch-nothing-applied", "check-killswitch", "killswitch-status")
 	ms, log = bootRootfs(t, work, initrd, img, "systemB", 300*time.Second)
 	check(ms, log, "reapplied-2", "active-after-boot", "good-2", "agent-erased", "erase-stops", "patch-stays")
 
@@ -289,7 +294,8 @@ func demoSummary(t *testing.T, dir, out string, timings map[string]string, total
 	fmt.Fprintf(&b, "klp-agent demo: a Debian guest under systemd, the agent installed with rpm, manifests from nginx\n\n")
 	for _, s := range []struct{ step, what string }{
 		{"agent-installed", "rpm -i klp-agent (the unit enabled and started by %post)"},
-		{"ready", "unit active: READY=1 after start-up"},
+		{"unconfigured-calm", "unconfigured: %post's start exits 78, not restarted"},
+		{"ready", "unit active: READY=1 after start-up, once configured"},
 		{"applied-1", "level 1 applied and soaked"},
 		{"upgraded-2", "systemctl reload, new manifest: upgraded to 2"},
 		{"up-to-date", "klp-agent status --check: exit 0"},
@@ -300,6 +306,7 @@ func demoSummary(t *testing.T, dir, out string, timings map[string]string, total
 		{"applied-3", "faulty level 3 applied"},
 		{"rolled-back-2", "its oops seen on /dev/kmsg, rolled back to 2, 3 blocked"},
 		{"check-blocked", "klp-agent status --check: exit 2 (degraded, 3 blocked)"},
+		{"killswitch-nothing-applied", "reboot with klp_agent.enable=0: nothing applied"},
 		{"reapplied-2", "after a reboot: 2 re-applied by the unit"},
 		{"agent-erased", "rpm -e klp-agent: service stopped"},
 		{"patch-stays", "level 2 still in the kernel"},

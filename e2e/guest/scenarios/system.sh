@@ -11,6 +11,10 @@
 #   then the next manifest offers a faulty level 3, which waits (`poll` says
 #   held, `status --check` exits 1); `klp-agent resume` lets it in; it oopses
 #   when used and is rolled back to 2 and blocked (`status --check` exits 2).
+# Boot A starts unconfigured: the RPM's %post starts the unit, which exits
+#   78 and is not restarted; configured, it is started.
+# Boot K (with /etc/klp-e2e/killswitch): klp_agent.enable=0 on the command
+#   line; the unit applies nothing and says so.
 # Boot B: the unit re-applies 2 before its first poll; `rpm -e klp-agent`
 #   stops the service and leaves level 2 in the kernel.
 # What the host asserts on (journal JSON, status JSON, /proc/cmdline) goes to
@@ -27,6 +31,7 @@ phase=$(cat /var/lib/klp-e2e/phase 2>/dev/null || echo A)
 
 level_is() { [ "$(klp_level)" = "$1" ]; }
 active() { [ "$(systemctl is-active klp-agent)" = active ]; }
+unit_failed() { [ "$(systemctl is-active klp-agent)" = failed ]; }
 phase_is() { $A status --json 2>/dev/null | grep -q "\"phase\": \"$1\""; }
 good_level() { level_is "$1" && phase_is good; }
 soaking_level() { level_is "$1" && phase_is soaking; }
@@ -79,6 +84,9 @@ boot_a() {
 	local t wd1 wd2
 	t=$(klp_cs)
 	rpm $RPMDB --initdb
+	# First as a fresh host: the site's configuration (drop-in and key) is
+	# not there yet, only the RPM's own.
+	mv /etc/klp-agent/config.d/50-site.yaml /etc/klp-agent/keys/release.pub /root/
 	# --nodeps: Debian's rpm database does not know dpkg's systemd and kmod.
 	if rpm -i --nodeps --force-debian $RPMDB /root/klp-agent.rpm 2>"$OUT/rpm-i.err"; then
 		klp_pass agent-installed "$(rpm -q $RPMDB klp-agent) in $(klp_since "$t")s"
@@ -86,7 +94,22 @@ boot_a() {
 		klp_fail agent-installed "$(tr '\n' ' ' <"$OUT/rpm-i.err")"
 		return 1
 	fi
-	[ "$(systemctl is-enabled klp-agent)" = enabled ] && klp_pass enabled "by %post" || klp_fail enabled "$(systemctl is-enabled klp-agent)"
+	[ "$(systemctl is-enabled klp-agent)" = enabled ] && klp_pass enabled "by its preset in %post" || klp_fail enabled "$(systemctl is-enabled klp-agent)"
+	# Unconfigured, %post's start exits 78 (EX_CONFIG) and the unit does not
+	# restart it (RestartSec=5s: 12 s would have seen two restarts).
+	klp_wait 30 unit_failed
+	sleep 12
+	local st
+	st="$(systemctl show -P ActiveState klp-agent) status=$(systemctl show -P ExecMainStatus klp-agent) restarts=$(systemctl show -P NRestarts klp-agent)"
+	if [ "$st" = "failed status=78 restarts=0" ] && journalctl -b -u klp-agent | grep -q 'not configured'; then
+		klp_pass unconfigured-calm "$st: $(journalctl -b -u klp-agent -o cat | grep -m1 'not configured' | cut -c1-160)"
+	else
+		klp_fail unconfigured-calm "$st; journal: $(journalctl -b -u klp-agent -o cat | tail -n 5 | tr '\n' ' ')"
+	fi
+	# Configured (as configuration management would), then started.
+	mv /root/50-site.yaml /etc/klp-agent/config.d/
+	mv /root/release.pub /etc/klp-agent/keys/
+	systemctl start --no-block klp-agent
 	# Type=notify: "active" only once the agent sent READY=1.
 	wait_step ready 30 active || return 1
 	klp_note "status text: $(systemctl show -P StatusText klp-agent)"
@@ -141,7 +164,7 @@ boot_a() {
 }
 
 # boot_k: booted with klp_agent.enable=0 (the kill switch): the unit runs
-# but applies nothing, says so in the journal and status (--check exits 1);
+# but applies nothing, says so in the journal and status;
 # the next boot (B) re-applies level 2 as usual.
 boot_k() {
 	wait_step ready-k 30 active || return 1
@@ -151,12 +174,18 @@ boot_k() {
 		klp_fail killswitch-cmdline "not on /proc/cmdline: $(cat /proc/cmdline)"
 	fi
 	sleep 5 # its first poll comes at once: time to apply, were it allowed to
-	if [ -z "$(klp_level)" ] && journalctl -b -u klp-agent | grep -q 'kill switch'; then
+	if level_is none && journalctl -b -u klp-agent | grep -q 'kill switch'; then
 		klp_pass killswitch-nothing-applied "no livepatch; the journal says kill switch"
 	else
 		klp_fail killswitch-nothing-applied "level $(klp_level): $(agent_state)"
 	fi
-	check_code check-killswitch 1
+	# 2, not 1: level 3 stays blocked here (degraded wins over the switch).
+	check_code check-killswitch 2
+	if $A status | grep -qi 'kill switch'; then
+		klp_pass killswitch-status "$($A status | grep -i -m1 'kill switch')"
+	else
+		klp_fail killswitch-status "status does not mention the kill switch: $(agent_state)"
+	fi
 	save K
 	echo B >/var/lib/klp-e2e/phase
 }
