@@ -1,38 +1,19 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/internal/testutil/runtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/syncbuf"
 )
-
-// lockedBuffer is a sink the test reads while the daemon writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // Credentials in manifest.url (user:password@ and a query token) and a
 // secret-like health command argument never appear in check-config, the
@@ -66,7 +47,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		t.Errorf("check-config does not show the redacted settings:\n%s", outputs["check-config"])
 	}
 
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	stop := runtest.Start(t, func(ctx context.Context) error {
 		if code := Main([]string{"run", "--config", cfg}, &Env{Stdout: logs, Stderr: logs, Ctx: ctx}); code != 0 {
 			t.Errorf("run: exit %d", code)

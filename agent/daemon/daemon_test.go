@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,9 +20,9 @@ import (
 	"github.com/klp-agent/klp-agent/internal/testutil/nginxtest"
 	"github.com/klp-agent/klp-agent/internal/testutil/rpmtest"
 	"github.com/klp-agent/klp-agent/internal/testutil/runtest"
+	"github.com/klp-agent/klp-agent/internal/testutil/syncbuf"
 	"github.com/klp-agent/klp-agent/internal/testutil/tlstest"
 	"github.com/klp-agent/klp-agent/klp"
-	"github.com/klp-agent/klp-agent/klp/klptest"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -106,18 +104,8 @@ func TestPrivateCAMirror(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			writeConfig(t, cfg, strings.Replace(base, "  retries: 0\n", "  retries: 0\n"+tt.extra, 1))
-			h, s := hostSettings(t, cfg)
 			// The kernel is simulated; rpm is real, in the test root.
-			kern := klptest.New()
-			kern.AddFile(filepath.Join(root, "usr/lib/klp-agent/livepatches", krel, "klp_cmdline_1.ko"),
-				klptest.Module{Name: "klp_cmdline_1", Livepatch: true, Replace: true, Funcs: map[string][]string{"vmlinux": {"cmdline_proc_show"}}})
-			s.Installer.Controller = &klp.Controller{Sysfs: &klp.Sysfs{FS: kern, Poll: time.Millisecond}, Modules: kern}
-			a := agent.New(agent.Deps{Store: h.Store(), Source: s.Source, Downloader: s.Downloader, Host: s.Host,
-				Installer: s.Installer, Soak: time.Hour})
-			if err := a.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			res, err := s.Source.Poll(context.Background())
+			_, err := pollAndApply(t, cfg, root)
 			if !tt.applied {
 				if err == nil || !strings.Contains(err.Error(), "certificate") {
 					t.Fatalf("poll without the CA: %v", err)
@@ -127,19 +115,13 @@ func TestPrivateCAMirror(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := a.Converge(context.Background(), res.Manifest); err != nil {
-				t.Fatal(err)
-			}
-			if got := kern.Patched("cmdline_proc_show"); got != "klp_cmdline_1" || a.Kernel().Phase != state.PhaseSoaking {
-				t.Fatalf("kernel serves %q, phase %s", got, a.Kernel().Phase)
-			}
 		})
 	}
 }
 
 // runDaemon starts Run on cfg and returns its log and a stop function.
-func runDaemon(t *testing.T, cfg string) (logs *syncBuffer, stop func() error) {
-	logs = &syncBuffer{}
+func runDaemon(t *testing.T, cfg string) (logs *syncbuf.Buffer, stop func() error) {
+	logs = &syncbuf.Buffer{}
 	return logs, runtest.Start(t, func(ctx context.Context) error { return Run(ctx, Options{ConfigPath: cfg, Stderr: logs}) })
 }
 
@@ -182,7 +164,7 @@ func TestReloadSupervision(t *testing.T) {
 	}
 }
 
-func waitLog(t *testing.T, logs *syncBuffer, s string) {
+func waitLog(t *testing.T, logs *syncbuf.Buffer, s string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(logs.String(), s) {
@@ -191,24 +173,6 @@ func waitLog(t *testing.T, logs *syncBuffer, s string) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// syncBuffer is a log sink the test reads while the daemon writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 var (
