@@ -24,6 +24,11 @@ func URL(raw string) string {
 	if err != nil {
 		return "(unparsable URL)"
 	}
+	if u.User == nil && u.RawQuery == "" && u.Opaque == "" {
+		// Nothing to mask: shown as written, not as url.String() would
+		// re-encode it.
+		return raw
+	}
 	if u.User != nil {
 		if _, ok := u.User.Password(); ok {
 			u.User = url.UserPassword(u.User.Username(), Mask)
