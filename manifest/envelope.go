@@ -28,6 +28,11 @@ const MaxSignatures = 32
 
 // SignPayload wraps payload in a DSSE envelope signed by every signer.
 func SignPayload(ctx context.Context, payload []byte, signers ...*Signer) ([]byte, error) {
+	return signPayloadType(ctx, PayloadType, payload, signers...)
+}
+
+// signPayloadType is SignPayload for any of this package's payload types.
+func signPayloadType(ctx context.Context, payloadType string, payload []byte, signers ...*Signer) ([]byte, error) {
 	if len(signers) == 0 {
 		return nil, errors.New("sign: no signing key")
 	}
@@ -39,7 +44,7 @@ func SignPayload(ctx context.Context, payload []byte, signers ...*Signer) ([]byt
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
-	env, err := es.SignPayload(ctx, PayloadType, payload)
+	env, err := es.SignPayload(ctx, payloadType, payload)
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
@@ -49,7 +54,11 @@ func SignPayload(ctx context.Context, payload []byte, signers ...*Signer) ([]byt
 // AddSignature co-signs an existing envelope (threshold signing by several
 // people, each with their own key, one after the other).
 func AddSignature(envelope []byte, s *Signer) ([]byte, error) {
-	env, err := decodeEnvelope(envelope)
+	return addSignature(envelope, PayloadType, s)
+}
+
+func addSignature(envelope []byte, payloadType string, s *Signer) ([]byte, error) {
+	env, err := decodeEnvelopeType(envelope, payloadType)
 	if err != nil {
 		return nil, err
 	}
@@ -76,8 +85,11 @@ func encodeEnvelope(env *dsse.Envelope) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// decodeEnvelope parses the JSON envelope strictly.
-func decodeEnvelope(b []byte) (*dsse.Envelope, error) {
+// decodeEnvelope parses the JSON manifest envelope strictly.
+func decodeEnvelope(b []byte) (*dsse.Envelope, error) { return decodeEnvelopeType(b, PayloadType) }
+
+// decodeEnvelopeType parses a JSON envelope of payloadType strictly.
+func decodeEnvelopeType(b []byte, payloadType string) (*dsse.Envelope, error) {
 	// json v2: unknown members, duplicate names and trailing data are
 	// errors, names match exactly, and it reads a multi-megabyte base64
 	// string several times faster than encoding/json.
@@ -85,8 +97,8 @@ func decodeEnvelope(b []byte) (*dsse.Envelope, error) {
 	if err := jsonv2.Unmarshal(b, &env, jsonv2.RejectUnknownMembers(true)); err != nil {
 		return nil, fmt.Errorf("%w: envelope: %w", ErrInvalid, err)
 	}
-	if env.PayloadType != PayloadType {
-		return nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, PayloadType)
+	if env.PayloadType != payloadType {
+		return nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, payloadType)
 	}
 	return &env, nil
 }
@@ -219,6 +231,9 @@ type Trust struct {
 	// taken against the verifier's clock at fetch time: a manifest valid
 	// for years cannot be replayed by a mirror to freeze hosts for years.
 	MaxExpiry time.Duration
+	// Root, if set, is the root of trust: its manifest role replaces Keys
+	// and Threshold, and an expired root refuses every manifest.
+	Root *RootTrust
 }
 
 // DefaultMaxExpiry is manifest.max_expiry's default and the period beyond
@@ -238,8 +253,18 @@ func (t Trust) maxSize() int {
 // was altered. Signatures by keys not in the keyring are ignored unless
 // that leaves too few.
 func (t Trust) VerifyEnvelope(envelope []byte) (payload []byte, keyIDs []string, err error) {
-	if len(envelope) > t.maxSize() {
-		return nil, nil, fmt.Errorf("%w: envelope is %d bytes (limit %d)", ErrTooLarge, len(envelope), t.maxSize())
+	return verifyEnvelope(envelope, PayloadType, t.Keys, t.Threshold, t.maxSize())
+}
+
+// verifyEnvelope checks an envelope of payloadType against keys and
+// threshold (see Trust.VerifyEnvelope).
+func verifyEnvelope(envelope []byte, payloadType string, keys Keyring, threshold, maxSize int) (payload []byte, keyIDs []string, err error) {
+	t := struct {
+		Keys      Keyring
+		Threshold int
+	}{keys, threshold}
+	if len(envelope) > maxSize {
+		return nil, nil, fmt.Errorf("%w: envelope is %d bytes (limit %d)", ErrTooLarge, len(envelope), maxSize)
 	}
 	if t.Threshold < 1 || t.Threshold > len(t.Keys) {
 		return nil, nil, fmt.Errorf("threshold %d with %d trusted keys: %w", t.Threshold, len(t.Keys), ErrKey)
@@ -248,8 +273,8 @@ func (t Trust) VerifyEnvelope(envelope []byte) (payload []byte, keyIDs []string,
 	if err != nil {
 		return nil, nil, err
 	}
-	if env.PayloadType != PayloadType {
-		return nil, nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, PayloadType)
+	if env.PayloadType != payloadType {
+		return nil, nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, payloadType)
 	}
 	if len(env.Signatures) == 0 {
 		return nil, nil, ErrNoSignature
@@ -325,6 +350,12 @@ func (t Trust) Verify(envelope []byte, now time.Time, store VersionStore) (*Veri
 
 // VerifyFor is Verify for a host running kernel: see ParseFor.
 func (t Trust) VerifyFor(envelope []byte, now time.Time, store VersionStore, kernel string) (*Verified, error) {
+	if t.Root != nil {
+		var err error
+		if t, err = t.Root.Trust(t, now); err != nil {
+			return nil, err
+		}
+	}
 	payload, ids, err := t.VerifyEnvelope(envelope)
 	if err != nil {
 		return nil, err
