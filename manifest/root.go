@@ -12,6 +12,7 @@ import (
 	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 )
 
 // The root of trust (TUF's root role, adapted): a signed document naming
@@ -181,6 +182,16 @@ func SignRoot(ctx context.Context, r *Root, signers ...*Signer) ([]byte, error) 
 		return nil, err
 	}
 	return signPayloadType(ctx, RootPayloadType, b, signers...)
+}
+
+// UnsignedRoot is a root file with no signature yet, for `manifest root
+// sign` to add them one key holder after the other.
+func UnsignedRoot(r *Root) ([]byte, error) {
+	b, err := MarshalRoot(r)
+	if err != nil {
+		return nil, err
+	}
+	return encodeEnvelope(&dsse.Envelope{PayloadType: RootPayloadType, Payload: base64.StdEncoding.EncodeToString(b), Signatures: []dsse.Signature{}})
 }
 
 // AddRootSignature co-signs a root file.

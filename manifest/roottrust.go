@@ -109,30 +109,44 @@ func RootURL(manifestURL string, n uint64) (string, error) {
 // the walk with an error: the manifest must not be verified with keys a
 // root the host could not read may have revoked.
 func (t *RootTrust) Walk(ctx context.Context, c *Client, manifestURL string) (*RootUpdate, error) {
+	return t.WalkFunc(func(n uint64) ([]byte, bool, error) {
+		ru, err := RootURL(manifestURL, n)
+		if err != nil {
+			return nil, false, err
+		}
+		fr, err := c.Fetch(ctx, ru, Validators{}, RootMaxSize)
+		switch {
+		case isNotFound(err):
+			return nil, false, nil
+		case err != nil:
+			return nil, false, err
+		case fr.NotModified:
+			return nil, false, ErrNoCache
+		}
+		return fr.Body, true, nil
+	})
+}
+
+// WalkFunc is Walk over get, which returns root version n's file or
+// found=false where the chain ends (the publisher's tools read files).
+func (t *RootTrust) WalkFunc(get func(n uint64) (body []byte, found bool, err error)) (*RootUpdate, error) {
 	cur := t.Current()
 	u := &RootUpdate{From: cur, To: cur}
 	for range MaxRootRotations {
 		n := u.To.Version + 1
-		ru, err := RootURL(manifestURL, n)
+		body, found, err := get(n)
 		if err != nil {
-			return nil, err
-		}
-		fr, err := c.Fetch(ctx, ru, Validators{}, RootMaxSize)
-		if err != nil {
-			if isNotFound(err) {
-				break
-			}
 			return nil, fmt.Errorf("root version %d: %w", n, err)
 		}
-		if fr.NotModified {
-			return nil, fmt.Errorf("root version %d: %w", n, ErrNoCache)
+		if !found {
+			break
 		}
-		next, err := u.To.VerifyNext(fr.Body)
+		next, err := u.To.VerifyNext(body)
 		if err != nil {
 			return nil, err
 		}
 		u.To = next
-		u.Files = append(u.Files, fr.Body)
+		u.Files = append(u.Files, body)
 	}
 	u.ManifestKeysChanged = !u.From.SameManifestRole(u.To)
 	return u, nil
