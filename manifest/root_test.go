@@ -3,6 +3,7 @@ package manifest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -250,6 +251,12 @@ func newRootServer(t *testing.T) (*rootServer, *httptest.Server) {
 			http.NotFound(w, r)
 			return
 		}
+		etag := fmt.Sprintf(`"%x"`, sha256.Sum256(b))
+		w.Header().Set("ETag", etag)
+		if r.Header.Get("If-None-Match") == etag {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
 		_, _ = w.Write(b)
 	}))
 	t.Cleanup(srv.Close)
@@ -456,4 +463,67 @@ func TestSourceRootFailures(t *testing.T) {
 			t.Fatalf("read-only walk persisted the root (%v) or moved the daemon's (%d)", err, rt.Current().Version)
 		}
 	})
+}
+
+// TestSourceRootExpiresUnderUnchangedManifest: a 304 does not keep a
+// manifest in force past its root's expiry (the indefinite-freeze attack
+// by a mirror that stops at the last root).
+func TestSourceRootExpiresUnderUnchangedManifest(t *testing.T) {
+	rk, k1 := newTestKey(t), newTestKey(t)
+	root1 := newRoot(1, []testKey{rk}, 1, []testKey{k1}, 1)
+	root1.Expires = now.Add(time.Hour)
+	rs, srv := newRootServer(t)
+	src, _ := rootSource(t, srv, signRoot(t, root1, rk), t.TempDir())
+	clock := now
+	src.Now = func() time.Time { return clock }
+	rs.put("/m/manifest.json", sign(t, manifestVersion(1), k1))
+	if _, err := src.Poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := src.Poll(context.Background()); err != nil || res.Status != http.StatusNotModified {
+		t.Fatalf("unchanged poll: status %d err %v", res.Status, err)
+	}
+	clock = now.Add(2 * time.Hour)
+	if res, err := src.Poll(context.Background()); !errors.Is(err, ErrRootExpired) || res.Status != http.StatusNotModified {
+		t.Fatalf("unchanged poll after the root expired: status %d err %v", res.Status, err)
+	}
+}
+
+// TestSourceRootSlowRetrieval: a server that stalls a root file cannot
+// hold the poll past its deadline.
+func TestSourceRootSlowRetrieval(t *testing.T) {
+	rk, k1 := newTestKey(t), newTestKey(t)
+	root1 := newRoot(1, []testKey{rk}, 1, []testKey{k1}, 1)
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1000")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("{"))
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	rt, err := LoadRootTrust(signRoot(t, root1, rk), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewFetcher(FetcherConfig{URL: srv.URL + "/manifest.json", Timeout: 200 * time.Millisecond, IdleTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &Source{Fetcher: f, Trust: Trust{Root: rt}, Store: &MemVersionStore{}, Now: func() time.Time { return now }}
+	done := make(chan error, 1)
+	go func() { _, err := src.Poll(context.Background()); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("stalled root file: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a stalled root file held the poll for 30 s (deadline 200 ms)")
+	}
 }

@@ -125,6 +125,12 @@ func (s *Source) Poll(ctx context.Context) (PollResult, error) {
 		if cur.Expired(s.now()) {
 			return res, fmt.Errorf("%w: version %d expired at %s (unchanged on server)", ErrExpired, cur.Version, cur.Expires.UTC().Format(time.RFC3339))
 		}
+		if s.Trust.Root != nil {
+			// The manifest was verified under a root that has since expired.
+			if err := s.Trust.Root.Current().CheckExpiry(s.now()); err != nil {
+				return res, err
+			}
+		}
 		return res, nil
 	}
 	v, err := s.Trust.VerifyFor(fr.Body, s.now(), s.Store, s.Kernel)
@@ -162,6 +168,9 @@ func (s *Source) updateRoot(ctx context.Context) error {
 	if rt == nil {
 		return nil
 	}
+	// The whole walk runs under one poll deadline (slow retrieval).
+	ctx, cancel := context.WithTimeout(ctx, s.Fetcher.timeout)
+	defer cancel()
 	u, err := rt.Walk(ctx, s.Fetcher.Client(), s.Fetcher.URL())
 	if err != nil {
 		return fmt.Errorf("root of trust beside %s: %w", redact(s.Fetcher.URL()), err)
