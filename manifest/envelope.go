@@ -226,10 +226,10 @@ type Trust struct {
 	Keys      Keyring
 	Threshold int
 	MaxSize   int // envelope and payload limit in bytes; 0 = DefaultMaxSize
-	// MaxExpiry bounds how far past now a manifest's expiry may be (0: no
-	// bound). The signed payload carries no signing time, so the bound is
-	// taken against the verifier's clock at fetch time: a manifest valid
-	// for years cannot be replayed by a mirror to freeze hosts for years.
+	// MaxExpiry bounds how far past its signing time a manifest's expiry
+	// may be (0: no bound): the payload's signed_at, or without one the
+	// verifier's clock at fetch time. A manifest valid for years cannot be
+	// replayed by a mirror to freeze hosts for years.
 	MaxExpiry time.Duration
 	// Root, if set, is the root of trust: its manifest role replaces Keys
 	// and Threshold, and an expired root refuses every manifest.
@@ -373,10 +373,8 @@ func (t Trust) VerifyFor(envelope []byte, now time.Time, store VersionStore, ker
 	}
 	// Before the anti-rollback record: a refused manifest must not raise
 	// the version floor.
-	if t.MaxExpiry > 0 && m.Expires.Sub(now) > t.MaxExpiry {
-		return nil, fmt.Errorf("%w: version %d expires at %s, %s after this host's clock at fetch time %s; the limit (manifest.max_expiry) is %s",
-			ErrExpiryTooFar, m.Version, m.Expires.UTC().Format(time.RFC3339), m.Expires.Sub(now).Round(time.Second),
-			now.UTC().Format(time.RFC3339), t.MaxExpiry)
+	if err := t.checkExpiryBound(m, now); err != nil {
+		return nil, err
 	}
 	v := &Verified{Manifest: m, Payload: payload, PayloadSHA256: hex.EncodeToString(sum[:]), KeyIDs: ids}
 	if store != nil {
@@ -388,6 +386,37 @@ func (t Trust) VerifyFor(envelope []byte, now time.Time, store VersionStore, ker
 		}
 	}
 	return v, nil
+}
+
+// MaxClockSkew is how far a manifest's signed_at may be ahead of the
+// host's clock: a signing time in the future would stretch the expiry
+// bound by as much.
+const MaxClockSkew = time.Hour
+
+// checkExpiryBound refuses an expiry further out than MaxExpiry after the
+// signing time: the signed signed_at when the manifest has one (no later
+// than MaxClockSkew past now), else the host's clock at fetch time.
+func (t Trust) checkExpiryBound(m *Manifest, now time.Time) error {
+	if t.MaxExpiry <= 0 {
+		return nil
+	}
+	if !m.SignedAt.IsZero() {
+		if m.SignedAt.After(now.Add(MaxClockSkew)) {
+			return fmt.Errorf("%w: version %d signed_at %s is more than %s after this host's clock %s", ErrInvalid, m.Version,
+				m.SignedAt.UTC().Format(time.RFC3339), MaxClockSkew, now.UTC().Format(time.RFC3339))
+		}
+		if d := m.Expires.Sub(m.SignedAt); d > t.MaxExpiry {
+			return fmt.Errorf("%w: version %d expires at %s, %s after it was signed (signed_at %s); the limit (manifest.max_expiry) is %s",
+				ErrExpiryTooFar, m.Version, m.Expires.UTC().Format(time.RFC3339), d.Round(time.Second), m.SignedAt.UTC().Format(time.RFC3339), t.MaxExpiry)
+		}
+		return nil
+	}
+	if m.Expires.Sub(now) > t.MaxExpiry {
+		return fmt.Errorf("%w: version %d expires at %s, %s after this host's clock at fetch time %s; the limit (manifest.max_expiry) is %s",
+			ErrExpiryTooFar, m.Version, m.Expires.UTC().Format(time.RFC3339), m.Expires.Sub(now).Round(time.Second),
+			now.UTC().Format(time.RFC3339), t.MaxExpiry)
+	}
+	return nil
 }
 
 // EnvelopePayload returns an envelope's payload without checking

@@ -203,8 +203,12 @@ func cmdSign(env *Env, args []string) error {
 	out := fs.String("out", "", "signed envelope to write")
 	cosign := fs.String("envelope", "", "existing envelope to add signatures to, in place")
 	format := fs.String("format", "json", "payload to sign: json (the manifest re-rendered canonically; hosts parse it an order of magnitude faster) or yaml (the --in file byte for byte)")
+	signedAt := fs.Bool("signed-at", false, "record now as the payload's signed_at: hosts then measure manifest.max_expiry from it, not from their clock at fetch time (json only; agents without signed_at support refuse such a manifest)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
+	}
+	if *signedAt && *format != "json" {
+		return fmt.Errorf("%w: --signed-at needs --format json (a yaml payload is signed byte for byte)", errUsage)
 	}
 	if len(keys) == 0 || (*cosign == "") == (*in == "" || *out == "") {
 		return fmt.Errorf("%w: give --key and either --in and --out, or --envelope", errUsage)
@@ -244,6 +248,9 @@ func cmdSign(env *Env, args []string) error {
 		}
 		if m.Expired(env.Now()) {
 			return fmt.Errorf("%s: %w at %s; refresh it with 'manifest add' or edit expires", *in, manifest.ErrExpired, m.Expires.Format(time.RFC3339))
+		}
+		if *signedAt {
+			m.SignedAt = env.Now().UTC().Truncate(time.Second)
 		}
 		if *format == "json" {
 			if payload, err = manifest.MarshalJSON(m); err != nil {

@@ -135,7 +135,7 @@ type ManifestConfig struct {
 	IdleTimeout  time.Duration `yaml:"idle_timeout"`
 	MaxSize      ByteSize      `yaml:"max_size"`
 	// MaxExpiry refuses a manifest whose expiry is further out than this
-	// from the host's clock at fetch time (the payload has no signing time).
+	// from its signed_at or, without one, the host's clock at fetch time.
 	MaxExpiry time.Duration `yaml:"max_expiry"`
 }
 
