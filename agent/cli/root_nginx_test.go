@@ -25,6 +25,8 @@ type rootFleet struct {
 	now      time.Time
 	dir, www string
 	keys     string
+	cfg      string
+	stateDir string
 	src      *manifest.Source
 	updates  []*manifest.RootUpdate
 	seq      int
@@ -84,7 +86,7 @@ func newRootFleet(t *testing.T, manifestKeys ...string) *rootFleet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.src = s.Source
+	f.src, f.cfg, f.stateDir = s.Source, cfg, stateDir
 	// Keep the daemon's journal hook and record what it was told.
 	journal := f.src.OnRootUpdate
 	f.src.OnRootUpdate = func(u *manifest.RootUpdate) { journal(u); f.updates = append(f.updates, u) }
@@ -156,6 +158,15 @@ func TestRootRotationThroughNginx(t *testing.T) {
 	}
 
 	f.rotate("k2")
+	// explain follows the chain in memory: it verifies the K2 manifest
+	// but leaves the daemon's trusted root (and so its floor reset) alone.
+	f.publish(2, "k2")
+	if out := run(t, f.now, "explain", "--config", f.cfg); !strings.Contains(out, "host:") {
+		t.Fatalf("explain after the rotation:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(f.stateDir, "root.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("explain persisted the root: %v", err)
+	}
 	m = f.publish(2, "k1")
 	res, err = f.poll()
 	if !errors.Is(err, manifest.ErrUnknownKey) || res.Manifest != nil {
