@@ -21,7 +21,8 @@ func TestMessageIDsInCatalog(t *testing.T) {
 	}
 	for name, id := range map[string]string{"applied": MsgApplied, "rolled back": MsgRolledBack, "blocked": MsgBlocked,
 		"stalled": MsgStalled, "manifest rejected": MsgManifestRejected, "good": MsgGood, "re-applied": MsgReapplied,
-		"health event": MsgHealthEvent} {
+		"health event": MsgHealthEvent,
+		"root updated": MsgRootUpdated, "root floor reset": MsgRootFloorReset} {
 		if !logging.ValidMessageID(id) {
 			t.Errorf("%s: %q is not a valid MESSAGE_ID", name, id)
 		}
@@ -29,7 +30,7 @@ func TestMessageIDsInCatalog(t *testing.T) {
 			t.Errorf("%s: MESSAGE_ID %s has no catalog entry", name, id)
 		}
 	}
-	if len(ids) != 8 {
-		t.Errorf("catalog has %d entries, the agent logs 8 kinds", len(ids))
+	if len(ids) != 10 {
+		t.Errorf("catalog has %d entries, the agent logs 10 kinds", len(ids))
 	}
 }

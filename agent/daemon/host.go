@@ -332,16 +332,3 @@ func (h *Host) StatusInput(now time.Time) (agent.StatusInput, error) {
 	in.Source, err = h.Source(client, true)
 	return in, err
 }
-
-// logRootUpdate puts a newer trusted root in the journal; a floor reset
-// is a warning, as an operator must be able to tell it from an attack.
-func logRootUpdate(log *zap.Logger, u *manifest.RootUpdate) {
-	fields := []zap.Field{zap.Uint64("from_version", u.From.Version), zap.Uint64("to_version", u.To.Version),
-		zap.Strings("manifest_keys", u.To.Roles.Manifest.KeyIDs), zap.Int("manifest_threshold", u.To.Roles.Manifest.Threshold),
-		zap.Time("root_expires", u.To.Expires)}
-	if u.ManifestKeysChanged {
-		log.Warn("root of trust rotated the manifest-signing keys: manifest version floor reset, manifest refetched", fields...)
-		return
-	}
-	log.Info("root of trust updated", fields...)
-}

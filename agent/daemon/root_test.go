@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -123,7 +124,12 @@ func TestLogRootUpdate(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	logRootUpdate(zap.New(core), &manifest.RootUpdate{From: r1, To: r2, ManifestKeysChanged: true})
 	e := logs.All()
-	if len(e) != 1 || e[0].Level != zapcore.WarnLevel || !strings.Contains(e[0].Message, "floor reset") || e[0].ContextMap()["to_version"] != uint64(2) {
+	if len(e) != 1 || e[0].Level != zapcore.WarnLevel || !strings.Contains(e[0].Message, "floor reset") || e[0].ContextMap()["KLP_ROOT_VERSION"] != uint64(2) ||
+		e[0].ContextMap()["MESSAGE_ID"] != agent.MsgRootFloorReset {
+		t.Fatalf("log %+v", e)
+	}
+	logRootUpdate(zap.New(core), &manifest.RootUpdate{From: r1, To: r2})
+	if e := logs.All(); len(e) != 2 || e[1].Level != zapcore.InfoLevel || e[1].ContextMap()["MESSAGE_ID"] != agent.MsgRootUpdated {
 		t.Fatalf("log %+v", e)
 	}
 }
