@@ -259,15 +259,11 @@ func (t Trust) VerifyEnvelope(envelope []byte) (payload []byte, keyIDs []string,
 // verifyEnvelope checks an envelope of payloadType against keys and
 // threshold (see Trust.VerifyEnvelope).
 func verifyEnvelope(envelope []byte, payloadType string, keys Keyring, threshold, maxSize int) (payload []byte, keyIDs []string, err error) {
-	t := struct {
-		Keys      Keyring
-		Threshold int
-	}{keys, threshold}
 	if len(envelope) > maxSize {
 		return nil, nil, fmt.Errorf("%w: envelope is %d bytes (limit %d)", ErrTooLarge, len(envelope), maxSize)
 	}
-	if t.Threshold < 1 || t.Threshold > len(t.Keys) {
-		return nil, nil, fmt.Errorf("threshold %d with %d trusted keys: %w", t.Threshold, len(t.Keys), ErrKey)
+	if threshold < 1 || threshold > len(keys) {
+		return nil, nil, fmt.Errorf("threshold %d with %d trusted keys: %w", threshold, len(keys), ErrKey)
 	}
 	env, err := decodeRawEnvelope(envelope)
 	if err != nil {
@@ -295,7 +291,7 @@ func verifyEnvelope(envelope []byte, payloadType string, keys Keyring, threshold
 		}
 		if s.KeyID == "" {
 			// DSSE allows anonymous signatures: try every trusted key.
-			for id, pub := range t.Keys {
+			for id, pub := range keys {
 				if ed25519.Verify(pub, pae, sig) {
 					good[id] = true
 					break
@@ -303,7 +299,7 @@ func verifyEnvelope(envelope []byte, payloadType string, keys Keyring, threshold
 			}
 			continue
 		}
-		pub, ok := t.Keys[s.KeyID]
+		pub, ok := keys[s.KeyID]
 		if !ok {
 			unknown = append(unknown, s.KeyID)
 			continue
@@ -317,16 +313,16 @@ func verifyEnvelope(envelope []byte, payloadType string, keys Keyring, threshold
 		keyIDs = append(keyIDs, id)
 	}
 	sort.Strings(keyIDs)
-	if len(good) >= t.Threshold {
+	if len(good) >= threshold {
 		return payload, keyIDs, nil
 	}
 	if len(good) == 0 && len(unknown) > 0 {
-		return nil, nil, fmt.Errorf("%w: key ids %v are not among the %d trusted keys", ErrUnknownKey, unknown, len(t.Keys))
+		return nil, nil, fmt.Errorf("%w: key ids %v are not among the %d trusted keys", ErrUnknownKey, unknown, len(keys))
 	}
 	if len(good) == 0 {
 		return nil, nil, fmt.Errorf("%w: no signature verifies with a trusted key", ErrBadSignature)
 	}
-	return nil, nil, fmt.Errorf("%w: %d valid of %d required", ErrThreshold, len(good), t.Threshold)
+	return nil, nil, fmt.Errorf("%w: %d valid of %d required", ErrThreshold, len(good), threshold)
 }
 
 // Verified is a manifest that passed every check.
