@@ -527,3 +527,34 @@ func TestSourceRootSlowRetrieval(t *testing.T) {
 		t.Fatal("a stalled root file held the poll for 30 s (deadline 200 ms)")
 	}
 }
+
+// TestSourceRootHostileAnswers: whatever a server answers for the next
+// root, other than a 404 or a valid successor, the poll fails, the trusted
+// root stays and so does the manifest in force.
+func TestSourceRootHostileAnswers(t *testing.T) {
+	rk, k1 := newTestKey(t), newTestKey(t)
+	root1 := newRoot(1, []testKey{rk}, 1, []testKey{k1}, 1)
+	for _, code := range hostileStatuses {
+		if code == http.StatusNotFound || code == http.StatusTooManyRequests || code >= 500 {
+			continue // 404 ends the chain; 429 and 5xx are retried (tested by the client's tests)
+		}
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			rs, srv := newRootServer(t)
+			src, rt := rootSource(t, srv, signRoot(t, root1, rk), t.TempDir())
+			rs.put("/m/manifest.json", sign(t, manifestVersion(1), k1))
+			if _, err := src.Poll(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			before := src.Current()
+			if code == 200 {
+				rs.put("/m/root.2.json", []byte(`{"payloadType":"`+RootPayloadType+`","payload":"e30=","signatures":[]}`))
+			} else {
+				rs.setCode("/m/root.2.json", code)
+			}
+			res, err := src.Poll(context.Background())
+			if err == nil || src.Current() != before || res.Manifest != before || rt.Current().Version != 1 {
+				t.Fatalf("root.2.json answered %d: err %v, in force %p (was %p), root version %d", code, err, src.Current(), before, rt.Current().Version)
+			}
+		})
+	}
+}
