@@ -558,3 +558,36 @@ func TestSourceRootHostileAnswers(t *testing.T) {
 		})
 	}
 }
+
+// TestRootTrustSharedFile: two sources on one state dir (a reload while the
+// old configuration still polls): the rotation resets the floor once; the
+// other source picks the persisted root up without a second reset, which
+// would let the floor fall back under a manifest already accepted.
+func TestRootTrustSharedFile(t *testing.T) {
+	rk, k1, k2 := newTestKey(t), newTestKey(t), newTestKey(t)
+	root1 := newRoot(1, []testKey{rk}, 1, []testKey{k1}, 1)
+	rs, srv := newRootServer(t)
+	dir := t.TempDir()
+	a, _ := rootSource(t, srv, signRoot(t, root1, rk), dir)
+	b, rtB := rootSource(t, srv, signRoot(t, root1, rk), dir)
+	var resets int
+	for _, s := range []*Source{a, b} {
+		s.OnRootUpdate = func(u *RootUpdate) {
+			if u.ManifestKeysChanged {
+				resets++
+			}
+		}
+	}
+	rs.put("/m/root.2.json", signRoot(t, newRoot(2, []testKey{rk}, 1, []testKey{k2}, 1), rk))
+	rs.put("/m/manifest.json", sign(t, manifestVersion(9), k2))
+	if res, err := a.Poll(context.Background()); err != nil || res.Manifest.Version != 9 {
+		t.Fatalf("first source: %v", err)
+	}
+	rs.put("/m/manifest.json", sign(t, manifestVersion(8), k2))
+	if _, err := b.Poll(context.Background()); !errors.Is(err, ErrRollback) {
+		t.Fatalf("second source accepted version 8 after 9: %v", err)
+	}
+	if resets != 1 || rtB.Current().Version != 2 {
+		t.Fatalf("%d floor resets, second source at root version %d", resets, rtB.Current().Version)
+	}
+}

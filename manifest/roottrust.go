@@ -130,6 +130,9 @@ func (t *RootTrust) Walk(ctx context.Context, c *Client, manifestURL string) (*R
 // WalkFunc is Walk over get, which returns root version n's file or
 // found=false where the chain ends (the publisher's tools read files).
 func (t *RootTrust) WalkFunc(get func(n uint64) (body []byte, found bool, err error)) (*RootUpdate, error) {
+	if err := t.refresh(); err != nil {
+		return nil, err
+	}
 	cur := t.Current()
 	u := &RootUpdate{From: cur, To: cur}
 	for range MaxRootRotations {
@@ -156,6 +159,32 @@ func (t *RootTrust) WalkFunc(get func(n uint64) (body []byte, found bool, err er
 func isNotFound(err error) bool {
 	var se *statusErr
 	return errors.As(err, &se) && se.code == http.StatusNotFound
+}
+
+// refresh adopts a newer root another RootTrust on the same file persisted
+// (the daemon's previous configuration, still polling during a reload):
+// that one already made the rotation's floor reset, which must happen once.
+func (t *RootTrust) refresh() error {
+	if t.path == "" || t.readOnly {
+		return nil
+	}
+	b, err := os.ReadFile(t.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("trusted root: %w", err)
+	}
+	r, err := VerifySelfSigned(b)
+	if err != nil {
+		return fmt.Errorf("trusted root %s: %w", t.path, err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if r.Version > t.cur.Version {
+		t.cur = r
+	}
+	return nil
 }
 
 // Commit trusts the walk's newest root: persisted (atomically) before it
