@@ -578,14 +578,18 @@ func TestRootTrustSharedFile(t *testing.T) {
 			}
 		}
 	}
+	rs.put("/m/manifest.json", sign(t, manifestVersion(1), k1))
+	if _, err := b.Poll(context.Background()); err != nil || b.Current() == nil {
+		t.Fatalf("second source under root 1: %v", err)
+	}
 	rs.put("/m/root.2.json", signRoot(t, newRoot(2, []testKey{rk}, 1, []testKey{k2}, 1), rk))
 	rs.put("/m/manifest.json", sign(t, manifestVersion(9), k2))
 	if res, err := a.Poll(context.Background()); err != nil || res.Manifest.Version != 9 {
 		t.Fatalf("first source: %v", err)
 	}
 	rs.put("/m/manifest.json", sign(t, manifestVersion(8), k2))
-	if _, err := b.Poll(context.Background()); !errors.Is(err, ErrRollback) {
-		t.Fatalf("second source accepted version 8 after 9: %v", err)
+	if res, err := b.Poll(context.Background()); !errors.Is(err, ErrRollback) || res.Manifest != nil {
+		t.Fatalf("second source accepted version 8 after 9 (%v) or kept the K1 manifest in force (%+v)", err, res.Manifest)
 	}
 	if resets != 1 || rtB.Current().Version != 2 {
 		t.Fatalf("%d floor resets, second source at root version %d", resets, rtB.Current().Version)

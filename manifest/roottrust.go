@@ -89,6 +89,10 @@ type RootUpdate struct {
 	// ManifestKeysChanged: the manifest role differs, so the manifest
 	// version floor is reset (the fast-forward recovery).
 	ManifestKeysChanged bool
+	// AdoptedKeysChanged: before the walk, a newer root persisted by
+	// another RootTrust was adopted and its manifest role differs (the
+	// floor was reset by that one; the manifest in force must go).
+	AdoptedKeysChanged bool
 }
 
 // Changed reports whether the walk found a newer root.
@@ -130,11 +134,12 @@ func (t *RootTrust) Walk(ctx context.Context, c *Client, manifestURL string) (*R
 // WalkFunc is Walk over get, which returns root version n's file or
 // found=false where the chain ends (the publisher's tools read files).
 func (t *RootTrust) WalkFunc(get func(n uint64) (body []byte, found bool, err error)) (*RootUpdate, error) {
+	before := t.Current()
 	if err := t.refresh(); err != nil {
 		return nil, err
 	}
 	cur := t.Current()
-	u := &RootUpdate{From: cur, To: cur}
+	u := &RootUpdate{From: cur, To: cur, AdoptedKeysChanged: !before.SameManifestRole(cur)}
 	for range MaxRootRotations {
 		n := u.To.Version + 1
 		body, found, err := get(n)

@@ -175,6 +175,9 @@ func (s *Source) updateRoot(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("root of trust beside %s: %w", redact(s.Fetcher.URL()), err)
 	}
+	if u.AdoptedKeysChanged {
+		s.dropCurrent()
+	}
 	if !u.Changed() {
 		return nil
 	}
@@ -189,14 +192,20 @@ func (s *Source) updateRoot(ctx context.Context) error {
 		return err
 	}
 	if u.ManifestKeysChanged {
-		s.mu.Lock()
-		s.current, s.validators = nil, Validators{}
-		s.mu.Unlock()
+		s.dropCurrent()
 	}
 	if s.OnRootUpdate != nil {
 		s.OnRootUpdate(u)
 	}
 	return nil
+}
+
+// dropCurrent forgets the manifest in force and its validators, so the
+// next fetch is unconditional and verified with the root's current keys.
+func (s *Source) dropCurrent() {
+	s.mu.Lock()
+	s.current, s.validators = nil, Validators{}
+	s.mu.Unlock()
 }
 
 // URL is where the manifest is published; RPM URLs resolve against it.
