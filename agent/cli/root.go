@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
 	"github.com/klp-agent/klp-agent/manifest"
@@ -71,7 +72,7 @@ func (rf *roleFlags) build(env *Env, version uint64, prev *manifest.Root) (*mani
 	if err != nil || exp <= 0 {
 		return nil, fmt.Errorf("%w: --expires-in %q", errUsage, *rf.expiresIn)
 	}
-	r := &manifest.Root{Type: manifest.RootType, Version: version, Expires: env.Now().UTC().Add(exp).Truncate(1e9), Keys: map[string]manifest.RootKey{}}
+	r := &manifest.Root{Type: manifest.RootType, Version: version, Expires: env.Now().UTC().Add(exp).Truncate(time.Second), Keys: map[string]manifest.RootKey{}}
 	var pr, pm manifest.Role
 	var prevKeys map[string]manifest.RootKey
 	if prev != nil {
@@ -101,7 +102,7 @@ func writeRoot(env *Env, out string, r *manifest.Root, prev *manifest.Root) erro
 	if err := atomicfile.WriteFile(out, b, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.Stdout, "wrote %s: root version %d, expires %s\n", out, r.Version, r.Expires.Format("2006-01-02T15:04:05Z07:00"))
+	fmt.Fprintf(env.Stdout, "wrote %s: root version %d, expires %s\n", out, r.Version, r.Expires.Format(time.RFC3339))
 	fmt.Fprintf(env.Stdout, "  root role: %d of %s\n  manifest role: %d of %s\n", r.Roles.Root.Threshold, strings.Join(r.Roles.Root.KeyIDs, ", "),
 		r.Roles.Manifest.Threshold, strings.Join(r.Roles.Manifest.KeyIDs, ", "))
 	if prev != nil {
