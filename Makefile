@@ -33,7 +33,7 @@ lint: staticcheck
 	cd packaging/prometheus && promtool test rules klp-agent.rules.test.yml
 
 # Each fuzz target runs FUZZTIME (60 s in CI) and must not find a crash.
-FUZZ_TARGETS := ./manifest:FuzzParse ./manifest:FuzzVerifyEnvelope ./manifest:FuzzHostilePoll ./agent/config:FuzzDecode ./klp:FuzzInspectRPMReader ./health:FuzzParseKmsg ./health:FuzzNetconsole ./health:FuzzParseDmesg ./health:FuzzReports
+FUZZ_TARGETS := ./manifest:FuzzParse ./manifest:FuzzVerifyEnvelope ./manifest:FuzzHostilePoll ./manifest:FuzzRoot ./agent/config:FuzzDecode ./klp:FuzzInspectRPMReader ./health:FuzzParseKmsg ./health:FuzzNetconsole ./health:FuzzParseDmesg ./health:FuzzReports
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; fn=$${t##*:}; \

@@ -47,6 +47,9 @@ const (
 	MsgGood             = "c9f10de955234c509eff71deb31a4c69"
 	MsgReapplied        = "f0ad8c489b0d404495f09341f9a8f84c"
 	MsgHealthEvent      = "afc50722c68d4f2cbf7bc878288c11bb"
+	// The root of trust (logged by the daemon, which owns the root).
+	MsgRootUpdated    = "4d8bc6be6ae6486d9c46782e8c901e8d"
+	MsgRootFloorReset = "2fce3504c79e44e492e75620cd1c9e1b"
 )
 
 // Downloader fetches RPMs: the same HTTP client as the manifest

@@ -295,7 +295,7 @@ func (r *running) schedulePoll() {
 func rejected(err error) bool {
 	for _, e := range []error{manifest.ErrBadSignature, manifest.ErrNoSignature, manifest.ErrUnknownKey, manifest.ErrThreshold,
 		manifest.ErrPayloadType, manifest.ErrExpired, manifest.ErrExpiryTooFar, manifest.ErrRollback, manifest.ErrVersionConflict, manifest.ErrInvalid,
-		manifest.ErrInvalidName, manifest.ErrDuplicate, manifest.ErrSchema, manifest.ErrTooLarge} {
+		manifest.ErrInvalidName, manifest.ErrDuplicate, manifest.ErrSchema, manifest.ErrTooLarge, manifest.ErrRoot} {
 		if errors.Is(err, e) {
 			return true
 		}

@@ -278,8 +278,18 @@ func (c *Client) Download(ctx context.Context, url string, w io.Writer, limit in
 
 func statusError(resp *http.Response) error {
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-	return fmt.Errorf("%w: %s: %q", ErrHTTPStatus, resp.Status, strings.TrimSpace(string(snippet)))
+	return &statusErr{code: resp.StatusCode, msg: fmt.Sprintf("%s: %s: %q", ErrHTTPStatus, resp.Status, strings.TrimSpace(string(snippet)))}
 }
+
+// statusErr is ErrHTTPStatus with the code, for callers that tell a 404
+// (the end of the root chain) from a failure.
+type statusErr struct {
+	code int
+	msg  string
+}
+
+func (e *statusErr) Error() string { return e.msg }
+func (e *statusErr) Unwrap() error { return ErrHTTPStatus }
 
 // redact hides a URL's credentials (password, token user, query values)
 // for messages.

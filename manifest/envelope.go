@@ -28,6 +28,11 @@ const MaxSignatures = 32
 
 // SignPayload wraps payload in a DSSE envelope signed by every signer.
 func SignPayload(ctx context.Context, payload []byte, signers ...*Signer) ([]byte, error) {
+	return signPayloadType(ctx, PayloadType, payload, signers...)
+}
+
+// signPayloadType is SignPayload for any of this package's payload types.
+func signPayloadType(ctx context.Context, payloadType string, payload []byte, signers ...*Signer) ([]byte, error) {
 	if len(signers) == 0 {
 		return nil, errors.New("sign: no signing key")
 	}
@@ -39,7 +44,7 @@ func SignPayload(ctx context.Context, payload []byte, signers ...*Signer) ([]byt
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
-	env, err := es.SignPayload(ctx, PayloadType, payload)
+	env, err := es.SignPayload(ctx, payloadType, payload)
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
@@ -49,7 +54,11 @@ func SignPayload(ctx context.Context, payload []byte, signers ...*Signer) ([]byt
 // AddSignature co-signs an existing envelope (threshold signing by several
 // people, each with their own key, one after the other).
 func AddSignature(envelope []byte, s *Signer) ([]byte, error) {
-	env, err := decodeEnvelope(envelope)
+	return addSignature(envelope, PayloadType, s)
+}
+
+func addSignature(envelope []byte, payloadType string, s *Signer) ([]byte, error) {
+	env, err := decodeEnvelopeType(envelope, payloadType)
 	if err != nil {
 		return nil, err
 	}
@@ -76,8 +85,11 @@ func encodeEnvelope(env *dsse.Envelope) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// decodeEnvelope parses the JSON envelope strictly.
-func decodeEnvelope(b []byte) (*dsse.Envelope, error) {
+// decodeEnvelope parses the JSON manifest envelope strictly.
+func decodeEnvelope(b []byte) (*dsse.Envelope, error) { return decodeEnvelopeType(b, PayloadType) }
+
+// decodeEnvelopeType parses a JSON envelope of payloadType strictly.
+func decodeEnvelopeType(b []byte, payloadType string) (*dsse.Envelope, error) {
 	// json v2: unknown members, duplicate names and trailing data are
 	// errors, names match exactly, and it reads a multi-megabyte base64
 	// string several times faster than encoding/json.
@@ -85,8 +97,8 @@ func decodeEnvelope(b []byte) (*dsse.Envelope, error) {
 	if err := jsonv2.Unmarshal(b, &env, jsonv2.RejectUnknownMembers(true)); err != nil {
 		return nil, fmt.Errorf("%w: envelope: %w", ErrInvalid, err)
 	}
-	if env.PayloadType != PayloadType {
-		return nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, PayloadType)
+	if env.PayloadType != payloadType {
+		return nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, payloadType)
 	}
 	return &env, nil
 }
@@ -214,11 +226,14 @@ type Trust struct {
 	Keys      Keyring
 	Threshold int
 	MaxSize   int // envelope and payload limit in bytes; 0 = DefaultMaxSize
-	// MaxExpiry bounds how far past now a manifest's expiry may be (0: no
-	// bound). The signed payload carries no signing time, so the bound is
-	// taken against the verifier's clock at fetch time: a manifest valid
-	// for years cannot be replayed by a mirror to freeze hosts for years.
+	// MaxExpiry bounds how far past its signing time a manifest's expiry
+	// may be (0: no bound): the payload's signed_at, or without one the
+	// verifier's clock at fetch time. A manifest valid for years cannot be
+	// replayed by a mirror to freeze hosts for years.
 	MaxExpiry time.Duration
+	// Root, if set, is the root of trust: its manifest role replaces Keys
+	// and Threshold, and an expired root refuses every manifest.
+	Root *RootTrust
 }
 
 // DefaultMaxExpiry is manifest.max_expiry's default and the period beyond
@@ -238,18 +253,24 @@ func (t Trust) maxSize() int {
 // was altered. Signatures by keys not in the keyring are ignored unless
 // that leaves too few.
 func (t Trust) VerifyEnvelope(envelope []byte) (payload []byte, keyIDs []string, err error) {
-	if len(envelope) > t.maxSize() {
-		return nil, nil, fmt.Errorf("%w: envelope is %d bytes (limit %d)", ErrTooLarge, len(envelope), t.maxSize())
+	return verifyEnvelope(envelope, PayloadType, t.Keys, t.Threshold, t.maxSize())
+}
+
+// verifyEnvelope checks an envelope of payloadType against keys and
+// threshold (see Trust.VerifyEnvelope).
+func verifyEnvelope(envelope []byte, payloadType string, keys Keyring, threshold, maxSize int) (payload []byte, keyIDs []string, err error) {
+	if len(envelope) > maxSize {
+		return nil, nil, fmt.Errorf("%w: envelope is %d bytes (limit %d)", ErrTooLarge, len(envelope), maxSize)
 	}
-	if t.Threshold < 1 || t.Threshold > len(t.Keys) {
-		return nil, nil, fmt.Errorf("threshold %d with %d trusted keys: %w", t.Threshold, len(t.Keys), ErrKey)
+	if threshold < 1 || threshold > len(keys) {
+		return nil, nil, fmt.Errorf("threshold %d with %d trusted keys: %w", threshold, len(keys), ErrKey)
 	}
 	env, err := decodeRawEnvelope(envelope)
 	if err != nil {
 		return nil, nil, err
 	}
-	if env.PayloadType != PayloadType {
-		return nil, nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, PayloadType)
+	if env.PayloadType != payloadType {
+		return nil, nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, payloadType)
 	}
 	if len(env.Signatures) == 0 {
 		return nil, nil, ErrNoSignature
@@ -270,7 +291,7 @@ func (t Trust) VerifyEnvelope(envelope []byte) (payload []byte, keyIDs []string,
 		}
 		if s.KeyID == "" {
 			// DSSE allows anonymous signatures: try every trusted key.
-			for id, pub := range t.Keys {
+			for id, pub := range keys {
 				if ed25519.Verify(pub, pae, sig) {
 					good[id] = true
 					break
@@ -278,7 +299,7 @@ func (t Trust) VerifyEnvelope(envelope []byte) (payload []byte, keyIDs []string,
 			}
 			continue
 		}
-		pub, ok := t.Keys[s.KeyID]
+		pub, ok := keys[s.KeyID]
 		if !ok {
 			unknown = append(unknown, s.KeyID)
 			continue
@@ -292,16 +313,16 @@ func (t Trust) VerifyEnvelope(envelope []byte) (payload []byte, keyIDs []string,
 		keyIDs = append(keyIDs, id)
 	}
 	sort.Strings(keyIDs)
-	if len(good) >= t.Threshold {
+	if len(good) >= threshold {
 		return payload, keyIDs, nil
 	}
 	if len(good) == 0 && len(unknown) > 0 {
-		return nil, nil, fmt.Errorf("%w: key ids %v are not among the %d trusted keys", ErrUnknownKey, unknown, len(t.Keys))
+		return nil, nil, fmt.Errorf("%w: key ids %v are not among the %d trusted keys", ErrUnknownKey, unknown, len(keys))
 	}
 	if len(good) == 0 {
 		return nil, nil, fmt.Errorf("%w: no signature verifies with a trusted key", ErrBadSignature)
 	}
-	return nil, nil, fmt.Errorf("%w: %d valid of %d required", ErrThreshold, len(good), t.Threshold)
+	return nil, nil, fmt.Errorf("%w: %d valid of %d required", ErrThreshold, len(good), threshold)
 }
 
 // Verified is a manifest that passed every check.
@@ -325,6 +346,12 @@ func (t Trust) Verify(envelope []byte, now time.Time, store VersionStore) (*Veri
 
 // VerifyFor is Verify for a host running kernel: see ParseFor.
 func (t Trust) VerifyFor(envelope []byte, now time.Time, store VersionStore, kernel string) (*Verified, error) {
+	if t.Root != nil {
+		var err error
+		if t, err = t.Root.Trust(t, now); err != nil {
+			return nil, err
+		}
+	}
 	payload, ids, err := t.VerifyEnvelope(envelope)
 	if err != nil {
 		return nil, err
@@ -342,10 +369,8 @@ func (t Trust) VerifyFor(envelope []byte, now time.Time, store VersionStore, ker
 	}
 	// Before the anti-rollback record: a refused manifest must not raise
 	// the version floor.
-	if t.MaxExpiry > 0 && m.Expires.Sub(now) > t.MaxExpiry {
-		return nil, fmt.Errorf("%w: version %d expires at %s, %s after this host's clock at fetch time %s; the limit (manifest.max_expiry) is %s",
-			ErrExpiryTooFar, m.Version, m.Expires.UTC().Format(time.RFC3339), m.Expires.Sub(now).Round(time.Second),
-			now.UTC().Format(time.RFC3339), t.MaxExpiry)
+	if err := t.checkExpiryBound(m, now); err != nil {
+		return nil, err
 	}
 	v := &Verified{Manifest: m, Payload: payload, PayloadSHA256: hex.EncodeToString(sum[:]), KeyIDs: ids}
 	if store != nil {
@@ -357,6 +382,37 @@ func (t Trust) VerifyFor(envelope []byte, now time.Time, store VersionStore, ker
 		}
 	}
 	return v, nil
+}
+
+// MaxClockSkew is how far a manifest's signed_at may be ahead of the
+// host's clock: a signing time in the future would stretch the expiry
+// bound by as much.
+const MaxClockSkew = time.Hour
+
+// checkExpiryBound refuses an expiry further out than MaxExpiry after the
+// signing time: the signed signed_at when the manifest has one (no later
+// than MaxClockSkew past now), else the host's clock at fetch time.
+func (t Trust) checkExpiryBound(m *Manifest, now time.Time) error {
+	if t.MaxExpiry <= 0 {
+		return nil
+	}
+	if !m.SignedAt.IsZero() {
+		if m.SignedAt.After(now.Add(MaxClockSkew)) {
+			return fmt.Errorf("%w: version %d signed_at %s is more than %s after this host's clock %s", ErrInvalid, m.Version,
+				m.SignedAt.UTC().Format(time.RFC3339), MaxClockSkew, now.UTC().Format(time.RFC3339))
+		}
+		if d := m.Expires.Sub(m.SignedAt); d > t.MaxExpiry {
+			return fmt.Errorf("%w: version %d expires at %s, %s after it was signed (signed_at %s); the limit (manifest.max_expiry) is %s",
+				ErrExpiryTooFar, m.Version, m.Expires.UTC().Format(time.RFC3339), d.Round(time.Second), m.SignedAt.UTC().Format(time.RFC3339), t.MaxExpiry)
+		}
+		return nil
+	}
+	if m.Expires.Sub(now) > t.MaxExpiry {
+		return fmt.Errorf("%w: version %d expires at %s, %s after this host's clock at fetch time %s; the limit (manifest.max_expiry) is %s",
+			ErrExpiryTooFar, m.Version, m.Expires.UTC().Format(time.RFC3339), m.Expires.Sub(now).Round(time.Second),
+			now.UTC().Format(time.RFC3339), t.MaxExpiry)
+	}
+	return nil
 }
 
 // EnvelopePayload returns an envelope's payload without checking

@@ -18,8 +18,17 @@ func Lint(m *Manifest, now time.Time) []string { return LintMaxExpiry(m, now, De
 // replaying mirror could hold hosts on for that long.
 func LintMaxExpiry(m *Manifest, now time.Time, maxExpiry time.Duration) []string {
 	var w []string
+	if !m.SignedAt.IsZero() {
+		if d := m.Expires.Sub(m.SignedAt); maxExpiry > 0 && d > maxExpiry {
+			w = append(w, fmt.Sprintf("expires at %s, %s after signed_at %s: more than the %s limit; hosts with manifest.max_expiry %s refuse it",
+				m.Expires.UTC().Format(time.RFC3339), d.Round(time.Minute), m.SignedAt.UTC().Format(time.RFC3339), maxExpiry, maxExpiry))
+		}
+		if m.SignedAt.After(now.Add(MaxClockSkew)) {
+			w = append(w, fmt.Sprintf("signed_at %s is in the future: hosts whose clock is more than %s behind it refuse it", m.SignedAt.UTC().Format(time.RFC3339), MaxClockSkew))
+		}
+	}
 	switch left := m.Expires.Sub(now); {
-	case maxExpiry > 0 && left > maxExpiry:
+	case maxExpiry > 0 && m.SignedAt.IsZero() && left > maxExpiry:
 		w = append(w, fmt.Sprintf("expires at %s, %s after now (%s, standing for the signing time): more than the %s limit; hosts with manifest.max_expiry %s refuse it",
 			m.Expires.UTC().Format(time.RFC3339), left.Round(time.Minute), now.UTC().Format(time.RFC3339), maxExpiry, maxExpiry))
 	case left <= 0:

@@ -106,6 +106,8 @@ func decodeJSONFor(payload []byte, kernel string, m *Manifest) error {
 			err = json.UnmarshalDecode(dec, &m.Version, opts)
 		case "expires":
 			err = json.UnmarshalDecode(dec, &m.Expires, opts)
+		case "signed_at":
+			err = json.UnmarshalDecode(dec, &m.SignedAt, opts)
 		case "revoked":
 			err = json.UnmarshalDecode(dec, &m.Revoked, opts)
 		case "patches":

@@ -88,8 +88,13 @@ type Manifest struct {
 	Schema  int       `yaml:"schema" json:"schema"`
 	Version uint64    `yaml:"version" json:"version"`
 	Expires time.Time `yaml:"expires" json:"expires"`
-	Patches []Patch   `yaml:"patches,omitempty" json:"patches,omitempty"`
-	Revoked []Revoked `yaml:"revoked,omitempty" json:"revoked,omitempty"`
+	// SignedAt, optional, is when the publisher signed: manifest.max_expiry
+	// is then measured from it rather than from the host's clock at fetch
+	// time (`manifest sign --signed-at`; agents older than this field
+	// refuse a manifest that has it).
+	SignedAt time.Time `yaml:"signed_at,omitempty" json:"signed_at,omitzero"`
+	Patches  []Patch   `yaml:"patches,omitempty" json:"patches,omitempty"`
+	Revoked  []Revoked `yaml:"revoked,omitempty" json:"revoked,omitempty"`
 	// Annotations are the publisher's own fields, signed like the rest:
 	// shown by status and explain, never acted on. New information goes
 	// here so that older hosts, which refuse unknown keys, still parse.
@@ -168,6 +173,9 @@ func (m *Manifest) Validate() error {
 	}
 	if m.Expires.IsZero() {
 		return fmt.Errorf("%w: expires is required", ErrInvalid)
+	}
+	if !m.SignedAt.IsZero() && !m.SignedAt.Before(m.Expires) {
+		return fmt.Errorf("%w: signed_at %s is not before expires %s", ErrInvalid, m.SignedAt.UTC().Format(time.RFC3339), m.Expires.UTC().Format(time.RFC3339))
 	}
 	if len(m.Patches) > MaxPatches {
 		return fmt.Errorf("%w: %d patches (limit %d)", ErrTooLarge, len(m.Patches), MaxPatches)

@@ -26,6 +26,10 @@ type Source struct {
 	// Kernel, if set, is the host's release: only its entries are decoded
 	// (see ParseFor).
 	Kernel string
+	// OnRootUpdate, if set, hears of every newer root trusted (for the
+	// log and the journal), after the version floor was reset if the
+	// rotation changed the manifest keys.
+	OnRootUpdate func(*RootUpdate)
 
 	mu         sync.Mutex
 	current    *Verified
@@ -97,6 +101,12 @@ func (s *Source) LoadCache() error {
 // verified again, but the manifest in force is still checked for expiry:
 // a publisher who stops re-signing must be noticed.
 func (s *Source) Poll(ctx context.Context) (PollResult, error) {
+	if err := s.updateRoot(ctx); err != nil {
+		s.mu.Lock()
+		cur := s.current
+		s.mu.Unlock()
+		return PollResult{Manifest: cur}, err
+	}
 	s.mu.Lock()
 	cur, val := s.current, s.validators
 	s.mu.Unlock()
@@ -114,6 +124,12 @@ func (s *Source) Poll(ctx context.Context) (PollResult, error) {
 		}
 		if cur.Expired(s.now()) {
 			return res, fmt.Errorf("%w: version %d expired at %s (unchanged on server)", ErrExpired, cur.Version, cur.Expires.UTC().Format(time.RFC3339))
+		}
+		if s.Trust.Root != nil {
+			// The manifest was verified under a root that has since expired.
+			if err := s.Trust.Root.Current().CheckExpiry(s.now()); err != nil {
+				return res, err
+			}
 		}
 		return res, nil
 	}
@@ -139,6 +155,57 @@ func (s *Source) Poll(ctx context.Context) (PollResult, error) {
 	s.current, s.validators = v, fr.Validators
 	s.mu.Unlock()
 	return res, nil
+}
+
+// updateRoot follows the root chain (with a root of trust configured).
+// A rotation that changes the manifest keys resets the version floor
+// first and only then trusts the new root (a crash in between repeats the
+// reset, never skips it), and drops the manifest in force: it was
+// verified with keys that may now be revoked, so the next fetch is
+// unconditional and verified with the new ones.
+func (s *Source) updateRoot(ctx context.Context) error {
+	rt := s.Trust.Root
+	if rt == nil {
+		return nil
+	}
+	// The whole walk runs under one poll deadline (slow retrieval).
+	ctx, cancel := context.WithTimeout(ctx, s.Fetcher.timeout)
+	defer cancel()
+	u, err := rt.Walk(ctx, s.Fetcher.Client(), s.Fetcher.URL())
+	if err != nil {
+		return fmt.Errorf("root of trust beside %s: %w", redact(s.Fetcher.URL()), err)
+	}
+	if u.AdoptedKeysChanged {
+		s.dropCurrent()
+	}
+	if !u.Changed() {
+		return nil
+	}
+	if u.ManifestKeysChanged {
+		if r, ok := s.Store.(FloorResetter); ok && !rt.readOnly {
+			if err := r.ResetFloor(); err != nil {
+				return fmt.Errorf("reset manifest version floor for root version %d: %w", u.To.Version, err)
+			}
+		}
+	}
+	if err := rt.Commit(u); err != nil {
+		return err
+	}
+	if u.ManifestKeysChanged {
+		s.dropCurrent()
+	}
+	if s.OnRootUpdate != nil {
+		s.OnRootUpdate(u)
+	}
+	return nil
+}
+
+// dropCurrent forgets the manifest in force and its validators, so the
+// next fetch is unconditional and verified with the root's current keys.
+func (s *Source) dropCurrent() {
+	s.mu.Lock()
+	s.current, s.validators = nil, Validators{}
+	s.mu.Unlock()
 }
 
 // URL is where the manifest is published; RPM URLs resolve against it.

@@ -96,6 +96,31 @@ func (s *FileVersionStore) Record(version uint64, sum string) error {
 	return atomicfile.WriteFile(s.Path, append(b, '\n'), 0o644)
 }
 
+// FloorResetter is a VersionStore whose floor a root rotation may reset.
+type FloorResetter interface {
+	// ResetFloor forgets the highest version seen, so that the next
+	// manifest signed by the rotated keys is accepted whatever its
+	// version: the recovery from a fast-forward (a 2^64-1 manifest signed
+	// with a key since revoked).
+	ResetFloor() error
+}
+
+// ResetFloor implements FloorResetter.
+func (s *FileVersionStore) ResetFloor() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, _ := json.Marshal(versionRecord{})
+	return atomicfile.WriteFile(s.Path, append(b, '\n'), 0o644)
+}
+
+// ResetFloor implements FloorResetter.
+func (s *MemVersionStore) ResetFloor() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.r = versionRecord{}
+	return nil
+}
+
 // MemVersionStore is a VersionStore in memory, for tools and tests.
 type MemVersionStore struct {
 	mu sync.Mutex

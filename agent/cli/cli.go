@@ -44,7 +44,7 @@ func commands() map[string]command {
 		"check-config": {"validate the configuration and print the effective settings", cmdCheckConfig},
 		"reload":       {"validate the configuration, then tell the daemon to re-read it (the unit's ExecReload)", cmdReload},
 		"explain":      {"show, for this host, every manifest entry for its kernel and why it is or is not chosen", cmdExplain},
-		"manifest":     {"publisher tools: keygen, add, sign, verify, lint", cmdManifest},
+		"manifest":     {"publisher tools: keygen, add, revoke, sign, verify, lint, root", cmdManifest},
 		"klp":          {"by hand: list livepatches, apply one RPM, disable one patch", cmdKLP},
 		"simulate":     {"model a fleet rolling a patch out, and the crash-budget pull-back of a bad one", cmdSimulate},
 		"hold":         {"apply no new levels (--until TIME, --reason TEXT); health watching and rollbacks go on", cmdHold},

@@ -136,6 +136,8 @@ func TestBashCompletion(t *testing.T) {
 		{"klp-agent klp ", "list apply disable"},
 		{"klp-agent klp list --", "--json --root --help"},
 		{"klp-agent manifest sign --k", "--key"},
+		{"klp-agent manifest r", "revoke root"},
+		{"klp-agent manifest root init --root-k", "--root-key"},
 		{"klp-agent status --config ", ""},
 		{"klp-agent status --config /etc/x.yaml --", "--check --config --json --snapshot --help"},
 	} {

@@ -59,6 +59,7 @@ func cmdExplain(env *Env, args []string) error {
 	}
 	var envelope []byte
 	source := *file
+	trust := h.Trust
 	if *file != "" {
 		envelope, err = readFileLimited(*file, int64(h.Config.Manifest.MaxSize))
 		if err != nil {
@@ -81,13 +82,25 @@ func cmdExplain(env *Env, args []string) error {
 		if err != nil {
 			return err
 		}
+		if rt := src.Trust.Root; rt != nil {
+			// Follow the published root chain as the daemon will (in memory:
+			// only the daemon moves the trusted root).
+			u, err := rt.Walk(env.Ctx, client, src.URL())
+			if err != nil {
+				return fmt.Errorf("root of trust beside %s: %w", src.URL(), err)
+			}
+			if err := rt.Commit(u); err != nil {
+				return err
+			}
+			trust = src.Trust
+		}
 		res, err := src.Fetcher.Fetch(env.Ctx, manifest.Validators{})
 		if err != nil {
 			return err
 		}
 		envelope, source = res.Body, redact.URL(src.URL())
 	}
-	v, err := h.Trust.Verify(envelope, now, manifest.ReadOnly(&manifest.FileVersionStore{Path: h.Layout().ManifestVersion()}))
+	v, err := trust.Verify(envelope, now, manifest.ReadOnly(&manifest.FileVersionStore{Path: h.Layout().ManifestVersion()}))
 	if err != nil {
 		return fmt.Errorf("manifest %s rejected: %w", source, err)
 	}

@@ -21,6 +21,7 @@ func cmdManifest(env *Env, args []string) error {
 		{"sign", "sign a manifest into a DSSE envelope, or add a signature to one", cmdSign},
 		{"verify", "check an envelope's signatures, expiry and schema against trusted keys", cmdVerify},
 		{"lint", "find mistakes in a manifest before publishing it", cmdLint},
+		{"root", "the root of trust: init, rotate, sign root.<N>.json files", cmdRoot},
 	}, args)
 }
 
@@ -202,8 +203,12 @@ func cmdSign(env *Env, args []string) error {
 	out := fs.String("out", "", "signed envelope to write")
 	cosign := fs.String("envelope", "", "existing envelope to add signatures to, in place")
 	format := fs.String("format", "json", "payload to sign: json (the manifest re-rendered canonically; hosts parse it an order of magnitude faster) or yaml (the --in file byte for byte)")
+	signedAt := fs.Bool("signed-at", false, "record now as the payload's signed_at: hosts then measure manifest.max_expiry from it, not from their clock at fetch time (json only; agents without signed_at support refuse such a manifest)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
+	}
+	if *signedAt && *format != "json" {
+		return fmt.Errorf("%w: --signed-at needs --format json (a yaml payload is signed byte for byte)", errUsage)
 	}
 	if len(keys) == 0 || (*cosign == "") == (*in == "" || *out == "") {
 		return fmt.Errorf("%w: give --key and either --in and --out, or --envelope", errUsage)
@@ -244,6 +249,9 @@ func cmdSign(env *Env, args []string) error {
 		if m.Expired(env.Now()) {
 			return fmt.Errorf("%s: %w at %s; refresh it with 'manifest add' or edit expires", *in, manifest.ErrExpired, m.Expires.Format(time.RFC3339))
 		}
+		if *signedAt {
+			m.SignedAt = env.Now().UTC().Truncate(time.Second)
+		}
 		if *format == "json" {
 			if payload, err = manifest.MarshalJSON(m); err != nil {
 				return err
@@ -265,17 +273,28 @@ func cmdSign(env *Env, args []string) error {
 }
 
 func cmdVerify(env *Env, args []string) error {
-	fs := newFlags(env, "manifest verify", "manifest verify --envelope FILE (--keys-dir DIR | --pub KEY...) [--threshold N]")
+	fs := newFlags(env, "manifest verify", "manifest verify --envelope FILE (--keys-dir DIR | --pub KEY... | --root ROOT [--chain DIR]) [--threshold N]")
 	file := fs.String("envelope", "", "signed envelope")
 	dir := fs.String("keys-dir", "", "directory of trusted *.pub keys")
 	var pubs stringList
 	fs.Var(&pubs, "pub", "trusted public key file (repeatable)")
 	threshold := fs.Int("threshold", 1, "distinct trusted signatures required")
+	rootFile := fs.String("root", "", "trusted root file (a host's trust.root): follow root.<N>.json in --chain and verify with the newest root's manifest keys")
+	chain := fs.String("chain", "", "directory of the published root.<N>.json files (default: the envelope's directory)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	if *file == "" || (*dir == "") == (len(pubs) == 0) {
-		return fmt.Errorf("%w: give --envelope and either --keys-dir or --pub", errUsage)
+	given := 0
+	for _, set := range []bool{*dir != "", len(pubs) > 0, *rootFile != ""} {
+		if set {
+			given++
+		}
+	}
+	if *file == "" || given != 1 {
+		return fmt.Errorf("%w: give --envelope and one of --keys-dir, --pub or --root", errUsage)
+	}
+	if *rootFile != "" {
+		return verifyWithRoot(env, *file, *rootFile, *chain)
 	}
 	var kr manifest.Keyring
 	var err error
@@ -296,6 +315,32 @@ func cmdVerify(env *Env, args []string) error {
 		return fmt.Errorf("%s: %w", *file, err)
 	}
 	fmt.Fprintf(env.Stdout, "OK: %s version %d, %d patch(es), %d revoked, expires %s, signed by %s\n", *file, v.Version,
+		len(v.Patches), len(v.Revoked), v.Expires.UTC().Format(time.RFC3339), strings.Join(v.KeyIDs, ", "))
+	return nil
+}
+
+// verifyWithRoot checks the root chain and then the manifest, as a host
+// provisioned with rootFile would.
+func verifyWithRoot(env *Env, file, rootFile, chain string) error {
+	if chain == "" {
+		chain = filepath.Dir(file)
+	}
+	rt, u, err := rootTrustFromFiles(rootFile, chain)
+	if err != nil {
+		return err
+	}
+	b, err := readFileLimited(file, manifest.DefaultMaxSize)
+	if err != nil {
+		return err
+	}
+	v, err := manifest.Trust{Root: rt}.Verify(b, env.Now(), nil)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	r := rt.Current()
+	fmt.Fprintf(env.Stdout, "OK: root chain version %d to %d, root expires %s, manifest role %d of %d key(s)\n", u.From.Version, r.Version,
+		r.Expires.UTC().Format(time.RFC3339), r.Roles.Manifest.Threshold, len(r.Roles.Manifest.KeyIDs))
+	fmt.Fprintf(env.Stdout, "OK: %s version %d, %d patch(es), %d revoked, expires %s, signed by %s\n", file, v.Version,
 		len(v.Patches), len(v.Revoked), v.Expires.UTC().Format(time.RFC3339), strings.Join(v.KeyIDs, ", "))
 	return nil
 }

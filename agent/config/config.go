@@ -151,7 +151,7 @@ type ManifestConfig struct {
 	IdleTimeout  time.Duration `yaml:"idle_timeout"`
 	MaxSize      ByteSize      `yaml:"max_size"`
 	// MaxExpiry refuses a manifest whose expiry is further out than this
-	// from the host's clock at fetch time (the payload has no signing time).
+	// from its signed_at or, without one, the host's clock at fetch time.
 	MaxExpiry time.Duration `yaml:"max_expiry"`
 }
 
@@ -159,6 +159,10 @@ type ManifestConfig struct {
 type TrustConfig struct {
 	KeysDir   string `yaml:"keys_dir"`
 	Threshold int    `yaml:"threshold"`
+	// Root is the provisioned root of trust (root.json). When set, the
+	// newest root on the chain names the manifest keys and threshold, and
+	// KeysDir and Threshold are not used: the root wins.
+	Root string `yaml:"root"`
 }
 
 // HostConfig identifies this host for staged rollout.
@@ -516,6 +520,9 @@ func (l *Loaded) Validate() error {
 	}
 	if !filepath.IsAbs(c.Trust.KeysDir) {
 		bad("trust.keys_dir", "%q must be an absolute path", c.Trust.KeysDir)
+	}
+	if c.Trust.Root != "" && !filepath.IsAbs(c.Trust.Root) {
+		bad("trust.root", "%q must be an absolute path", c.Trust.Root)
 	}
 	if c.Host.Tier != "" && !manifest.ValidTier(c.Host.Tier) {
 		bad("host.tier", "%q: use [A-Za-z0-9_.-], at most %d characters", c.Host.Tier, manifest.MaxTierLen)

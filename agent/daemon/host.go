@@ -47,7 +47,7 @@ func LoadHost(path string) (*Host, error) {
 	if err != nil {
 		return nil, asConfigError(err)
 	}
-	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
+	trust, err := loadTrust(l)
 	if err != nil {
 		return nil, asConfigError(err)
 	}
@@ -61,7 +61,7 @@ func LoadHost(path string) (*Host, error) {
 	}
 	return &Host{
 		Config: l,
-		Trust:  manifest.Trust{Keys: kr, Threshold: l.Trust.Threshold, MaxSize: int(l.Manifest.MaxSize), MaxExpiry: l.Manifest.MaxExpiry},
+		Trust:  trust,
 		Host:   manifest.Host{ID: id, Tier: l.Host.Tier, Kernel: krel},
 	}, nil
 }
@@ -69,9 +69,52 @@ func LoadHost(path string) (*Host, error) {
 // ErrThreshold is a keyring with fewer keys than the threshold needs.
 var ErrThreshold = errors.New("too few trusted keys for trust.threshold")
 
+// loadTrust is the root of trust (trust.root: keys_dir and threshold are
+// not used) or, without one, the keys dir.
+func loadTrust(l *config.Loaded) (manifest.Trust, error) {
+	t := manifest.Trust{MaxSize: int(l.Manifest.MaxSize), MaxExpiry: l.Manifest.MaxExpiry}
+	if l.Trust.Root != "" {
+		b, err := readLimited(l.Trust.Root, manifest.RootMaxSize)
+		if err != nil {
+			return t, fmt.Errorf("trust.root: %w", err)
+		}
+		t.Root, err = manifest.LoadRootTrust(b, state.Layout{Dir: l.Paths.StateDir}.TrustedRoot())
+		if err != nil {
+			return t, fmt.Errorf("trust.root %s: %w", l.Trust.Root, err)
+		}
+		return t, nil
+	}
+	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
+	if err != nil {
+		return t, err
+	}
+	t.Keys, t.Threshold = kr, l.Trust.Threshold
+	return t, nil
+}
+
+// readLimited reads at most limit bytes of path, refusing a larger file.
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s: %w: over %d bytes", path, manifest.ErrTooLarge, limit)
+	}
+	return b, nil
+}
+
 // CheckTrust refuses a keyring that can never meet the threshold (an
-// ErrConfig).
+// ErrConfig; a root of trust was checked when it was loaded).
 func (h *Host) CheckTrust() error {
+	if h.Trust.Root != nil {
+		return nil
+	}
 	if n := len(h.Trust.Keys); n < h.Trust.Threshold {
 		return configError{fmt.Errorf("%w: trust.threshold %d but %s holds %d key(s)", ErrThreshold, h.Trust.Threshold, h.Config.Trust.KeysDir, n)}
 	}
@@ -135,11 +178,24 @@ func untrusted(fi fs.FileInfo, uid int) string {
 // daemon, for check-config.
 func Problems(l *config.Loaded) (manifest.Keyring, []string) {
 	var problems []string
-	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
+	var kr manifest.Keyring
+	var err error
+	if l.Trust.Root != "" {
+		var t manifest.Trust
+		if t, err = loadTrust(l); err == nil {
+			r := t.Root.Current()
+			kr = r.ManifestTrust(t).Keys
+			if err := r.CheckExpiry(time.Now()); err != nil {
+				problems = append(problems, err.Error())
+			}
+		}
+	} else {
+		kr, err = manifest.LoadKeyring(l.Trust.KeysDir)
+	}
 	switch {
 	case err != nil:
 		problems = append(problems, err.Error())
-	case len(kr) < l.Trust.Threshold:
+	case l.Trust.Root == "" && len(kr) < l.Trust.Threshold:
 		problems = append(problems, fmt.Sprintf("trust.threshold %d but %s holds %d key(s)", l.Trust.Threshold, l.Trust.KeysDir, len(kr)))
 	}
 	if l.Manifest.URL == "" {
@@ -183,10 +239,14 @@ func (h *Host) Source(client *manifest.Client, readOnly bool) (*manifest.Source,
 	}
 	l := h.Layout()
 	var vs manifest.VersionStore = &manifest.FileVersionStore{Path: l.ManifestVersion()}
+	trust := h.Trust
 	if readOnly {
 		vs = manifest.ReadOnly(vs)
+		if trust.Root != nil {
+			trust.Root = trust.Root.ReadOnly()
+		}
 	}
-	return &manifest.Source{Fetcher: f, Trust: h.Trust, Store: vs, Kernel: h.Host.Kernel,
+	return &manifest.Source{Fetcher: f, Trust: trust, Store: vs, Kernel: h.Host.Kernel,
 		Cache: manifest.CacheFiles{Envelope: l.ManifestEnvelope(), Validators: l.ManifestValidators()}}, nil
 }
 
@@ -225,6 +285,9 @@ func (h *Host) Settings(log *zap.Logger, client *manifest.Client) (agent.Setting
 	src, err := h.Source(client, false)
 	if err != nil {
 		return agent.Settings{}, err
+	}
+	if src != nil {
+		src.OnRootUpdate = func(u *manifest.RootUpdate) { logRootUpdate(log, u) }
 	}
 	return agent.Settings{Source: src, Downloader: client, Host: h.Host, Installer: h.Installer(),
 		Soak: h.Config.Apply.Soak, CrashSince: h.CrashSince(), Log: log, Windows: h.Config.Apply.MaintenanceWindows()}, nil

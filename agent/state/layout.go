@@ -52,6 +52,10 @@ func (l Layout) ManifestValidators() string { return filepath.Join(l.Dir, "manif
 // version accepted.
 func (l Layout) ManifestVersion() string { return filepath.Join(l.Dir, "manifest-version.json") }
 
+// TrustedRoot is the newest root of trust this host followed the chain
+// to (with trust.root configured), byte for byte as published.
+func (l Layout) TrustedRoot() string { return filepath.Join(l.Dir, "root.json") }
+
 // MetricsListenFailure holds why the daemon could not listen on
 // metrics.listen (absent when it could, or nothing is configured), for
 // status.
