@@ -105,13 +105,15 @@ type Manifest struct {
 
 // Patch is one cumulative livepatch for one exact kernel release.
 type Patch struct {
-	Kernel  string   `yaml:"kernel" json:"kernel"`
-	Name    string   `yaml:"name" json:"name"`
-	Level   int      `yaml:"level" json:"level"`
-	URL     string   `yaml:"url" json:"url"`
-	SHA256  string   `yaml:"sha256" json:"sha256"`
-	Size    int64    `yaml:"size" json:"size"`
-	Rollout *Rollout `yaml:"rollout,omitempty" json:"rollout,omitempty"`
+	Kernel string `yaml:"kernel" json:"kernel"`
+	Name   string `yaml:"name" json:"name"`
+	Level  int    `yaml:"level" json:"level"`
+	URL    string `yaml:"url" json:"url"`
+	SHA256 string `yaml:"sha256" json:"sha256"`
+	Size   int64  `yaml:"size" json:"size"`
+	// omitzero, not omitempty: `rollout: {}` reaches 0% of hosts and no
+	// rollout 100%; JSON's omitempty would drop the empty one.
+	Rollout *Rollout `yaml:"rollout,omitempty" json:"rollout,omitzero"`
 	// What the patch fixes, for status and explain; optional.
 	Description string            `yaml:"description,omitempty" json:"description,omitempty"`
 	CVEs        []string          `yaml:"cves,omitempty" json:"cves,omitempty"`
