@@ -67,6 +67,7 @@ func TestPowerCutRealKernel(t *testing.T) {
 			scenario := filepath.Join(repoDir(t), "e2e/guest/scenarios/powercut.sh")
 
 			_, log := boot(t, dir, guest{name: "cut", scenario: scenario, files: files, kmods: kmods, disk: disk, net: true,
+				kos:     []string{filepath.Join(p.rpms, "ko", "klp_victim.ko")},
 				timeout: 200 * time.Second, crashes: true, append: []string{"klp_e2e.cut=" + tc.cut}})
 			if !strings.Contains(log, "klp-agent: power cut at "+tc.cut) {
 				t.Fatalf("no power cut at %s:\n%s", tc.cut, tail(log, 40))

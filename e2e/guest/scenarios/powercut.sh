@@ -13,6 +13,13 @@ arg() { sed -n "s/.*klp_e2e\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 cut=$(arg cut)
 if [ -n "$cut" ]; then
 	export KLP_AGENT_CRASHPOINT="$cut"
+	if [ "$cut" = in-transition ]; then
+		# klp_stall patches klp_victim_sleep(): a reader asleep in it holds
+		# the transition open, so the cut comes while it runs.
+		insmod /klp/klp_victim.ko sleep_secs=120 || klp_fail victim "insmod klp_victim failed"
+		cat /proc/klp_victim >/dev/null 2>&1 &
+		sleep 1
+	fi
 	agent_start powercut-cut.log
 	# Reaching the end of this wait is the failure: the power stays on.
 	klp_wait 150 false
