@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 )
 
 // ErrDigest means a downloaded file does not match the pinned digest/size.
@@ -150,7 +152,7 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 		return res, err
 	}
 	ko := filepath.Join(in.Root, info.ModulePath)
-	b, err := readLimited(ko, MaxModuleBytes)
+	b, err := limitfile.Read(ko, MaxModuleBytes)
 	if err != nil {
 		return fail(fmt.Errorf("apply %s: %w", want.Name, err))
 	}
@@ -245,22 +247,6 @@ func LivepatchFiles(files []string) error {
 		}
 	}
 	return nil
-}
-
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
-	}
-	return b, nil
 }
 
 // FileSHA256 hashes a file.

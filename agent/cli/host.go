@@ -10,6 +10,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/agent/daemon"
 	"github.com/klp-agent/klp-agent/agent/logging"
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 	"github.com/klp-agent/klp-agent/internal/redact"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -61,7 +62,7 @@ func cmdExplain(env *Env, args []string) error {
 	source := *file
 	trust := h.Trust
 	if *file != "" {
-		envelope, err = readFileLimited(*file, int64(h.Config.Manifest.MaxSize))
+		envelope, err = limitfile.Read(*file, int64(h.Config.Manifest.MaxSize))
 		if err != nil {
 			return err
 		}

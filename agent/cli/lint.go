@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -14,7 +15,7 @@ func cmdLint(env *Env, args []string) error {
 		return err
 	}
 	path := fs.Arg(0)
-	b, err := readFileLimited(path, manifest.DefaultMaxSize)
+	b, err := limitfile.Read(path, manifest.DefaultMaxSize)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -227,7 +228,7 @@ func cmdSign(env *Env, args []string) error {
 	var envelope []byte
 	target := *out
 	if *cosign != "" {
-		b, err := readFileLimited(*cosign, manifest.MaxSize)
+		b, err := limitfile.Read(*cosign, manifest.MaxSize)
 		if err != nil {
 			return err
 		}
@@ -238,7 +239,7 @@ func cmdSign(env *Env, args []string) error {
 		}
 		envelope, target = b, *cosign
 	} else {
-		payload, err := readFileLimited(*in, manifest.MaxSize)
+		payload, err := limitfile.Read(*in, manifest.MaxSize)
 		if err != nil {
 			return err
 		}
@@ -306,7 +307,7 @@ func cmdVerify(env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	b, err := readFileLimited(*file, manifest.DefaultMaxSize)
+	b, err := limitfile.Read(*file, manifest.DefaultMaxSize)
 	if err != nil {
 		return err
 	}
@@ -329,7 +330,7 @@ func verifyWithRoot(env *Env, file, rootFile, chain string) error {
 	if err != nil {
 		return err
 	}
-	b, err := readFileLimited(file, manifest.DefaultMaxSize)
+	b, err := limitfile.Read(file, manifest.DefaultMaxSize)
 	if err != nil {
 		return err
 	}

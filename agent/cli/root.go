@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -144,7 +145,7 @@ func cmdRootRotate(env *Env, args []string) error {
 	if *prevPath == "" {
 		return fmt.Errorf("%w: --prev is required", errUsage)
 	}
-	b, err := readFileLimited(*prevPath, manifest.RootMaxSize)
+	b, err := limitfile.Read(*prevPath, manifest.RootMaxSize)
 	if err != nil {
 		return err
 	}
@@ -173,7 +174,7 @@ func cmdRootSign(env *Env, args []string) error {
 	if len(keys) == 0 || *file == "" {
 		return fmt.Errorf("%w: give --envelope and --key", errUsage)
 	}
-	b, err := readFileLimited(*file, manifest.RootMaxSize)
+	b, err := limitfile.Read(*file, manifest.RootMaxSize)
 	if err != nil {
 		return err
 	}
@@ -202,7 +203,7 @@ func cmdRootSign(env *Env, args []string) error {
 // rootTrustFromFiles is the root at path followed through root.<N>.json
 // files in dir, as a host would follow them beside the manifest.
 func rootTrustFromFiles(path, dir string) (*manifest.RootTrust, *manifest.RootUpdate, error) {
-	b, err := readFileLimited(path, manifest.RootMaxSize)
+	b, err := limitfile.Read(path, manifest.RootMaxSize)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -211,7 +212,7 @@ func rootTrustFromFiles(path, dir string) (*manifest.RootTrust, *manifest.RootUp
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
 	u, err := rt.WalkFunc(func(n uint64) ([]byte, bool, error) {
-		b, err := readFileLimited(filepath.Join(dir, fmt.Sprintf("root.%d.json", n)), manifest.RootMaxSize)
+		b, err := limitfile.Read(filepath.Join(dir, fmt.Sprintf("root.%d.json", n)), manifest.RootMaxSize)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, false, nil
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/logging"
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -74,7 +75,7 @@ var ErrThreshold = errors.New("too few trusted keys for trust.threshold")
 func loadTrust(l *config.Loaded) (manifest.Trust, error) {
 	t := manifest.Trust{MaxSize: int(l.Manifest.MaxSize), MaxExpiry: l.Manifest.MaxExpiry}
 	if l.Trust.Root != "" {
-		b, err := readLimited(l.Trust.Root, manifest.RootMaxSize)
+		b, err := limitfile.Read(l.Trust.Root, manifest.RootMaxSize)
 		if err != nil {
 			return t, fmt.Errorf("trust.root: %w", err)
 		}
@@ -90,23 +91,6 @@ func loadTrust(l *config.Loaded) (manifest.Trust, error) {
 	}
 	t.Keys, t.Threshold = kr, l.Trust.Threshold
 	return t, nil
-}
-
-// readLimited reads at most limit bytes of path, refusing a larger file.
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s: %w: over %d bytes", path, manifest.ErrTooLarge, limit)
-	}
-	return b, nil
 }
 
 // CheckTrust refuses a keyring that can never meet the threshold (an
