@@ -149,8 +149,10 @@ func classify(ctx context.Context, recs <-chan Record, out chan<- Event, seen fu
 		for _, ev := range evs {
 			if ev.KernelTime > 0 && ev.Source == "kmsg" {
 				// printk stamps with local_clock, which tracks
-				// CLOCK_MONOTONIC closely (no suspend on a server).
-				ev.Detect = SinceBoot() - ev.KernelTime
+				// CLOCK_MONOTONIC closely (no suspend on a server) but
+				// not exactly: a report read within a millisecond can
+				// come out negative (-1.2 ms seen under TCG); that is 0.
+				ev.Detect = max(SinceBoot()-ev.KernelTime, 0)
 			}
 			seen(ev)
 			select {
