@@ -11,9 +11,9 @@ import (
 // with DefaultMaxExpiry as the publisher's longest expiry.
 func Lint(m *Manifest, now time.Time) []string { return LintMaxExpiry(m, now, DefaultMaxExpiry) }
 
-// LintMaxExpiry is Lint with maxExpiry as the publisher's longest expiry.
-// The manifest carries no signing time, so now stands for it (as a host's
-// clock at fetch time does for manifest.max_expiry): an expiry further out
+// LintMaxExpiry is Lint with maxExpiry as the publisher's longest expiry,
+// measured from signed_at when the manifest has one, else from now (as a
+// host's clock at fetch time stands in for manifest.max_expiry): an expiry further out
 // than maxExpiry is one that hosts with that limit refuse, and one a
 // replaying mirror could hold hosts on for that long.
 func LintMaxExpiry(m *Manifest, now time.Time, maxExpiry time.Duration) []string {

@@ -95,7 +95,7 @@ func New(version, goVersion string) *Metrics {
 	m.manifestSince = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_manifest_accepted_timestamp_seconds",
 		Help: "When this host first accepted the version of the manifest in force (kept across restarts): time() minus it is how long the manifest has not changed."})
 	m.manifestAge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_manifest_age_seconds",
-		Help: "Age of the manifest in force at the last poll: seconds since this host first accepted its version (the manifest carries no signing time)."})
+		Help: "Age of the manifest in force at the last poll: seconds since this host first accepted its version (not since its optional signed_at)."})
 	m.lastPoll = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_last_poll_timestamp_seconds",
 		Help: "Time of the last manifest poll, by result (ok, not-modified, error)."}, []string{"result"})
 	m.lastOK = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_last_successful_poll_timestamp_seconds",
