@@ -194,13 +194,18 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 }
 
 // checkName refuses a package name an installed non-livepatch package has.
+// Each installed instance is judged alone: two livepatch levels of one name
+// (a transaction cut short) are not a package with two modules, and the
+// install that follows (rpm -U) leaves one.
 func (in *Installer) checkName(ctx context.Context, info *RPMInfo, want Want) error {
-	files, installed, err := in.RPM.Files(ctx, info.Name)
-	if err != nil || !installed {
+	ins, err := in.RPM.Instances(ctx, info.Name)
+	if err != nil {
 		return err
 	}
-	if err := LivepatchFiles(files); err != nil {
-		return fmt.Errorf("%w: %s (%v)", ErrForeignPackage, info.Name, err)
+	for _, i := range ins {
+		if err := LivepatchFiles(i.Files); err != nil {
+			return fmt.Errorf("%w: %s (%v)", ErrForeignPackage, i.NEVRA, err)
+		}
 	}
 	return nil
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -287,4 +289,64 @@ func TestInstallerScriptletsAndNames(t *testing.T) {
 		t.Fatalf("sshd is gone: %v", err)
 	}
 	s.expect("klp_post_2", "klp-post", "2-1")
+}
+
+// Power lost inside rpm's transaction (new header written, old one not yet
+// erased) leaves two instances of one name installed: boot4 of
+// TestAgentRealKernel left klp-cmdline 3 and 4 so. Each is a livepatch,
+// not one package holding two modules: the next apply goes ahead, and
+// rpm -U leaves the one it installs; erase takes every instance.
+func TestInstallerMendsTwoInstancesOfAName(t *testing.T) {
+	s := newShapes(t)
+	s.add("cmdline", "klp_cmdline_1", 1, klptest.Module{Replace: true}, nil)
+	s.add("cmdline", "klp_cmdline_2", 2, klptest.Module{Replace: true}, nil)
+	ctx := context.Background()
+	for _, mod := range []string{"klp_cmdline_1", "klp_cmdline_2"} {
+		// rpm -i, as the cut transaction left them: both headers in.
+		if out, err := exec.Command("rpm", "--root", s.root, "-i", "--nodeps", "--noscripts", "--", s.files[mod]).CombinedOutput(); err != nil {
+			t.Fatalf("rpm -i %s: %v\n%s", mod, err, out)
+		}
+	}
+	ins, err := s.in.RPM.Instances(ctx, "klp-cmdline")
+	if err != nil || len(ins) != 2 {
+		t.Fatalf("instances = %+v, %v; want two", ins, err)
+	}
+	for _, i := range ins {
+		if err := klp.LivepatchFiles(i.Files); err != nil {
+			t.Errorf("%s: %v", i.NEVRA, err)
+		}
+	}
+	if err := klp.LivepatchFiles(append(ins[0].Files, ins[1].Files...)); !errors.Is(err, klp.ErrModuleCount) {
+		t.Fatalf("the two instances' files together: %v, want ErrModuleCount", err)
+	}
+	if err := s.apply("klp_cmdline_1", "", ""); err != nil {
+		t.Fatalf("apply over two instances: %v", err)
+	}
+	s.expect("klp_cmdline_1", "klp-cmdline", "1-1")
+	if ins, err := s.in.RPM.Instances(ctx, "klp-cmdline"); err != nil || len(ins) != 1 || !strings.HasPrefix(ins[0].NEVRA, "klp-cmdline-1-1.") {
+		t.Fatalf("after the apply: %+v, %v; want klp-cmdline-1-1 alone", ins, err)
+	}
+	if _, err := os.Stat(filepath.Join(s.root, "usr/lib/klp-agent/livepatches", krel, "klp_cmdline_2.ko")); !os.IsNotExist(err) {
+		t.Fatalf("level 2's module is still on disk: %v", err)
+	}
+	if out, err := exec.Command("rpm", "--root", s.root, "-i", "--nodeps", "--noscripts", "--", s.files["klp_cmdline_2"]).CombinedOutput(); err != nil {
+		t.Fatalf("rpm -i: %v\n%s", err, out)
+	}
+	if err := s.in.RPM.Erase(ctx, "klp-cmdline"); err != nil {
+		t.Fatalf("erase a name installed twice: %v", err)
+	}
+	if ins, err := s.in.RPM.Instances(ctx, "klp-cmdline"); err != nil || len(ins) != 0 {
+		t.Fatalf("after erase: %+v, %v", ins, err)
+	}
+	// A name with a foreign instance beside a livepatch one is still refused.
+	ssh := rpmtest.Build(t, t.TempDir(), rpmtest.Spec{Name: "klp-cmdline", Version: "9", NoProvides: true,
+		Files: map[string][]byte{"/usr/sbin/sshd": []byte("sshd")}})
+	for _, f := range []string{s.files["klp_cmdline_2"], ssh} {
+		if out, err := exec.Command("rpm", "--root", s.root, "-i", "--nodeps", "--noscripts", "--", f).CombinedOutput(); err != nil {
+			t.Fatalf("rpm -i: %v\n%s", err, out)
+		}
+	}
+	if err := s.apply("klp_cmdline_1", "", ""); !errors.Is(err, klp.ErrForeignPackage) || !strings.Contains(err.Error(), "klp-cmdline-9") {
+		t.Fatalf("err = %v, want ErrForeignPackage naming klp-cmdline-9", err)
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // Runner runs a program with an argument vector, never through a shell:
@@ -18,9 +20,17 @@ type Runner interface {
 // ExecRunner is the real Runner.
 type ExecRunner struct{}
 
-// Run implements Runner; the error carries the command's stderr.
+// StopGrace is how long a cancelled command has, after SIGTERM, before it
+// is killed: rpm defers SIGTERM until its transaction ends (rpm >= 4.17
+// blocks signals during one), and only SIGKILL cuts it short.
+const StopGrace = 2 * time.Minute
+
+// Run implements Runner; the error carries the command's stderr. A
+// cancelled ctx sends SIGTERM, never SIGKILL at once: see StopGrace.
 func (ExecRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = StopGrace
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -53,6 +63,19 @@ type RPM struct {
 // ErrNotInstalled is rpm -e of a package that is not installed.
 var ErrNotInstalled = errors.New("package is not installed")
 
+// MutateTimeout bounds an rpm transaction the agent starts. Transactions
+// run to their end even when the agent is asked to stop: rpm killed
+// between writing the new header and erasing the old one leaves both
+// installed (TestAgentRealKernel's boot4 did, when its rollback's rpm -U
+// was cancelled by the stop). The bound is for a wedged rpm: one waiting
+// on another's transaction lock waits for ever.
+const MutateTimeout = 10 * time.Minute
+
+// mutate is ctx for an rpm transaction: not cancelled with ctx.
+func mutate(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), MutateTimeout)
+}
+
 func (r *RPM) rootArgs() []string {
 	var args []string
 	if r.Root != "" && r.Root != "/" {
@@ -72,6 +95,10 @@ func (r *RPM) Install(ctx context.Context, file string) error {
 	if r.NoDeps {
 		args = append(args, "--nodeps")
 	}
+	// -U replaces every installed instance of the name, so this also
+	// mends the two a cut-short transaction leaves.
+	ctx, cancel := mutate(ctx)
+	defer cancel()
 	if _, err := r.Runner.Run(ctx, "rpm", append(args, "--", file)...); err != nil {
 		return fmt.Errorf("install %s: %w", file, err)
 	}
@@ -85,13 +112,16 @@ func (r *RPM) scriptArgs() []string {
 	return []string{"--noscripts", "--notriggers"}
 }
 
-// Erase removes an installed package by name.
+// Erase removes an installed package by name: every instance of it
+// (--allmatches; without it rpm refuses a name installed twice).
 func (r *RPM) Erase(ctx context.Context, name string) error {
-	args := append(r.rootArgs(), "-e")
+	args := append(r.rootArgs(), "-e", "--allmatches")
 	args = append(args, r.scriptArgs()...)
 	if r.NoDeps {
 		args = append(args, "--nodeps")
 	}
+	ctx, cancel := mutate(ctx)
+	defer cancel()
 	if _, err := r.Runner.Run(ctx, "rpm", append(args, "--", name)...); err != nil {
 		if strings.Contains(err.Error(), "is not installed") {
 			return fmt.Errorf("erase %s: %w", name, ErrNotInstalled)
@@ -101,23 +131,42 @@ func (r *RPM) Erase(ctx context.Context, name string) error {
 	return nil
 }
 
-// Files lists an installed package's files and directories; installed is
-// false when no package of that name is installed.
-func (r *RPM) Files(ctx context.Context, name string) (files []string, installed bool, err error) {
-	args := append(r.rootArgs(), "-q", "--qf", "[%{FILENAMES}\n]", "--", name)
+// Instance is one installed instance of a package name. rpm lets a name
+// be installed more than once; a transaction cut short (power lost between
+// writing the new header and erasing the old) leaves two.
+type Instance struct {
+	NEVRA string
+	Files []string // files and directories
+}
+
+// instanceMark starts each instance in Instances' query output: no file
+// name starts with it (they are absolute paths).
+const instanceMark = "=klp-agent-instance "
+
+// Instances lists the installed instances of a package name, none when it
+// is not installed.
+func (r *RPM) Instances(ctx context.Context, name string) ([]Instance, error) {
+	args := append(r.rootArgs(), "-q", "--qf", instanceMark+"%{NEVRA}\n[%{FILENAMES}\n]", "--", name)
 	out, err := r.Runner.Run(ctx, "rpm", args...)
 	if err != nil {
 		if strings.Contains(err.Error(), "is not installed") {
-			return nil, false, nil
+			return nil, nil
 		}
-		return nil, false, fmt.Errorf("query %s: %w", name, err)
+		return nil, fmt.Errorf("query %s: %w", name, err)
 	}
-	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if l != "" && l != "(contains no files)" {
-			files = append(files, l)
+	var ins []Instance
+	for _, l := range strings.Split(string(out), "\n") {
+		switch {
+		case strings.HasPrefix(l, instanceMark):
+			ins = append(ins, Instance{NEVRA: strings.TrimPrefix(l, instanceMark)})
+		case l == "" || l == "(contains no files)":
+		case len(ins) == 0:
+			return nil, fmt.Errorf("query %s: unexpected output %q", name, short(l))
+		default:
+			ins[len(ins)-1].Files = append(ins[len(ins)-1].Files, l)
 		}
 	}
-	return files, true, nil
+	return ins, nil
 }
 
 // Installed returns the installed version-release of a package, or "" if

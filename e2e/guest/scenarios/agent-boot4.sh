@@ -22,5 +22,15 @@ case $st in
 *) klp_fail kdump-evidence "no kdump evidence in $(echo "$st" | tr -d '\n' | cut -c1-600)" ;;
 esac
 grep -q "blocked klp_warn_4@4" /mnt/disk/agent-boot4.log && klp_pass journal-blocked "$(grep -m1 'blocked klp_warn_4@4' /mnt/disk/agent-boot4.log)" || klp_fail journal-blocked "no 'blocked' log line"
+# Stopped as soon as level 3 is in the kernel, which is often while the
+# rollback's rpm -U still runs: the stop waits for it. rpm killed inside
+# its transaction would leave klp-cmdline 3 and 4 both installed.
 agent_stop
+q=$($RPM --dbpath /var/lib/rpm -q klp-cmdline 2>/dev/null)
+if [ "$(echo "$q" | wc -l)" = 1 ] && [ "${q#klp-cmdline-3-}" != "$q" ]; then
+	klp_pass rpm-one-instance "$q"
+else
+	klp_fail rpm-one-instance "rpm -q klp-cmdline: $(echo "$q" | tr '\n' ' ')"
+fi
+grep -q '"phase": "good"' /var/lib/klp-agent/state.json && klp_pass settled "state says good after the stop" || klp_fail settled "$(tr -d '\n' </var/lib/klp-agent/state.json | cut -c1-400)"
 agent_end
