@@ -95,7 +95,9 @@ done_line=$(grep -m1 '^KLP-E2E: DONE ' <<<"$markers" || true)
 if [[ $qrc == 124 || $qrc == 137 ]]; then
 	klp_log "qemu killed after the ${timeout_s}s timeout"
 fi
-if grep -aq 'Kernel panic - not syncing' "$log"; then
+# The kernel's own line, with its timestamp: a scenario's output may quote
+# an earlier boot's panic (boot4's kdump evidence does).
+if grep -aqE '\[ *[0-9]+\.[0-9]+\] Kernel panic - not syncing' "$log"; then
 	klp_log "the guest kernel panicked"
 fi
 klp_log "qemu exit $qrc after ${secs}s ($KLP_E2E_KREL, $cpus vCPU): $npass PASS, $nfail FAIL, ${done_line:-no DONE marker} (log $log)"
