@@ -98,6 +98,8 @@ type Recorder interface {
 	// ManifestInForce reports the manifest in force after a poll: its
 	// expiry and when this host first accepted its version.
 	ManifestInForce(version uint64, expires, since, at time.Time)
+	// TrustedRoot reports the root of trust after a poll (with trust.root).
+	TrustedRoot(version uint64, expires time.Time)
 	HealthEvent(kind, source string, attributed bool, patch string)
 }
 
@@ -107,6 +109,7 @@ func (nopRecorder) Applied(bool, time.Duration)                             {}
 func (nopRecorder) RolledBack(state.Cause)                                  {}
 func (nopRecorder) Polled(string, time.Time, uint64)                        {}
 func (nopRecorder) ManifestInForce(uint64, time.Time, time.Time, time.Time) {}
+func (nopRecorder) TrustedRoot(uint64, time.Time)                           {}
 func (nopRecorder) HealthEvent(string, string, bool, string)                {}
 
 // Agent is one host's agent. Its methods are called from one goroutine at

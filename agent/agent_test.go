@@ -72,6 +72,9 @@ func (f *fakeRecorder) Polled(result string, _ time.Time, v uint64) {
 func (f *fakeRecorder) ManifestInForce(v uint64, expires, since, at time.Time) {
 	f.add(fmt.Sprintf("manifest v%d expires %s since %s age %s", v, expires.UTC().Format(time.RFC3339), since.UTC().Format(time.RFC3339), at.Sub(since)))
 }
+func (f *fakeRecorder) TrustedRoot(v uint64, expires time.Time) {
+	f.add(fmt.Sprintf("root v%d expires %s", v, expires.UTC().Format(time.RFC3339)))
+}
 func (f *fakeRecorder) HealthEvent(kind, source string, attributed bool, patch string) {
 	f.add(fmt.Sprintf("health %s/%s attributed=%v patch=%s", kind, source, attributed, patch))
 }

@@ -359,6 +359,9 @@ func (a *Agent) recordPoll(res manifest.PollResult, err error) {
 	if res.Manifest != nil {
 		a.d.Recorder.ManifestInForce(p.ManifestVersion, res.Manifest.Expires, p.ManifestSince, p.At)
 	}
+	if r := res.TrustedRoot; r != nil {
+		a.d.Recorder.TrustedRoot(r.Version, r.Expires)
+	}
 	if err := a.save(); err != nil {
 		log.Error(err.Error())
 	}

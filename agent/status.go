@@ -35,7 +35,10 @@ type Status struct {
 	// what it fixes (description, CVEs, advisory, annotations).
 	AppliedEntry *manifest.Patch `json:"applied_entry,omitempty"`
 	Manifest     *ManifestInfo   `json:"manifest,omitempty"`
-	Controls     Controls        `json:"controls"`
+	// TrustedRoot is the root of trust this host follows (nil with
+	// keys_dir): the one the daemon persisted, or the provisioned one.
+	TrustedRoot *RootInfo `json:"trusted_root,omitempty"`
+	Controls    Controls  `json:"controls"`
 	// Configured is false without manifest.url: nothing to poll.
 	Configured bool `json:"configured"`
 	// Daemon is the running daemon, from its status snapshot (nil: not
@@ -51,6 +54,13 @@ type ManifestInfo struct {
 	Accepted    time.Time         `json:"accepted,omitzero"` // when this host first accepted this version
 	Age         string            `json:"age,omitempty"`     // since then
 	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// RootInfo is the trusted root's version and expiry.
+type RootInfo struct {
+	Version uint64    `json:"version"`
+	Expires time.Time `json:"expires"`
+	Expired bool      `json:"expired"`
 }
 
 // Controls are the operator's host controls and the kill switch in force.
@@ -155,6 +165,10 @@ func CollectStatus(in StatusInput) (*Status, error) {
 				s.Manifest.Age = max(in.Now.Sub(p.ManifestSince), 0).Round(time.Second).String()
 			}
 		}
+		if rt := in.Source.Trust.Root; rt != nil {
+			r := rt.Current()
+			s.TrustedRoot = &RootInfo{Version: r.Version, Expires: r.Expires, Expired: r.CheckExpiry(in.Now) != nil}
+		}
 		s.Configured = true
 	}
 	s.Controls = Controls{Pin: k.Pin, Windows: in.Windows.String(), WindowOpen: in.Windows.Open(in.Now), KillSwitch: in.KillSwitch}
@@ -235,6 +249,9 @@ func (s *Status) Check() (int, string) {
 		return CheckNotConfigured, "not configured: manifest.url is not set"
 	case len(s.Problems) > 0:
 		return CheckDegraded, "degraded: " + s.Problems[0]
+	case s.TrustedRoot != nil && s.TrustedRoot.Expired:
+		return CheckDegraded, fmt.Sprintf("degraded: the trusted root version %d expired %s: no manifest is accepted until root.%d.json is published",
+			s.TrustedRoot.Version, s.TrustedRoot.Expires.UTC().Format(time.RFC3339), s.TrustedRoot.Version+1)
 	case s.LastPoll != nil && !s.LastPoll.OK:
 		return CheckDegraded, "degraded: the last poll failed: " + s.LastPoll.Error
 	case s.Manifest != nil && s.Manifest.Expired:

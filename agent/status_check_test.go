@@ -28,6 +28,8 @@ func TestStatusCheckCodes(t *testing.T) {
 		{"poll failed", Status{Configured: true, Phase: state.PhaseGood, LastPoll: &state.Poll{Error: "refused"}}, CheckDegraded},
 		{"problem", Status{Configured: true, Phase: state.PhaseGood, LastPoll: ok, Problems: []string{"x"}}, CheckDegraded},
 		{"expired", Status{Configured: true, LastPoll: ok, Manifest: &ManifestInfo{Expired: true}}, CheckDegraded},
+		{"root expired", Status{Configured: true, LastPoll: ok, TrustedRoot: &RootInfo{Version: 4, Expired: true}}, CheckDegraded},
+		{"root in force", Status{Configured: true, Phase: state.PhaseNone, LastPoll: ok, TrustedRoot: &RootInfo{Version: 4}}, CheckUpToDate},
 		{"rolling back", Status{Configured: true, Phase: state.PhaseRollingBack, LastPoll: ok}, CheckDegraded},
 		{"blocked above", Status{Configured: true, Phase: state.PhaseGood, Applied: p1, LastPoll: ok,
 			Blocked: []state.Blocked{{PatchRecord: state.PatchRecord{Name: "klp_a_2", Level: 2}}}}, CheckDegraded},

@@ -41,6 +41,10 @@ type PollResult struct {
 	Manifest *Verified // the manifest in force after the poll (may be the cached one)
 	Changed  bool      // a new version was accepted
 	Status   int       // HTTP status seen
+	// TrustedRoot is the host's trusted root after the poll (nil without a
+	// root of trust), also when the poll failed: an expired root fails
+	// every poll, and status and metrics must say which root it is.
+	TrustedRoot *Root
 }
 
 // CacheFiles are where a Source keeps the last accepted envelope and its
@@ -101,6 +105,14 @@ func (s *Source) LoadCache() error {
 // verified again, but the manifest in force is still checked for expiry:
 // a publisher who stops re-signing must be noticed.
 func (s *Source) Poll(ctx context.Context) (PollResult, error) {
+	res, err := s.poll(ctx)
+	if s.Trust.Root != nil {
+		res.TrustedRoot = s.Trust.Root.Current()
+	}
+	return res, err
+}
+
+func (s *Source) poll(ctx context.Context) (PollResult, error) {
 	if err := s.updateRoot(ctx); err != nil {
 		s.mu.Lock()
 		cur := s.current

@@ -156,6 +156,9 @@ func TestRootRotationThroughNginx(t *testing.T) {
 	if err != nil || res.Status != http.StatusOK || res.Manifest.Version != 1 {
 		t.Fatalf("K1 manifest under root 1: status %d err %v", res.Status, err)
 	}
+	if res.TrustedRoot == nil || res.TrustedRoot.Version != 1 {
+		t.Fatalf("trusted root after the first poll: %+v, want version 1", res.TrustedRoot)
+	}
 
 	f.rotate("k2")
 	// explain follows the chain in memory: it verifies the K2 manifest
@@ -171,6 +174,13 @@ func TestRootRotationThroughNginx(t *testing.T) {
 	res, err = f.poll()
 	if !errors.Is(err, manifest.ErrUnknownKey) || res.Manifest != nil {
 		t.Fatalf("K1 manifest after K1 was revoked: err %v, in force %+v", err, res.Manifest)
+	}
+	// A failed poll still names the root it ran under (metrics, status).
+	if res.TrustedRoot == nil || res.TrustedRoot.Version != 2 {
+		t.Fatalf("trusted root after the rotation: %+v, want version 2", res.TrustedRoot)
+	}
+	if out := run(t, f.now, "status", "--config", f.cfg); !strings.Contains(out, "root:       version 2, expires") {
+		t.Fatalf("status does not show trusted root version 2:\n%s", out)
 	}
 	if len(f.updates) != 1 || f.updates[0].To.Version != 2 || !f.updates[0].ManifestKeysChanged {
 		t.Fatalf("root updates seen: %+v", f.updates)

@@ -114,6 +114,13 @@ func writeStatus(env *Env, s *agent.Status) {
 	} else {
 		fmt.Fprintf(w, "manifest:   none cached yet\n")
 	}
+	if r := s.TrustedRoot; r != nil {
+		exp := "expires"
+		if r.Expired {
+			exp = "EXPIRED"
+		}
+		fmt.Fprintf(w, "root:       version %d, %s %s\n", r.Version, exp, ts(r.Expires))
+	}
 	if a := s.Applied; a != nil {
 		fmt.Fprintf(w, "applied:    %s level %d (sha256 %.12s…, applied %s)\n", a.Name, a.Level, a.SHA256, ts(a.Applied))
 		writeFixes(w, s.AppliedEntry)

@@ -60,6 +60,8 @@ type Metrics struct {
 	manifestExp   prometheus.Gauge
 	manifestSince prometheus.Gauge
 	manifestAge   prometheus.Gauge
+	rootVer       *prometheus.GaugeVec // no labels: absent until a root of trust is known
+	rootExp       *prometheus.GaugeVec
 	lastPoll      *prometheus.GaugeVec
 	lastOK        prometheus.Gauge
 	applyDuration prometheus.Histogram
@@ -96,6 +98,10 @@ func New(version, goVersion string) *Metrics {
 		Help: "When this host first accepted the version of the manifest in force (kept across restarts): time() minus it is how long the manifest has not changed."})
 	m.manifestAge = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_manifest_age_seconds",
 		Help: "Age of the manifest in force at the last poll: seconds since this host first accepted its version (not since its optional signed_at)."})
+	m.rootVer = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_trusted_root_version",
+		Help: "Version of the root of trust this host follows (trust.root); absent with keys_dir."}, nil)
+	m.rootExp = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_trusted_root_expiry_timestamp_seconds",
+		Help: "Expiry of the trusted root: from then on no manifest is accepted until a newer root (root.<N+1>.json) is published; absent with keys_dir."}, nil)
 	m.lastPoll = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_last_poll_timestamp_seconds",
 		Help: "Time of the last manifest poll, by result (ok, not-modified, error)."}, []string{"result"})
 	m.lastOK = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_last_successful_poll_timestamp_seconds",
@@ -114,7 +120,7 @@ func New(version, goVersion string) *Metrics {
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_build_info", Help: "The agent's version (1)."}, []string{"version", "goversion"})
 	build.WithLabelValues(version, goVersion).Set(1)
 	for _, c := range []prometheus.Collector{m.patchInfo, m.applies, m.rollbacks, m.healthEvents, m.crashes, m.blocked,
-		m.manifestVer, m.manifestExp, m.manifestSince, m.manifestAge, m.lastPoll, m.lastOK, m.applyDuration, m.listenFailed,
+		m.manifestVer, m.manifestExp, m.manifestSince, m.manifestAge, m.rootVer, m.rootExp, m.lastPoll, m.lastOK, m.applyDuration, m.listenFailed,
 		m.held, m.pinLevel, m.killSwitch, build} {
 		f(c)
 	}
@@ -224,6 +230,12 @@ func (m *Metrics) ManifestInForce(version uint64, expires, since, at time.Time) 
 	m.manifestExp.Set(float64(expires.Unix()))
 	m.manifestSince.Set(float64(since.UnixNano()) / 1e9)
 	m.manifestAge.Set(max(at.Sub(since).Seconds(), 0))
+}
+
+// TrustedRoot records the root of trust in force after a poll.
+func (m *Metrics) TrustedRoot(version uint64, expires time.Time) {
+	m.rootVer.WithLabelValues().Set(float64(version))
+	m.rootExp.WithLabelValues().Set(float64(expires.Unix()))
 }
 
 // SetListenFailed records whether the configured listener failed.

@@ -26,6 +26,7 @@ func sample() *Metrics {
 	m := New("0.1.0", "go1.26")
 	m.Polled("ok", t0, 7)
 	m.ManifestInForce(7, t0.Add(10*24*time.Hour), t0.Add(-2*24*time.Hour), t0)
+	m.TrustedRoot(3, t0.Add(365*24*time.Hour))
 	m.SetPatch("6.1.0-56-amd64", "klp_cmdline_2", 2, "soaking")
 	m.Applied(true, 1500*time.Millisecond)
 	m.Applied(false, 0)
@@ -471,5 +472,25 @@ func TestServeTCPPortTaken(t *testing.T) {
 	_, err = sample().Serve(ctx, squatter.Addr().String(), 0o660, nil)
 	if err == nil || !strings.Contains(err.Error(), squatter.Addr().String()) {
 		t.Fatalf("serve on a taken port: %v", err)
+	}
+}
+
+// The trusted root's series are absent until a root is known: a keys_dir
+// host must not show an expiry of 0 (KLPTrustedRootExpiring would fire).
+func TestTrustedRootAbsentWithoutRoot(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "klp-agent.prom")
+	m := New("0.1.0", "go1.26")
+	if err := m.WriteTextfile(path); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); strings.Contains(string(b), "klp_agent_trusted_root_") {
+		t.Fatalf("trusted root series without a root:\n%s", b)
+	}
+	m.TrustedRoot(2, t0)
+	if err := m.WriteTextfile(path); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); !strings.Contains(string(b), "klp_agent_trusted_root_version 2\n") {
+		t.Fatalf("no trusted root version after TrustedRoot:\n%s", b)
 	}
 }
