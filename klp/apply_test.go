@@ -301,12 +301,16 @@ func TestInstallerMendsTwoInstancesOfAName(t *testing.T) {
 	s.add("cmdline", "klp_cmdline_1", 1, klptest.Module{Replace: true}, nil)
 	s.add("cmdline", "klp_cmdline_2", 2, klptest.Module{Replace: true}, nil)
 	ctx := context.Background()
-	for _, mod := range []string{"klp_cmdline_1", "klp_cmdline_2"} {
-		// rpm -i, as the cut transaction left them: both headers in.
-		if out, err := exec.Command("rpm", "--root", s.root, "-i", "--nodeps", "--noscripts", "--", s.files[mod]).CombinedOutput(); err != nil {
-			t.Fatalf("rpm -i %s: %v\n%s", mod, err, out)
+	// rpm -i adds a header beside any of the same name, as the cut
+	// transaction left them.
+	rpmI := func(file string) {
+		t.Helper()
+		if out, err := exec.Command("rpm", "--root", s.root, "-i", "--nodeps", "--noscripts", "--", file).CombinedOutput(); err != nil {
+			t.Fatalf("rpm -i %s: %v\n%s", file, err, out)
 		}
 	}
+	rpmI(s.files["klp_cmdline_1"])
+	rpmI(s.files["klp_cmdline_2"])
 	ins, err := s.in.RPM.Instances(ctx, "klp-cmdline")
 	if err != nil || len(ins) != 2 {
 		t.Fatalf("instances = %+v, %v; want two", ins, err)
@@ -329,9 +333,7 @@ func TestInstallerMendsTwoInstancesOfAName(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(s.root, "usr/lib/klp-agent/livepatches", krel, "klp_cmdline_2.ko")); !os.IsNotExist(err) {
 		t.Fatalf("level 2's module is still on disk: %v", err)
 	}
-	if out, err := exec.Command("rpm", "--root", s.root, "-i", "--nodeps", "--noscripts", "--", s.files["klp_cmdline_2"]).CombinedOutput(); err != nil {
-		t.Fatalf("rpm -i: %v\n%s", err, out)
-	}
+	rpmI(s.files["klp_cmdline_2"])
 	if err := s.in.RPM.Erase(ctx, "klp-cmdline"); err != nil {
 		t.Fatalf("erase a name installed twice: %v", err)
 	}
@@ -341,11 +343,8 @@ func TestInstallerMendsTwoInstancesOfAName(t *testing.T) {
 	// A name with a foreign instance beside a livepatch one is still refused.
 	ssh := rpmtest.Build(t, t.TempDir(), rpmtest.Spec{Name: "klp-cmdline", Version: "9", NoProvides: true,
 		Files: map[string][]byte{"/usr/sbin/sshd": []byte("sshd")}})
-	for _, f := range []string{s.files["klp_cmdline_2"], ssh} {
-		if out, err := exec.Command("rpm", "--root", s.root, "-i", "--nodeps", "--noscripts", "--", f).CombinedOutput(); err != nil {
-			t.Fatalf("rpm -i: %v\n%s", err, out)
-		}
-	}
+	rpmI(s.files["klp_cmdline_2"])
+	rpmI(ssh)
 	if err := s.apply("klp_cmdline_1", "", ""); !errors.Is(err, klp.ErrForeignPackage) || !strings.Contains(err.Error(), "klp-cmdline-9") {
 		t.Fatalf("err = %v, want ErrForeignPackage naming klp-cmdline-9", err)
 	}
