@@ -15,7 +15,9 @@
 # Usage: e2e/setup.sh [LINE...]  (default: every line; KLP_E2E_CACHE overrides
 #                                  /var/cache/klp-agent-e2e;
 #                                  KLP_E2E_HEADERS_UNPACK=1 unpacks headers
-#                                  even where dpkg has them installed)
+#                                  even where dpkg has them installed;
+#                                  KLP_E2E_DEBS, default ${KLP_E2E_CACHE}/debs,
+#                                  keeps the downloaded kernel .debs)
 # Result: per line an env file in ${KLP_E2E_CACHE} with KLP_E2E_KREL,
 #         KLP_E2E_VMLINUZ, KLP_E2E_MODULES, KLP_E2E_HEADERS (KEY=value lines,
 #         no quoting needed): current.env for 6.1 (the default line, the
@@ -118,22 +120,114 @@ if ((${#missing[@]})); then
 	log "installed in $(elapsed "$s")s"
 fi
 
-# download_debs DIR PKG...: apt-get download into DIR (lists refreshed once
-# on failure).
-download_debs() {
-	local dir=$1
-	shift
-	# As root apt-get download would warn that it cannot sandbox to _apt.
-	if ! (cd "$dir" && apt-get download -qq -o APT::Sandbox::User=root "$@"); then
-		((apt_updated)) && die "apt-get download $* failed"
+# The kernel .debs, kept: a file is reused while apt names the same file
+# with the same size and sha256 (a new upload has a new name), so a second
+# clean root downloads nothing it already has.
+DEBS=${KLP_E2E_DEBS:-$CACHE/debs}
+[[ $DEBS =~ ^/[A-Za-z0-9._/+-]+$ ]] || die "KLP_E2E_DEBS must be an absolute path of [A-Za-z0-9._/+-]: $DEBS"
+mkdir -p "$DEBS"
+
+# print_uris PKG...: sets URIS to apt-get download --print-uris's lines,
+# "'URI' FILE SIZE SHA256:HEX" per package (lists refreshed once on failure).
+print_uris() {
+	if ! URIS=$(apt-get download --print-uris -qq "$@" 2>/dev/null) || [[ -z $URIS ]]; then
+		((apt_updated)) && die "apt-get download --print-uris $* failed"
 		apt_update
-		(cd "$dir" && apt-get download -qq -o APT::Sandbox::User=root "$@")
+		URIS=$(apt-get download --print-uris -qq "$@") || die "apt-get download --print-uris $* failed"
+	fi
+}
+
+# fetch_debs PKG...: sets DEB_FILES to the packages' .debs in $DEBS,
+# downloading those not already there whole.
+fetch_debs() {
+	local uri file size sum ver need=()
+	DEB_FILES=()
+	print_uris "$@"
+	while read -r uri file size sum; do
+		[[ $file =~ ^[A-Za-z0-9._+%~-]+\.deb$ && $sum == SHA256:* ]] || die "unexpected apt-get --print-uris line: $uri $file $size $sum"
+		DEB_FILES+=("$DEBS/$file")
+		if [[ -f $DEBS/$file && $(stat -c %s "$DEBS/$file") == "$size" ]] &&
+			sha256sum --status -c <<<"${sum#SHA256:}  $DEBS/$file"; then
+			touch "$DEBS/$file"
+			continue
+		fi
+		rm -f "$DEBS/$file"
+		# NAME_VERSION_ARCH.deb, the epoch's colon as %3a.
+		ver=${file#*_}
+		ver=${ver%_*}
+		need+=("${file%%_*}=${ver//%3a/:}")
+	done <<<"$URIS"
+	if ((${#need[@]})); then
+		# As root apt-get download would warn that it cannot sandbox to _apt.
+		(cd "$DEBS" && apt-get download -qq -o APT::Sandbox::User=root "${need[@]}") || die "apt-get download ${need[*]} failed"
+	fi
+	for file in "${DEB_FILES[@]}"; do
+		[[ -f $file ]] || die "apt-get download left no $file"
+	done
+}
+
+# unpacked_depends ROOT: the Depends and Pre-Depends of the .debs unpacked
+# into ROOT (their control files kept in ROOT/.control), as one relation
+# list for apt-get satisfy. Left out, as apt would: relations that the
+# unpacked packages satisfy among themselves, and the kernel image (6.12's
+# headers Depend on it: this host never boots it, and its postinst would
+# build initramfs images).
+unpacked_depends() {
+	awk '
+	/^[^ \t]/ { field = "" }
+	/^Package:/ { unpacked[$2] = 1 }
+	/^(Pre-)?Depends:/ { field = "d"; sub(/^[^:]*:[ \t]*/, ""); rel[++n] = $0; next }
+	/^[ \t]/ && field == "d" { rel[n] = rel[n] " " $0 }
+	END {
+		out = ""
+		for (i = 1; i <= n; i++) {
+			k = split(rel[i], groups, /,/)
+			for (j = 1; j <= k; j++) {
+				g = groups[j]
+				gsub(/^[ \t]+|[ \t]+$/, "", g)
+				if (g == "") continue
+				m = split(g, alts, /\|/)
+				skip = 0
+				for (a = 1; a <= m; a++) {
+					name = alts[a]
+					gsub(/^[ \t]+/, "", name)
+					sub(/[ \t(:].*/, "", name)
+					if (name in unpacked || name ~ /^linux-image-/) skip = 1
+				}
+				if (!skip && !(g in seen)) { seen[g] = 1; out = out (out == "" ? "" : ", ") g }
+			}
+		}
+		print out
+	}' "$1"/.control/*
+}
+
+# install_depends ROOT: installs what the .debs unpacked into ROOT depend
+# on (6.12's kbuild needs pahole; both lines' headers, the kernel's
+# compiler package). Checked on every run, cached tree or not: dpkg-deb -x
+# skips Depends, and a machine that happened to have them hid the step.
+install_depends() {
+	local root=$1 rel s
+	rel=$(unpacked_depends "$root")
+	[[ -n $rel ]] || return 0
+	if apt-get -s -qq satisfy "$rel" 2>/dev/null | grep -q '^Inst '; then
+		s=$(now)
+		log "installing what $(basename "$root") depends on: $rel"
+		if ! apt-get satisfy -y -qq --no-install-recommends "$rel" >/dev/null; then
+			((apt_updated)) && die "apt-get satisfy '$rel' failed"
+			apt_update
+			apt-get satisfy -y -qq --no-install-recommends "$rel" >/dev/null || die "apt-get satisfy '$rel' failed"
+		fi
+		log "installed in $(elapsed "$s")s"
+	elif ! apt-get -s -qq satisfy "$rel" >/dev/null 2>&1; then
+		apt_update
+		apt-get satisfy -y -qq --no-install-recommends "$rel" >/dev/null || die "apt-get satisfy '$rel' failed"
 	fi
 }
 
 # headers_for ABI: the kernel headers to build modules against: dpkg's, if
 # installed (and KLP_E2E_HEADERS_UNPACK is not 1), else the headers, common
-# headers and kbuild .debs unpacked under the cache (never installed).
+# headers and kbuild .debs unpacked under the cache (never installed), with
+# the packages they depend on installed.
 headers_for() {
 	local a=$1 root=$CACHE/headers-$1
 	local installed=/usr/src/linux-headers-$a
@@ -143,19 +237,29 @@ headers_for() {
 		return
 	fi
 	HEADERS=$root/usr/src/linux-headers-$a
-	[[ -f $root/.complete ]] && return
-	local s tmp2 deps
+	# A tree unpacked before its control files were kept is unpacked anew.
+	if [[ ! -f $root/.complete || ! -d $root/.control ]]; then
+		unpack_headers "$a" "$root"
+	fi
+	install_depends "$root"
+}
+
+# unpack_headers ABI ROOT: the headers, common headers and kbuild .debs of
+# ABI unpacked into ROOT, their control files in ROOT/.control.
+unpack_headers() {
+	local a=$1 root=$2 s tmp2 deps deb
 	s=$(now)
 	# The .debs this headers package needs from the kernel's source
 	# package: its common headers and kbuild (scripts, objtool).
 	mapfile -t deps < <(apt-cache depends "linux-headers-$a" 2>/dev/null |
 		awk '$1 == "Depends:" && $2 ~ /^linux-(headers|kbuild)-/ { print $2 }')
 	log "kernel headers $a: downloading linux-headers-$a ${deps[*]} (unpacked, not installed)"
+	fetch_debs "linux-headers-$a" "${deps[@]}"
 	tmp2=$(mktemp -d "$CACHE/.hdr.XXXXXX")
-	download_debs "$tmp2" "linux-headers-$a" "${deps[@]}"
-	local deb
-	for deb in "$tmp2"/*.deb; do
+	mkdir "$tmp2/root" "$tmp2/root/.control"
+	for deb in "${DEB_FILES[@]}"; do
 		dpkg-deb -x "$deb" "$tmp2/root"
+		dpkg-deb -f "$deb" >"$tmp2/root/.control/$(dpkg-deb -f "$deb" Package)"
 	done
 	local mk=$tmp2/root/usr/src/linux-headers-$a/Makefile
 	[[ -f $mk ]] || die "linux-headers-$a has no Makefile"
@@ -166,7 +270,7 @@ headers_for() {
 	mv "$tmp2/root" "$root"
 	touch "$root/.complete"
 	rm -rf "$tmp2"
-	log "kernel headers $a: $HEADERS ready in $(elapsed "$s")s"
+	log "kernel headers $a: $root/usr/src/linux-headers-$a ready in $(elapsed "$s")s"
 }
 
 # prepare LINE: unpack the line's kernel into the cache, write its env file.
@@ -180,16 +284,18 @@ prepare() {
 	local vmlinuz=$kdir/boot/vmlinuz-$a
 	local modules=$kdir/lib/modules/$a
 	if [[ ! -f $vmlinuz || ! -f $modules/modules.dep ]]; then
-		local s debs
+		local s deb
 		s=$(now)
+		log "kernel $l: downloading linux-image-$a"
+		fetch_debs "linux-image-$a"
+		deb=${DEB_FILES[0]}
+		log "kernel $l: $(basename "$deb"), $(($(stat -c %s "$deb") / 1048576)) MiB, in $(elapsed "$s")s; unpacking"
 		tmp=$(mktemp -d "$CACHE/.dl.XXXXXX")
 		trap 'rm -rf "$tmp"' EXIT
-		log "kernel $l: downloading linux-image-$a"
-		download_debs "$tmp" "linux-image-$a"
-		debs=("$tmp"/linux-image-"$a"_*.deb)
-		[[ -f ${debs[0]} ]] || die "apt-get download produced no .deb"
-		log "kernel $l: downloaded $(($(stat -c %s "${debs[0]}") / 1048576)) MiB in $(elapsed "$s")s; unpacking"
-		dpkg -x "${debs[0]}" "$tmp/root"
+		# The image is data here (qemu boots it; depmod reads its modules):
+		# nothing of it runs on this host, so its Depends (initramfs-tools,
+		# linux-base) are not installed.
+		dpkg -x "$deb" "$tmp/root"
 		# The .deb has no modules.dep (postinst makes it); modprobe/initramfs
 		# need it. depmod reads .ko.xz (6.12) as well as .ko (6.1).
 		depmod -b "$tmp/root" "$a"
