@@ -9,7 +9,9 @@ STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 60s
 BIN := bin/klp-agent
 
-.PHONY: all build test lint fuzz deps check demo clean staticcheck e2e e2e-setup rpm bench dist rpmspec srpm rpmlint docs
+FRESH ?= check
+
+.PHONY: fresh all build test lint fuzz deps check demo clean staticcheck e2e e2e-setup rpm bench dist rpmspec srpm rpmlint docs
 
 all: build
 
@@ -137,6 +139,13 @@ docs: build
 	$(BIN) help --man >bin/docs/klp-agent.8
 	$(BIN) help --bash-completion >bin/docs/klp-agent.bash
 	$(BIN) help --zsh-completion >bin/docs/_klp-agent
+
+# The README's commands as a newcomer runs them: `make check` (or
+# FRESH=demo, or any targets) in a new Debian 12 root built with
+# debootstrap, where only what make deps and e2e/setup.sh install exists
+# (.ci/fresh says what it binds and caches). CI runs `make fresh`. Root.
+fresh:
+	.ci/fresh $(FRESH)
 
 demo: deps build
 	e2e/demo.sh
