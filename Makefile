@@ -45,8 +45,10 @@ fuzz:
 e2e-setup:
 	e2e/setup.sh
 
+# E2E_RUN picks tests (go test -run), e.g. make e2e E2E_RUN='TestKLPRealKernel/6.12$$'.
+E2E_RUN ?= .
 e2e: e2e-setup
-	$(GO) test -tags e2e -count=1 -v -timeout 50m ./e2e/
+	$(GO) test -tags e2e -count=1 -v -timeout 50m -run '$(E2E_RUN)' ./e2e/
 
 # Speed and memory, never asserted: Go benchmarks (manifest verify+select,
 # unchanged polls against nginx, the daemon's steady state, the fleet

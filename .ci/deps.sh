@@ -6,7 +6,9 @@ set -euo pipefail
 # rpmlint, cpio and systemd (systemd-analyze verify): make rpm / rpmlint
 # check the agent's package and unit; zsh and groff-base: the completion and
 # man page tests.
-pkgs=(nginx-light rpm gcc make git ca-certificates curl python3 prometheus busybox-static rpmlint cpio systemd zsh groff-base)
+# libc6-dev: go test -race and every cgo build (gcc only Recommends it, and
+# --no-install-recommends leaves it out; a fresh root showed it).
+pkgs=(nginx-light rpm gcc libc6-dev make git ca-certificates curl python3 prometheus busybox-static rpmlint cpio systemd zsh groff-base)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -59,7 +59,11 @@ if [[ ! -d $base ]]; then
 	klp_log "debootstrap $suite ($packages) into $base"
 	tmp=$(mktemp -d "$KLP_E2E_CACHE/.rootfs.XXXXXX")
 	trap 'rm -rf "$tmp"' EXIT
-	debootstrap --variant=minbase --include="$packages" "$suite" "$tmp" "$mirror" >"$tmp.log" 2>&1 || {
+	# Its .debs are kept beside the kernel's (setup.sh's KLP_E2E_DEBS): a
+	# download cache, reused while their checksums match the archive's.
+	debs=${KLP_E2E_DEBS:-$KLP_E2E_CACHE/debs}/debootstrap
+	mkdir -p "$debs"
+	debootstrap --variant=minbase --cache-dir="$debs" --include="$packages" "$suite" "$tmp" "$mirror" >"$tmp.log" 2>&1 || {
 		tail -n 30 "$tmp.log" >&2
 		klp_die "debootstrap failed (log $tmp.log)"
 	}
