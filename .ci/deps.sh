@@ -8,7 +8,9 @@ set -euo pipefail
 # man page tests.
 # libc6-dev: go test -race and every cgo build (gcc only Recommends it, and
 # --no-install-recommends leaves it out; a fresh root showed it).
-pkgs=(nginx-light rpm gcc libc6-dev make git ca-certificates curl python3 prometheus busybox-static rpmlint cpio systemd zsh groff-base)
+# file: rpmbuild classifies the payload with it (Debian's rpm does not depend
+# on it; the fresh root's make rpm failed with "file: not found").
+pkgs=(nginx-light rpm file gcc libc6-dev make git ca-certificates curl python3 prometheus busybox-static rpmlint cpio systemd zsh groff-base)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
