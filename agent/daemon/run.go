@@ -41,13 +41,10 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	if err := h.checkConfigured(o.ConfigPath); err != nil {
+	if err := h.CheckStart(o.ConfigPath); err != nil {
 		return err
 	}
-	if err := h.CheckTrust(); err != nil {
-		return err
-	}
-	if err := h.CheckStateDir(); err != nil {
+	if err := h.CheckStateDir(); err != nil { // creates it
 		return err
 	}
 	log, err := h.Logger(o.Stderr)
