@@ -371,7 +371,8 @@ func (h *Host) MonitorOptions() health.MonitorOptions {
 // StatusInput is what `status` reads for this host at now.
 func (h *Host) StatusInput(now time.Time) (agent.StatusInput, error) {
 	in := agent.StatusInput{Store: h.Store(), Sysfs: h.Sysfs(), Host: h.Host, Now: now, Root: h.Config.Paths.Root,
-		Windows: h.Config.Apply.MaintenanceWindows(), KillSwitch: h.KillSwitch(nil)}
+		Windows: h.Config.Apply.MaintenanceWindows(), KillSwitch: h.KillSwitch(nil),
+		PollInterval: h.Config.Manifest.PollInterval, PollJitter: h.Config.Manifest.PollJitter}
 	client, err := manifest.NewClient(manifest.ClientConfig{})
 	if err != nil {
 		return in, err
