@@ -24,12 +24,12 @@ func cmdStatus(env *Env, args []string) error {
 	path := fs.String("config", config.DefaultPath, "main configuration file")
 	asJSON := fs.Bool("json", false, "print JSON")
 	check := fs.Bool("check", false, "print one line, the reason, and exit with the check code (also in --json and the metric klp_agent_check_code):\n"+
-		"0 up to date: the wanted level is applied and good, nothing waits\n"+
-		"1 pending: a higher level wanted, a patch soaking or being applied, a hold, or the kill switch on\n"+
-		"2 degraded: a problem, the last poll failed, the manifest or trusted root expired, a rollback in flight, a level above the applied one blocked\n"+
-		"3 not configured: no manifest.url, or nothing to read (no configuration or state, no status snapshot)\n"+
-		"4 daemon not running: no process holds the state lock (root), or the snapshot's pid is gone or stopped, or its snapshot is older than 3 poll intervals\n"+
-		"5 not polling: no poll has succeeded yet, or the last good one is older than 3 poll intervals (poll_interval with the most poll_jitter)\n"+
+		"0 up to date: the wanted level is applied and good, nothing waits;\n"+
+		"1 pending: a higher level wanted, a patch soaking or being applied, a hold, or the kill switch on;\n"+
+		"2 degraded: a problem, the last poll failed, the manifest or trusted root expired, a rollback in flight, a level above the applied one blocked;\n"+
+		"3 not configured: no manifest.url, or nothing to read (no configuration or state, no status snapshot);\n"+
+		"4 daemon not running: no process holds the state lock (as root), or the snapshot's daemon stopped or its pid is gone, or its snapshot is older than 3 poll intervals;\n"+
+		"5 not polling: no poll has succeeded yet, or the last good one is older than 3 poll intervals (poll_interval with the most poll_jitter);\n"+
 		"6 configuration refused: klp-agent run would refuse the configuration on disk (exit 78)")
 	snap := fs.String("snapshot", "", "the daemon's status snapshot, read when the configuration or the state is not readable\n(default: paths.status_file, else "+config.DefaultStatusFile+")")
 	if err := parse(fs, args, 0); err != nil {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -117,6 +118,26 @@ func TestStatusJSONListsNeverNull(t *testing.T) {
 		}
 		if string(v) != "[]" {
 			t.Errorf("%s: %s, want []", l, v)
+		}
+	}
+}
+
+// Each check code is documented where operators read it: status --help
+// (and so the man page) and the README.
+func TestCheckCodesDocumented(t *testing.T) {
+	help := run(t, t0, "status", "--help")
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for code, name := range map[int]string{agent.CheckUpToDate: "up to date", agent.CheckPending: "pending", agent.CheckDegraded: "degraded",
+		agent.CheckNotConfigured: "not configured", agent.CheckDaemonDown: "daemon not running", agent.CheckNotPolling: "not polling",
+		agent.CheckConfigRefused: "configuration refused"} {
+		if w := fmt.Sprintf("%d %s", code, name); !strings.Contains(help, w) {
+			t.Errorf("status --help lacks %q", w)
+		}
+		if w := fmt.Sprintf("| %d | %s", code, name); !strings.Contains(string(readme), w) {
+			t.Errorf("README lacks %q", w)
 		}
 	}
 }

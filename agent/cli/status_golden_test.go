@@ -124,3 +124,50 @@ func TestExplainGolden(t *testing.T) {
 	writeDecision(&Env{Stdout: &buf}, "https://mirror.example/manifest.json", v, d)
 	golden(t, "explain.golden.txt", buf.Bytes())
 }
+
+// Every field of the status JSON is listed in docs/status-json.md: a
+// record's or an entry's fields under record. and entry.
+func TestStatusJSONDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/status-json.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := daemon.MarshalStatus(goldenStatus())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	alias := map[string]string{"applied": "record", "good[]": "record", "blocked[]": "record", "wanted": "entry", "applied_entry": "entry"}
+	var walk func(v any, path string)
+	walk = func(v any, path string) {
+		if path != "" && !strings.HasSuffix(path, "[]") && !strings.Contains(string(doc), "`"+path+"`") {
+			t.Errorf("docs/status-json.md does not list `%s`", path)
+		}
+		switch v := v.(type) {
+		case map[string]any:
+			if strings.HasSuffix(path, "annotations") {
+				return // the publisher's own keys
+			}
+			for k, x := range v {
+				p := k
+				if path != "" {
+					p = path + "." + k
+				}
+				if a, ok := alias[path]; ok {
+					p = a + "." + k
+				}
+				walk(x, p)
+			}
+		case []any:
+			for _, x := range v {
+				if _, ok := x.(map[string]any); ok { // a list of strings is its field
+					walk(x, path+"[]")
+				}
+			}
+		}
+	}
+	walk(v, "")
+}
