@@ -204,6 +204,8 @@ func writeDaemon(w io.Writer, s *agent.Status, ts func(time.Time) string) {
 	switch d := s.Daemon; {
 	case d == nil:
 		fmt.Fprintf(w, "daemon:     not running (no process holds the state lock, no status snapshot)\n")
+	case d.Running && d.Since.IsZero():
+		fmt.Fprintf(w, "daemon:     running, pid %d (it holds the state lock; no status snapshot from it)\n", d.PID)
 	case d.Running:
 		fmt.Fprintf(w, "daemon:     running, pid %d since %s, version %s\n", d.PID, ts(d.Since), d.Version)
 	case !d.Stopped.IsZero():

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,11 @@ func TestStatusCheckSeesTheAgent(t *testing.T) {
 			out, code := runCode(t, t0, "status", "--config", cfg, "--check")
 			if code != tt.code || !strings.HasPrefix(out, tt.want) {
 				t.Fatalf("exit %d, want %d (%s):\n%s", code, tt.code, tt.want, out)
+			}
+			if tt.daemon == "lock" {
+				if text := run(t, t0, "status", "--config", cfg); !strings.Contains(text, "daemon:     running, pid "+strconv.Itoa(os.Getpid())+" (it holds the state lock") {
+					t.Errorf("status does not name the lock holder:\n%s", text)
+				}
 			}
 			// --json carries the same code and reason.
 			var s struct {

@@ -69,8 +69,8 @@ type PatchRecord struct {
 	Size    int64     `json:"size"`
 	URL     string    `json:"url,omitempty"`
 	RPMName string    `json:"rpm_name,omitempty"` // package name, for rpm -e
-	Applied time.Time `json:"applied,omitempty"`  // transition finished
-	Good    time.Time `json:"good,omitempty"`     // soak passed
+	Applied time.Time `json:"applied,omitzero"`   // transition finished
+	Good    time.Time `json:"good,omitzero"`      // soak passed
 }
 
 // ID names a patch in logs.
