@@ -303,6 +303,7 @@ func TestPollOnceAndStatusShowsControls(t *testing.T) {
 	if c.Hold == nil || c.Pin == nil || c.Pin.Level != 5 || !strings.Contains(c.Waiting, "held by alice") || !c.WindowOpen || c.Windows != "any time" {
 		t.Fatalf("controls in status: %+v", c)
 	}
+	s.Daemon = &DaemonInfo{PID: 1, Running: true} // as status sees a running daemon
 	if code, why := s.Check(); code != CheckPending {
 		t.Fatalf("check while soaking and held: %d %s", code, why)
 	}

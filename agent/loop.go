@@ -334,6 +334,11 @@ func (r *running) polled(ctx context.Context, res manifest.PollResult, err error
 func (a *Agent) recordPoll(res manifest.PollResult, err error) {
 	log := a.log()
 	p := &state.Poll{At: a.now(), OK: err == nil}
+	if p.OK {
+		p.LastOK = p.At
+	} else {
+		p.LastOK = a.st.LastPoll.LastGood()
+	}
 	if res.Manifest != nil {
 		p.ManifestVersion = res.Manifest.Version
 		p.ManifestSince = p.At

@@ -15,21 +15,33 @@ import (
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
-// Status is what `klp-agent status --json` prints.
+// StatusSchema is the version of the status JSON (status --json and the
+// daemon's snapshot): it goes up when a field is removed or changes its
+// meaning, not when one is added. docs/status-json.md lists the fields.
+const StatusSchema = 1
+
+// Status is what `klp-agent status --json` prints (docs/status-json.md;
+// agent/cli's golden test pins it).
 type Status struct {
-	Kernel       string              `json:"kernel"`
-	Phase        state.Phase         `json:"phase"`
-	Applied      *state.PatchRecord  `json:"applied,omitempty"`
-	Wanted       *manifest.Patch     `json:"wanted,omitempty"`
-	WantedReason string              `json:"wanted_reason,omitempty"`
-	SoakUntil    *time.Time          `json:"soak_until,omitempty"`
-	SoakLeft     string              `json:"soak_left,omitempty"`
-	Good         []state.PatchRecord `json:"good"`
-	Blocked      []state.Blocked     `json:"blocked"`
-	LastPoll     *state.Poll         `json:"last_poll,omitempty"`
-	Livepatches  []LivepatchRow      `json:"livepatches"`
-	Events       []state.Event       `json:"events"` // recent health events, newest last
-	Problems     []string            `json:"problems,omitempty"`
+	Schema int `json:"schema"`
+	// At is when this status was collected (by status, or by the daemon
+	// for its snapshot); Check judges ages against it.
+	At           time.Time          `json:"at"`
+	Kernel       string             `json:"kernel"`
+	Phase        state.Phase        `json:"phase"`
+	Applied      *state.PatchRecord `json:"applied,omitempty"`
+	Wanted       *manifest.Patch    `json:"wanted,omitempty"`
+	WantedReason string             `json:"wanted_reason,omitempty"`
+	SoakUntil    *time.Time         `json:"soak_until,omitempty"`
+	SoakLeft     string             `json:"soak_left,omitempty"`
+	// SoakLeftSeconds is SoakLeft in seconds (present while soaking).
+	SoakLeftSeconds *int64              `json:"soak_left_seconds,omitempty"`
+	Good            []state.PatchRecord `json:"good"`
+	Blocked         []state.Blocked     `json:"blocked"`
+	LastPoll        *state.Poll         `json:"last_poll,omitempty"`
+	Livepatches     []LivepatchRow      `json:"livepatches"`
+	Events          []state.Event       `json:"events"` // recent health events, newest last
+	Problems        []string            `json:"problems,omitempty"`
 
 	// AppliedEntry is the cached manifest's entry for the applied patch:
 	// what it fixes (description, CVEs, advisory, annotations).
@@ -41,9 +53,25 @@ type Status struct {
 	Controls    Controls  `json:"controls"`
 	// Configured is false without manifest.url: nothing to poll.
 	Configured bool `json:"configured"`
-	// Daemon is the running daemon, from its status snapshot (nil: not
-	// known to run).
+	// Daemon is the running daemon, from its status snapshot and the
+	// state lock (nil: none known).
 	Daemon *DaemonInfo `json:"daemon,omitempty"`
+	// PollIntervalSeconds and PollJitter are manifest.poll_interval and
+	// poll_jitter: Check judges the last good poll and the snapshot's age
+	// against them.
+	PollIntervalSeconds int64   `json:"poll_interval_seconds"`
+	PollJitter          float64 `json:"poll_jitter"`
+	// ConfigRefused is why `klp-agent run` refuses the configuration on
+	// disk ("" when it accepts it).
+	ConfigRefused string `json:"config_refused,omitempty"`
+	// Answer is status --check's code and reason (Finish sets it).
+	Answer *CheckResult `json:"check,omitempty"`
+}
+
+// CheckResult is status --check's answer.
+type CheckResult struct {
+	Code   int    `json:"code"`
+	Reason string `json:"reason"`
 }
 
 // ManifestInfo is the manifest in force (the cached one).
@@ -53,6 +81,7 @@ type ManifestInfo struct {
 	Expired     bool              `json:"expired"`
 	Accepted    time.Time         `json:"accepted,omitzero"` // when this host first accepted this version
 	Age         string            `json:"age,omitempty"`     // since then
+	AgeSeconds  *int64            `json:"age_seconds,omitempty"`
 	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
@@ -65,12 +94,15 @@ type RootInfo struct {
 
 // Controls are the operator's host controls and the kill switch in force.
 type Controls struct {
-	Hold       *state.Hold `json:"hold,omitempty"` // only while in force
-	Pin        *state.Pin  `json:"pin,omitempty"`
-	Windows    string      `json:"windows"` // "any time" without apply.windows
-	WindowOpen bool        `json:"window_open"`
-	NextWindow time.Time   `json:"next_window,omitzero"`
-	KillSwitch string      `json:"kill_switch,omitempty"`
+	Hold    *state.Hold `json:"hold,omitempty"` // only while in force
+	Pin     *state.Pin  `json:"pin,omitempty"`
+	Windows string      `json:"windows"` // "any time" without apply.windows
+	// MaintenanceWindows are apply.windows as configured ([]: any time).
+	MaintenanceWindows []window.Spec `json:"maintenance_windows"`
+	WindowOpen         bool          `json:"window_open"`
+	NextWindow         time.Time     `json:"next_window,omitzero"`
+	KillSwitch         string        `json:"kill_switch,omitempty"` // why, from the kernel command line
+	KillSwitchOn       bool          `json:"kill_switch_on"`
 	// Waiting says why a new level would not be applied now ("" when it
 	// would).
 	Waiting string `json:"waiting,omitempty"`
@@ -83,7 +115,13 @@ type DaemonInfo struct {
 	Version string    `json:"version"`
 	Written time.Time `json:"written"`
 	Stopped time.Time `json:"stopped,omitzero"` // the daemon stopped cleanly then
-	Running bool      `json:"running"`          // set by the reader: the pid is alive
+	// Running: the daemon writing the snapshot says true until it stops;
+	// a reader says whether it still runs (the state lock's holder where
+	// it can see the lock, else the pid alive and no clean stop).
+	Running bool `json:"running"`
+	// LockHolder is the pid holding the state lock, when the reader could
+	// see the lock (root).
+	LockHolder int `json:"lock_holder,omitempty"`
 }
 
 // LivepatchRow is one livepatch in the kernel and whether the agent owns it.
@@ -107,12 +145,18 @@ type StatusInput struct {
 	// Windows and KillSwitch are as the daemon has them.
 	Windows    window.Set
 	KillSwitch string
+	// PollInterval and PollJitter are manifest.poll_interval and
+	// poll_jitter.
+	PollInterval time.Duration
+	PollJitter   float64
 }
 
 // CollectStatus reads the recorded state, the kernel's livepatches and the
 // cached manifest, and selects as the daemon does.
 func CollectStatus(in StatusInput) (*Status, error) {
-	s := &Status{Kernel: in.Host.Kernel, Good: []state.PatchRecord{}, Blocked: []state.Blocked{}, Livepatches: []LivepatchRow{}}
+	s := &Status{Schema: StatusSchema, At: in.Now, Kernel: in.Host.Kernel, Good: []state.PatchRecord{}, Blocked: []state.Blocked{},
+		Livepatches: []LivepatchRow{}, Events: []state.Event{},
+		PollIntervalSeconds: int64(in.PollInterval / time.Second), PollJitter: in.PollJitter}
 	// Reading needs no lock: the file is replaced atomically.
 	st, err := in.Store.Load()
 	if err != nil {
@@ -125,7 +169,8 @@ func CollectStatus(in StatusInput) (*Status, error) {
 	s.Blocked = append(s.Blocked, k.Blocked...)
 	if k.Phase == state.PhaseSoaking {
 		s.SoakUntil = &k.SoakUntil
-		s.SoakLeft = max(k.SoakUntil.Sub(in.Now), 0).Round(time.Second).String()
+		left := max(k.SoakUntil.Sub(in.Now), 0).Round(time.Second)
+		s.SoakLeft, s.SoakLeftSeconds = left.String(), seconds(left)
 	}
 	lps, err := in.Sysfs.List()
 	if err != nil && !errors.Is(err, klp.ErrNoLivepatch) {
@@ -162,7 +207,8 @@ func CollectStatus(in StatusInput) (*Status, error) {
 			s.Manifest = &ManifestInfo{Version: v.Version, Expires: v.Expires, Expired: v.Expired(in.Now), Annotations: v.Annotations}
 			if p := st.LastPoll; p != nil && p.ManifestVersion == v.Version && !p.ManifestSince.IsZero() {
 				s.Manifest.Accepted = p.ManifestSince
-				s.Manifest.Age = max(in.Now.Sub(p.ManifestSince), 0).Round(time.Second).String()
+				age := max(in.Now.Sub(p.ManifestSince), 0).Round(time.Second)
+				s.Manifest.Age, s.Manifest.AgeSeconds = age.String(), seconds(age)
 			}
 		}
 		if rt := in.Source.Trust.Root; rt != nil {
@@ -171,7 +217,11 @@ func CollectStatus(in StatusInput) (*Status, error) {
 		}
 		s.Configured = true
 	}
-	s.Controls = Controls{Pin: k.Pin, Windows: in.Windows.String(), WindowOpen: in.Windows.Open(in.Now), KillSwitch: in.KillSwitch}
+	s.Controls = Controls{Pin: k.Pin, Windows: in.Windows.String(), MaintenanceWindows: []window.Spec{},
+		WindowOpen: in.Windows.Open(in.Now), KillSwitch: in.KillSwitch, KillSwitchOn: in.KillSwitch != ""}
+	for _, w := range in.Windows {
+		s.Controls.MaintenanceWindows = append(s.Controls.MaintenanceWindows, w.Spec)
+	}
 	if st.Hold.Active(in.Now) {
 		s.Controls.Hold = st.Hold
 	}
@@ -230,23 +280,95 @@ func KpatchServiceWarning(root, krel string) string {
 	return fmt.Sprintf("kpatch.service is enabled and loads %d module(s) at boot before klp-agent, blocked ones too (%s): run `systemctl disable kpatch.service`", len(s.Modules), strings.Join(s.Modules, ", "))
 }
 
-// Check codes, for `klp-agent status --check` (documented in the README).
+// seconds is d in whole seconds, for the JSON beside its prose.
+func seconds(d time.Duration) *int64 {
+	n := int64(d / time.Second)
+	return &n
+}
+
+// Check codes, for `klp-agent status --check` (documented in its help text
+// and the README). 0-3 keep their first meanings; 4-6 were added so that
+// a stopped daemon, a host that never polled and a configuration run
+// refuses no longer pass for "up to date".
 const (
 	CheckUpToDate      = 0 // the wanted level is applied and good, nothing waits
 	CheckPending       = 1 // an update is pending, soaking, held, pinned below, outside a window, or the kill switch is on
 	CheckDegraded      = 2 // a problem, a failed last poll, an expired manifest, a rollback in flight, or a block above the applied level
 	CheckNotConfigured = 3 // no manifest.url, or nothing to read (no configuration or state, no status snapshot)
+	CheckDaemonDown    = 4 // the daemon does not run, or its snapshot is older than StaleAfter
+	CheckNotPolling    = 5 // no poll has succeeded yet, or the last good one is older than StaleAfter
+	CheckConfigRefused = 6 // the configuration is one `klp-agent run` refuses (it would exit 78)
 )
 
-// Check is the status as one code and the reason for it.
+// StalePolls is how many poll intervals (with the most jitter) may pass
+// without a good poll, or without the daemon refreshing its snapshot
+// (it does after every poll), before status --check says so.
+const StalePolls = 3
+
+// StaleAfter is StalePolls poll intervals with the most jitter (0: the
+// interval is not known, nothing is judged stale).
+func (s *Status) StaleAfter() time.Duration {
+	iv := time.Duration(s.PollIntervalSeconds) * time.Second
+	return time.Duration(float64(StalePolls) * float64(iv) * (1 + s.PollJitter)).Round(time.Second)
+}
+
+// Finish stamps the status with its check code and reason, for --json and
+// the snapshot.
+func (s *Status) Finish() {
+	code, why := s.Check()
+	s.Answer = &CheckResult{Code: code, Reason: why}
+}
+
+// Check is the status as one code and the reason for it, judged at s.At.
 func (s *Status) Check() (int, string) {
+	if code, why := s.checkAgent(); code != CheckUpToDate {
+		return code, why
+	}
+	return s.checkPatch()
+}
+
+// checkAgent is whether the agent can do its job at all: a configuration
+// run accepts, a daemon that runs, polls that succeed.
+func (s *Status) checkAgent() (int, string) {
+	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+	stale := s.StaleAfter()
+	switch d := s.Daemon; {
+	case s.ConfigRefused != "":
+		return CheckConfigRefused, "configuration refused: klp-agent run would not start: " + s.ConfigRefused
+	case !s.Configured:
+		return CheckNotConfigured, "not configured: manifest.url is not set"
+	case d == nil:
+		return CheckDaemonDown, "daemon not running: no process holds the state lock and there is no status snapshot"
+	case !d.Running && !d.Stopped.IsZero():
+		return CheckDaemonDown, "daemon not running: it stopped at " + ts(d.Stopped)
+	case !d.Running:
+		return CheckDaemonDown, fmt.Sprintf("daemon not running: pid %d is gone (its snapshot is from %s)", d.PID, ts(d.Written))
+	case stale > 0 && !d.Written.IsZero() && s.At.Sub(d.Written) > stale:
+		return CheckDaemonDown, fmt.Sprintf("daemon not responding: pid %d last wrote its status snapshot at %s, over %s ago (%d poll intervals)",
+			d.PID, ts(d.Written), stale, StalePolls)
+	}
+	switch good := s.LastPoll.LastGood(); {
+	case good.IsZero() && s.LastPoll == nil:
+		return CheckNotPolling, "not polling: the daemon has not polled the manifest yet"
+	case good.IsZero():
+		return CheckNotPolling, "not polling: no poll has succeeded yet; the last one failed: " + s.LastPoll.Error
+	case stale > 0 && s.At.Sub(good) > stale:
+		why := fmt.Sprintf("not polling: the last good poll was at %s, over %s ago (%d poll intervals)", ts(good), stale, StalePolls)
+		if !s.LastPoll.OK {
+			why += "; the last one failed: " + s.LastPoll.Error
+		}
+		return CheckNotPolling, why
+	}
+	return CheckUpToDate, ""
+}
+
+// checkPatch is where the patch stands: codes 0-2.
+func (s *Status) checkPatch() (int, string) {
 	cur := 0
 	if s.Applied != nil {
 		cur = s.Applied.Level
 	}
 	switch {
-	case !s.Configured:
-		return CheckNotConfigured, "not configured: manifest.url is not set"
 	case len(s.Problems) > 0:
 		return CheckDegraded, "degraded: " + s.Problems[0]
 	case s.TrustedRoot != nil && s.TrustedRoot.Expired:

@@ -25,7 +25,7 @@ func cmdCheckConfig(env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	kr, problems := daemon.Problems(l)
+	kr, problems := daemon.Problems(*path, l)
 	y, err := l.YAML()
 	if err != nil {
 		return err

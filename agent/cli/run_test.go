@@ -44,7 +44,8 @@ func shippedConfig(t *testing.T, extra string) (cfg, keys, stateDir string) {
 
 // `klp-agent run` exits 78 (EX_CONFIG, which the unit does not restart on)
 // for the shipped configuration and for every other configuration error,
-// with one line saying what is wrong; other failures stay 1.
+// with one line saying what is wrong; other failures stay 1. check-config
+// fails on each with the same reason (daemon.CheckStart).
 func TestRunConfigExitCodes(t *testing.T) {
 	for _, tt := range []struct {
 		name, extra string
@@ -77,6 +78,17 @@ func TestRunConfigExitCodes(t *testing.T) {
 			cfg, keys, stateDir := shippedConfig(t, tt.extra)
 			if tt.setup != nil {
 				tt.setup(t, keys, stateDir)
+			}
+			// check-config refuses what run refuses, in run's words (it
+			// runs first: run may create the state directory).
+			cout, ccode := runCode(t, t0, "check-config", "--config", cfg)
+			if ccode == 0 {
+				t.Errorf("check-config passes what run refuses:\n%s", cout)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(cout, w) {
+					t.Errorf("check-config does not say %q:\n%s", w, cout)
+				}
 			}
 			out, code := runCode(t, t0, "run", "--config", cfg)
 			if code != tt.code {

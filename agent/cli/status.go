@@ -23,7 +23,14 @@ func cmdStatus(env *Env, args []string) error {
 	fs := newFlags(env, "status", "status [--config PATH] [--json] [--check] [--snapshot PATH]")
 	path := fs.String("config", config.DefaultPath, "main configuration file")
 	asJSON := fs.Bool("json", false, "print JSON")
-	check := fs.Bool("check", false, "print one line and exit 0 up to date, 1 update pending or held, 2 degraded, 3 not configured")
+	check := fs.Bool("check", false, "print one line, the reason, and exit with the check code (also in --json and the metric klp_agent_check_code):\n"+
+		"0 up to date: the wanted level is applied and good, nothing waits;\n"+
+		"1 pending: a higher level wanted, a patch soaking or being applied, a hold, or the kill switch on;\n"+
+		"2 degraded: a problem, the last poll failed, the manifest or trusted root expired, a rollback in flight, a level above the applied one blocked;\n"+
+		"3 not configured: no manifest.url, or nothing to read (no configuration or state, no status snapshot);\n"+
+		"4 daemon not running: no process holds the state lock (as root), or the snapshot's daemon stopped or its pid is gone, or its snapshot is older than 3 poll intervals;\n"+
+		"5 not polling: no poll has succeeded yet, or the last good one is older than 3 poll intervals (poll_interval with the most poll_jitter);\n"+
+		"6 configuration refused: klp-agent run would refuse the configuration on disk (exit 78)")
 	snap := fs.String("snapshot", "", "the daemon's status snapshot, read when the configuration or the state is not readable\n(default: paths.status_file, else "+config.DefaultStatusFile+")")
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -31,13 +38,17 @@ func cmdStatus(env *Env, args []string) error {
 	s, err := collectStatus(env, *path, *snap)
 	if err != nil {
 		if *check {
+			if daemon.Refused(err) {
+				fmt.Fprintln(env.Stdout, "configuration refused: klp-agent run would not start: "+err.Error())
+				return answerCode(agent.CheckConfigRefused)
+			}
 			fmt.Fprintln(env.Stdout, "not configured: "+err.Error())
 			return answerCode(agent.CheckNotConfigured)
 		}
 		return err
 	}
 	if *check {
-		code, why := s.Check()
+		code, why := s.Answer.Code, s.Answer.Reason
 		fmt.Fprintln(env.Stdout, why)
 		if code != 0 {
 			return answerCode(code)
@@ -56,35 +67,16 @@ func cmdStatus(env *Env, args []string) error {
 	return nil
 }
 
-// collectStatus reads the status itself when it can (the configuration
-// and the state dir are readable: root), else the daemon's snapshot (any
-// user, no configuration needed).
+// collectStatus reads the status (daemon.ReadStatus), saying on stderr
+// when it comes from the daemon's snapshot.
 func collectStatus(env *Env, path, snap string) (*agent.Status, error) {
-	h, err := daemon.LoadHost(path)
-	if err == nil {
-		if snap == "" {
-			snap = h.Config.Paths.StatusFile
-		}
-		var in agent.StatusInput
-		var s *agent.Status
-		if in, err = h.StatusInput(env.Now()); err == nil {
-			s, err = agent.CollectStatus(in)
-		}
-		if err == nil {
-			if sn, serr := daemon.ReadSnapshot(snap); serr == nil {
-				s.Daemon = sn.Daemon
-			}
-			return s, nil
-		}
+	s, via, err := daemon.ReadStatus(path, snap, env.Now())
+	if err != nil {
+		return nil, err
 	}
-	if snap == "" {
-		snap = config.DefaultStatusFile
+	if via != nil {
+		fmt.Fprintf(env.Stderr, "klp-agent status: from the daemon's snapshot %v\n", via)
 	}
-	s, serr := daemon.ReadSnapshot(snap)
-	if serr != nil {
-		return nil, fmt.Errorf("%w; no status snapshot either (%w): not configured, or the daemon is not running", err, serr)
-	}
-	fmt.Fprintf(env.Stderr, "klp-agent status: from the daemon's snapshot %s (%v)\n", snap, err)
 	return s, nil
 }
 
@@ -147,6 +139,13 @@ func writeStatus(env *Env, s *agent.Status) {
 			res = "failed: " + p.Error
 		}
 		fmt.Fprintf(w, "last poll:  %s, manifest version %d, %s\n", ts(p.At), p.ManifestVersion, res)
+		if !p.OK {
+			good := "never"
+			if g := p.LastGood(); !g.IsZero() {
+				good = ts(g)
+			}
+			fmt.Fprintf(w, "last good:  %s\n", good)
+		}
 		if !p.Next.IsZero() {
 			fmt.Fprintf(w, "next poll:  %s\n", ts(p.Next))
 		}
@@ -194,6 +193,9 @@ func writeStatus(env *Env, s *agent.Status) {
 	for _, p := range s.Problems {
 		fmt.Fprintf(w, "problem:    %s\n", p)
 	}
+	if s.ConfigRefused != "" {
+		fmt.Fprintf(w, "config:     klp-agent run refuses it: %s\n", s.ConfigRefused)
+	}
 	code, why := s.Check()
 	fmt.Fprintf(w, "check:      %d, %s\n", code, why)
 }
@@ -201,7 +203,9 @@ func writeStatus(env *Env, s *agent.Status) {
 func writeDaemon(w io.Writer, s *agent.Status, ts func(time.Time) string) {
 	switch d := s.Daemon; {
 	case d == nil:
-		fmt.Fprintf(w, "daemon:     unknown (no status snapshot)\n")
+		fmt.Fprintf(w, "daemon:     not running (no process holds the state lock, no status snapshot)\n")
+	case d.Running && d.Since.IsZero():
+		fmt.Fprintf(w, "daemon:     running, pid %d (it holds the state lock; no status snapshot from it)\n", d.PID)
 	case d.Running:
 		fmt.Fprintf(w, "daemon:     running, pid %d since %s, version %s\n", d.PID, ts(d.Since), d.Version)
 	case !d.Stopped.IsZero():

@@ -13,6 +13,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/agent/daemon"
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -27,24 +28,30 @@ func goldenStatus() *agent.Status {
 	p2 := manifest.Patch{Kernel: testKernel, Name: "klp_cmdline_2", Level: 2, URL: "rpms/klp-cmdline-2.rpm", SHA256: sha(2), Size: 10,
 		CVEs: []string{"CVE-2026-20001", "CVE-2026-20002"}}
 	op := state.Operator{By: "alice via sudo (uid 0)", At: t0.Add(-time.Hour), Reason: "change freeze"}
-	return &agent.Status{
+	age := int64(26 * 3600)
+	s := &agent.Status{
+		Schema: agent.StatusSchema, At: t0.Add(time.Minute),
 		Kernel: testKernel, Phase: state.PhaseGood,
 		Applied:      &state.PatchRecord{Name: p1.Name, Level: 1, SHA256: sha(1), Size: 10, Applied: t0.Add(-48 * time.Hour)},
 		AppliedEntry: &p1,
 		Wanted:       &p2, WantedReason: "chosen: highest eligible level (host bucket 3.00 < rollout 100.00%)",
 		Good:        []state.PatchRecord{{Name: p1.Name, Level: 1, SHA256: sha(1), Size: 10}},
 		Blocked:     []state.Blocked{},
-		LastPoll:    &state.Poll{At: t0, OK: true, ManifestVersion: 9, Next: t0.Add(15 * time.Minute)},
+		LastPoll:    &state.Poll{At: t0, OK: true, ManifestVersion: 9, Next: t0.Add(15 * time.Minute), LastOK: t0},
 		Livepatches: []agent.LivepatchRow{},
 		Events:      []state.Event{},
-		Manifest: &agent.ManifestInfo{Version: 9, Expires: t0.Add(14 * 24 * time.Hour), Accepted: t0.Add(-26 * time.Hour), Age: "26h0m0s",
+		Manifest: &agent.ManifestInfo{Version: 9, Expires: t0.Add(14 * 24 * time.Hour), Accepted: t0.Add(-26 * time.Hour), Age: "26h0m0s", AgeSeconds: &age,
 			Annotations: map[string]string{"publisher": "kernel-team@example"}},
 		Controls: agent.Controls{Hold: &state.Hold{Operator: op, Until: t0.Add(24 * time.Hour)}, Pin: &state.Pin{Operator: op, Level: 3},
 			Windows: "tue,thu 02:00-04:00 UTC", NextWindow: t0.Add(14 * time.Hour),
-			Waiting: "held by alice via sudo (uid 0) (change freeze) until 2026-11-26T12:00:00Z"},
-		Configured: true,
-		Daemon:     &agent.DaemonInfo{PID: 4242, Since: t0.Add(-72 * time.Hour), Version: "1.4.0", Written: t0, Running: true},
+			MaintenanceWindows: []window.Spec{{Days: []string{"tue", "thu"}, Start: "02:00", End: "04:00", Timezone: "UTC"}},
+			Waiting:            "held by alice via sudo (uid 0) (change freeze) until 2026-11-26T12:00:00Z"},
+		Configured:          true,
+		Daemon:              &agent.DaemonInfo{PID: 4242, Since: t0.Add(-72 * time.Hour), Version: "1.4.0", Written: t0, Running: true, LockHolder: 4242},
+		PollIntervalSeconds: 900, PollJitter: 0.2,
 	}
+	s.Finish()
+	return s
 }
 
 func golden(t *testing.T, name string, got []byte) {
@@ -116,4 +123,51 @@ func TestExplainGolden(t *testing.T) {
 	var buf bytes.Buffer
 	writeDecision(&Env{Stdout: &buf}, "https://mirror.example/manifest.json", v, d)
 	golden(t, "explain.golden.txt", buf.Bytes())
+}
+
+// Every field of the status JSON is listed in docs/status-json.md: a
+// record's or an entry's fields under record. and entry.
+func TestStatusJSONDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/status-json.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := daemon.MarshalStatus(goldenStatus())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	alias := map[string]string{"applied": "record", "good[]": "record", "blocked[]": "record", "wanted": "entry", "applied_entry": "entry"}
+	var walk func(v any, path string)
+	walk = func(v any, path string) {
+		if path != "" && !strings.HasSuffix(path, "[]") && !strings.Contains(string(doc), "`"+path+"`") {
+			t.Errorf("docs/status-json.md does not list `%s`", path)
+		}
+		switch v := v.(type) {
+		case map[string]any:
+			if strings.HasSuffix(path, "annotations") {
+				return // the publisher's own keys
+			}
+			for k, x := range v {
+				p := k
+				if path != "" {
+					p = path + "." + k
+				}
+				if a, ok := alias[path]; ok {
+					p = a + "." + k
+				}
+				walk(x, p)
+			}
+		case []any:
+			for _, x := range v {
+				if _, ok := x.(map[string]any); ok { // a list of strings is its field
+					walk(x, path+"[]")
+				}
+			}
+		}
+	}
+	walk(v, "")
 }

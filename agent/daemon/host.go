@@ -128,7 +128,16 @@ func checkStateDir(dir string, uid int) error {
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("state dir %s: %w", dir, err)
 	}
+	return inspectStateDir(dir, uid, false)
+}
+
+// inspectStateDir refuses an untrusted state directory without creating
+// it; missingOK: one that does not exist yet passes (run creates it 0700).
+func inspectStateDir(dir string, uid int, missingOK bool) error {
 	fi, err := os.Lstat(dir)
+	if missingOK && errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("state dir %s: %w", dir, err)
 	}
@@ -136,6 +145,46 @@ func checkStateDir(dir string, uid int) error {
 		return fmt.Errorf("%w: paths.state_dir %s %s", ErrUntrustedStateDir, dir, why)
 	}
 	return nil
+}
+
+// CheckStart is everything `klp-agent run` refuses at start with EX_CONFIG
+// once the configuration is loaded (LoadHost), in the order run meets it,
+// and without side effects (the state directory is not created):
+// unconfigured, too few keys, an untrusted state directory, a logger, CA
+// bundle, client certificate or manifest URL that cannot be set up. Run,
+// check-config and status --check share it, so none of them passes what
+// run refuses. Every error is an ErrConfig.
+func (h *Host) CheckStart(configPath string) error {
+	if err := h.checkConfigured(configPath); err != nil {
+		return err
+	}
+	if err := h.CheckTrust(); err != nil {
+		return err
+	}
+	if err := inspectStateDir(h.Config.Paths.StateDir, StateDirOwner, true); err != nil {
+		return asConfigError(err)
+	}
+	if _, err := h.Logger(io.Discard); err != nil {
+		return asConfigError(err)
+	}
+	client, err := h.Client(zap.NewNop())
+	if err != nil {
+		return asConfigError(err)
+	}
+	if _, err := h.Source(client, true); err != nil {
+		return asConfigError(err)
+	}
+	return nil
+}
+
+// CheckStartAt is CheckStart for the configuration at path, LoadHost
+// included (its errors are what run exits with too).
+func CheckStartAt(path string) error {
+	h, err := LoadHost(path)
+	if err != nil {
+		return err
+	}
+	return h.CheckStart(path)
 }
 
 // untrusted says why fi is no safe state directory ("" when it is).
@@ -158,15 +207,15 @@ func untrusted(fi fs.FileInfo, uid int) string {
 	return ""
 }
 
-// Problems lists what keeps the configuration from running a useful
-// daemon, for check-config.
-func Problems(l *config.Loaded) (manifest.Keyring, []string) {
+// Problems lists what keeps the configuration at path (loaded as l) from
+// running a useful daemon, for check-config: first what run refuses
+// (CheckStartAt, in run's own words), then what run accepts but should
+// not be left so (an expired root of trust, no manifest.url).
+func Problems(path string, l *config.Loaded) (manifest.Keyring, []string) {
 	var problems []string
 	var kr manifest.Keyring
-	var err error
 	if l.Trust.Root != "" {
-		var t manifest.Trust
-		if t, err = loadTrust(l); err == nil {
+		if t, err := loadTrust(l); err == nil {
 			r := t.Root.Current()
 			kr = r.ManifestTrust(t).Keys
 			if err := r.CheckExpiry(time.Now()); err != nil {
@@ -174,19 +223,18 @@ func Problems(l *config.Loaded) (manifest.Keyring, []string) {
 			}
 		}
 	} else {
-		kr, err = manifest.LoadKeyring(l.Trust.KeysDir)
+		kr, _ = manifest.LoadKeyring(l.Trust.KeysDir)
 	}
-	switch {
-	case err != nil:
-		problems = append(problems, err.Error())
-	case l.Trust.Root == "" && len(kr) < l.Trust.Threshold:
-		problems = append(problems, fmt.Sprintf("trust.threshold %d but %s holds %d key(s)", l.Trust.Threshold, l.Trust.KeysDir, len(kr)))
+	err := CheckStartAt(path)
+	if err != nil {
+		code := 1
+		if errors.Is(err, ErrConfig) {
+			code = 78
+		}
+		problems = append(problems, fmt.Sprintf("klp-agent run refuses to start (exit %d): %v", code, err))
 	}
-	if l.Manifest.URL == "" {
+	if l.Manifest.URL == "" && !errors.Is(err, ErrNotConfigured) {
 		problems = append(problems, "manifest.url is not set: the agent has nothing to poll")
-	}
-	if _, err := l.HostID(); err != nil {
-		problems = append(problems, err.Error())
 	}
 	return kr, problems
 }
@@ -323,7 +371,8 @@ func (h *Host) MonitorOptions() health.MonitorOptions {
 // StatusInput is what `status` reads for this host at now.
 func (h *Host) StatusInput(now time.Time) (agent.StatusInput, error) {
 	in := agent.StatusInput{Store: h.Store(), Sysfs: h.Sysfs(), Host: h.Host, Now: now, Root: h.Config.Paths.Root,
-		Windows: h.Config.Apply.MaintenanceWindows(), KillSwitch: h.KillSwitch(nil)}
+		Windows: h.Config.Apply.MaintenanceWindows(), KillSwitch: h.KillSwitch(nil),
+		PollInterval: h.Config.Manifest.PollInterval, PollJitter: h.Config.Manifest.PollJitter}
 	client, err := manifest.NewClient(manifest.ClientConfig{})
 	if err != nil {
 		return in, err

@@ -85,7 +85,7 @@ func TestLoadHostRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kr, problems := Problems(l)
+	kr, problems := Problems(cfg, l)
 	if _, ok := kr[manifest.KeyID(m2.pub)]; !ok || len(kr) != 1 || len(problems) != 1 || !strings.Contains(problems[0], "manifest.url") {
 		t.Fatalf("check-config keys %v problems %q", kr.IDs(), problems)
 	}
@@ -105,7 +105,7 @@ func TestLoadHostRoot(t *testing.T) {
 	if err := os.Remove(filepath.Join(stateDir, "root.json")); err != nil {
 		t.Fatal(err)
 	}
-	if _, problems = Problems(l); len(problems) != 2 || !strings.Contains(problems[0], "expired") {
+	if _, problems = Problems(cfg, l); len(problems) != 2 || !strings.Contains(problems[0], "expired") {
 		t.Fatalf("expired root: problems %q", problems)
 	}
 }

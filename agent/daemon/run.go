@@ -41,13 +41,10 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	if err := h.checkConfigured(o.ConfigPath); err != nil {
+	if err := h.CheckStart(o.ConfigPath); err != nil {
 		return err
 	}
-	if err := h.CheckTrust(); err != nil {
-		return err
-	}
-	if err := h.CheckStateDir(); err != nil {
+	if err := h.CheckStateDir(); err != nil { // creates it
 		return err
 	}
 	log, err := h.Logger(o.Stderr)
@@ -215,26 +212,45 @@ func (e *exporter) set(h *Host, log *zap.Logger) {
 	e.cfg.Store(&exportTo{h.Config.Metrics.Textfile, log, h})
 }
 
-// writeSnapshot refreshes the status snapshot (stopped: the daemon stops).
-func (e *exporter) writeSnapshot(stopped time.Time) {
-	to := e.cfg.Load()
-	if e.snap == nil || to == nil || to.h == nil {
-		return
+// collect is the status as the daemon sees it now (nil: it could not be
+// read, which is logged).
+func (e *exporter) collect(to *exportTo, now time.Time) *agent.Status {
+	if to == nil || to.h == nil {
+		return nil
 	}
-	in, err := to.h.StatusInput(time.Now())
+	in, err := to.h.StatusInput(now)
+	var st *agent.Status
 	if err == nil {
-		err = e.snap.Write(in, stopped)
+		st, err = agent.CollectStatus(in)
 	}
 	if err != nil {
+		to.log.Error("status snapshot: " + err.Error())
+		return nil
+	}
+	return st
+}
+
+// writeSnapshot refreshes the status snapshot with st (stopped: the
+// daemon stops).
+func (e *exporter) writeSnapshot(to *exportTo, st *agent.Status, stopped time.Time) {
+	if e.snap == nil || st == nil {
+		return
+	}
+	if err := e.snap.Write(st, stopped); err != nil {
 		to.log.Error(err.Error())
 	}
 }
 
 // stopped records the clean stop in the snapshot.
-func (e *exporter) stopped() { e.writeSnapshot(time.Now()) }
+func (e *exporter) stopped() {
+	to := e.cfg.Load()
+	now := time.Now()
+	e.writeSnapshot(to, e.collect(to, now), now)
+}
 
-// export refreshes what the state says (patch info, blocks) and writes the
-// textfile, if configured.
+// export refreshes what the state says (patch info, blocks, the wanted
+// level and the check code) and writes the textfile, if configured, and
+// the status snapshot.
 func (e *exporter) export() {
 	m, a, to := e.m, e.a, e.cfg.Load()
 	if st := a.State(); st != nil {
@@ -255,10 +271,23 @@ func (e *exporter) export() {
 		}
 		m.SetControls(st.Hold.Active(time.Now()), pin, a.KillSwitch() != "")
 	}
+	now := time.Now()
+	st := e.collect(to, now)
+	if st != nil {
+		// The check as this running daemon sees it (Snapshot.Write says
+		// it runs).
+		st.Daemon = &agent.DaemonInfo{PID: os.Getpid(), Written: now, Running: true}
+		code, _ := st.Check()
+		wanted := 0
+		if st.Wanted != nil {
+			wanted = st.Wanted.Level
+		}
+		m.SetCheck(code, wanted, now)
+	}
 	if to.textfile != "" {
 		if err := m.WriteTextfile(to.textfile); err != nil {
 			to.log.Error(err.Error())
 		}
 	}
-	e.writeSnapshot(time.Time{})
+	e.writeSnapshot(to, st, time.Time{})
 }

@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent"
+	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
 	"github.com/klp-agent/klp-agent/internal/redact"
 )
@@ -26,17 +29,15 @@ type Snapshot struct {
 	Version string
 }
 
-// Write collects the status from in and writes it atomically, 0644.
-// stopped is set when the daemon stops cleanly.
-func (s *Snapshot) Write(in agent.StatusInput, stopped time.Time) error {
+// Write writes st, the daemon's status collected at st.At, atomically,
+// 0644, as this daemon's: running until it stops (stopped is set when it
+// stops cleanly), with the check code and reason it sees.
+func (s *Snapshot) Write(st *agent.Status, stopped time.Time) error {
 	if s.Path == "" {
 		return nil
 	}
-	st, err := agent.CollectStatus(in)
-	if err != nil {
-		return fmt.Errorf("status snapshot: %w", err)
-	}
-	st.Daemon = &agent.DaemonInfo{PID: s.PID, Since: s.Since, Version: s.Version, Written: in.Now, Stopped: stopped}
+	st.Daemon = &agent.DaemonInfo{PID: s.PID, Since: s.Since, Version: s.Version, Written: st.At, Stopped: stopped, Running: stopped.IsZero()}
+	st.Finish()
 	b, err := MarshalStatus(st)
 	if err != nil {
 		return fmt.Errorf("status snapshot: %w", err)
@@ -93,4 +94,59 @@ func ReadSnapshot(path string) (*agent.Status, error) {
 		d.Running = d.Stopped.IsZero() && processAlive(d.PID)
 	}
 	return &st, nil
+}
+
+// ReadStatus is `klp-agent status`: the status read directly when the
+// configuration at path and the state dir are readable (root), else the
+// daemon's snapshot (snap; "" is paths.status_file, else
+// config.DefaultStatusFile), which any user can read. Either way it is
+// judged at now: whether the daemon runs (the state lock's holder where
+// it can be seen, the snapshot otherwise), and whether the configuration
+// on disk is one run accepts (CheckStart). viaSnapshot is why the
+// snapshot was read (nil: it was not).
+func ReadStatus(path, snap string, now time.Time) (s *agent.Status, viaSnapshot, err error) {
+	h, err := LoadHost(path)
+	if err == nil {
+		if snap == "" {
+			snap = h.Config.Paths.StatusFile
+		}
+		var in agent.StatusInput
+		if in, err = h.StatusInput(now); err == nil {
+			s, err = agent.CollectStatus(in)
+		}
+		if err == nil {
+			var d *agent.DaemonInfo
+			if snap != "" {
+				if sn, serr := ReadSnapshot(snap); serr == nil {
+					d = sn.Daemon
+				}
+			}
+			s.Daemon = Liveness(h.Layout(), d)
+			if cerr := h.CheckStart(path); cerr != nil {
+				s.ConfigRefused = cerr.Error()
+			}
+			s.Finish()
+			return s, nil, nil
+		}
+	}
+	if snap == "" {
+		snap = config.DefaultStatusFile
+	}
+	s, serr := ReadSnapshot(snap)
+	if serr != nil {
+		return nil, nil, fmt.Errorf("%w; no status snapshot either (%w): not configured, or the daemon is not running", err, serr)
+	}
+	if Refused(err) {
+		s.ConfigRefused = err.Error()
+	}
+	s.At = now
+	s.Finish()
+	return s, fmt.Errorf("%s (%w)", snap, err), nil
+}
+
+// Refused says whether err, from LoadHost or ReadStatus, is a
+// configuration run would refuse: a configuration that cannot be read for
+// want of permission (not root) or is not there is none.
+func Refused(err error) bool {
+	return errors.Is(err, ErrConfig) && !errors.Is(err, fs.ErrPermission) && !errors.Is(err, fs.ErrNotExist)
 }

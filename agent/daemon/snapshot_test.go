@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -35,6 +37,21 @@ func TestStatusSnapshot(t *testing.T) {
 			}
 			if !st.Configured || !strings.Contains(st.Controls.KillSwitch, "klp_agent.enable=0") {
 				t.Fatalf("snapshot: %+v", st)
+			}
+			// The file itself, as a monitoring system reads it, says the
+			// daemon runs (it used to say "running": false), with the
+			// schema and the daemon's own check.
+			var raw struct {
+				Schema *int `json:"schema"`
+				Daemon struct {
+					Running bool `json:"running"`
+				} `json:"daemon"`
+				Check *agent.CheckResult `json:"check"`
+			}
+			b, _ := os.ReadFile(snap)
+			if err := json.Unmarshal(b, &raw); err != nil || !raw.Daemon.Running || raw.Schema == nil || *raw.Schema != agent.StatusSchema ||
+				raw.Check == nil || raw.Check.Code != agent.CheckNotPolling {
+				t.Fatalf("snapshot as written (%v): %+v\n%s", err, raw, b)
 			}
 			break
 		}

@@ -69,6 +69,12 @@ type Metrics struct {
 	held          prometheus.Gauge
 	pinLevel      prometheus.Gauge
 	killSwitch    prometheus.Gauge
+	appliedLevel  prometheus.Gauge
+	// No labels: absent until the daemon first judges its status, so a
+	// scrape before then never reads code 0 ("up to date").
+	wantedLevel *prometheus.GaugeVec
+	checkCode   *prometheus.GaugeVec
+	exported    *prometheus.GaugeVec
 
 	mu sync.Mutex // serialises textfile writes
 }
@@ -117,11 +123,19 @@ func New(version, goVersion string) *Metrics {
 		Help: "The highest level klp-agent pin allows for the running kernel; 0 when not pinned."})
 	m.killSwitch = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_kill_switch",
 		Help: "1 when the kernel was booted with klp_agent.enable=0: the agent applies nothing in this boot."})
+	m.appliedLevel = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_applied_level",
+		Help: "The level applied for the running kernel; 0 when none."})
+	m.wantedLevel = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_wanted_level",
+		Help: "The level the manifest in force selects for the running kernel (status: wanted); 0 when none. Above klp_agent_applied_level: an update is pending."}, nil)
+	m.checkCode = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_check_code",
+		Help: "klp-agent status --check's exit code as the running daemon sees it: 0 up to date, 1 pending, 2 degraded, 3 not configured, 5 not polling (see klp-agent status --help)."}, nil)
+	m.exported = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_status_timestamp_seconds",
+		Help: "When the daemon last refreshed these metrics and its status snapshot (after every poll and change): long ago means a stopped or stuck agent."}, nil)
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_build_info", Help: "The agent's version (1)."}, []string{"version", "goversion"})
 	build.WithLabelValues(version, goVersion).Set(1)
 	for _, c := range []prometheus.Collector{m.patchInfo, m.applies, m.rollbacks, m.healthEvents, m.crashes, m.blocked,
 		m.manifestVer, m.manifestExp, m.manifestSince, m.manifestAge, m.rootVer, m.rootExp, m.lastPoll, m.lastOK, m.applyDuration, m.listenFailed,
-		m.held, m.pinLevel, m.killSwitch, build} {
+		m.held, m.pinLevel, m.killSwitch, m.appliedLevel, m.wantedLevel, m.checkCode, m.exported, build} {
 		f(c)
 	}
 	// Series that alert rules increase() over exist from the start, at 0:
@@ -170,6 +184,7 @@ func (m *Metrics) SetPatch(kernel, patch string, level int, state string) {
 	m.patchInfo.mu.Lock()
 	m.patchInfo.labels = labels
 	m.patchInfo.mu.Unlock()
+	m.appliedLevel.Set(float64(level))
 	if patch != "" {
 		m.crashes.WithLabelValues(clean(patch))
 	}
@@ -259,6 +274,14 @@ func (m *Metrics) SetControls(held bool, pin int, killSwitch bool) {
 	m.held.Set(b(held))
 	m.pinLevel.Set(float64(pin))
 	m.killSwitch.Set(b(killSwitch))
+}
+
+// SetCheck records status --check's code as the daemon sees it, the
+// wanted level (0: none), and at as the time of this refresh.
+func (m *Metrics) SetCheck(code, wanted int, at time.Time) {
+	m.checkCode.WithLabelValues().Set(float64(code))
+	m.wantedLevel.WithLabelValues().Set(float64(wanted))
+	m.exported.WithLabelValues().Set(float64(at.UnixNano()) / 1e9)
 }
 
 // SetBlocked records how many patches are blocked.

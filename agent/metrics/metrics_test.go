@@ -38,6 +38,7 @@ func sample() *Metrics {
 	m.SetBlocked(1)
 	m.SetControls(true, 3, false)
 	m.Polled("error", t0.Add(time.Minute), 0)
+	m.SetCheck(1, 2, t0.Add(time.Minute))
 	return m
 }
 
@@ -143,6 +144,10 @@ func TestMetricSemantics(t *testing.T) {
 		{"a failed poll keeps the last good one", testutil.ToFloat64(m.lastOK), float64(t0.Unix())},
 		{"and the manifest version", testutil.ToFloat64(m.manifestVer), 7},
 		{"failed applies are not timed", float64(testutil.CollectAndCount(m.applyDuration)), 1},
+		{"the applied level follows the patch", testutil.ToFloat64(m.appliedLevel), 1},
+		{"the wanted level", testutil.ToFloat64(m.wantedLevel.WithLabelValues()), 2},
+		{"the check code", testutil.ToFloat64(m.checkCode.WithLabelValues()), 1},
+		{"the refresh time", testutil.ToFloat64(m.exported.WithLabelValues()), float64(t0.Add(time.Minute).Unix())},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {
@@ -477,6 +482,21 @@ func TestServeTCPPortTaken(t *testing.T) {
 
 // The trusted root's series are absent until a root is known: a keys_dir
 // host must not show an expiry of 0 (KLPTrustedRootExpiring would fire).
+// Before the daemon first judges its status there is no check code: a
+// gauge at 0 would read "up to date".
+func TestCheckAbsentUntilSet(t *testing.T) {
+	m := New("0.1.0", "go1.26")
+	for _, c := range []prometheus.Collector{m.checkCode, m.wantedLevel, m.exported} {
+		if n := testutil.CollectAndCount(c); n != 0 {
+			t.Errorf("%d series before SetCheck", n)
+		}
+	}
+	m.SetCheck(0, 0, t0)
+	if n := testutil.CollectAndCount(m.checkCode); n != 1 {
+		t.Errorf("%d check code series after SetCheck", n)
+	}
+}
+
 func TestTrustedRootAbsentWithoutRoot(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "klp-agent.prom")
 	m := New("0.1.0", "go1.26")

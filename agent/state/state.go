@@ -69,8 +69,8 @@ type PatchRecord struct {
 	Size    int64     `json:"size"`
 	URL     string    `json:"url,omitempty"`
 	RPMName string    `json:"rpm_name,omitempty"` // package name, for rpm -e
-	Applied time.Time `json:"applied,omitempty"`  // transition finished
-	Good    time.Time `json:"good,omitempty"`     // soak passed
+	Applied time.Time `json:"applied,omitzero"`   // transition finished
+	Good    time.Time `json:"good,omitzero"`      // soak passed
 }
 
 // ID names a patch in logs.
@@ -169,6 +169,22 @@ type Poll struct {
 	// or replayed one.
 	ManifestSince time.Time `json:"manifest_since,omitzero"`
 	Next          time.Time `json:"next,omitempty"`
+	// LastOK is the last poll that delivered a verified manifest (this
+	// one when OK; kept across failed polls): how long a host has gone
+	// without one is what status --check and its alert judge.
+	LastOK time.Time `json:"last_ok,omitzero"`
+}
+
+// LastGood is when a poll last succeeded (zero: never); a state written
+// before LastOK existed knows it only when the last poll was the good one.
+func (p *Poll) LastGood() time.Time {
+	switch {
+	case p == nil:
+		return time.Time{}
+	case p.OK:
+		return p.At
+	}
+	return p.LastOK
 }
 
 // State is the whole file.
