@@ -217,6 +217,7 @@ func TestDaemonTakesControls(t *testing.T) {
 	h.agent.d.Now, h.agent.d.Store.Now = clock, clock
 	events := make(chan health.Event)
 	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events}
+	d.Init()
 	stop := runLoop(t, d)
 	kernelLevel := func() string { return h.kernel.Patched("cmdline_proc_show") }
 	waitFor(t, "level 1 applied", func() bool { return kernelLevel() == "klp_cmdline_1" })
@@ -329,6 +330,7 @@ func TestDaemonAppliesWhenHoldEnds(t *testing.T) {
 func TestDaemonPollWithoutSource(t *testing.T) {
 	h := newHost(t)
 	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}}
+	d.Init() // before Ask and Run race to make its channels
 	stop := runLoop(t, d)
 	res, err := d.Ask(context.Background(), ControlRequest{Op: OpPoll})
 	if err != nil || res.OK || !strings.Contains(res.Message, "manifest.url is not set") {

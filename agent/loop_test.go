@@ -91,6 +91,7 @@ func TestDaemonPollsAppliesAndTakesRequests(t *testing.T) {
 	h.polls(pub)
 	events := make(chan health.Event)
 	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: 20 * time.Millisecond}, Events: events}
+	d.Init()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()

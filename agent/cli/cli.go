@@ -41,7 +41,7 @@ func commands() map[string]command {
 		"status":       {"what this host runs, wants, soaks and has blocked (--json)", cmdStatus},
 		"rollback":     {"step back from the current patch now (--block: never re-apply it here)", cmdRollback},
 		"check-config": {"validate the configuration and print the effective settings", cmdCheckConfig},
-		"reload":       {"validate the configuration, then tell the daemon to re-read it (the unit's ExecReload)", cmdReload},
+		"reload":       {"ask the running daemon to re-read its configuration; prints its verdict (the unit's ExecReload)", cmdReload},
 		"explain":      {"show, for this host, every manifest entry for its kernel and why it is or is not chosen", cmdExplain},
 		"manifest":     {"publisher tools: keygen, add, revoke, sign, verify, lint, root", cmdManifest},
 		"klp":          {"by hand: list livepatches, apply one RPM, disable one patch", cmdKLP},
@@ -92,7 +92,10 @@ func Main(args []string, env *Env) int {
 	if env.Ctx == nil {
 		env.Ctx = context.Background()
 	}
-	daemon.Version = Version
+	if daemon.Version != Version {
+		// Written once per process (a test runs a daemon beside commands).
+		daemon.Version = Version
+	}
 	cmds := commands()
 	switch {
 	case len(args) == 0:

@@ -78,12 +78,15 @@ func cmdUnblock(env *Env, args []string) error {
 	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usageErr(fs, "one NAME@LEVEL wanted, got %q", fs.Args())
+	if fs.NArg() == 0 {
+		return usageErr(fs, "NAME@LEVEL is missing")
+	}
+	if fs.NArg() > 1 {
+		return usageErr(fs, "unexpected arguments %q after NAME@LEVEL", fs.Args()[1:])
 	}
 	name, level, err := agent.ParsePatchID(fs.Arg(0))
 	if err != nil {
-		return usageErr(fs, "%v", err)
+		return usageErr(fs, "%q is not NAME@LEVEL", fs.Arg(0))
 	}
 	return control(env, *path, *reason, *wait, agent.ControlRequest{Op: agent.OpUnblock, Name: name, Level: level})
 }
@@ -99,8 +102,10 @@ func cmdPoll(env *Env, args []string) error {
 
 func cmdRollback(env *Env, args []string) error {
 	fs := newFlags(env, "rollback", "rollback [--config PATH] [--block] [--reason TEXT] [--wait DURATION]")
-	path, reason, wait := controlFlags(fs, "requested with klp-agent rollback")
+	path := fs.String("config", config.DefaultPath, "main configuration file")
 	block := fs.Bool("block", false, "never re-apply the current patch on this host")
+	reason := fs.String("reason", "requested with klp-agent rollback", "why, for the journal and the block record")
+	wait := fs.Duration("wait", 2*time.Minute, "how long to wait for a running daemon to answer")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
