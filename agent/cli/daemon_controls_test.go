@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,9 +22,9 @@ import (
 
 // daemonHost is a configured host (a key, no manifest.url, no health
 // sources) with its state dir and status file under the test's dirs.
-func daemonHost(t *testing.T) (dir, stateDir, cfg string) {
+func daemonHost(t *testing.T, extra ...string) (dir, stateDir, cfg string) {
 	t.Helper()
-	dir, keys, cfg := hostConfig(t, "health:\n  kmsg: false\n  taint: false\n  kdump_dir: \"\"\nlog:\n  format: console\n")
+	dir, keys, cfg := hostConfig(t, strings.Join(extra, "")+"health:\n  kmsg: false\n  taint: false\n  kdump_dir: \"\"\nlog:\n  format: console\n")
 	run(t, t0, "manifest", "keygen", "--out", filepath.Join(keys, "release"))
 	stateDir = filepath.Join(dir, "state")
 	os.MkdirAll(filepath.Join(dir, "config.d"), 0o755)
@@ -31,12 +33,18 @@ func daemonHost(t *testing.T) (dir, stateDir, cfg string) {
 	return dir, stateDir, cfg
 }
 
-// startDaemon runs `klp-agent run` in this process until the test ends,
-// and waits for its control socket.
+// startDaemon runs `klp-agent run` in this process until the test ends
+// (or stop), and waits for its control socket.
 func startDaemon(t *testing.T, cfg, stateDir string) *syncbuf.Buffer {
 	t.Helper()
+	logs, _ := startDaemonStop(t, cfg, stateDir)
+	return logs
+}
+
+func startDaemonStop(t *testing.T, cfg, stateDir string) (*syncbuf.Buffer, func() error) {
+	t.Helper()
 	logs := &syncbuf.Buffer{}
-	runtest.Start(t, func(ctx context.Context) error {
+	stop := runtest.Start(t, func(ctx context.Context) error {
 		if code := Main([]string{"run", "--config", cfg}, &Env{Stdout: logs, Stderr: logs, Ctx: ctx}); code != 0 {
 			t.Errorf("run: exit %d\n%s", code, logs)
 		}
@@ -46,7 +54,7 @@ func startDaemon(t *testing.T, cfg, stateDir string) *syncbuf.Buffer {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if fi, err := os.Lstat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			return logs
+			return logs, stop
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no control socket at %s:\n%s", sock, logs)
@@ -182,6 +190,45 @@ func TestNoVerdictWhenTheDaemonDies(t *testing.T) {
 	<-served
 	if code != ExitNoVerdict || !strings.Contains(out, "klp-agent rollback: no answer from the daemon: the daemon closed the connection first (it stopped or was killed); whether it was done is unknown") {
 		t.Errorf("daemon died before answering: exit %d\n%s", code, out)
+	}
+}
+
+// A real daemon stopping while a request waits for it (a poll, behind a
+// poll that hangs on the mirror) gives no verdict: exit 75. Nothing of the
+// request outlives its connection: the next start takes no poll request.
+func TestStopBeforeAnswerIsNoVerdict(t *testing.T) {
+	hang := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-hang:
+		}
+	}))
+	defer srv.Close()
+	defer close(hang)
+	_, stateDir, cfg := daemonHost(t, "manifest:\n  url: "+srv.URL+"/manifest.json\n  retries: 0\n  timeout: 5m\n")
+	logs, stop := startDaemonStop(t, cfg, stateDir)
+	type result struct {
+		out  string
+		code int
+	}
+	polled := make(chan result, 1)
+	go func() {
+		out, code := runCode(t, t0, "poll", "--config", cfg, "--wait", "1m")
+		polled <- result{out, code}
+	}()
+	waitLog(t, logs, "poll requested by")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-polled
+	if r.code != ExitNoVerdict || !strings.Contains(r.out, "klp-agent poll: no answer from the daemon: the daemon closed the connection first (it stopped or was killed); whether it was done is unknown: see klp-agent status before asking again") {
+		t.Errorf("poll when the daemon stopped first: exit %d\n%s", r.code, r.out)
+	}
+	logs = startDaemon(t, cfg, stateDir)
+	waitLog(t, logs, "starting")
+	if strings.Contains(logs.String(), "poll requested") {
+		t.Errorf("the next daemon took the request again:\n%s", logs)
 	}
 }
 
