@@ -240,11 +240,25 @@ func TestHealthEventDuringStalledDownload(t *testing.T) {
 	h.publish(priv, 1, []int{1, 2})
 	h.polls(pub)
 	events := make(chan health.Event)
-	stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events})
+	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events}
+	d.Init()
+	stop := runLoop(t, d)
 	select {
 	case <-hit:
 	case <-time.After(10 * time.Second):
 		t.Fatal("level 2's download never started")
+	}
+	// An operator's control is answered at once too, the download still
+	// stalled (not cancelled for it).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if res, err := d.Ask(ctx, ControlRequest{Op: OpPin, Level: 5}); err != nil || !res.OK {
+		t.Fatalf("pin during the stalled download: %+v %v", res, err)
+	}
+	select {
+	case <-aborted:
+		t.Fatal("the pin cancelled the download")
+	default:
 	}
 	start := time.Now()
 	events <- health.Event{Kind: health.KindOops, Header: "BUG: kernel NULL pointer dereference, address: 0000000000000000",

@@ -242,4 +242,3 @@ func waitLog(t *testing.T, logs *syncbuf.Buffer, s string) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
-

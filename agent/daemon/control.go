@@ -22,7 +22,7 @@ var ErrBusy = errors.New("the state is locked by another klp-agent process and n
 
 // ErrNoDaemonRuns is a request only a running daemon can take (reload)
 // with none running.
-var ErrNoDaemonRuns = errors.New("no daemon runs (nothing holds the state lock)")
+var ErrNoDaemonRuns = errors.New("no daemon runs (nothing holds the state lock): nothing to reload, nothing signalled")
 
 // retryEvery is how often Control looks again for the lock or the socket.
 const retryEvery = 100 * time.Millisecond

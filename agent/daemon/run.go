@@ -99,6 +99,13 @@ func Run(ctx context.Context, o Options) error {
 	if w := agent.KpatchServiceWarning(h.Config.Paths.Root, h.Host.Kernel); w != "" {
 		log.Warn(w)
 	}
+	// Requests are accepted from here; the loop answers them once it
+	// runs (a command asking during the boot re-apply waits for it).
+	reloads := make(chan reloadCall)
+	sctx, stopServing := context.WithCancel(ctx)
+	served := serveControl(sctx, h, loop, reloads, log)
+	defer func() { stopServing(); <-served }() // the socket is gone before the lock is released
+
 	hb.Begin() // the boot re-apply is a step too
 	if err := a.Start(ctx); err != nil {
 		// Keep running: polling may fix what a boot re-apply could not.
@@ -106,10 +113,6 @@ func Run(ctx context.Context, o Options) error {
 	}
 	hb.End()
 
-	reloads := make(chan reloadCall)
-	sctx, stopServing := context.WithCancel(ctx)
-	served := serveControl(sctx, h, loop, reloads, log)
-	defer func() { stopServing(); <-served }() // the socket is gone before the lock is released
 	done := make(chan error, 1)
 	go func() { done <- loop.Run(ctx) }()
 	// takeReload is a SIGHUP's or `klp-agent reload`'s: the new
