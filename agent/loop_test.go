@@ -225,8 +225,11 @@ func TestHealthEventDuringStalledDownload(t *testing.T) {
 	h.converge([]int{1})
 	h.soak()
 	hit, aborted := make(chan struct{}, 8), make(chan struct{}, 8)
+	p2 := h.patches[2]
 	stall := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", "100000")
+		// The RPM's own size: a larger Content-Length fails the download
+		// at once (ErrTooLarge) instead of stalling it.
+		w.Header().Set("Content-Length", fmt.Sprint(p2.Size))
 		w.Write([]byte("\xed\xab\xee\xdb"))
 		w.(http.Flusher).Flush()
 		hit <- struct{}{}
@@ -234,7 +237,6 @@ func TestHealthEventDuringStalledDownload(t *testing.T) {
 		aborted <- struct{}{}
 	}))
 	defer stall.Close()
-	p2 := h.patches[2]
 	p2.URL = stall.URL + "/" + p2.URL
 	h.patches[2] = p2
 	h.publish(priv, 1, []int{1, 2})
