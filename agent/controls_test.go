@@ -352,3 +352,23 @@ func TestAskWhenTheLoopStops(t *testing.T) {
 		t.Fatalf("no loop running: %+v %v", res, err)
 	}
 }
+
+// A hold reads as one sentence, with who, until when and why; status
+// --check says it once ("held: held by" before).
+func TestHoldWording(t *testing.T) {
+	h := newHost(t)
+	h.control(ControlRequest{Op: OpHold, Operator: state.Operator{By: "root (uid 0)", Reason: "change freeze"}})
+	why, _ := h.agent.Gate()
+	if why != "held by root (uid 0) until resumed: change freeze" {
+		t.Errorf("gate: %q", why)
+	}
+	h.control(ControlRequest{Op: OpHold, Operator: state.Operator{By: "alice via sudo (uid 0)"}, Until: h.now.Add(time.Hour)})
+	why, _ = h.agent.Gate()
+	if why != "held by alice via sudo (uid 0) until 2026-11-25T13:00:00Z" {
+		t.Errorf("gate with --until, no reason: %q", why)
+	}
+	s := Status{Configured: true, Phase: state.PhaseNone, LastPoll: &state.Poll{OK: true}, Controls: Controls{Hold: h.agent.State().Hold, Waiting: why}}
+	if code, line := s.Check(); code != CheckPending || line != why {
+		t.Errorf("check: %d %q", code, line)
+	}
+}
