@@ -532,7 +532,9 @@ func (r *running) control(ctx context.Context, c controlCall) {
 		r.pollDue = true
 		return
 	case OpRollback:
-		r.cancelJob()
+		if a.kernel().Current != nil {
+			r.cancelJob() // not for one refused: nothing applied
+		}
 		msg, err := a.OperatorRollback(ctx, c.req)
 		if err != nil {
 			a.log().Error("operator rollback failed: " + err.Error())
