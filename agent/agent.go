@@ -841,7 +841,7 @@ func (a *Agent) Tick() error {
 func (a *Agent) Rollback(ctx context.Context, cause state.Cause, reason string, evidence []string, block bool) error {
 	k := a.kernel()
 	if k.Current == nil {
-		return errors.New("rollback: no patch applied")
+		return fmt.Errorf("rollback: %w", ErrNoPatch)
 	}
 	return a.rollback(ctx, *k.Current, cause, reason, evidence, block)
 }

@@ -2,14 +2,8 @@ package agent
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,7 +12,6 @@ import (
 
 	"github.com/klp-agent/klp-agent/agent/logging"
 	"github.com/klp-agent/klp-agent/agent/state"
-	"github.com/klp-agent/klp-agent/internal/atomicfile"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -30,145 +23,77 @@ const MsgControl = "948df1b30f8644c08cdaa67c1344d455"
 // kernel command line.
 const MsgKillSwitch = "598ea436df064fe9b9996101f2c3794f"
 
-// ControlOp is one host control.
+// ControlOp is one thing the CLI asks of the daemon (or, with no daemon
+// running, does itself).
 type ControlOp string
 
-// The host controls.
+// The host controls, and the requests that go the same way.
 const (
-	OpHold    ControlOp = "hold"
-	OpResume  ControlOp = "resume"
-	OpPin     ControlOp = "pin"
-	OpUnpin   ControlOp = "unpin"
-	OpUnblock ControlOp = "unblock"
-	OpPoll    ControlOp = "poll"
+	OpHold     ControlOp = "hold"
+	OpResume   ControlOp = "resume"
+	OpPin      ControlOp = "pin"
+	OpUnpin    ControlOp = "unpin"
+	OpUnblock  ControlOp = "unblock"
+	OpPoll     ControlOp = "poll"
+	OpRollback ControlOp = "rollback"
+	OpReload   ControlOp = "reload"
 )
 
 // ErrControl is a control that cannot be taken (nothing to unblock, a bad
 // level); the CLI exits 1 with it.
 var ErrControl = errors.New("control refused")
 
-// ControlRequest is an operator's host control, handed to a running daemon
-// through the state dir (or taken directly when none runs).
+// ErrNoPatch is a rollback with nothing applied to step back from.
+var ErrNoPatch = errors.New("no patch applied")
+
+// ControlRequest is what an operator asks: of the running daemon through
+// its control socket (agent/control), or taken directly when none runs.
 type ControlRequest struct {
-	ID string    `json:"id"`
 	Op ControlOp `json:"op"`
 	state.Operator
 	Until time.Time `json:"until,omitzero"`  // hold
 	Name  string    `json:"name,omitempty"`  // unblock
 	Level int       `json:"level,omitempty"` // pin, unblock
+	Block bool      `json:"block,omitempty"` // rollback
+	// PID is the process the asker takes for the daemon (reload --pid):
+	// the daemon refuses unless it is that process.
+	PID int `json:"pid,omitempty"`
 }
 
-// ControlResult is the daemon's answer.
+// ControlResult is the verdict on a request: OK only when what was asked
+// happened; Message says what happened, or why not.
 type ControlResult struct {
-	ID      string    `json:"id"`
-	OK      bool      `json:"ok"`
-	Message string    `json:"message"`
-	At      time.Time `json:"at"`
+	OK      bool   `json:"ok"`
+	Message string `json:"message"`
+	// PID is the daemon that judged (0: the command itself, no daemon
+	// running).
+	PID int `json:"pid,omitempty"`
 }
 
-// NewControlID is a fresh request id; ids sort by creation time.
-func NewControlID(now time.Time) string {
-	b := make([]byte, 4)
-	rand.Read(b)
-	return fmt.Sprintf("%019d-%s", now.UnixNano(), hex.EncodeToString(b))
+// Verdict is the result of a step that returned msg, err.
+func Verdict(msg string, err error) ControlResult {
+	if err != nil {
+		return ControlResult{Message: err.Error()}
+	}
+	return ControlResult{OK: true, Message: msg}
 }
 
-// WriteControl hands a control request to the daemon.
-func WriteControl(l state.Layout, r ControlRequest) error {
-	path, err := l.ControlRequest(r.ID)
-	if err != nil {
-		return err
+// OperatorRollback is `klp-agent rollback`: step back from the current
+// patch and say where to.
+func (a *Agent) OperatorRollback(ctx context.Context, r ControlRequest) (string, error) {
+	if err := a.Rollback(ctx, state.CauseOperator, "operator: "+r.Reason, nil, r.Block); err != nil {
+		return "", err
 	}
-	b, _ := json.Marshal(r)
-	return atomicfile.WriteFile(path, b, 0o600)
-}
-
-// ReadControlResult returns the daemon's answer to request id; ok is false
-// while there is none. The answer is removed once read.
-func ReadControlResult(l state.Layout, id string) (res ControlResult, ok bool, err error) {
-	path, err := l.ControlResult(id)
-	if err != nil {
-		return res, false, err
+	k := a.kernel()
+	now := string(k.Phase) + ", no patch"
+	if k.Current != nil {
+		now = string(k.Phase) + " " + k.Current.ID()
 	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return res, false, nil
+	msg := "rolled back; now " + now
+	if r.Block {
+		msg += " (the patch rolled back from is blocked here)"
 	}
-	if err == nil {
-		err = json.Unmarshal(b, &res)
-	}
-	if err != nil {
-		return res, true, fmt.Errorf("control result %s: %w", path, err)
-	}
-	os.Remove(path)
-	return res, true, nil
-}
-
-// pendingControls are the waiting requests, oldest first. A request that
-// cannot be read is answered with its error and removed.
-func pendingControls(l state.Layout) []ControlRequest {
-	ents, err := os.ReadDir(l.Dir)
-	if err != nil {
-		return nil
-	}
-	var out []ControlRequest
-	for _, e := range ents {
-		id := state.ControlRequestID(e.Name())
-		if id == "" || !e.Type().IsRegular() {
-			continue
-		}
-		path, _ := l.ControlRequest(id)
-		b, err := os.ReadFile(path)
-		os.Remove(path)
-		var r ControlRequest
-		if err == nil {
-			err = json.Unmarshal(b, &r)
-		}
-		if err == nil && r.ID != id {
-			err = fmt.Errorf("id %q in a file named for %q", r.ID, id)
-		}
-		if err != nil {
-			writeControlResult(l, ControlResult{ID: id, Message: "unreadable request: " + err.Error()})
-			continue
-		}
-		out = append(out, r)
-	}
-	slices.SortFunc(out, func(a, b ControlRequest) int { return strings.Compare(a.ID, b.ID) })
-	return out
-}
-
-// staleResults is how long an answer nobody read is kept (its command
-// gave up waiting).
-const staleResults = 24 * time.Hour
-
-// removeStaleResults removes answers older than staleResults.
-func removeStaleResults(l state.Layout, now time.Time) {
-	ents, err := os.ReadDir(l.Dir)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		id, ok := strings.CutSuffix(strings.TrimPrefix(e.Name(), "control-"), ".result.json")
-		if !ok || !strings.HasPrefix(e.Name(), "control-") {
-			continue
-		}
-		path, err := l.ControlResult(id)
-		if err != nil {
-			continue
-		}
-		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() && now.Sub(fi.ModTime()) > staleResults {
-			os.Remove(path)
-		}
-	}
-}
-
-func writeControlResult(l state.Layout, r ControlResult) error {
-	path, err := l.ControlResult(r.ID)
-	if err != nil {
-		return err
-	}
-	b, _ := json.Marshal(r)
-	return atomicfile.WriteFile(path, b, 0o600)
+	return msg, nil
 }
 
 // Control takes a host control other than poll: it changes the state,
@@ -228,7 +153,7 @@ func (a *Agent) Control(r ControlRequest) (string, error) {
 	if r.Reason != "" {
 		why = ": " + r.Reason
 	}
-	a.log().Warn(fmt.Sprintf("%s by %s%s", msg, r.By, why), fields...)
+	a.log().Warn(fmt.Sprintf("%s; asked by %s%s", msg, r.By, why), fields...)
 	return msg, nil
 }
 
@@ -252,12 +177,12 @@ func (a *Agent) Gate() (string, time.Time) {
 		return "kill switch: " + a.d.KillSwitch, time.Time{}
 	case a.st.Hold.Active(now):
 		h := a.st.Hold
-		why := "held by " + h.By
-		if h.Reason != "" {
-			why += " (" + h.Reason + ")"
-		}
+		why := "held by " + h.By + " until resumed"
 		if !h.Until.IsZero() {
-			why += " until " + h.Until.UTC().Format(time.RFC3339)
+			why = "held by " + h.By + " until " + h.Until.UTC().Format(time.RFC3339)
+		}
+		if h.Reason != "" {
+			why += ": " + h.Reason
 		}
 		return why, h.Until
 	case !a.d.Windows.Open(now):

@@ -40,7 +40,7 @@ func TestHoldBlocksNewLevelsNotRollbacks(t *testing.T) {
 	}
 	h.expect(state.PhaseGood, 1)
 	plan, _ := h.agent.Plan(h.manifest([]int{1, 2}))
-	if !strings.Contains(plan.Waits, "held by alice (uid 0) (test)") {
+	if !strings.Contains(plan.Waits, "held by alice (uid 0) until resumed: test") {
 		t.Fatalf("plan while held: %+v", plan)
 	}
 	// The hold survives a restart (it is in the state file).
@@ -217,27 +217,20 @@ func TestDaemonTakesControls(t *testing.T) {
 	h.agent.d.Now, h.agent.d.Store.Now = clock, clock
 	events := make(chan health.Event)
 	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events}
+	d.Init()
 	stop := runLoop(t, d)
 	kernelLevel := func() string { return h.kernel.Patched("cmdline_proc_show") }
 	waitFor(t, "level 1 applied", func() bool { return kernelLevel() == "klp_cmdline_1" })
-	l := state.Layout{Dir: h.stateDir}
 	ask := func(r ControlRequest) ControlResult {
 		t.Helper()
-		r.ID = NewControlID(time.Now())
 		r.Operator = state.Operator{By: "bob (uid 0)", Reason: "change freeze"}
-		if err := WriteControl(l, r); err != nil {
+		res, err := d.Ask(context.Background(), r)
+		if err != nil {
 			t.Fatal(err)
 		}
-		var res ControlResult
-		waitFor(t, string(r.Op)+" answered", func() bool {
-			var ok bool
-			var err error
-			res, ok, err = ReadControlResult(l, r.ID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return ok
-		})
+		if res.PID != os.Getpid() {
+			t.Fatalf("%s answered by pid %d", r.Op, res.PID)
+		}
 		return res
 	}
 	if res := ask(ControlRequest{Op: OpHold}); !res.OK || !strings.Contains(res.Message, "held") {
@@ -246,7 +239,7 @@ func TestDaemonTakesControls(t *testing.T) {
 	now.Add(int64(time.Hour)) // level 1's soak is over
 	h.publish(priv, 2, []int{1, 2})
 	res := ask(ControlRequest{Op: OpPoll})
-	if !res.OK || !strings.Contains(res.Message, "manifest version 2") || !strings.Contains(res.Message, "held by bob") || kernelLevel() != "klp_cmdline_1" {
+	if !res.OK || !strings.Contains(res.Message, "manifest version 2") || !strings.Contains(res.Message, "held by bob (uid 0) until resumed: change freeze") || kernelLevel() != "klp_cmdline_1" {
 		t.Fatalf("poll while held: %+v, kernel %q", res, kernelLevel())
 	}
 	if res := ask(ControlRequest{Op: OpUnblock, Name: "klp_cmdline_9", Level: 9}); res.OK {
@@ -337,41 +330,46 @@ func TestDaemonAppliesWhenHoldEnds(t *testing.T) {
 // Without manifest.url the daemon answers a poll at once, as failed.
 func TestDaemonPollWithoutSource(t *testing.T) {
 	h := newHost(t)
-	stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}})
-	l := state.Layout{Dir: h.stateDir}
-	id := NewControlID(time.Now())
-	if err := WriteControl(l, ControlRequest{ID: id, Op: OpPoll}); err != nil {
-		t.Fatal(err)
-	}
-	var res ControlResult
-	waitFor(t, "the poll answered", func() bool {
-		var ok bool
-		res, ok, _ = ReadControlResult(l, id)
-		return ok
-	})
-	if res.OK || !strings.Contains(res.Message, "manifest.url is not set") {
-		t.Fatalf("poll without a source: %+v", res)
+	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}}
+	d.Init() // before Ask and Run race to make its channels
+	stop := runLoop(t, d)
+	res, err := d.Ask(context.Background(), ControlRequest{Op: OpPoll})
+	if err != nil || res.OK || !strings.Contains(res.Message, "manifest.url is not set") {
+		t.Fatalf("poll without a source: %+v %v", res, err)
 	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func TestStaleResultsRemoved(t *testing.T) {
-	l := state.Layout{Dir: t.TempDir()}
-	now := time.Now()
-	for id, age := range map[string]time.Duration{"old": 25 * time.Hour, "new": time.Hour} {
-		if err := writeControlResult(l, ControlResult{ID: id}); err != nil {
-			t.Fatal(err)
-		}
-		p, _ := l.ControlResult(id)
-		os.Chtimes(p, now.Add(-age), now.Add(-age))
+// A request the loop has not answered when it stops gets no verdict (an
+// error), never an answer that reads as done.
+func TestAskWhenTheLoopStops(t *testing.T) {
+	d := &Loop{Agent: newHost(t).agent}
+	d.Init() // no Run: nobody takes the request
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if res, err := d.Ask(ctx, ControlRequest{Op: OpHold}); err == nil || res.OK {
+		t.Fatalf("no loop running: %+v %v", res, err)
 	}
-	removeStaleResults(l, now)
-	if _, ok, _ := ReadControlResult(l, "old"); ok {
-		t.Error("a day-old answer kept")
+}
+
+// A hold reads as one sentence, with who, until when and why; status
+// --check says it once ("held: held by" before).
+func TestHoldWording(t *testing.T) {
+	h := newHost(t)
+	h.control(ControlRequest{Op: OpHold, Operator: state.Operator{By: "root (uid 0)", Reason: "change freeze"}})
+	why, _ := h.agent.Gate()
+	if why != "held by root (uid 0) until resumed: change freeze" {
+		t.Errorf("gate: %q", why)
 	}
-	if _, ok, _ := ReadControlResult(l, "new"); !ok {
-		t.Error("a recent answer removed")
+	h.control(ControlRequest{Op: OpHold, Operator: state.Operator{By: "alice via sudo (uid 0)"}, Until: h.now.Add(time.Hour)})
+	why, _ = h.agent.Gate()
+	if why != "held by alice via sudo (uid 0) until 2026-11-25T13:00:00Z" {
+		t.Errorf("gate with --until, no reason: %q", why)
+	}
+	s := Status{Configured: true, Phase: state.PhaseNone, LastPoll: &state.Poll{OK: true}, Controls: Controls{Hold: h.agent.State().Hold, Waiting: why}}
+	if code, line := s.Check(); code != CheckPending || line != why {
+		t.Errorf("check: %d %q", code, line)
 	}
 }

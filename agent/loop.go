@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"time"
 
@@ -60,7 +61,15 @@ type Loop struct {
 	Rand      *rand.Rand
 	Heartbeat *Heartbeat // marked busy while a step runs (systemd watchdog)
 
-	reload chan reloadReq
+	reload   chan reloadReq
+	controls chan controlCall
+}
+
+// controlCall is a request handed to the running loop; the loop never
+// waits on reply (it has room for the one answer).
+type controlCall struct {
+	req   ControlRequest
+	reply chan ControlResult
 }
 
 // reloadReq hands a new configuration to the running loop.
@@ -90,7 +99,7 @@ type running struct {
 	pollDue bool // a poll is owed as soon as no job runs
 	// `klp-agent poll` requests: waiting for a poll to start, waiting
 	// for the one started for them, and answered once the loop is idle.
-	pollWaiting, pollRunning, pollAnswer []ControlRequest
+	pollWaiting, pollRunning, pollAnswer []controlCall
 }
 
 // Reload hands the running loop a new configuration and new agent
@@ -119,8 +128,36 @@ func (l *Loop) reloadCh() chan reloadReq {
 	return l.reload
 }
 
-// Init prepares Reload before Run starts (Run calls it too).
-func (l *Loop) Init() { l.reloadCh() }
+// Ask hands the running loop an operator's request and returns its
+// verdict: a host control and a rollback at once (a rollback cancels the
+// network work in flight, as a health rollback does), a poll once the poll
+// started for it and what that started are done. A reload is not the
+// loop's (the daemon supervises it). An error is no verdict: ctx ended
+// first, and the request may or may not have been taken.
+func (l *Loop) Ask(ctx context.Context, req ControlRequest) (ControlResult, error) {
+	c := controlCall{req: req, reply: make(chan ControlResult, 1)}
+	select {
+	case l.controlCh() <- c:
+	case <-ctx.Done():
+		return ControlResult{}, ctx.Err()
+	}
+	select {
+	case res := <-c.reply:
+		return res, nil
+	case <-ctx.Done():
+		return ControlResult{}, ctx.Err()
+	}
+}
+
+func (l *Loop) controlCh() chan controlCall {
+	if l.controls == nil {
+		l.controls = make(chan controlCall)
+	}
+	return l.controls
+}
+
+// Init prepares Reload and Ask before Run starts (Run calls it too).
+func (l *Loop) Init() { l.reloadCh(); l.controlCh() }
 
 func policyOf(c LoopConfig) health.Policy {
 	if c.Policy.Attributed == nil && c.Policy.SoakUnattributed == nil && c.Policy.Thresholds == nil {
@@ -149,21 +186,8 @@ func (l *Loop) Run(ctx context.Context) error {
 		return time.Minute
 	}
 	work := context.WithoutCancel(ctx)
-	wctx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
-	requests, err := watchRequests(wctx, r.a.Layout())
-	if err != nil {
-		// No inotify (exhausted instances): look for requests every second.
-		r.a.log().Warn("rollback requests checked every second: " + err.Error())
-		ch := make(chan struct{}, 1)
-		go pollRequests(wctx, ch)
-		requests = ch
-	}
 	r.notify.Ready()
 	r.changed()
-	r.handleRequest(work) // one written while the daemon was down
-	removeStaleResults(r.a.Layout(), time.Now())
-	r.handleControls()
 	r.poll = time.NewTimer(0) // first poll right away: a booted host wants its patch
 	defer r.poll.Stop()
 	soak := time.NewTimer(time.Hour)
@@ -208,10 +232,9 @@ func (l *Loop) Run(ctx context.Context) error {
 			if r.a.kernel().Phase != before {
 				r.changed()
 			}
-		case <-requests:
+		case c := <-l.controls:
 			l.Heartbeat.Begin()
-			r.handleRequest(work)
-			r.handleControls()
+			r.control(work, c)
 		case req := <-l.reload:
 			l.Heartbeat.Begin()
 			req.done <- r.reconfigure(req)
@@ -482,24 +505,6 @@ func (r *running) event(ctx context.Context, ev health.Event) {
 	r.changed()
 }
 
-// handleRequest performs a pending operator rollback.
-func (r *running) handleRequest(ctx context.Context) {
-	a := r.a
-	req, ok, err := readRequest(a.Layout())
-	if !ok {
-		return
-	}
-	if err == nil {
-		r.cancelJob()
-		err = a.Rollback(ctx, state.CauseOperator, "operator: "+req.Reason, nil, req.Block)
-	}
-	if err != nil {
-		a.log().Error("operator rollback failed: " + err.Error())
-	}
-	removeRequest(a.Layout())
-	r.changed()
-}
-
 // reconfigure takes a reload between steps.
 func (r *running) reconfigure(req reloadReq) error {
 	r.cancelJob()
@@ -521,29 +526,40 @@ func samePolicy(a, b LoopConfig) bool {
 	return fmt.Sprint(policyOf(a)) == fmt.Sprint(policyOf(b))
 }
 
-// handleControls takes the waiting host controls: poll is answered after a
-// poll started for it, the others at once.
-func (r *running) handleControls() {
+// control takes an operator's request: a poll waits for its poll, the
+// others are answered at once.
+func (r *running) control(ctx context.Context, c controlCall) {
 	a := r.a
-	for _, req := range pendingControls(a.Layout()) {
-		if req.Op == OpPoll {
-			a.log().Info("poll requested by " + req.By)
-			r.pollWaiting = append(r.pollWaiting, req)
-			r.pollDue = true
-			continue
+	switch c.req.Op {
+	case OpPoll:
+		a.log().Info("poll requested by " + c.req.By)
+		r.pollWaiting = append(r.pollWaiting, c)
+		r.pollDue = true
+		return
+	case OpRollback:
+		if a.kernel().Current != nil {
+			r.cancelJob() // not for one refused: nothing applied
 		}
-		msg, err := a.Control(req)
-		res := ControlResult{ID: req.ID, OK: err == nil, Message: msg, At: a.now()}
+		msg, err := a.OperatorRollback(ctx, c.req)
 		if err != nil {
-			res.Message = err.Error()
+			a.log().Error("operator rollback failed: " + err.Error())
 		}
-		if err := writeControlResult(a.Layout(), res); err != nil {
-			a.log().Error("answer control request: " + err.Error())
-		}
+		r.answer(c, Verdict(msg, err))
+	case OpReload:
+		r.answer(c, ControlResult{Message: "reload is not the loop's to take"})
+		return
+	default:
+		r.answer(c, Verdict(a.Control(c.req)))
 		// What is wanted may have changed: look again now.
 		r.pollDue = true
-		r.changed()
 	}
+	r.changed()
+}
+
+// answer gives c its verdict, signed with the daemon's pid.
+func (r *running) answer(c controlCall, res ControlResult) {
+	res.PID = os.Getpid()
+	c.reply <- res
 }
 
 // answerPolls answers poll requests once their poll and what it started
@@ -553,15 +569,12 @@ func (r *running) answerPolls() {
 		return
 	}
 	a := r.a
-	ok := a.st.LastPoll != nil && a.st.LastPoll.OK
-	msg := a.Outcome()
+	res := ControlResult{OK: a.st.LastPoll != nil && a.st.LastPoll.OK, Message: a.Outcome()}
 	if a.d.Source == nil {
-		ok, msg = false, "manifest.url is not set: nothing to poll"
+		res = ControlResult{Message: "manifest.url is not set: nothing to poll"}
 	}
-	for _, req := range r.pollAnswer {
-		if err := writeControlResult(a.Layout(), ControlResult{ID: req.ID, OK: ok, Message: msg, At: a.now()}); err != nil {
-			a.log().Error("answer poll request: " + err.Error())
-		}
+	for _, c := range r.pollAnswer {
+		r.answer(c, res)
 	}
 	r.pollAnswer = nil
 }

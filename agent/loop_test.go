@@ -10,19 +10,16 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/internal/testutil/runtest"
 	"github.com/klp-agent/klp-agent/klp/klptest"
 	"github.com/klp-agent/klp-agent/manifest"
-	"golang.org/x/sys/unix"
 )
 
 // polls gives the agent a manifest source for the served manifest,
@@ -94,6 +91,7 @@ func TestDaemonPollsAppliesAndTakesRequests(t *testing.T) {
 	h.polls(pub)
 	events := make(chan health.Event)
 	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: 20 * time.Millisecond}, Events: events}
+	d.Init()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
@@ -112,15 +110,18 @@ func TestDaemonPollsAppliesAndTakesRequests(t *testing.T) {
 		return err == nil && st.LastPoll != nil && !st.LastPoll.OK && strings.Contains(st.LastPoll.Error, "payload type")
 	})
 
-	// Level 2 published: applied; then an operator rollback through the
-	// request file steps back to no patch (1 is blocked) and blocks 2.
+	// Level 2 published: applied; then an operator rollback asked of the
+	// loop steps back to no patch (1 is blocked) and blocks 2, and says so.
 	h.publish(priv, 2, []int{1, 2})
 	waitFor(t, "level 2 applied", func() bool { return kernelLevel() == "klp_cmdline_2" })
-	l := state.Layout{Dir: h.stateDir}
-	if err := WriteRequest(l, RollbackRequest{Reason: "test", Block: true}); err != nil {
-		t.Fatal(err)
+	res, err := d.Ask(ctx, ControlRequest{Op: OpRollback, Operator: state.Operator{Reason: "test"}, Block: true})
+	if err != nil || !res.OK || res.Message != "rolled back; now none, no patch (the patch rolled back from is blocked here)" || kernelLevel() != "" {
+		t.Fatalf("operator rollback: %+v %v, kernel %q", res, err, kernelLevel())
 	}
-	waitFor(t, "operator rollback", func() bool { return !RequestPending(l) && kernelLevel() == "" })
+	// Nothing applied now: the loop refuses a second one, and says why.
+	if res, err := d.Ask(ctx, ControlRequest{Op: OpRollback}); err != nil || res.OK || res.Message != "rollback: no patch applied" {
+		t.Fatalf("rollback with nothing applied: %+v %v", res, err)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -215,59 +216,6 @@ func TestDaemonEndsSoak(t *testing.T) {
 	}
 }
 
-func TestRequestIn(t *testing.T) {
-	ev := func(mask uint32, name string) []byte {
-		n := len(name)
-		if n > 0 {
-			n = (n + 16) &^ 15 // the kernel pads names with NULs
-		}
-		b := make([]byte, unix.SizeofInotifyEvent+n)
-		*(*unix.InotifyEvent)(unsafe.Pointer(&b[0])) = unix.InotifyEvent{Wd: 1, Mask: mask, Len: uint32(n)}
-		copy(b[unix.SizeofInotifyEvent:], name)
-		return b
-	}
-	want := "rollback-request.json"
-	tests := []struct {
-		name string
-		b    []byte
-		ok   bool
-	}{
-		{"empty", nil, false},
-		{"state saved", ev(unix.IN_MOVED_TO, "state.json"), false},
-		{"request", ev(unix.IN_MOVED_TO, want), true},
-		{"request after others", slices.Concat(ev(unix.IN_CLOSE_WRITE, "state.json.tmp"), ev(unix.IN_MOVED_TO, "state.json"), ev(unix.IN_CLOSE_WRITE, want)), true},
-		{"a longer name", ev(unix.IN_MOVED_TO, want+".tmp"), false},
-		{"overflow", ev(unix.IN_Q_OVERFLOW, ""), true},
-		{"cut short", ev(unix.IN_MOVED_TO, want)[:unix.SizeofInotifyEvent+4], true},
-	}
-	for _, tt := range tests {
-		if got := requestIn(tt.b, func(n string) bool { return n == want }); got != tt.ok {
-			t.Errorf("%s: %v", tt.name, got)
-		}
-	}
-}
-
-// Without inotify the daemon still takes requests: a wake-up every second.
-func TestPollRequests(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	wake := make(chan struct{}, 1)
-	done := make(chan struct{})
-	go func() { pollRequests(ctx, wake); close(done) }()
-	for range 2 {
-		select {
-		case <-wake:
-		case <-time.After(5 * time.Second):
-			t.Fatal("no wake-up")
-		}
-	}
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("pollRequests did not stop")
-	}
-}
-
 // A slow mirror holds level 2's download while good level 1 oopses: the
 // oops is judged against level 1 (live when it happened) and acted on at
 // once, the download is abandoned, level 1 is blocked and level 2 is not.
@@ -277,8 +225,11 @@ func TestHealthEventDuringStalledDownload(t *testing.T) {
 	h.converge([]int{1})
 	h.soak()
 	hit, aborted := make(chan struct{}, 8), make(chan struct{}, 8)
+	p2 := h.patches[2]
 	stall := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", "100000")
+		// The RPM's own size: a larger Content-Length fails the download
+		// at once (ErrTooLarge) instead of stalling it.
+		w.Header().Set("Content-Length", fmt.Sprint(p2.Size))
 		w.Write([]byte("\xed\xab\xee\xdb"))
 		w.(http.Flusher).Flush()
 		hit <- struct{}{}
@@ -286,17 +237,30 @@ func TestHealthEventDuringStalledDownload(t *testing.T) {
 		aborted <- struct{}{}
 	}))
 	defer stall.Close()
-	p2 := h.patches[2]
 	p2.URL = stall.URL + "/" + p2.URL
 	h.patches[2] = p2
 	h.publish(priv, 1, []int{1, 2})
 	h.polls(pub)
 	events := make(chan health.Event)
-	stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events})
+	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events}
+	d.Init()
+	stop := runLoop(t, d)
 	select {
 	case <-hit:
 	case <-time.After(10 * time.Second):
 		t.Fatal("level 2's download never started")
+	}
+	// An operator's control is answered at once too, the download still
+	// stalled (not cancelled for it).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if res, err := d.Ask(ctx, ControlRequest{Op: OpPin, Level: 5}); err != nil || !res.OK {
+		t.Fatalf("pin during the stalled download: %+v %v", res, err)
+	}
+	select {
+	case <-aborted:
+		t.Fatal("the pin cancelled the download")
+	default:
 	}
 	start := time.Now()
 	events <- health.Event{Kind: health.KindOops, Header: "BUG: kernel NULL pointer dereference, address: 0000000000000000",

@@ -237,9 +237,6 @@ func CollectStatus(in StatusInput) (*Status, error) {
 	if f := MetricsListenFailure(in.Store.Layout()); f != "" {
 		s.Problems = append(s.Problems, f)
 	}
-	if RequestPending(in.Store.Layout()) {
-		s.Problems = append(s.Problems, "an operator rollback request is waiting for the daemon")
-	}
 	s.redactURLs()
 	return s, nil
 }
@@ -398,7 +395,7 @@ func (s *Status) checkPatch() (int, string) {
 	case s.Phase != state.PhaseGood && s.Phase != state.PhaseNone && s.Phase != "":
 		return CheckPending, "in progress: " + string(s.Phase)
 	case s.Controls.Hold != nil:
-		return CheckPending, "held: " + s.Controls.Waiting
+		return CheckPending, s.Controls.Waiting // "held by ..."
 	}
 	return CheckUpToDate, "up to date"
 }

@@ -41,7 +41,7 @@ func commands() map[string]command {
 		"status":       {"what this host runs, wants, soaks and has blocked (--json)", cmdStatus},
 		"rollback":     {"step back from the current patch now (--block: never re-apply it here)", cmdRollback},
 		"check-config": {"validate the configuration and print the effective settings", cmdCheckConfig},
-		"reload":       {"validate the configuration, then tell the daemon to re-read it (the unit's ExecReload)", cmdReload},
+		"reload":       {"ask the running daemon to re-read its configuration; prints its verdict (the unit's ExecReload)", cmdReload},
 		"explain":      {"show, for this host, every manifest entry for its kernel and why it is or is not chosen", cmdExplain},
 		"manifest":     {"publisher tools: keygen, add, revoke, sign, verify, lint, root", cmdManifest},
 		"klp":          {"by hand: list livepatches, apply one RPM, disable one patch", cmdKLP},
@@ -92,7 +92,10 @@ func Main(args []string, env *Env) int {
 	if env.Ctx == nil {
 		env.Ctx = context.Background()
 	}
-	daemon.Version = Version
+	if daemon.Version != Version {
+		// Written once per process (a test runs a daemon beside commands).
+		daemon.Version = Version
+	}
 	cmds := commands()
 	switch {
 	case len(args) == 0:
@@ -111,7 +114,11 @@ func Main(args []string, env *Env) int {
 	}
 	c, ok := cmds[args[0]]
 	if !ok {
-		fmt.Fprintf(env.Stderr, "klp-agent: unknown command %q\n", args[0])
+		what := "command"
+		if strings.HasPrefix(args[0], "-") {
+			what = "flag"
+		}
+		fmt.Fprintf(env.Stderr, "klp-agent: unknown %s %q\n", what, args[0])
 		usage(env.Stderr, cmds)
 		return 2
 	}
@@ -127,6 +134,10 @@ func Main(args []string, env *Env) int {
 		return int(c)
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			ue.fs.Usage() // after the error, once
+		}
 		return 2
 	case exitCode(err) != 0:
 		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
@@ -208,6 +219,18 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 
 // parse parses flags and refuses stray positional arguments.
 func parse(fs *flag.FlagSet, args []string, positional int) error {
+	if err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != positional {
+		return usageErr(fs, "unexpected arguments %q", fs.Args())
+	}
+	return nil
+}
+
+// parseArgs parses flags, leaving the positional arguments to the caller.
+// A bad flag is reported once, by Main, and then fs's usage.
+func parseArgs(fs *flag.FlagSet, args []string) error {
 	for _, a := range args {
 		if a == "--" {
 			break
@@ -218,16 +241,38 @@ func parse(fs *flag.FlagSet, args []string, positional int) error {
 			break
 		}
 	}
-	if err := fs.Parse(args); err != nil {
+	// The flag package prints the error and the usage itself; Main does
+	// it instead, error first.
+	out, usage := fs.Output(), fs.Usage
+	fs.SetOutput(io.Discard)
+	if !helpAsked(fs) {
+		fs.Usage = func() {}
+	}
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	fs.Usage = usage
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return fmt.Errorf("%w: %w", errUsage, err)
-	}
-	if fs.NArg() != positional {
-		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+		return usageError{fmt.Errorf("%w: %w", errUsage, err), fs}
 	}
 	return nil
+}
+
+// usageError is a usage error of fs's command: Main prints it, then fs's
+// usage.
+type usageError struct {
+	err error
+	fs  *flag.FlagSet
+}
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// usageErr is a usage error of fs's command, formatted.
+func usageErr(fs *flag.FlagSet, format string, a ...any) error {
+	return usageError{fmt.Errorf("%w: "+format, append([]any{errUsage}, a...)...), fs}
 }
 
 func cmdVersion(env *Env, args []string) error {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -254,6 +255,62 @@ func TestHelpConventions(t *testing.T) {
 			if strings.Contains(c.got, "\n  -") && !strings.Contains(c.got, "\n  --") {
 				t.Errorf("%v: a flag shown with one dash: %q", tt.args, c.got)
 			}
+		}
+	}
+}
+
+// Usage errors are said once, then the command's usage, exactly.
+func TestUsageMessages(t *testing.T) {
+	usageOf := func(cmd string) string {
+		var out bytes.Buffer
+		commands()[cmd].run(&Env{Stdout: &out, Stderr: &out, Now: time.Now}, []string{"--help"})
+		return out.String()
+	}
+	for _, tt := range []struct {
+		args []string
+		want string // the whole output
+	}{
+		{[]string{"status", "--bogus"}, "klp-agent status: usage: flag provided but not defined: -bogus\n" + usageOf("status")},
+		{[]string{"hold", "--until"}, "klp-agent hold: usage: flag needs an argument: -until\n" + usageOf("hold")},
+		{[]string{"pin"}, "klp-agent pin: usage: LEVEL is missing: pin LEVEL, or pin --clear to remove the pin\n" + usageOf("pin")},
+		{[]string{"pin", "0"}, "klp-agent pin: usage: LEVEL \"0\" must be a number >= 1\n" + usageOf("pin")},
+		{[]string{"pin", "--clear", "3"}, "klp-agent pin: usage: pin --clear takes no LEVEL, got [\"3\"]\n" + usageOf("pin")},
+		{[]string{"unblock"}, "klp-agent unblock: usage: NAME@LEVEL is missing\n" + usageOf("unblock")},
+		{[]string{"unblock", "klp_x"}, "klp-agent unblock: usage: \"klp_x\" is not NAME@LEVEL\n" + usageOf("unblock")},
+		{[]string{"version", "extra"}, "klp-agent version: usage: unexpected arguments [\"extra\"]\n" + usageOf("version")},
+		{[]string{"reload", "--pid", "1"}, "klp-agent reload: usage: --pid 1 is no daemon's\n" + usageOf("reload")},
+	} {
+		out, code := runCode(t, t0, tt.args...)
+		if code != 2 || out != tt.want {
+			t.Errorf("klp-agent %v: exit %d\n%s\nwant exit 2\n%s", tt.args, code, out, tt.want)
+		}
+	}
+	// Unknown at the top level: a flag is called a flag.
+	for arg, want := range map[string]string{"--bogus": `klp-agent: unknown flag "--bogus"`, "-x": `klp-agent: unknown flag "-x"`, "frobnicate": `klp-agent: unknown command "frobnicate"`} {
+		out, code := runCode(t, t0, arg)
+		if first, _, _ := strings.Cut(out, "\n"); code != 2 || first != want || !strings.Contains(out, "usage: klp-agent <command>") {
+			t.Errorf("klp-agent %s: exit %d\n%s", arg, code, out)
+		}
+	}
+}
+
+// --until: an RFC 3339 time, a date alone (00:00 UTC that day, whatever
+// the host's zone), or a duration from now.
+func TestParseUntil(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for in, want := range map[string]time.Time{
+		"2027-01-01":                time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC),
+		"2027-01-01T06:30:00+02:00": time.Date(2027, 1, 1, 4, 30, 0, 0, time.UTC),
+		"2h":                        now.Add(2 * time.Hour),
+		"7d":                        now.Add(7 * 24 * time.Hour),
+	} {
+		if got, err := parseUntil(in, now); err != nil || !got.Equal(want) {
+			t.Errorf("%s: %v %v, want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"soon", "2027-13-01", "2027-01-01 06:00", "-2h", "0s"} {
+		if _, err := parseUntil(in, now); err == nil || !strings.Contains(err.Error(), "a date (YYYY-MM-DD, 00:00 UTC)") {
+			t.Errorf("%s: %v", in, err)
 		}
 	}
 }

@@ -10,19 +10,16 @@ import (
 
 	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/agent/config"
+	controlsock "github.com/klp-agent/klp-agent/agent/control"
 	"github.com/klp-agent/klp-agent/agent/daemon"
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
-// errControlFailed makes a control's refusal or a failed poll exit 1
-// after its message went to stdout.
-var errControlFailed = errors.New("failed")
-
 func cmdHold(env *Env, args []string) error {
-	fs := newFlags(env, "hold", "hold [--until TIME] [--reason TEXT] [--config PATH]")
+	fs := newFlags(env, "hold", "hold [--until TIME] [--reason TEXT] [--config PATH] [--wait DURATION]")
 	path, reason, wait := controlFlags(fs, "requested with klp-agent hold")
-	until := fs.String("until", "", "end the hold by itself at this RFC 3339 time or after this duration (2h, 7d)")
+	until := fs.String("until", "", "end the hold by itself at this time: RFC 3339 (2027-01-01T06:00:00Z), a date alone (2027-01-01: 00:00 UTC that day), or a duration from now (2h, 7d)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -41,7 +38,7 @@ func cmdHold(env *Env, args []string) error {
 }
 
 func cmdResume(env *Env, args []string) error {
-	fs := newFlags(env, "resume", "resume [--reason TEXT] [--config PATH]")
+	fs := newFlags(env, "resume", "resume [--reason TEXT] [--config PATH] [--wait DURATION]")
 	path, reason, wait := controlFlags(fs, "requested with klp-agent resume")
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -50,37 +47,46 @@ func cmdResume(env *Env, args []string) error {
 }
 
 func cmdPin(env *Env, args []string) error {
-	fs := newFlags(env, "pin", "pin LEVEL | pin --clear  [--reason TEXT] [--config PATH]")
+	fs := newFlags(env, "pin", "pin LEVEL | pin --clear  [--reason TEXT] [--config PATH] [--wait DURATION]")
 	path, reason, wait := controlFlags(fs, "requested with klp-agent pin")
 	clearPin := fs.Bool("clear", false, "remove the pin")
-	want := 1
-	for _, a := range args {
-		if a == "--clear" || a == "-clear" {
-			want = 0
-		}
-	}
-	if err := parse(fs, args, want); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	if *clearPin {
+		if fs.NArg() != 0 {
+			return usageErr(fs, "pin --clear takes no LEVEL, got %q", fs.Args())
+		}
 		return control(env, *path, *reason, *wait, agent.ControlRequest{Op: agent.OpUnpin})
+	}
+	if fs.NArg() == 0 {
+		return usageErr(fs, "LEVEL is missing: pin LEVEL, or pin --clear to remove the pin")
+	}
+	if fs.NArg() > 1 {
+		return usageErr(fs, "unexpected arguments %q after LEVEL", fs.Args()[1:])
 	}
 	level, err := strconv.Atoi(fs.Arg(0))
 	if err != nil || level < 1 {
-		return fmt.Errorf("%w: LEVEL %q must be a number >= 1", errUsage, fs.Arg(0))
+		return usageErr(fs, "LEVEL %q must be a number >= 1", fs.Arg(0))
 	}
 	return control(env, *path, *reason, *wait, agent.ControlRequest{Op: agent.OpPin, Level: level})
 }
 
 func cmdUnblock(env *Env, args []string) error {
-	fs := newFlags(env, "unblock", "unblock NAME@LEVEL [--reason TEXT] [--config PATH]")
+	fs := newFlags(env, "unblock", "unblock NAME@LEVEL [--reason TEXT] [--config PATH] [--wait DURATION]")
 	path, reason, wait := controlFlags(fs, "requested with klp-agent unblock")
-	if err := parse(fs, args, 1); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return err
+	}
+	if fs.NArg() == 0 {
+		return usageErr(fs, "NAME@LEVEL is missing")
+	}
+	if fs.NArg() > 1 {
+		return usageErr(fs, "unexpected arguments %q after NAME@LEVEL", fs.Args()[1:])
 	}
 	name, level, err := agent.ParsePatchID(fs.Arg(0))
 	if err != nil {
-		return fmt.Errorf("%w: %w", errUsage, err)
+		return usageErr(fs, "%q is not NAME@LEVEL", fs.Arg(0))
 	}
 	return control(env, *path, *reason, *wait, agent.ControlRequest{Op: agent.OpUnblock, Name: name, Level: level})
 }
@@ -94,6 +100,44 @@ func cmdPoll(env *Env, args []string) error {
 	return control(env, *path, *reason, *wait, agent.ControlRequest{Op: agent.OpPoll})
 }
 
+func cmdRollback(env *Env, args []string) error {
+	fs := newFlags(env, "rollback", "rollback [--config PATH] [--block] [--reason TEXT] [--wait DURATION]")
+	path := fs.String("config", config.DefaultPath, "main configuration file")
+	block := fs.Bool("block", false, "never re-apply the current patch on this host")
+	reason := fs.String("reason", "requested with klp-agent rollback", "why, for the journal and the block record")
+	wait := fs.Duration("wait", 2*time.Minute, "how long to wait for a running daemon to answer")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	return control(env, *path, *reason, *wait, agent.ControlRequest{Op: agent.OpRollback, Block: *block})
+}
+
+// cmdReload is the unit's ExecReload: it asks the running daemon to read
+// its configuration again and reports the daemon's verdict (a refused
+// configuration fails `systemctl reload` with the daemon's reason, the
+// running one kept). It signals nothing.
+func cmdReload(env *Env, args []string) error {
+	fs := newFlags(env, "reload", "reload [--pid PID] [--config PATH] [--wait DURATION]")
+	path := fs.String("config", config.DefaultPath, "main configuration file (it names the state directory, where the daemon's control socket is)")
+	pid := fs.Int("pid", 0, "refuse unless the daemon is this process ($MAINPID in the unit)")
+	wait := fs.Duration("wait", 2*time.Minute, "how long to wait for the daemon's answer")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *pid < 0 || *pid == 1 {
+		return usageErr(fs, "--pid %d is no daemon's", *pid)
+	}
+	h, err := daemon.LoadHost(*path)
+	if err == nil {
+		err = h.CheckTrust()
+	}
+	if err != nil {
+		// Without it the state directory, and so the socket, is unknown.
+		return fmt.Errorf("configuration refused, not sent to the daemon (it keeps its current one): %w", err)
+	}
+	return ask(env, h, *wait, agent.ControlRequest{Op: agent.OpReload, PID: *pid})
+}
+
 func controlFlags(fs interface {
 	String(name, value, usage string) *string
 	Duration(name string, value time.Duration, usage string) *time.Duration
@@ -104,14 +148,22 @@ func controlFlags(fs interface {
 	return path, reason, wait
 }
 
-// parseUntil takes an RFC 3339 time or a duration from now.
+// untilDate is --until's date alone: midnight UTC that day, the same
+// instant on every host of a fleet whatever its time zone.
+const untilDate = "2006-01-02"
+
+// parseUntil takes an RFC 3339 time, a date alone (00:00 UTC) or a
+// duration from now.
 func parseUntil(s string, now time.Time) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return t, nil
 	}
+	if t, err := time.ParseInLocation(untilDate, s, time.UTC); err == nil {
+		return t, nil
+	}
 	d, err := manifest.ParseDuration(s)
 	if err != nil || d <= 0 {
-		return time.Time{}, fmt.Errorf("%w: --until %q: an RFC 3339 time or a positive duration (2h, 7d)", errUsage, s)
+		return time.Time{}, fmt.Errorf("%w: --until %q: an RFC 3339 time, a date (YYYY-MM-DD, 00:00 UTC) or a positive duration (2h, 7d)", errUsage, s)
 	}
 	return now.Add(d), nil
 }
@@ -129,76 +181,32 @@ func operator() string {
 	return fmt.Sprintf("uid %d", uid)
 }
 
-// control takes a host control: directly on the state when no daemon runs
-// (the daemon reads it at start), else through the daemon, waiting for its
-// answer.
+// control takes a host control or a rollback, signed with who asked and
+// why.
 func control(env *Env, path, reason string, wait time.Duration, req agent.ControlRequest) error {
 	h, err := daemon.LoadHost(path)
 	if err != nil {
 		return err
 	}
 	req.Operator = state.Operator{By: operator(), At: env.Now(), Reason: reason}
-	req.ID = agent.NewControlID(env.Now())
-	store := h.Store()
-	if err := store.Lock(); err == nil {
-		defer store.Unlock()
-		return controlDirect(env, h, store, req)
-	} else if !errors.Is(err, state.ErrLocked) {
-		return err
-	}
-	l := store.Layout()
-	if err := agent.WriteControl(l, req); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) {
-		res, ok, err := agent.ReadControlResult(l, req.ID)
-		if err != nil {
-			return err
-		}
-		if ok {
-			fmt.Fprintln(env.Stdout, res.Message)
-			if !res.OK {
-				return fmt.Errorf("%s %w", req.Op, errControlFailed)
-			}
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	p, _ := l.ControlRequest(req.ID)
-	return fmt.Errorf("the daemon did not answer within %s (the request stays queued in %s)", wait, p)
+	return ask(env, h, wait, req)
 }
 
-// controlDirect takes a control with no daemon running.
-func controlDirect(env *Env, h *daemon.Host, store *state.Store, req agent.ControlRequest) error {
-	log, err := h.Logger(env.Stderr)
-	if err != nil {
+// ask prints the verdict on req: the running daemon's, or the command's
+// own when none runs. Exit 0 only when it was done, 1 when refused or
+// failed (with why), ExitNoVerdict when asked but not answered.
+func ask(env *Env, h *daemon.Host, wait time.Duration, req agent.ControlRequest) error {
+	res, err := h.Control(env.Ctx, req, wait, env.Stderr)
+	switch {
+	case errors.Is(err, controlsock.ErrNoAnswer):
+		return exitCodeError{ExitNoVerdict, fmt.Errorf("%w; whether it was done is unknown: see klp-agent status before asking again", err)}
+	case err != nil:
 		return err
+	case !res.OK && res.PID != 0:
+		return fmt.Errorf("the daemon (pid %d) answered: %s", res.PID, res.Message)
+	case !res.OK:
+		return errors.New(res.Message)
 	}
-	a, err := h.Agent(log, store, nil)
-	if err != nil {
-		return err
-	}
-	var msg string
-	if req.Op == agent.OpPoll {
-		if a.Source() == nil {
-			return errors.New("manifest.url is not set: nothing to poll")
-		}
-		// As the daemon would: the boot's re-apply first, then the poll.
-		if err := a.Start(env.Ctx); err != nil {
-			return err
-		}
-		defer a.Stop()
-		msg, err = a.PollOnce(env.Ctx)
-	} else {
-		if err = a.LoadState(); err != nil {
-			return err
-		}
-		msg, err = a.Control(req)
-	}
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(env.Stdout, msg)
+	fmt.Fprintln(env.Stdout, res.Message)
 	return nil
 }

@@ -63,6 +63,8 @@ func TestControlsWithoutDaemon(t *testing.T) {
 		{[]string{"hold", "--until", "soon"}, 2, "--until"},
 		{[]string{"hold", "--until", "2026-11-25T11:00:00Z"}, 2, "not in the future"},
 		{[]string{"poll"}, 1, "manifest.url is not set"},
+		{[]string{"rollback"}, 1, "klp-agent rollback: rollback: no patch applied\n"},
+		{[]string{"hold", "--until", "2027-01-01"}, 0, "held: no new levels until 2027-01-01T00:00:00Z; health watching and rollbacks go on\n"},
 		{[]string{"pin", "--clear"}, 0, "pin cleared"},
 		{[]string{"resume"}, 0, "resumed"},
 		{[]string{"resume"}, 0, "not held"},

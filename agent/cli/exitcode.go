@@ -14,6 +14,12 @@ import (
 // unconfigured host stays calm instead of restarting forever.
 const ExitConfig = 78
 
+// ExitNoVerdict is sysexits.h's EX_TEMPFAIL: a request was handed to the
+// running daemon but no answer came (it stopped or was killed first, or
+// --wait ran out). Unlike 1 it does not mean "not done": the daemon may
+// have taken it, or may still; `klp-agent status` says which.
+const ExitNoVerdict = 75
+
 // answerCode is a command's answer as its exit status (status --check): the
 // command printed the answer, Main prints nothing more.
 type answerCode int

@@ -3,7 +3,6 @@ package cli
 import (
 	"fmt"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -141,32 +140,4 @@ func writeDecision(env *Env, source string, v *manifest.Verified, d manifest.Dec
 			writeAnnotations(w, "  ", e.Patch.Annotations)
 		}
 	}
-}
-
-// cmdReload is the unit's ExecReload: it refuses a configuration the daemon
-// would refuse (so `systemctl reload` fails loudly instead of the daemon
-// quietly keeping the old one), then signals the daemon. It needs no kill(1),
-// which a minimal root file system may lack.
-func cmdReload(env *Env, args []string) error {
-	fs := newFlags(env, "reload", "reload --pid PID [--config PATH]")
-	path := fs.String("config", config.DefaultPath, "main configuration file")
-	pid := fs.Int("pid", 0, "the daemon's process id ($MAINPID in the unit)")
-	if err := parse(fs, args, 0); err != nil {
-		return err
-	}
-	if *pid <= 1 {
-		return fmt.Errorf("%w: --pid of the running daemon is required", errUsage)
-	}
-	h, err := daemon.LoadHost(*path)
-	if err == nil {
-		err = h.CheckTrust()
-	}
-	if err != nil {
-		return fmt.Errorf("configuration refused, the daemon keeps its current one: %w", err)
-	}
-	if err := syscall.Kill(*pid, syscall.SIGHUP); err != nil {
-		return fmt.Errorf("signal daemon pid %d: %w", *pid, err)
-	}
-	fmt.Fprintf(env.Stdout, "configuration from %s valid; daemon %d reloading\n", strings.Join(h.Config.Files, ", "), *pid)
-	return nil
 }

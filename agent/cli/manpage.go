@@ -38,8 +38,9 @@ func writeMan(env *Env, docs []helpDoc) error {
 	p(".SH EXIT STATUS")
 	for _, e := range []struct{ code, text string }{
 		{"0", "Success, and help asked for with --help."},
-		{"1", "Failure."},
+		{"1", "Failure, or a request refused: not done. For the host controls, rollback and reload the reason is the running daemon's own answer (or, with no daemon running, the command's, which then acts on the state itself)."},
 		{"2", "Usage error: an unknown command or flag, a missing or stray argument."},
+		{fmt.Sprint(ExitNoVerdict), "(EX_TEMPFAIL) hold, resume, pin, unblock, poll, rollback, reload: the request was handed to the running daemon but no answer came: it stopped or was killed first, or --wait ran out. Not a refusal: the daemon may have taken it or may still; klp-agent status says which. Ask again only after looking."},
 		{fmt.Sprint(ExitConfig), "(EX_CONFIG) klp-agent run: the configuration cannot run: not configured (no manifest.url and no trusted keys, as shipped), an invalid file or value, fewer keys than trust.threshold, no host id, a ca_bundle or client certificate that cannot be loaded, or an untrusted state directory. The unit does not restart on it (RestartPreventExitStatus=78)."},
 	} {
 		p(".TP\n.B %s\n%s", e.code, roff(e.text))
@@ -51,6 +52,7 @@ func writeMan(env *Env, docs []helpDoc) error {
 		{"/etc/klp-agent/keys/*.pub", "Trusted ed25519 public keys of the manifest's signers (trust.keys_dir)."},
 		{"/etc/sysconfig/klp-agent", "Environment for the service (EnvironmentFile=, optional): HTTPS_PROXY, HTTP_PROXY, NO_PROXY."},
 		{"/var/lib/klp-agent", "The agent's state (paths.state_dir): state.json, verified RPM copies, the cached manifest, the lock."},
+		{"/var/lib/klp-agent/control/klp-agent.sock", "The daemon's control socket (root only: 0600 in a 0700 directory): hold, resume, pin, unblock, poll, rollback and reload ask the running daemon through it and print its answer."},
 		{"/usr/lib/systemd/system/klp-agent.service", "The unit."},
 	} {
 		p(".TP\n.I %s\n%s", roff(f.path), roff(f.text))

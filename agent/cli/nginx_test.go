@@ -183,7 +183,8 @@ func TestPublishAndFetchThroughNginx(t *testing.T) {
 
 func writeHostRoot(t *testing.T, root, kernel, machineID string) {
 	t.Helper()
-	for p, c := range map[string]string{"proc/sys/kernel/osrelease": kernel + "\n", "etc/machine-id": machineID + "\n"} {
+	for p, c := range map[string]string{"proc/sys/kernel/osrelease": kernel + "\n", "etc/machine-id": machineID + "\n",
+		"proc/sys/kernel/random/boot_id": "b0071d00-0000-4000-8000-000000000001\n"} {
 		full := filepath.Join(root, p)
 		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
 			t.Fatal(err)

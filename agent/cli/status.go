@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -12,7 +11,6 @@ import (
 	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/agent/daemon"
-	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -271,67 +269,4 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
-}
-
-func cmdRollback(env *Env, args []string) error {
-	fs := newFlags(env, "rollback", "rollback [--config PATH] [--block] [--reason TEXT] [--wait DURATION]")
-	path := fs.String("config", config.DefaultPath, "main configuration file")
-	block := fs.Bool("block", false, "never re-apply the current patch on this host")
-	reason := fs.String("reason", "requested with klp-agent rollback", "why, for the journal and the block record")
-	wait := fs.Duration("wait", 2*time.Minute, "how long to wait for a running daemon to do it")
-	if err := parse(fs, args, 0); err != nil {
-		return err
-	}
-	h, err := daemon.LoadHost(*path)
-	if err != nil {
-		return err
-	}
-	log, err := h.Logger(env.Stderr)
-	if err != nil {
-		return err
-	}
-	store := h.Store()
-	if err := store.Lock(); err == nil {
-		defer store.Unlock()
-		a, err := h.Agent(log, store, nil)
-		if err != nil {
-			return err
-		}
-		if err := a.Start(env.Ctx); err != nil {
-			return err
-		}
-		if err := a.Rollback(env.Ctx, state.CauseOperator, "operator: "+*reason, nil, *block); err != nil {
-			return err
-		}
-		a.Stop()
-		fmt.Fprintf(env.Stdout, "rolled back; now %s\n", describeCurrent(a.State().Kernel(a.Host().Kernel)))
-		return nil
-	} else if !errors.Is(err, state.ErrLocked) {
-		return err
-	}
-	// The daemon holds the lock: hand it the request and wait.
-	l := store.Layout()
-	if err := agent.WriteRequest(l, agent.RollbackRequest{Reason: *reason, Block: *block, At: env.Now()}); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(*wait)
-	for time.Now().Before(deadline) {
-		if !agent.RequestPending(l) {
-			st, err := store.Load()
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(env.Stdout, "the daemon rolled back; now %s\n", describeCurrent(st.Kernel(h.Host.Kernel)))
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("the daemon did not take the rollback request within %s (it stays queued in %s)", *wait, l.RollbackRequest())
-}
-
-func describeCurrent(k *state.Kernel) string {
-	if k.Current == nil {
-		return string(k.Phase) + ", no patch"
-	}
-	return string(k.Phase) + " " + k.Current.ID()
 }

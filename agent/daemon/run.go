@@ -96,6 +96,13 @@ func Run(ctx context.Context, o Options) error {
 	if w := agent.KpatchServiceWarning(h.Config.Paths.Root, h.Host.Kernel); w != "" {
 		log.Warn(w)
 	}
+	// Requests are accepted from here; the loop answers them once it
+	// runs (a command asking during the boot re-apply waits for it).
+	reloads := make(chan reloadCall)
+	sctx, stopServing := context.WithCancel(ctx)
+	served := serveControl(sctx, h, loop, reloads, log)
+	defer func() { stopServing(); <-served }() // the socket is gone before the lock is released
+
 	hb.Begin() // the boot re-apply is a step too
 	if err := a.Start(ctx); err != nil {
 		// Keep running: polling may fix what a boot re-apply could not.
@@ -105,23 +112,30 @@ func Run(ctx context.Context, o Options) error {
 
 	done := make(chan error, 1)
 	go func() { done <- loop.Run(ctx) }()
+	// takeReload is a SIGHUP's or `klp-agent reload`'s: the new
+	// configuration whole, or the running one kept and why.
+	takeReload := func() agent.ControlResult {
+		notify.Reloading()
+		defer notify.Ready()
+		nh, nlog, err := reload(ctx, h, loop, mon, o)
+		if err != nil {
+			log.Error("reload refused, keeping the running configuration: " + err.Error())
+			return agent.ControlResult{Message: "reload refused, the daemon keeps its running configuration: " + err.Error()}
+		}
+		h, log = nh, nlog
+		exp.set(h, log)
+		log.Info("configuration reloaded from " + o.ConfigPath)
+		return agent.ControlResult{OK: true, Message: "configuration reloaded from " + strings.Join(h.Config.Files, ", ")}
+	}
 	for {
 		select {
 		case err := <-done:
 			log.Info("klp-agent stopped")
 			return err
 		case <-hup:
-			notify.Reloading()
-			nh, nlog, err := reload(ctx, h, loop, mon, o)
-			if err != nil {
-				log.Error("reload refused, keeping the running configuration: " + err.Error())
-				notify.Ready()
-				continue
-			}
-			h, log = nh, nlog
-			exp.set(h, log)
-			log.Info("configuration reloaded from " + o.ConfigPath)
-			notify.Ready()
+			takeReload()
+		case c := <-reloads:
+			c.reply <- takeReload()
 		}
 	}
 }

@@ -2,9 +2,8 @@ package state
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
-	"regexp"
-	"strings"
 )
 
 // Layout is the state directory's shape: every file the agent keeps there
@@ -61,44 +60,29 @@ func (l Layout) TrustedRoot() string { return filepath.Join(l.Dir, "root.json") 
 // status.
 func (l Layout) MetricsListenFailure() string { return filepath.Join(l.Dir, "metrics-listen-failed") }
 
-// RollbackRequest is where an operator's rollback waits for the daemon.
-func (l Layout) RollbackRequest() string { return filepath.Join(l.Dir, "rollback-request.json") }
+// ControlDir holds the control socket: a directory of its own, 0700, so
+// only root reaches the socket whatever the state directory's own mode.
+func (l Layout) ControlDir() string { return filepath.Join(l.Dir, "control") }
 
-// Host controls (hold, resume, pin, unblock, poll) wait for the daemon in
-// control-<id>.request.json and get their answer in control-<id>.result.json.
-const (
-	controlPrefix        = "control-"
-	ControlRequestSuffix = ".request.json"
-	controlResultSuffix  = ".result.json"
-)
+// ControlSocket is the socket's name in ControlDir: the one channel the
+// CLI asks the running daemon through (agent/control).
+const ControlSocket = "klp-agent.sock"
 
-// ControlRequest is where control request id waits for the daemon.
-func (l Layout) ControlRequest(id string) (string, error) {
-	if !controlIDRE.MatchString(id) {
-		return "", fmt.Errorf("%w: control id %q", ErrBadRecord, id)
+// ControlSocketPath is ControlSocket's full path, for messages.
+func (l Layout) ControlSocketPath() string { return filepath.Join(l.ControlDir(), ControlSocket) }
+
+// OldRequests are the request and answer files older versions handed
+// their daemon through the state dir (rollback-request.json,
+// control-<id>.request.json, control-<id>.result.json): none is read any
+// more, and the daemon removes them at start.
+func (l Layout) OldRequests() []string {
+	var out []string
+	if _, err := os.Lstat(filepath.Join(l.Dir, "rollback-request.json")); err == nil {
+		out = append(out, filepath.Join(l.Dir, "rollback-request.json"))
 	}
-	return filepath.Join(l.Dir, controlPrefix+id+ControlRequestSuffix), nil
+	for _, pat := range []string{"control-*.request.json", "control-*.result.json"} {
+		m, _ := filepath.Glob(filepath.Join(l.Dir, pat))
+		out = append(out, m...)
+	}
+	return out
 }
-
-// ControlResult is the daemon's answer to control request id.
-func (l Layout) ControlResult(id string) (string, error) {
-	if !controlIDRE.MatchString(id) {
-		return "", fmt.Errorf("%w: control id %q", ErrBadRecord, id)
-	}
-	return filepath.Join(l.Dir, controlPrefix+id+controlResultSuffix), nil
-}
-
-// ControlRequestID is the id of a control request file name ("" when name
-// is none).
-func ControlRequestID(name string) string {
-	id, ok := strings.CutPrefix(name, controlPrefix)
-	if !ok {
-		return ""
-	}
-	if id, ok = strings.CutSuffix(id, ControlRequestSuffix); !ok || !controlIDRE.MatchString(id) {
-		return ""
-	}
-	return id
-}
-
-var controlIDRE = regexp.MustCompile(`^[0-9a-z-]{1,64}$`)
