@@ -103,3 +103,39 @@ func TestLintChecksPublishedFiles(t *testing.T) {
 		t.Fatalf("lint of a replaced file: exit %d, output %q", code, out)
 	}
 }
+
+// TestExplainPrintsResolvedURLs: explain shows the URL a host fetches each
+// RPM from: resolved against manifest.url, or, with none configured,
+// against the --manifest file's own location.
+func TestExplainPrintsResolvedURLs(t *testing.T) {
+	dir, _, env := publisherFixture(t)
+	keys := filepath.Join(dir, "keys")
+	if err := os.MkdirAll(keys, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := os.ReadFile(filepath.Join(dir, "a.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(keys, "a.pub"), pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ name, extra, want string }{
+		{"no manifest.url", "", "file://" + dir + "/klp-cmdline-2-1.noarch.rpm"},
+		{"manifest.url", "manifest:\n  url: https://user:secret@mirror.example/klp/manifest.json\n", "https://user:xxxxx@mirror.example/klp/klp-cmdline-2-1.noarch.rpm"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			writeHostRoot(t, root, testKernel, "0123456789abcdef0123456789abcdef")
+			cfg := filepath.Join(t.TempDir(), "config.yaml")
+			y := "trust:\n  keys_dir: " + keys + "\npaths:\n  root: " + root + "\n  state_dir: " + t.TempDir() + "\n" + tt.extra
+			if err := os.WriteFile(cfg, []byte(y), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out := run(t, t0, "explain", "--config", cfg, "--manifest", env)
+			if !strings.Contains(out, "wanted:   klp_cmdline_2 level 2 ("+tt.want+")\n") || !strings.Contains(out, "  "+tt.want+"  ") {
+				t.Fatalf("explain:\n%s\nwant %s in the wanted line and the table", out, tt.want)
+			}
+		})
+	}
+}
