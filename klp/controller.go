@@ -120,8 +120,12 @@ func (c *Controller) Enable(ctx context.Context, file, name string, eo EnableOpt
 	p, err := c.Sysfs.Get(name)
 	if err != nil {
 		// Loaded but no livepatch of that name: a wrong module name or not a
-		// livepatch. Take it out again rather than leave an unknown module.
-		c.unload(ctx, name, o)
+		// livepatch. Take it out again rather than leave an unknown module,
+		// if the kernel says a module of that name is a livepatch's; a name
+		// that is another module's (a driver's) is left alone.
+		if uerr := c.unload(ctx, name, o); uerr != nil {
+			return res, fmt.Errorf("enable %s: module loaded but %w; %w", name, err, uerr)
+		}
 		return res, fmt.Errorf("enable %s: module loaded but %w", name, err)
 	}
 	c.hook("loaded")

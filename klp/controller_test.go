@@ -136,7 +136,7 @@ func TestOnlyLivepatchesAreUnloaded(t *testing.T) {
 				_, err := c.Enable(ctx, "/lp/klp_cmdline_1.ko", "e1000e", klp.EnableOptions{})
 				return err
 			},
-			wantErr: klp.ErrNotFound, loaded: []string{"e1000e", "klp_cmdline_1"},
+			wantErr: klp.ErrNotLivepatchModule, loaded: []string{"e1000e", "klp_cmdline_1"},
 		},
 		{
 			name: "disable of a livepatch module whose patch is gone",
