@@ -914,7 +914,9 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 	if to == nil {
 		if a.d.KillSwitch != "" {
 			log.Info("kill switch: " + from.ID() + " is not in the kernel; its record is rolled back")
-		} else if err := a.d.Installer.Controller.Disable(ctx, from.Name); err != nil {
+		} else if err := a.d.Installer.Controller.Disable(ctx, from.Name); err != nil && !errors.Is(err, klp.ErrNotFound) {
+			// ErrNotFound: neither patch nor module is left (a rollback
+			// resumed after its disable); anything else is an answer.
 			return fmt.Errorf("roll back %s: %w", from.ID(), err)
 		}
 		if from.RPMName != "" {

@@ -450,3 +450,19 @@ func TestDownloadPartNotFollowed(t *testing.T) {
 		})
 	}
 }
+
+// A rollback to no patch whose patch and module are already gone (taken
+// out by hand with klp disable, or a rollback resumed after its disable)
+// is done, not failed: Disable's ErrNotFound is "nothing left".
+func TestRollbackToNoneWhenThePatchIsAlreadyGone(t *testing.T) {
+	h := newHost(t, 1)
+	h.converge([]int{1})
+	ctx := context.Background()
+	if err := h.agent.d.Installer.Controller.Disable(ctx, "klp_cmdline_1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.agent.Rollback(ctx, state.CauseOperator, "operator", nil, true); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseNone, 0)
+}

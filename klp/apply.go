@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/klp-agent/klp-agent/internal/limitfile"
@@ -129,7 +130,11 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 	if err != nil {
 		return nil, err
 	}
-	if err := in.checkName(ctx, info, want); err != nil {
+	ins, err := in.checkName(ctx, info, want)
+	if err != nil {
+		return nil, err
+	}
+	if err := canRestore(ins, info, want); err != nil {
 		return nil, err
 	}
 	if in.CheckSig {
@@ -197,14 +202,40 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 // Each installed instance is judged alone: two livepatch levels of one name
 // (a transaction cut short) are not a package with two modules, and the
 // install that follows (rpm -U) leaves one.
-func (in *Installer) checkName(ctx context.Context, info *RPMInfo, want Want) error {
+func (in *Installer) checkName(ctx context.Context, info *RPMInfo, want Want) ([]Instance, error) {
 	ins, err := in.RPM.Instances(ctx, info.Name)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, i := range ins {
 		if err := LivepatchFiles(i.Files); err != nil {
-			return fmt.Errorf("%w: %s (%v)", ErrForeignPackage, i.NEVRA, err)
+			return nil, fmt.Errorf("%w: %s (%v)", ErrForeignPackage, i.NEVRA, err)
+		}
+	}
+	return ins, nil
+}
+
+// ErrNoRestore is an apply that could leave rpm's database unlike the
+// kernel: rpm -U would replace the package the running livepatch came in,
+// and there is no copy of that package to put back if the kernel refuses
+// the new one.
+var ErrNoRestore = errors.New("no copy of the running livepatch's package to restore")
+
+// canRestore refuses, before rpm -U, an apply whose failure restore could
+// not undo: an installed instance of the new package's name holds the
+// module of want.Previous (the livepatch the kernel runs), and
+// want.Previous has no RPM of that name to re-install.
+func canRestore(ins []Instance, info *RPMInfo, want Want) error {
+	p := want.Previous
+	if p == nil || p.Module == "" || (p.RPM != "" && p.Package == info.Name) {
+		return nil
+	}
+	for _, i := range ins {
+		for _, f := range i.Files {
+			if filepath.Ext(f) == ".ko" && strings.ReplaceAll(strings.TrimSuffix(filepath.Base(f), ".ko"), "-", "_") == p.Module {
+				return fmt.Errorf("apply %s: %w: rpm -U would replace %s, the package of %s which the kernel runs now",
+					info.Name, ErrNoRestore, i.NEVRA, p.Module)
+			}
 		}
 	}
 	return nil

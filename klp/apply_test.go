@@ -349,3 +349,39 @@ func TestInstallerMendsTwoInstancesOfAName(t *testing.T) {
 		t.Fatalf("err = %v, want ErrForeignPackage naming klp-cmdline-9", err)
 	}
 }
+
+// An apply whose failure could not be undone is refused before rpm -U:
+// rpm holds the package of the livepatch the kernel runs, the new one of
+// that name would replace it, and there is no copy of it to put back (the
+// by-hand apply's old trap: a refused downgrade left rpm with no package
+// of that name while the kernel kept the higher level).
+func TestInstallerRefusesWhatItCouldNotRestore(t *testing.T) {
+	s := newShapes(t)
+	s.add("cmdline", "klp_cmdline_2", 2, klptest.Module{Replace: true, States: map[uint64]int{1: 2}}, nil)
+	s.add("cmdline", "klp_cmdline_1", 1, klptest.Module{Replace: true, States: map[uint64]int{1: 1}}, nil)
+	s.add("other", "klp_other_1", 1, klptest.Module{Replace: true, States: map[uint64]int{1: 2}}, nil)
+	if err := s.apply("klp_cmdline_2", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	loads := len(s.k.Loads)
+	for _, prev := range []*klp.Installed{
+		{Module: "klp_cmdline_2"},                                  // by hand: only the kernel's patch is known
+		{Module: "klp_cmdline_2", Package: "klp-cmdline"},          // the daemon, its copy lost
+		{Module: "klp_cmdline_2", RPM: s.files["klp_cmdline_1"]},   // a copy, but of no known package
+		{Module: "klp_cmdline_2", Package: "klp-a", RPM: "/x.rpm"}, // a copy of another package
+	} {
+		w := s.wants["klp_cmdline_1"]
+		w.Previous = prev
+		if _, err := s.in.Apply(context.Background(), s.files["klp_cmdline_1"], w); !errors.Is(err, klp.ErrNoRestore) {
+			t.Fatalf("previous %+v: err = %v, want ErrNoRestore", prev, err)
+		}
+		s.expect("klp_cmdline_2", "klp-cmdline", "2-1")
+	}
+	if len(s.k.Loads) != loads {
+		t.Fatalf("loaded %v after refusals", s.k.Loads[loads:])
+	}
+	// A package of another name does not replace it: nothing to restore.
+	if err := s.apply("klp_other_1", "klp_cmdline_2", ""); err != nil {
+		t.Fatal(err)
+	}
+}

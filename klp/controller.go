@@ -120,8 +120,12 @@ func (c *Controller) Enable(ctx context.Context, file, name string, eo EnableOpt
 	p, err := c.Sysfs.Get(name)
 	if err != nil {
 		// Loaded but no livepatch of that name: a wrong module name or not a
-		// livepatch. Take it out again rather than leave an unknown module.
-		c.unload(ctx, name, o)
+		// livepatch. Take it out again rather than leave an unknown module,
+		// if the kernel says a module of that name is a livepatch's; a name
+		// that is another module's (a driver's) is left alone.
+		if uerr := c.unload(ctx, name, o); uerr != nil {
+			return res, fmt.Errorf("enable %s: module loaded but %w; %w", name, err, uerr)
+		}
 		return res, fmt.Errorf("enable %s: module loaded but %w", name, err)
 	}
 	c.hook("loaded")
@@ -218,7 +222,10 @@ func (c *Controller) reverse(ctx context.Context, name string, enabling bool, o 
 
 // Disable unpatches name and unloads its module. While another patch
 // transitions the kernel answers EBUSY; that is retried with the load
-// backoff. A stalled disable is reversed (the patch stays enabled).
+// backoff. A stalled disable is reversed (the patch stays enabled). A name
+// with neither a livepatch nor a module is ErrNotFound; a loaded module
+// the kernel does not say is a livepatch is ErrNotLivepatchModule and
+// stays loaded.
 func (c *Controller) Disable(ctx context.Context, name string) error {
 	o := c.Opts.withDefaults()
 	wait := o.LoadBackoff.First
@@ -228,8 +235,15 @@ func (c *Controller) Disable(ctx context.Context, name string) error {
 			break
 		}
 		if errors.Is(err, ErrNotFound) {
-			// Already disabled and freed: just make sure the module is gone.
-			return c.unload(ctx, name, o)
+			if !c.Sysfs.ModuleLoaded(name) {
+				return fmt.Errorf("disable %s: %w: no /sys/kernel/livepatch/%s and no module of that name loaded", name, ErrNotFound, name)
+			}
+			// Already disabled and freed: unload the module, which unload
+			// does only if the kernel says it is a livepatch's.
+			if err := c.unload(ctx, name, o); err != nil {
+				return fmt.Errorf("disable %s: %w", name, err)
+			}
+			return nil
 		}
 		if !errors.Is(err, ErrBusy) || attempt >= o.LoadBackoff.Attempts {
 			return fmt.Errorf("disable %s: %w", name, err)
@@ -256,8 +270,21 @@ func (c *Controller) Disable(ctx context.Context, name string) error {
 }
 
 // unload waits for the module's refcount to reach 0 and removes it. A
-// module that is already gone is fine.
+// module that is already gone is fine. Only a module the kernel says is a
+// livepatch (Sysfs.IsLivepatchModule) is ever unloaded: every path that
+// unloads comes here, and a mistyped or misread name must not take a NIC
+// driver out of the kernel.
 func (c *Controller) unload(ctx context.Context, name string, o Options) error {
+	if !c.Sysfs.ModuleLoaded(name) {
+		return nil
+	}
+	lp, err := c.Sysfs.IsLivepatchModule(name)
+	if err != nil {
+		return fmt.Errorf("unload %s: %w", name, err)
+	}
+	if !lp {
+		return fmt.Errorf("unload %s: %w: the kernel lists no /sys/kernel/livepatch/%s and /sys/module/%s/taint has no K; nothing unloaded", name, ErrNotLivepatchModule, name, name)
+	}
 	deadline := time.Now().Add(o.UnloadTimeout)
 	for {
 		n, err := c.Sysfs.Refcnt(name)

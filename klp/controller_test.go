@@ -100,9 +100,92 @@ func TestCumulativeUpgradeStepBackAndDisable(t *testing.T) {
 	if got := k.Patched("cmdline_proc_show"); got != "" || len(k.Loaded()) != 0 {
 		t.Fatalf("after disable: served by %q, loaded %v", got, k.Loaded())
 	}
-	// Disabling what is already gone is not an error.
-	if err := c.Disable(context.Background(), "klp_cmdline_2"); err != nil {
-		t.Fatalf("second disable: %v", err)
+	// What is already gone cannot be disabled: the answer says so.
+	if err := c.Disable(context.Background(), "klp_cmdline_2"); !errors.Is(err, klp.ErrNotFound) {
+		t.Fatalf("second disable: %v, want ErrNotFound", err)
+	}
+}
+
+// TestOnlyLivepatchesAreUnloaded: every path that unloads (disable, the
+// clean-up of an enable that found no livepatch of its name) unloads only
+// a module the kernel says is a livepatch (listed in
+// /sys/kernel/livepatch, or tainted K); a name is never proof.
+func TestOnlyLivepatchesAreUnloaded(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		setup   func(t *testing.T, k *klptest.Kernel, c *klp.Controller)
+		run     func(c *klp.Controller) error
+		wantErr error
+		loaded  []string // modules loaded afterwards
+		unloads []string
+	}{
+		{
+			name:    "disable of a name nothing has",
+			run:     func(c *klp.Controller) error { return c.Disable(ctx, "nonexistent") },
+			wantErr: klp.ErrNotFound, loaded: []string{"e1000e"},
+		},
+		{
+			name:    "disable of an idle module that is not a livepatch",
+			run:     func(c *klp.Controller) error { return c.Disable(ctx, "e1000e") },
+			wantErr: klp.ErrNotLivepatchModule, loaded: []string{"e1000e"},
+		},
+		{
+			name: "enable whose name is another module's",
+			run: func(c *klp.Controller) error {
+				_, err := c.Enable(ctx, "/lp/klp_cmdline_1.ko", "e1000e", klp.EnableOptions{})
+				return err
+			},
+			wantErr: klp.ErrNotLivepatchModule, loaded: []string{"e1000e", "klp_cmdline_1"},
+		},
+		{
+			name: "disable of a livepatch module whose patch is gone",
+			setup: func(t *testing.T, k *klptest.Kernel, c *klp.Controller) {
+				enable(t, c, "klp_cmdline_1")
+				// Disabled by hand and freed: only its module, tainted K, is left.
+				if err := c.Sysfs.SetEnabled("klp_cmdline_1", false); err != nil {
+					t.Fatal(err)
+				}
+				for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+					if ents, err := k.ReadDir("sys/kernel/livepatch"); err == nil && len(ents) == 0 {
+						break
+					}
+					if time.Since(start) > 10*time.Second {
+						t.Fatal("the disabled patch was never freed")
+					}
+				}
+			},
+			run:    func(c *klp.Controller) error { return c.Disable(ctx, "klp_cmdline_1") },
+			loaded: []string{"e1000e"}, unloads: []string{"klp_cmdline_1"},
+		},
+		{
+			name:    "disable of a livepatch",
+			setup:   func(t *testing.T, k *klptest.Kernel, c *klp.Controller) { enable(t, c, "klp_cmdline_1") },
+			run:     func(c *klp.Controller) error { return c.Disable(ctx, "klp_cmdline_1") },
+			loaded:  []string{"e1000e"},
+			unloads: []string{"klp_cmdline_1"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k, c := newSim(t)
+			k.AddFile("/lib/modules/e1000e.ko", klptest.Module{Name: "e1000e"})
+			if err := k.Load("/lib/modules/e1000e.ko"); err != nil {
+				t.Fatal(err)
+			}
+			if tc.setup != nil {
+				tc.setup(t, k, c)
+			}
+			err := tc.run(c)
+			if tc.wantErr == nil && err != nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if got := k.Loaded(); !slices.Equal(got, tc.loaded) {
+				t.Errorf("loaded %v, want %v", got, tc.loaded)
+			}
+			if !slices.Equal(k.Unloads, tc.unloads) {
+				t.Errorf("unloaded %v, want %v", k.Unloads, tc.unloads)
+			}
+		})
 	}
 }
 

@@ -23,6 +23,9 @@ var (
 	ErrBusy         = errors.New("another livepatch transition is in progress")
 	ErrAlreadyState = errors.New("livepatch already in the requested state")
 	ErrStalled      = errors.New("livepatch transition stalled")
+	// ErrNotLivepatchModule is a loaded module the kernel does not say is
+	// a livepatch: the agent never unloads it.
+	ErrNotLivepatchModule = errors.New("not a livepatch module")
 )
 
 // Livepatch is one livepatch as /sys/kernel/livepatch shows it. Attributes a
@@ -316,6 +319,27 @@ func (s *Sysfs) Refcnt(module string) (int, error) {
 		return 0, fmt.Errorf("module %s refcnt %q: %w", module, v, err)
 	}
 	return n, nil
+}
+
+// IsLivepatchModule reports whether the kernel itself says module is a
+// livepatch: it lists /sys/kernel/livepatch/<module> (a patch is named
+// after its module), or the module's own taint flags
+// (/sys/module/<module>/taint) carry K, which the kernel sets when it
+// loads a module whose modinfo says livepatch=Y (Linux 4.9+) and keeps
+// until the module is gone, so a disabled patch whose directory was freed
+// is still known. Nothing else is proof: a name is only a name.
+func (s *Sysfs) IsLivepatchModule(module string) (bool, error) {
+	if _, err := s.FS.ReadDir(path.Join(livepatchDir, module)); err == nil {
+		return true, nil
+	}
+	t, err := readTrim(s.FS, path.Join("sys/module", module, "taint"))
+	if err != nil {
+		if notExist(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("module %s taint: %w", module, err)
+	}
+	return strings.ContainsRune(t, 'K'), nil
 }
 
 // ModuleLoaded reports whether /sys/module/<name> exists.

@@ -24,6 +24,9 @@ type Env struct {
 	Stdout, Stderr io.Writer
 	Now            func() time.Time
 	Ctx            context.Context
+	// KLPKernel is the kernel the klp commands act on under a root; nil:
+	// the real one (tests give a simulated kernel).
+	KLPKernel func(root string) KLPKernel
 }
 
 type command struct {

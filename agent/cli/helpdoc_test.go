@@ -108,7 +108,7 @@ func TestPerCommandFlags(t *testing.T) {
 	for cmd, want := range map[string]string{
 		"klp list":    "json root",
 		"klp disable": "force poll root transition-timeout",
-		"klp apply":   "force level nodeps poll previous-rpm replaces require-signature root rpm rpm-dbpath rpm-keyring scripts sha256 size transition-timeout",
+		"klp apply":   "force level nodeps poll previous-rpm replaces require-signature root rpm rpm-dbpath rpm-keyring scripts sha256 size state-dir transition-timeout",
 		"status":      "check config json snapshot",
 		"version":     "",
 	} {

@@ -104,19 +104,42 @@ func cmdExplain(env *Env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("manifest %s rejected: %w", source, err)
 	}
+	// URLs resolve against manifest.url, where the host fetches the
+	// manifest from, whichever copy is explained.
+	base := h.Config.Manifest.URL
+	if base == "" {
+		if base, err = manifest.FileURL(*file); err != nil {
+			return err
+		}
+	}
 	d := manifest.Select(v.Manifest, h.Host, now, nil)
-	writeDecision(env, source, v, d)
+	writeDecisionAt(env, source, base, v, d)
 	return nil
 }
 
 func writeDecision(env *Env, source string, v *manifest.Verified, d manifest.Decision) {
+	writeDecisionAt(env, source, source, v, d)
+}
+
+// resolved is the URL a host fetches p from, its secrets masked.
+func resolved(base string, p *manifest.Patch) string {
+	u, err := manifest.ResolveURL(base, p)
+	if err != nil {
+		return "unresolvable: " + redact.Text(err.Error())
+	}
+	return redact.URL(u)
+}
+
+// writeDecisionAt prints d for a manifest shown as source, whose patch
+// URLs resolve against base (the manifest's URL).
+func writeDecisionAt(env *Env, source, base string, v *manifest.Verified, d manifest.Decision) {
 	w := env.Stdout
 	fmt.Fprintf(w, "host:     id %s, tier %q, kernel %s\n", d.Host.ID, d.Host.Tier, d.Host.Kernel)
 	fmt.Fprintf(w, "manifest: %s version %d, expires %s, signed by %d key(s)\n", source, v.Version,
 		v.Expires.UTC().Format(time.RFC3339), len(v.KeyIDs))
 	writeAnnotations(w, "          ", v.Annotations)
 	if d.Wanted != nil {
-		fmt.Fprintf(w, "wanted:   %s level %d (%s)\n", d.Wanted.Name, d.Wanted.Level, redact.Text(d.Wanted.URL))
+		fmt.Fprintf(w, "wanted:   %s level %d (%s)\n", d.Wanted.Name, d.Wanted.Level, resolved(base, d.Wanted))
 	} else {
 		fmt.Fprintf(w, "wanted:   no patch for %s\n", d.Host.Kernel)
 	}
@@ -125,13 +148,13 @@ func writeDecision(env *Env, source string, v *manifest.Verified, d manifest.Dec
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "LEVEL\tNAME\tCHOSEN\tREASON")
+	fmt.Fprintln(tw, "LEVEL\tNAME\tCHOSEN\tURL\tREASON")
 	for _, e := range d.Entries {
 		mark := "-"
 		if e.Chosen {
 			mark = "yes"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", e.Patch.Level, e.Patch.Name, mark, e.Reason)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", e.Patch.Level, e.Patch.Name, mark, resolved(base, e.Patch), e.Reason)
 	}
 	tw.Flush()
 	for _, e := range d.Entries {

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/klp-agent/klp-agent/agent/config"
+	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -20,7 +23,7 @@ func cmdKLP(env *Env, args []string) error {
 	return dispatch(env, "klp", []subcommand{
 		{"list", "livepatches in the kernel, with their objects and functions", cmdKLPList},
 		{"apply", "verify, install (rpm -U), load and enable one livepatch RPM, timing each step", cmdKLPApply},
-		{"disable", "disable one livepatch and unload its module", cmdKLPDisable},
+		{"disable", "disable one livepatch and unload its module; a module the kernel does not list as a livepatch is refused, never unloaded", cmdKLPDisable},
 	}, args)
 }
 
@@ -68,11 +71,23 @@ func addKLPFlags(fs *flag.FlagSet, groups int) klpFlags {
 
 func ptr[T any](v T) *T { return &v }
 
-func (f klpFlags) controller() *klp.Controller {
+// KLPKernel is what the klp commands drive: sysfs and procfs, module
+// loading and the kernel log.
+type KLPKernel struct {
+	FS      klp.FS
+	Modules klp.Modules
+	Log     klp.KernelLog
+}
+
+func (f klpFlags) controller(env *Env) *klp.Controller {
+	k := KLPKernel{FS: klp.OSFS{Root: *f.root}, Modules: klp.KernelModules{}, Log: klp.KmsgLog{Path: filepath.Join(*f.root, "dev/kmsg")}}
+	if env.KLPKernel != nil {
+		k = env.KLPKernel(*f.root)
+	}
 	return &klp.Controller{
-		Sysfs:   &klp.Sysfs{FS: klp.OSFS{Root: *f.root}, Poll: *f.poll},
-		Modules: klp.KernelModules{},
-		Log:     klp.KmsgLog{Path: filepath.Join(*f.root, "dev/kmsg")},
+		Sysfs:   &klp.Sysfs{FS: k.FS, Poll: *f.poll},
+		Modules: k.Modules,
+		Log:     k.Log,
 		Opts:    klp.Options{TransitionTimeout: *f.timeout, ForceOnStall: *f.force},
 	}
 }
@@ -84,7 +99,7 @@ func cmdKLPList(env *Env, args []string) error {
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	ps, err := f.controller().Sysfs.List()
+	ps, err := f.controller(env).Sysfs.List()
 	if err != nil {
 		return err
 	}
@@ -116,7 +131,8 @@ func cmdKLPApply(env *Env, args []string) error {
 	size := fs.Int64("size", 0, "pinned size in bytes (default: the file's own)")
 	level := fs.Int("level", 0, "cumulative level, for packages that do not declare one (shown only)")
 	replaces := fs.String("replaces", "", "the livepatch this one must replace (default: the one enabled now, if there is exactly one)")
-	prevRPM := fs.String("previous-rpm", "", "the RPM of the livepatch running now, re-installed if this one fails (default: the new package is erased)")
+	prevRPM := fs.String("previous-rpm", "", "the RPM of the livepatch running now, re-installed if this one fails (default: the agent's copy in --state-dir)")
+	stateDir := fs.String("state-dir", config.Default().Paths.StateDir, "the agent's state directory, whose copy of the running livepatch's RPM is re-installed if this one fails")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -138,7 +154,7 @@ func cmdKLPApply(env *Env, args []string) error {
 		}
 		want.Level = *level
 	}
-	prev, err := previous(env, f, info.ModuleName, *replaces, *prevRPM)
+	prev, err := previous(env, f, krel, info.ModuleName, *replaces, *prevRPM, *stateDir)
 	if err != nil {
 		return err
 	}
@@ -151,11 +167,14 @@ func cmdKLPApply(env *Env, args []string) error {
 	}
 	in := &klp.Installer{
 		RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: *f.root, NoDeps: *f.nodeps, Keyring: *f.keyring, DBPath: *f.dbpath, Scripts: *f.scripts},
-		Controller: f.controller(),
+		Controller: f.controller(env),
 		Root:       *f.root,
 		CheckSig:   *f.requireSig,
 	}
 	res, err := in.Apply(env.Ctx, *file, want)
+	if errors.Is(err, klp.ErrNoRestore) {
+		return fmt.Errorf("%w; nothing was changed: give --previous-rpm FILE, the RPM of %s", err, prev.Module)
+	}
 	if err != nil {
 		return err
 	}
@@ -180,10 +199,12 @@ func cmdKLPApply(env *Env, args []string) error {
 }
 
 // previous is what `klp apply` must replace and restore on failure: the
-// named patch, or the one livepatch enabled now; its RPM when given.
-func previous(env *Env, f klpFlags, name, replaces, prevRPM string) (*klp.Installed, error) {
+// named patch, or the one livepatch enabled now; its RPM when given, else
+// the agent's verified copy of it, where the daemon's own apply finds it
+// (the state's current record for this kernel, when it is that patch).
+func previous(env *Env, f klpFlags, krel, name, replaces, prevRPM, stateDir string) (*klp.Installed, error) {
 	if replaces == "" {
-		ps, err := f.controller().Sysfs.List()
+		ps, err := f.controller(env).Sysfs.List()
 		if err != nil && !errors.Is(err, klp.ErrNoLivepatch) {
 			return nil, err
 		}
@@ -210,6 +231,21 @@ func previous(env *Env, f klpFlags, name, replaces, prevRPM string) (*klp.Instal
 		if p.Module == "" {
 			p.Module = pi.ModuleName
 		}
+		return p, nil
+	}
+	store := &state.Store{Dir: stateDir}
+	st, err := store.Load()
+	if err != nil {
+		return nil, fmt.Errorf("the agent's copy of %s's RPM: %w (or give --previous-rpm FILE)", replaces, err)
+	}
+	if k := st.Kernels[krel]; k != nil && k.Current != nil && k.Current.Name == replaces {
+		rpm, err := store.RPMPath(k.Current)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(rpm); err == nil {
+			p.Package, p.RPM = k.Current.RPMName, rpm
+		}
 	}
 	return p, nil
 }
@@ -227,7 +263,7 @@ func cmdKLPDisable(env *Env, args []string) error {
 		return fmt.Errorf("%w: %q is not a livepatch name", errUsage, name)
 	}
 	start := time.Now()
-	if err := f.controller().Disable(env.Ctx, name); err != nil {
+	if err := f.controller(env).Disable(env.Ctx, name); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "%s disabled and unloaded in %s\n", name, ms(time.Since(start)))

@@ -3,14 +3,16 @@ package cli
 import (
 	"bytes"
 	"fmt"
+	"path/filepath"
 
 	"github.com/klp-agent/klp-agent/internal/limitfile"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
 func cmdLint(env *Env, args []string) error {
-	fs := newFlags(env, "manifest lint", "manifest lint [--max-expiry D] FILE   (unsigned source or signed envelope)")
+	fs := newFlags(env, "manifest lint", "manifest lint [--max-expiry D] [--publish-dir DIR] FILE   (unsigned source or signed envelope)")
 	maxExpiry := fs.Duration("max-expiry", manifest.DefaultMaxExpiry, "warn when expires is further out than this from now (hosts' manifest.max_expiry)")
+	pubDir := fs.String("publish-dir", "", "the directory the manifest is published from: each relative URL must resolve there to a file with the pinned size and sha256 (default: FILE's directory)")
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
@@ -33,6 +35,17 @@ func cmdLint(env *Env, args []string) error {
 	warnings := manifest.LintMaxExpiry(m, env.Now(), *maxExpiry)
 	for _, w := range warnings {
 		fmt.Fprintf(env.Stdout, "%s: warning: %s\n", path, w)
+	}
+	published := path
+	if *pubDir != "" {
+		published = filepath.Join(*pubDir, filepath.Base(path))
+	}
+	problems := manifest.CheckFiles(m, published)
+	for _, e := range problems {
+		fmt.Fprintf(env.Stdout, "%s: error: %s\n", path, e)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s: %d error(s), %d warning(s)", path, len(problems), len(warnings))
 	}
 	fmt.Fprintf(env.Stdout, "%s: version %d, %d patch(es), %d revoked: valid, %d warning(s)\n", path, m.Version, len(m.Patches), len(m.Revoked), len(warnings))
 	return nil

@@ -21,7 +21,7 @@ func cmdManifest(env *Env, args []string) error {
 		{"revoke", "pull a patch back everywhere: hosts running it roll back and block it", cmdRevoke},
 		{"sign", "sign a manifest into a DSSE envelope, or add a signature to one", cmdSign},
 		{"verify", "check an envelope's signatures, expiry and schema against trusted keys", cmdVerify},
-		{"lint", "find mistakes in a manifest before publishing it", cmdLint},
+		{"lint", "find mistakes in a manifest before publishing it, RPMs missing or different where their URLs resolve among them", cmdLint},
 		{"root", "the root of trust: init, rotate, sign root.<N>.json files", cmdRoot},
 	}, args)
 }
@@ -66,7 +66,8 @@ func cmdAdd(env *Env, args []string) error {
 	fs := newFlags(env, "manifest add", "manifest add --manifest FILE --rpm RPM [flags]")
 	path := fs.String("manifest", "manifest.yaml", "unsigned manifest source to edit (created if missing)")
 	rpmPath := fs.String("rpm", "", "livepatch RPM to add (its header gives kernel, name, level; its bytes size and sha256)")
-	u := fs.String("url", "", "URL of the RPM, absolute or relative to the manifest (default: the RPM's file name)")
+	u := fs.String("url", "", "URL of the RPM, absolute or relative to the manifest, taken as given (default: the RPM's path relative to --publish-dir)")
+	pubDir := fs.String("publish-dir", "", "the directory the signed manifest is published from, relative URLs resolve against it; the RPM must be under it unless --url is given (default: --manifest's directory)")
 	level := fs.Int("level", 0, "cumulative level, for layouts whose RPMs do not declare one (kpatch-patch, Meta's klp, SUSE): required for them")
 	var tiers stringList
 	fs.Var(&tiers, "tier", "rollout tier that gets the patch at --start (repeatable)")
@@ -105,7 +106,13 @@ func cmdAdd(env *Env, args []string) error {
 		return fmt.Errorf("%s: the module's name could not be read from its %s payload", *rpmPath, info.PayloadCompression)
 	}
 	if p.URL == "" {
-		p.URL = filepath.Base(*rpmPath)
+		dir := *pubDir
+		if dir == "" {
+			dir = filepath.Dir(*path)
+		}
+		if p.URL, err = manifest.RelativeURL(dir, *rpmPath); err != nil {
+			return fmt.Errorf("%w: copy it under there, or give --url", err)
+		}
 	}
 	if len(tiers) > 0 || *start != "" || *startPct > 0 || *dur != "" {
 		r := &manifest.Rollout{Tiers: tiers, Start: now, StartPercent: *startPct}

@@ -2,8 +2,8 @@
 // drives livepatches: it serves the sysfs and procfs files klp reads and
 // obeys the kernel's rules (EINVAL when writing the current value, EBUSY
 // while another transition runs, the patch directory disappearing after a
-// finished disable or replace, module refcounts, forced modules that never
-// unload). The real kernel in qemu (e2e/) is the test that counts; this one
+// finished disable or replace, module refcounts, the K taint of a loaded
+// livepatch module, forced modules that never unload). The real kernel in qemu (e2e/) is the test that counts; this one
 // makes every branch reachable in milliseconds.
 package klptest
 
@@ -73,6 +73,7 @@ type Kernel struct {
 	files    map[string]*Module // .ko path -> module
 	contents map[string]*Module // sha256 of a .ko -> module
 	loaded   map[string]int     // module name -> refcnt
+	klpMods  map[string]bool    // loaded modules with livepatch=Y: tainted K
 	forced   map[string]bool
 	patches  map[string]*patch
 	order    int
@@ -127,7 +128,7 @@ func (c *logCursor) Close() error { return nil }
 func New() *Kernel {
 	return &Kernel{
 		Now: time.Now, TransitionTime: 20 * time.Millisecond,
-		files: map[string]*Module{}, loaded: map[string]int{}, forced: map[string]bool{},
+		files: map[string]*Module{}, loaded: map[string]int{}, klpMods: map[string]bool{}, forced: map[string]bool{},
 		patches: map[string]*patch{}, tasks: map[int]*Task{},
 	}
 }
@@ -244,6 +245,7 @@ func (k *Kernel) Load(file string) error {
 	k.Loads = append(k.Loads, m.Name)
 	k.loaded[m.Name] = 0
 	if m.Livepatch {
+		k.klpMods[m.Name] = true
 		k.order++
 		k.patches[m.Name] = &patch{mod: m, enabled: true, goal: true, transition: true, since: k.Now(), order: k.order}
 		k.loaded[m.Name] = 1
@@ -318,6 +320,7 @@ func (k *Kernel) Unload(name string) error {
 	}
 	k.Unloads = append(k.Unloads, name)
 	delete(k.loaded, name)
+	delete(k.klpMods, name)
 	return nil
 }
 
@@ -413,6 +416,15 @@ func (k *Kernel) ReadFile(name string) ([]byte, error) {
 	case len(parts) == 4 && parts[0] == "sys" && parts[1] == "module" && parts[3] == "refcnt":
 		if ref, ok := k.loaded[parts[2]]; ok {
 			return []byte(strconv.Itoa(ref) + "\n"), nil
+		}
+	case len(parts) == 4 && parts[0] == "sys" && parts[1] == "module" && parts[3] == "taint":
+		// The kernel taints a module with livepatch=Y in its modinfo 'K'
+		// when it loads it (check_modinfo_livepatch).
+		if _, ok := k.loaded[parts[2]]; ok {
+			if k.klpMods[parts[2]] {
+				return []byte("K\n"), nil
+			}
+			return []byte("\n"), nil
 		}
 	case len(parts) == 5 && parts[0] == "sys" && parts[1] == "module" && parts[3] == "sections":
 		// Every section of a loaded module at a fixed place of its own.
@@ -562,6 +574,7 @@ func (k *Kernel) ReadDir(name string) ([]fs.DirEntry, error) {
 			return nil, &fs.PathError{Op: "open", Path: name, Err: errNotExist}
 		}
 		file("refcnt")
+		file("taint")
 	case name == "proc":
 		for pid := range k.tasks {
 			dir(strconv.Itoa(pid))
@@ -600,6 +613,7 @@ type snapshot struct {
 	Contents map[string]*Module
 	Files    map[string]*Module
 	Loaded   map[string]int
+	KLPMods  map[string]bool
 	Forced   map[string]bool
 	Patches  map[string]*patchSnap
 	Order    int
@@ -628,7 +642,7 @@ func (k *Kernel) saveLocked() error {
 	if k.persist == "" {
 		return nil
 	}
-	s := snapshot{Contents: k.contents, Files: k.files, Loaded: k.loaded, Forced: k.forced, Patches: map[string]*patchSnap{},
+	s := snapshot{Contents: k.contents, Files: k.files, Loaded: k.loaded, KLPMods: k.klpMods, Forced: k.forced, Patches: map[string]*patchSnap{},
 		Order: k.order, Tasks: k.tasks, Loads: k.Loads, Unloads: k.Unloads}
 	for n, p := range k.patches {
 		s.Patches[n] = &patchSnap{p.mod, p.enabled, p.goal, p.transition, p.since, p.freeAt, p.forced, p.going, p.order}
@@ -657,6 +671,9 @@ func Open(path string) (*Kernel, error) {
 	k := New()
 	k.files, k.loaded, k.forced, k.order, k.tasks, k.contents = s.Files, s.Loaded, s.Forced, s.Order, s.Tasks, s.Contents
 	k.Loads, k.Unloads = s.Loads, s.Unloads
+	if s.KLPMods != nil {
+		k.klpMods = s.KLPMods
+	}
 	for n, p := range s.Patches {
 		k.patches[n] = &patch{mod: p.Mod, enabled: p.Enabled, goal: p.Goal, transition: p.Transition, since: p.Since,
 			freeAt: p.FreeAt, forced: p.Forced, going: p.Going, order: p.Order}

@@ -46,7 +46,12 @@ reset() {
 for r in $(seq "$ROUNDS"); do
 	for lvl in 1 2 3; do
 		t0=$(klp_cs)
-		if out=$($A klp apply --rpm-dbpath /var/lib/rpm --rpm "$R/klp-cmdline-$lvl-1.x86_64.rpm" 2>&1); then
+		# From level 2 on, the running level's RPM is named: rpm gets it
+		# back if the kernel refuses the new one.
+		prev=
+		[ "$lvl" = 1 ] || prev="--previous-rpm $R/klp-cmdline-$((lvl - 1))-1.x86_64.rpm"
+		# shellcheck disable=SC2086 # prev is two words or none
+		if out=$($A klp apply --rpm-dbpath /var/lib/rpm --rpm "$R/klp-cmdline-$lvl-1.x86_64.rpm" $prev 2>&1); then
 			echo "KLP-E2E: time agent-$lvl-r$r $(ms_since "$t0")ms $out"
 		else
 			klp_fail agent-apply "$out"

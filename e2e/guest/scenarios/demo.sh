@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 # Guest half of the demo (e2e/demo.sh): the agent's binary applies real
 # cumulative livepatch RPMs to the running Debian kernel and shows what
-# userspace sees after each step. Markers: "KLP-E2E: <step> PASS|FAIL".
+# userspace sees after each step. Each upgrade names the running level's RPM
+# (--previous-rpm), which rpm gets back if the kernel refuses the new one. Markers: "KLP-E2E: <step> PASS|FAIL".
 . /lib/klp-e2e.sh
 export PATH=/usr/local/bin:$PATH HOME=/root
 A=/usr/bin/klp-agent
@@ -25,11 +26,11 @@ pin() { awk -v l="$1" '$1 == l { printf "--sha256 %s --size %s", $2, $3 }' $R/pi
 # shellcheck disable=SC2046 # pin prints separate words on purpose
 step apply-level-1 1 $A klp apply $(pin 1) --rpm $R/klp-cmdline-1-1.x86_64.rpm
 # shellcheck disable=SC2046
-step upgrade-to-2 2 $A klp apply $(pin 2) --rpm $R/klp-cmdline-2-1.x86_64.rpm
+step upgrade-to-2 2 $A klp apply $(pin 2) --rpm $R/klp-cmdline-2-1.x86_64.rpm --previous-rpm $R/klp-cmdline-1-1.x86_64.rpm
 # shellcheck disable=SC2046
-step upgrade-to-3 3 $A klp apply $(pin 3) --rpm $R/klp-cmdline-3-1.x86_64.rpm
+step upgrade-to-3 3 $A klp apply $(pin 3) --rpm $R/klp-cmdline-3-1.x86_64.rpm --previous-rpm $R/klp-cmdline-2-1.x86_64.rpm
 # shellcheck disable=SC2046
-step step-back-to-2 2 $A klp apply $(pin 2) --rpm $R/klp-cmdline-2-1.x86_64.rpm
+step step-back-to-2 2 $A klp apply $(pin 2) --rpm $R/klp-cmdline-2-1.x86_64.rpm --previous-rpm $R/klp-cmdline-3-1.x86_64.rpm
 echo "DEMO: livepatches: $($A klp list | tr '\n' ';')"
 step disable none $A klp disable klp_cmdline_2
 [ "$KLP_FAILED" = 0 ]

@@ -33,11 +33,13 @@ else
 fi
 
 # --- cumulative levels by atomic replace ---------------------------------
-# apply NAME RPM LEVEL [PREV]: the agent applies; userspace must see LEVEL
-# and PREV's module must be gone.
+# apply NAME RPM LEVEL [PREV PREVRPM]: the agent applies; userspace must see
+# LEVEL and PREV's module must be gone. PREVRPM is the running level's RPM,
+# which rpm gets back if the kernel refuses this one (without it, an upgrade
+# of the running livepatch's package is refused).
 apply() {
-	local name=$1 rpmf=$2 level=$3 prev=${4:-}
-	if ! klp_run "$name" $A klp apply --rpm "$R/$rpmf"; then
+	local name=$1 rpmf=$2 level=$3 prev=${4:-} prevrpm=${5:-}
+	if ! klp_run "$name" $A klp apply --rpm "$R/$rpmf" ${prevrpm:+--previous-rpm "$R/$prevrpm"}; then
 		klp_fail "$name" "$(klp_oneline "$name")"
 		return
 	fi
@@ -66,9 +68,9 @@ klp_attr() {
 	fi
 }
 attrs_1="klp_cmdline_1 $(klp_attr klp_cmdline_1 replace) $(klp_attr klp_cmdline_1 stack_order) files=$(echo $(ls $KLP_LP/klp_cmdline_1) | tr ' ' ',')"
-apply upgrade-2 klp-cmdline-2-1.x86_64.rpm 2 klp_cmdline_1
-apply upgrade-3 klp-cmdline-3-1.x86_64.rpm 3 klp_cmdline_2
-apply stepback-2 klp-cmdline-2-1.x86_64.rpm 2 klp_cmdline_3
+apply upgrade-2 klp-cmdline-2-1.x86_64.rpm 2 klp_cmdline_1 klp-cmdline-1-1.x86_64.rpm
+apply upgrade-3 klp-cmdline-3-1.x86_64.rpm 3 klp_cmdline_2 klp-cmdline-2-1.x86_64.rpm
+apply stepback-2 klp-cmdline-2-1.x86_64.rpm 2 klp_cmdline_3 klp-cmdline-3-1.x86_64.rpm
 if [ "$($RPM -q --qf '%{VERSION}' klp-cmdline)" = 2 ]; then
 	klp_pass stepback-rpm "rpm database holds klp-cmdline 2 after the downgrade"
 else
