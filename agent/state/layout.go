@@ -61,6 +61,17 @@ func (l Layout) TrustedRoot() string { return filepath.Join(l.Dir, "root.json") 
 // status.
 func (l Layout) MetricsListenFailure() string { return filepath.Join(l.Dir, "metrics-listen-failed") }
 
+// History is the event history (agent/history): JSON lines, appended; at
+// its size limit it is renamed to HistoryOld, replacing that.
+func (l Layout) History() string { return filepath.Join(l.Dir, "history.jsonl") }
+
+// HistoryOld is the rotated, older half of the history.
+func (l Layout) HistoryOld() string { return filepath.Join(l.Dir, "history.jsonl.1") }
+
+// Uninstalling marks a `klp-agent uninstall` in progress: the package's
+// %preun (`klp-agent uninstall --check`) lets the erase it runs through.
+func (l Layout) Uninstalling() string { return filepath.Join(l.Dir, "uninstalling.json") }
+
 // RollbackRequest is where an operator's rollback waits for the daemon.
 func (l Layout) RollbackRequest() string { return filepath.Join(l.Dir, "rollback-request.json") }
 
