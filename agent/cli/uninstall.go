@@ -26,10 +26,14 @@ func cmdUninstall(env *Env, args []string) error {
 		} else {
 			fmt.Fprintf(env.Stderr, "klp-agent uninstall: %v; checking %s\n", err, dir)
 		}
-		if err := agent.CheckErase(state.Layout{Dir: dir}); err != nil {
-			return err
+		err := agent.CheckErase(state.Layout{Dir: dir})
+		if err != nil && !errors.Is(err, agent.ErrLeavesPatches) {
+			// Unknown is not a reason to make the package impossible to
+			// erase: say so and let it go.
+			fmt.Fprintf(env.Stderr, "klp-agent uninstall: cannot tell which livepatch packages are left: %v\n", err)
+			return nil
 		}
-		return nil
+		return err
 	}
 	h, err := daemon.LoadHost(*path)
 	if err != nil {
