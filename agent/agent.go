@@ -270,6 +270,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 	}
 	rebooted := st.BootID != "" && boot != st.BootID
+	newBoot := boot != st.BootID || boot == ""
 	cleanStop := st.CleanStop
 	st.BootID, st.CleanStop = boot, false
 	k := a.kernel()
@@ -287,7 +288,11 @@ func (a *Agent) Start(ctx context.Context) error {
 		// the state stays as recorded for the next boot without it.
 		log.Warn("kill switch: "+a.d.KillSwitch+"; nothing is applied or re-applied in this boot (health watching and status go on)",
 			append(patchFields(k.Current), logging.MessageID(MsgKillSwitch))...)
-		a.record(history.Event{Kind: history.KindKillSwitch, Reason: a.d.KillSwitch}, k.Current)
+		if newBoot {
+			// Once per boot: a restart or a CLI command in the same boot
+			// is not another kill-switch boot.
+			a.record(history.Event{Kind: history.KindKillSwitch, Reason: a.d.KillSwitch}, k.Current)
+		}
 		return nil
 	}
 	switch k.Phase {

@@ -49,6 +49,9 @@ func TestHistoryRecordsEachStep(t *testing.T) {
 	h.agent.Stop()
 	h.killSwitch = "klp_agent.enable=0 on the kernel command line"
 	h.reboot()
+	// A restart in the same boot is not another kill-switch boot.
+	h.agent.Stop()
+	h.restart()
 	got := strings.Join(h.history(), "\n")
 	want := strings.Join([]string{
 		"apply klp_cmdline_1@1",
