@@ -80,8 +80,8 @@ check: deps lint test rpm rpmlint fuzz e2e
 # the SRPM rebuilds as it is (rpmbuild --rebuild). --nodeps: Debian's rpm
 # database does not know dpkg's golang. Then the payload must be exactly
 # what packaging/ promises, and its unit must pass systemd-analyze verify
-# (against the payload as root, so ExecStart's binary is the shipped one;
-# any warning fails).
+# (against the payload as root, so ExecStart's binary is the shipped one
+# and Documentation=man:klp-agent(8) the shipped page; any warning fails).
 RPM_VERSION ?= 0.1.0
 RPM_RELEASE ?= 1.g$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
 DIST := bin/klp-agent-$(RPM_VERSION).tar.gz
@@ -120,10 +120,16 @@ rpm: rpmspec
 	@# The package must carry exactly what packaging/ promises.
 	@rpm -qpl $(RPMFILE) | diff -u packaging/rpm-files.txt - && echo "rpm file list OK"
 	@rpm -qpc $(RPMFILE) | grep -qx /etc/klp-agent/config.yaml && echo "config(noreplace) OK"
+	@# Files that may hold credentials are root's alone.
+	@set -euo pipefail; modes=$$(rpm -qp --qf '[%{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]' $(RPMFILE)); \
+	  for f in /etc/klp-agent/config.yaml /etc/sysconfig/klp-agent; do \
+	    echo "$$modes" | grep -qx -- "-rw-r----- root:root $$f" || { echo "$$f is not 0640 root:root:"; echo "$$modes" | grep " $$f$$"; exit 1; }; \
+	  done; echo "secret-bearing files 0640 OK"
 	@packaging/check-scriptlets.sh $(RPMFILE)
+	@packaging/check-bundled.sh $(RPMFILE)
 	@set -euo pipefail; root=$$(mktemp -d); trap 'rm -rf "$$root"' EXIT; \
 	  rpm2cpio $(RPMFILE) | (cd "$$root" && cpio -idm --quiet); \
-	  out=$$(systemd-analyze verify --root="$$root" klp-agent.service 2>&1) || { echo "$$out"; exit 1; }; \
+	  out=$$(MANPATH="$$root/usr/share/man" systemd-analyze verify --root="$$root" klp-agent.service 2>&1) || { echo "$$out"; exit 1; }; \
 	  if [ -n "$$out" ]; then echo "systemd-analyze verify:"; echo "$$out"; exit 1; fi; \
 	  echo "systemd-analyze verify OK"
 

@@ -26,6 +26,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/klp-agent/klp-agent/agent/history"
 	"github.com/klp-agent/klp-agent/agent/logging"
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/agent/window"
@@ -269,6 +270,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 	}
 	rebooted := st.BootID != "" && boot != st.BootID
+	newBoot := boot != st.BootID || boot == ""
 	cleanStop := st.CleanStop
 	st.BootID, st.CleanStop = boot, false
 	k := a.kernel()
@@ -286,6 +288,11 @@ func (a *Agent) Start(ctx context.Context) error {
 		// the state stays as recorded for the next boot without it.
 		log.Warn("kill switch: "+a.d.KillSwitch+"; nothing is applied or re-applied in this boot (health watching and status go on)",
 			append(patchFields(k.Current), logging.MessageID(MsgKillSwitch))...)
+		if newBoot {
+			// Once per boot: a restart or a CLI command in the same boot
+			// is not another kill-switch boot.
+			a.record(history.Event{Kind: history.KindKillSwitch, Reason: a.d.KillSwitch}, k.Current)
+		}
 		return nil
 	}
 	switch k.Phase {
@@ -464,6 +471,7 @@ func (a *Agent) reapply(ctx context.Context, p state.PatchRecord) error {
 	}
 	a.log().Info(fmt.Sprintf("re-applied %s after boot in %s", p.ID(), a.now().Sub(start).Round(time.Millisecond)),
 		append(patchFields(&p), logging.MessageID(MsgReapplied))...)
+	a.record(history.Event{Kind: history.KindReapply, Duration: a.now().Sub(start)}, &p)
 	return nil
 }
 
@@ -776,6 +784,7 @@ func (a *Agent) FinishApply(ctx context.Context, p state.PatchRecord, rpm string
 			// A stall is not a regression (a task sat in a patched
 			// function): the kernel is as before, and the next poll retries.
 			log.Error("livepatch transition stalled; reversed, will retry at the next poll: "+err.Error(), logging.MessageID(MsgStalled))
+			a.record(history.Event{Kind: history.KindStall, Reason: err.Error(), Duration: a.now().Sub(start)}, &p)
 		}
 		a.d.Recorder.Applied(false, 0)
 		return a.AbandonApply(fmt.Errorf("apply %s: %w", p.ID(), err))
@@ -794,6 +803,7 @@ func (a *Agent) FinishApply(ctx context.Context, p state.PatchRecord, rpm string
 	log.Info(fmt.Sprintf("applied %s; soaking until %s", p.ID(), k.SoakUntil.UTC().Format(time.RFC3339)),
 		logging.MessageID(MsgApplied), zap.Duration("VERIFY", t.Verify), zap.Duration("INSTALL", t.Install),
 		zap.Duration("LOAD", t.Load), zap.Duration("TRANSITION", t.Transition), zap.Strings("REPLACED", res.Result.Replaced))
+	a.record(history.Event{Kind: history.KindApply, Duration: a.now().Sub(start)}, &p)
 	return nil
 }
 
@@ -832,6 +842,7 @@ func (a *Agent) Tick() error {
 	}
 	a.log().Info(fmt.Sprintf("%s passed its soak; now the good level", k.Current.ID()),
 		append(patchFields(k.Current), logging.MessageID(MsgGood))...)
+	a.record(history.Event{Kind: history.KindGood, Duration: k.Current.Good.Sub(k.Current.Applied)}, k.Current)
 	return nil
 }
 
@@ -858,6 +869,7 @@ func (a *Agent) block(p state.PatchRecord, cause state.Cause, reason string, evi
 	a.kernel().Block(p, cause, reason, evidence, a.now())
 	a.log().Warn(fmt.Sprintf("blocked %s on this host: %s", p.ID(), reason),
 		append(patchFields(&p), logging.MessageID(MsgBlocked), zap.String("KLP_CAUSE", string(cause)), zap.Strings("EVIDENCE", evidence))...)
+	a.record(history.Event{Kind: history.KindBlock, Cause: string(cause), Reason: reason, Evidence: evidence}, &p)
 }
 
 func (a *Agent) rollback(ctx context.Context, from state.PatchRecord, cause state.Cause, reason string, evidence []string, block bool) error {
@@ -947,6 +959,7 @@ func (a *Agent) finishRollback(ctx context.Context) error {
 	a.d.Recorder.RolledBack(cause)
 	log.Warn(fmt.Sprintf("rolled back %s to %s in %s: %s", from.ID(), dest, a.now().Sub(start).Round(time.Millisecond), reason),
 		logging.MessageID(MsgRolledBack), zap.String("KLP_CAUSE", string(cause)), zap.String("KLP_ROLLBACK_REASON", reason))
+	a.record(history.Event{Kind: history.KindRollback, Cause: string(cause), Reason: reason, To: dest, Duration: a.now().Sub(start)}, from)
 	return nil
 }
 

@@ -154,6 +154,7 @@ func (a *Agent) Control(r ControlRequest) (string, error) {
 		why = ": " + r.Reason
 	}
 	a.log().Warn(fmt.Sprintf("%s; asked by %s%s", msg, r.By, why), fields...)
+	a.recordControl(r)
 	return msg, nil
 }
 

@@ -23,8 +23,10 @@ import (
 // nginx on the host. Level 1 goes in, `systemctl reload` moves it to a
 // manifest with level 2, then to one with a faulty level 3 that oopses when
 // used and is rolled back to 2 and blocked; after a reboot the unit
-// re-applies 2 before its first poll, and `rpm -e klp-agent` leaves 2 in the
-// kernel. KLP_DEMO_OUT=DIR keeps what the guest saved and a summary there.
+// re-applies 2 before its first poll; `klp-agent history` lists those steps;
+// `rpm -e klp-agent` alone is refused, and `klp-agent uninstall` takes the
+// kernel to no patch and erases klp-cmdline and klp-agent together.
+// KLP_DEMO_OUT=DIR keeps what the guest saved and a summary there.
 func TestSystemRealKernel(t *testing.T) {
 	kernelEnv(t)
 	start := time.Now()
@@ -101,7 +103,7 @@ metrics:
 		maps.Copy(timings, checkMarkers(t, ms, log, want...))
 	}
 	ms, log := bootRootfs(t, work, initrd, img, "systemA", 420*time.Second)
-	check(ms, log, "agent-installed", "enabled", "unconfigured-calm", "ready", "applied-1", "watchdog", "upgraded-2", "reload", "up-to-date", "held", "poll-held",
+	check(ms, log, "agent-installed", "enabled", "not-started", "unconfigured-calm", "ready", "applied-1", "watchdog", "upgraded-2", "reload", "up-to-date", "held", "poll-held",
 		"check-held", "resumed", "applied-3", "rolled-back-2", "check-blocked")
 	if t.Failed() {
 		return
@@ -110,7 +112,7 @@ metrics:
 	ms, log = bootWith(t, work, "systemK", []string{"-i", initrd, "-d", img, "-n", "-t", "240", "-a", "klp_agent.enable=0"}, false)
 	check(ms, log, "ready-k", "killswitch-cmdline", "killswitch-nothing-applied", "check-killswitch", "killswitch-status")
 	ms, log = bootRootfs(t, work, initrd, img, "systemB", 300*time.Second)
-	check(ms, log, "reapplied-2", "active-after-boot", "good-2", "agent-erased", "erase-stops", "patch-stays")
+	check(ms, log, "reapplied-2", "active-after-boot", "good-2", "history", "erase-refused", "agent-erased", "erase-stops", "rpm-kernel-agree")
 
 	out := filepath.Join(work, "out")
 	runCmd(t, work, nil, "debugfs", "-R", "rdump /var/lib/klp-e2e/out "+work, img)
@@ -204,10 +206,29 @@ metrics:
 	if !rolled {
 		t.Errorf("status events %+v: no kmsg oops that rolled klp_oops_3 back", st.Events)
 	}
-	for _, f := range []string{"cmdline-A", "cmdline-B", "cmdline-after-erase"} {
+	for _, f := range []string{"cmdline-A", "cmdline-B"} {
 		if !strings.HasSuffix(strings.TrimSpace(outs(f)), "klp_level=2") {
 			t.Errorf("%s: %q, want level 2's text", f, outs(f))
 		}
+	}
+	// After klp-agent uninstall the kernel runs no patch (rpm has none either:
+	// the guest's rpm-kernel-agree).
+	if c := outs("cmdline-after-erase"); strings.Contains(c, "klp_level=") {
+		t.Errorf("cmdline-after-erase: %q, want the unpatched text", c)
+	}
+	// The history, as JSON: the rollback with its cause and destination.
+	var hist struct {
+		Events []struct{ Kind, Patch, Cause, To string } `json:"events"`
+	}
+	if err := json.Unmarshal([]byte(outs("history.json")), &hist); err != nil {
+		t.Errorf("history --json: %v\n%s", err, outs("history.json"))
+	}
+	rolledBack := false
+	for _, e := range hist.Events {
+		rolledBack = rolledBack || (e.Kind == "rollback" && e.Patch == "klp_oops_3" && e.Cause == "health" && e.To == "klp_cmdline_2@2")
+	}
+	if !rolledBack {
+		t.Errorf("history has no health rollback of klp_oops_3 to klp_cmdline_2@2: %+v", hist.Events)
 	}
 
 	// Boot B: level 2 back from the state dir before the first poll result.
@@ -293,8 +314,9 @@ func demoSummary(t *testing.T, dir, out string, timings map[string]string, total
 	var b strings.Builder
 	fmt.Fprintf(&b, "klp-agent demo: a Debian guest under systemd, the agent installed with rpm, manifests from nginx\n\n")
 	for _, s := range []struct{ step, what string }{
-		{"agent-installed", "rpm -i klp-agent (the unit enabled and started by %post)"},
-		{"unconfigured-calm", "unconfigured: %post's start exits 78, not restarted"},
+		{"agent-installed", "rpm -i klp-agent (the unit enabled by its preset)"},
+		{"not-started", "the install started nothing"},
+		{"unconfigured-calm", "unconfigured: systemctl start exits 78, not restarted"},
 		{"ready", "unit active: READY=1 after start-up, once configured"},
 		{"applied-1", "level 1 applied and soaked"},
 		{"upgraded-2", "systemctl reload, new manifest: upgraded to 2"},
@@ -308,8 +330,10 @@ func demoSummary(t *testing.T, dir, out string, timings map[string]string, total
 		{"check-blocked", "klp-agent status --check: exit 2 (degraded, 3 blocked)"},
 		{"killswitch-nothing-applied", "reboot with klp_agent.enable=0: nothing applied"},
 		{"reapplied-2", "after a reboot: 2 re-applied by the unit"},
-		{"agent-erased", "rpm -e klp-agent: service stopped"},
-		{"patch-stays", "level 2 still in the kernel"},
+		{"history", "klp-agent history: applies, rollback, block, hold, kill switch"},
+		{"erase-refused", "rpm -e klp-agent alone: refused (klp-cmdline would stay)"},
+		{"agent-erased", "klp-agent uninstall: klp-cmdline and klp-agent erased"},
+		{"rpm-kernel-agree", "rpm and the kernel agree: no patch"},
 	} {
 		fmt.Fprintf(&b, "  %-14s %-58s %s\n", s.step, s.what, timings[s.step])
 	}

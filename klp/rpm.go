@@ -202,3 +202,20 @@ func (r *RPM) CheckSig(ctx context.Context, file string) error {
 	}
 	return nil
 }
+
+// EraseTogether erases the named packages in one rpm transaction, with
+// their own erase scriptlets (klp-agent uninstall erases the livepatch
+// packages with klp-agent itself, whose %preun stops the service):
+// either all go or none does.
+func (r *RPM) EraseTogether(ctx context.Context, names ...string) error {
+	args := append(r.rootArgs(), "-e", "--allmatches")
+	if r.NoDeps {
+		args = append(args, "--nodeps")
+	}
+	ctx, cancel := mutate(ctx)
+	defer cancel()
+	if _, err := r.Runner.Run(ctx, "rpm", append(append(args, "--"), names...)...); err != nil {
+		return fmt.Errorf("erase %s: %w", strings.Join(names, " "), err)
+	}
+	return nil
+}

@@ -54,6 +54,8 @@ func commands() map[string]command {
 		"pin":          {"never apply a level above LEVEL on this kernel (pin LEVEL; pin --clear)", cmdPin},
 		"unblock":      {"forget the block of NAME@LEVEL after a false positive", cmdUnblock},
 		"poll":         {"poll the manifest now and print the outcome (exit 1 on failure)", cmdPoll},
+		"history":      {"what this host did and why: applies, soaks, rollbacks, blocks, controls (--json)", cmdHistory},
+		"uninstall":    {"take the kernel back to no patch and erase the livepatch packages with klp-agent (one rpm transaction)", cmdUninstall},
 	}
 }
 

@@ -131,7 +131,7 @@ func TestBashCompletion(t *testing.T) {
 	for _, tt := range []struct {
 		line, want string
 	}{
-		{"klp-agent ", "check-config explain hold klp manifest pin poll reload resume rollback run simulate status unblock version --help --version"},
+		{"klp-agent ", "check-config explain history hold klp manifest pin poll reload resume rollback run simulate status unblock uninstall version --help --version"},
 		{"klp-agent st", "status"},
 		{"klp-agent klp ", "list apply disable"},
 		{"klp-agent klp list --", "--json --root --help"},
@@ -195,3 +195,63 @@ _klp-agent`
 }
 
 func nowFunc() time.Time { return t0 }
+
+// klp-agent(8) covers what no --help says: every exit code a command
+// returns (exitcode.go and status --check's), every MESSAGE_ID of the
+// journal catalog, every configuration key, the kill switch, the files
+// (the history among them) and uninstalling.
+func TestManPageReference(t *testing.T) {
+	man := run(t, t0, "help", "--man")
+	text := strings.ReplaceAll(man, `\-`, "-")
+	section := func(name string) string {
+		_, rest, ok := strings.Cut(text, "\n.SH "+name+"\n")
+		if !ok {
+			t.Fatalf("no section %s", name)
+		}
+		body, _, _ := strings.Cut(rest, "\n.SH ")
+		return body
+	}
+	exit := section("EXIT STATUS")
+	for _, code := range []string{"0", "1", "2", "3", "78"} {
+		if !strings.Contains(exit, ".B "+code+"\n") {
+			t.Errorf("EXIT STATUS lacks code %s", code)
+		}
+	}
+	for _, w := range []string{"status --check", "hold, resume, pin, unblock, poll", "uninstall --check"} {
+		if !strings.Contains(exit, w) {
+			t.Errorf("EXIT STATUS does not mention %q", w)
+		}
+	}
+	b, err := os.ReadFile("../../packaging/klp-agent.catalog")
+	if err != nil {
+		t.Fatal(err)
+	}
+	journal := section("JOURNAL")
+	ids := regexp.MustCompile(`(?m)^-- ([0-9a-f]{32})$`).FindAllStringSubmatch(string(b), -1)
+	if len(ids) == 0 {
+		t.Fatal("no ids in the catalog")
+	}
+	for _, m := range ids {
+		if !strings.Contains(journal, ".B "+m[1]+"\n") {
+			t.Errorf("JOURNAL lacks MESSAGE_ID %s", m[1])
+		}
+	}
+	cfg := section("CONFIGURATION")
+	for _, k := range []string{"manifest.url", "manifest.client_key", "apply.windows", "health.netconsole.allow", "paths.status_file", "log.format"} {
+		if !strings.Contains(cfg, ".B "+k) {
+			t.Errorf("CONFIGURATION lacks %s", k)
+		}
+	}
+	if ks := section("KILL SWITCH"); !strings.Contains(ks, "klp_agent.enable=0") {
+		t.Errorf("KILL SWITCH: %s", ks)
+	}
+	files := section("FILES")
+	for _, f := range []string{"/var/lib/klp-agent/history.jsonl", "/etc/sysconfig/klp-agent", "Mode 0640"} {
+		if !strings.Contains(files, f) {
+			t.Errorf("FILES lacks %s", f)
+		}
+	}
+	if u := section("UNINSTALL"); !strings.Contains(u, "klp-agent uninstall") {
+		t.Errorf("UNINSTALL: %s", u)
+	}
+}

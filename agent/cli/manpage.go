@@ -3,6 +3,10 @@ package cli
 import (
 	"fmt"
 	"strings"
+
+	"github.com/klp-agent/klp-agent/agent"
+	"github.com/klp-agent/klp-agent/agent/config"
+	"github.com/klp-agent/klp-agent/agent/history"
 )
 
 // writeMan prints klp-agent(8) in groff man(7) from the commands' help.
@@ -36,8 +40,9 @@ func writeMan(env *Env, docs []helpDoc) error {
 		manCommand(p, d)
 	}
 	p(".SH EXIT STATUS")
+	p("%s", roff("Every command:"))
 	for _, e := range []struct{ code, text string }{
-		{"0", "Success, and help asked for with --help."},
+		{"0", "Success: what was asked for happened (and help asked for with --help)."},
 		{"1", "Failure, or a request refused: not done. For the host controls, rollback and reload the reason is the running daemon's own answer (or, with no daemon running, the command's, which then acts on the state itself)."},
 		{"2", "Usage error: an unknown command or flag, a missing or stray argument."},
 		{fmt.Sprint(ExitNoVerdict), "(EX_TEMPFAIL) hold, resume, pin, unblock, poll, rollback, reload: the request was handed to the running daemon but no answer came: it stopped or was killed first, or --wait ran out. Not a refusal: the daemon may have taken it or may still; klp-agent status says which. Ask again only after looking."},
@@ -45,18 +50,55 @@ func writeMan(env *Env, docs []helpDoc) error {
 	} {
 		p(".TP\n.B %s\n%s", e.code, roff(e.text))
 	}
+	p(".PP\n%s", roff("status --check, one line and a code a script branches on:"))
+	for _, e := range []struct {
+		code int
+		text string
+	}{
+		{agent.CheckUpToDate, "Up to date: the wanted level is applied and good (or none is wanted), nothing waits."},
+		{agent.CheckPending, "Update pending: a higher level is wanted, a patch soaks or is being applied, a hold is in force, or the kill switch is on."},
+		{agent.CheckDegraded, "Degraded: a problem (the recorded patch not enabled in the kernel, kpatch.service conflicts, the metrics listener failed), the last poll failed, the manifest or the trusted root expired, a rollback in flight, or a level above the applied one blocked here."},
+		{agent.CheckNotConfigured, "Not configured: no manifest.url, or nothing to read (no configuration or state, and no status snapshot)."},
+		{agent.CheckDaemonDown, "Daemon not running: no process holds the state lock (as root), its snapshot's daemon stopped or its pid is gone, or the snapshot is older than 3 poll intervals (a stuck daemon)."},
+		{agent.CheckNotPolling, "Not polling: no poll has succeeded yet, or the last good one is older than 3 poll intervals."},
+		{agent.CheckConfigRefused, "Configuration refused: klp-agent run would refuse the configuration on disk (exit 78); the line gives run's reason."},
+	} {
+		p(".TP\n.B %d\n%s", e.code, roff(e.text))
+	}
+	p(".PP\n%s", roff(fmt.Sprintf("The host controls (hold, resume, pin, unblock, poll), rollback and reload: 0 when the daemon (or, with none running, the command) did it; 1 when refused or failed (nothing to unblock, a failed poll, nothing applied to roll back), with the daemon's reason; %d when no answer came; 2 on a usage error. uninstall --check: 0 when erasing klp-agent leaves rpm and the kernel agreeing, 1 when it would leave livepatch packages installed.", ExitNoVerdict)))
 	p(".SH FILES")
 	for _, f := range []struct{ path, text string }{
-		{"/etc/klp-agent/config.yaml", "The configuration, every setting with its default and a comment (check-config shows the effective one)."},
+		{"/etc/klp-agent/config.yaml", "The configuration, every setting with its default and a comment (check-config shows the effective one). Mode 0640: it may hold client_key and credentials in manifest.url."},
 		{"/etc/klp-agent/config.d/*.yaml, *.yml", "Drop-ins, read in lexical order after config.yaml; a later file overrides the keys it names."},
 		{"/etc/klp-agent/keys/*.pub", "Trusted ed25519 public keys of the manifest's signers (trust.keys_dir)."},
-		{"/etc/sysconfig/klp-agent", "Environment for the service (EnvironmentFile=, optional): HTTPS_PROXY, HTTP_PROXY, NO_PROXY."},
-		{"/var/lib/klp-agent", "The agent's state (paths.state_dir): state.json, verified RPM copies, the cached manifest, the lock."},
+		{"/etc/sysconfig/klp-agent", "Environment for the service (EnvironmentFile=, optional): HTTPS_PROXY, HTTP_PROXY, NO_PROXY. Mode 0640: proxy URLs may carry credentials."},
+		{"/var/lib/klp-agent", "The agent's state (paths.state_dir, 0700): state.json, verified RPM and module copies, the cached manifest, the anti-rollback record, the trusted root, the lock."},
 		{"/var/lib/klp-agent/control/klp-agent.sock", "The daemon's control socket (root only: 0600 in a 0700 directory): hold, resume, pin, unblock, poll, rollback and reload ask the running daemon through it and print its answer."},
-		{"/usr/lib/systemd/system/klp-agent.service", "The unit."},
+		{"/var/lib/klp-agent/history.jsonl, history.jsonl.1", fmt.Sprintf("The event history (klp-agent history): one JSON object a line, appended and fsynced, 0600. At %d MiB the file is renamed to history.jsonl.1, replacing that, so the history never takes more than twice that.", history.MaxBytes>>20)},
+		{"/run/klp-agent/status.json", "The daemon's status snapshot (paths.status_file, 0644, no secrets), read by status when it cannot read the configuration or state."},
+		{"/usr/lib/systemd/system/klp-agent.service", "The unit. Installing the package enables it as the presets say and starts nothing."},
+		{"/usr/lib/systemd/catalog/klp-agent.catalog", "Explanations of the MESSAGE_IDs below (journalctl -x)."},
 	} {
 		p(".TP\n.I %s\n%s", roff(f.path), roff(f.text))
 	}
+	p(".SH CONFIGURATION")
+	p("%s", roff("Settings in /etc/klp-agent/config.yaml and config.d/ (YAML, strict: unknown or duplicate keys are errors), with their built-in defaults:"))
+	for _, k := range config.Keys() {
+		head := k.Name
+		if k.Default != "" {
+			head += " (default " + k.Default + ")"
+		}
+		p(".TP\n.B %s\n%s", roff(head), roff(k.Doc))
+	}
+	p(".SH KILL SWITCH")
+	p("%s", roff("Booted with klp_agent.enable=0 on the kernel command line (read from /proc/cmdline under paths.root), the agent loads nothing in that boot: not the good level at boot, not a new level; a revocation or rollback moves only the record and rpm's database back. It still polls, reports status and metrics, and watches health. It is logged at start (MESSAGE_ID "+agent.MsgKillSwitch+"), recorded in the history, shown by status (status --check exits 1). The next boot without it re-applies the good level. Use it for a patch that breaks boot, as kpatch.enable=0."))
+	p(".SH JOURNAL")
+	p("%s", roff("Every transition is one journal entry with KLP_PATCH, KLP_LEVEL, KLP_SHA256, KERNEL_RELEASE and a stable MESSAGE_ID; journalctl -u klp-agent MESSAGE_ID=ID finds every entry of one kind:"))
+	for _, m := range agent.MessageIDs {
+		p(".TP\n.B %s\n%s", m.ID, roff(capitalize(m.Event)+"."))
+	}
+	p(".SH UNINSTALL")
+	p("%s", roff("rpm -e klp-agent alone is refused (its %preun runs klp-agent uninstall --check) while the agent's livepatch packages are installed: after a reboot nothing would load them, yet rpm -qa and vulnerability scanners would count them. Run systemctl stop klp-agent, then klp-agent uninstall: it takes the kernel back to no patch and erases the livepatch packages and klp-agent in one rpm transaction, so that rpm, the kernel and a scanner agree (no patch). To remove the agent anyway and keep the patch in the kernel until the next reboot, knowing rpm will then list a patch nothing loads: systemctl disable --now klp-agent; rpm -e --nopreun klp-agent."))
 	p(".SH ENVIRONMENT")
 	p(".TP\n.B HTTPS_PROXY, HTTP_PROXY, NO_PROXY\n%s", roff("Proxies for manifest and RPM downloads; for the service, set them in /etc/sysconfig/klp-agent."))
 	p(".SH SEE ALSO")

@@ -64,6 +64,17 @@ func (l Layout) MetricsListenFailure() string { return filepath.Join(l.Dir, "met
 // only root reaches the socket whatever the state directory's own mode.
 func (l Layout) ControlDir() string { return filepath.Join(l.Dir, "control") }
 
+// History is the event history (agent/history): JSON lines, appended; at
+// its size limit it is renamed to HistoryOld, replacing that.
+func (l Layout) History() string { return filepath.Join(l.Dir, "history.jsonl") }
+
+// HistoryOld is the rotated, older half of the history.
+func (l Layout) HistoryOld() string { return filepath.Join(l.Dir, "history.jsonl.1") }
+
+// Uninstalling marks a `klp-agent uninstall` in progress: the package's
+// %preun (`klp-agent uninstall --check`) lets the erase it runs through.
+func (l Layout) Uninstalling() string { return filepath.Join(l.Dir, "uninstalling.json") }
+
 // ControlSocket is the socket's name in ControlDir: the one channel the
 // CLI asks the running daemon through (agent/control).
 const ControlSocket = "klp-agent.sock"

@@ -3,7 +3,7 @@
 # SPDX-License-Identifier: GPL-2.0
 # The whole system as an operator runs it (TestSystemRealKernel, make demo):
 # the Debian rootfs under systemd installs the agent's own RPM with rpm; the
-# unit starts it; it polls a signed manifest from nginx on the host
+# operator starts the unit; it polls a signed manifest from nginx on the host
 # (10.0.2.2). Installed as /etc/klp-e2e/scenario; it runs once per boot.
 #
 # Boot A: level 1 applied; `systemctl reload` with a drop-in pointing at the
@@ -11,12 +11,16 @@
 #   then the next manifest offers a faulty level 3, which waits (`poll` says
 #   held, `status --check` exits 1); `klp-agent resume` lets it in; it oopses
 #   when used and is rolled back to 2 and blocked (`status --check` exits 2).
-# Boot A starts unconfigured: the RPM's %post starts the unit, which exits
-#   78 and is not restarted; configured, it is started.
+# Boot A starts unconfigured: the RPM's %post enables the unit by its preset
+#   and starts nothing; started by hand, it exits 78 and is not restarted;
+#   configured, it is started.
 # Boot K (with /etc/klp-e2e/killswitch): klp_agent.enable=0 on the command
 #   line; the unit applies nothing and says so.
-# Boot B: the unit re-applies 2 before its first poll; `rpm -e klp-agent`
-#   stops the service and leaves level 2 in the kernel.
+# Boot B: the unit re-applies 2 before its first poll; `klp-agent history`
+#   lists the applies, the rollback with its cause, the block, the hold and
+#   the kill-switch boot; `rpm -e klp-agent` alone is refused (klp-cmdline
+#   would stay in rpm with nothing to load it); `klp-agent uninstall` takes
+#   the kernel to no patch and erases klp-cmdline and klp-agent together.
 # What the host asserts on (journal JSON, status JSON, /proc/cmdline) goes to
 # /var/lib/klp-e2e/out, read from the image after poweroff.
 # shellcheck source-path=SCRIPTDIR source=../klp-e2e.sh
@@ -95,8 +99,15 @@ boot_a() {
 		return 1
 	fi
 	[ "$(systemctl is-enabled klp-agent)" = enabled ] && klp_pass enabled "by its preset in %post" || klp_fail enabled "$(systemctl is-enabled klp-agent)"
-	# Unconfigured, %post's start exits 78 (EX_CONFIG) and the unit does not
+	# Presets enable, nothing starts: the install left the unit inactive.
+	sleep 2
+	case $(systemctl is-active klp-agent) in
+	inactive) klp_pass not-started "inactive after rpm -i, NRestarts=$(systemctl show -P NRestarts klp-agent)" ;;
+	*) klp_fail not-started "rpm -i started it: $(systemctl is-active klp-agent)" ;;
+	esac
+	# Unconfigured, a start exits 78 (EX_CONFIG) and the unit does not
 	# restart it (RestartSec=5s: 12 s would have seen two restarts).
+	systemctl start --no-block klp-agent
 	klp_wait 30 unit_failed
 	sleep 12
 	local st
@@ -196,20 +207,39 @@ boot_b() {
 	active && klp_pass active-after-boot "$(systemctl show -P ActiveEnterTimestampMonotonic klp-agent)" || klp_fail active-after-boot "$(systemctl is-active klp-agent)"
 	wait_step good-2 60 phase_is good
 	save B
-	t=$(klp_cs)
+	# What happened on this host, from the agent's own history.
+	$A history >"$OUT/history.txt" 2>&1
+	$A history --json >"$OUT/history.json" 2>&1
+	local missing="" k
+	for k in "apply .*klp_cmdline_1@1" "rollback .*klp_oops_3@3 .*cause health" "block .*klp_oops_3@3" " hold " " resume " "kill-switch" "reapply .*klp_cmdline_2@2"; do
+		grep -q -- "$k" "$OUT/history.txt" || missing="$missing [$k]"
+	done
+	[ -z "$missing" ] && klp_pass history "$(wc -l <"$OUT/history.txt") lines" || klp_fail history "missing$missing: $(tr '\n' ' ' <"$OUT/history.txt" | cut -c1-400)"
+	# rpm -e klp-agent alone would leave klp-cmdline in rpm with nothing to
+	# load it after a reboot: its %preun refuses, naming the command.
 	if rpm -e --nodeps $RPMDB klp-agent 2>"$OUT/rpm-e.err"; then
-		klp_pass agent-erased "$(klp_since "$t")s"
+		klp_fail erase-refused "rpm -e klp-agent alone succeeded"
+	elif grep -q 'klp-agent uninstall' "$OUT/rpm-e.err" && rpm -q $RPMDB klp-agent >/dev/null && rpm -q $RPMDB klp-cmdline >/dev/null && active; then
+		klp_pass erase-refused "$(grep -m1 'klp-agent uninstall' "$OUT/rpm-e.err" | cut -c1-200)"
 	else
-		klp_fail agent-erased "$(tr '\n' ' ' <"$OUT/rpm-e.err")"
+		klp_fail erase-refused "$(tr '\n' ' ' <"$OUT/rpm-e.err"); $(rpm -qa $RPMDB | tr '\n' ' '); $(systemctl is-active klp-agent)"
+	fi
+	t=$(klp_cs)
+	systemctl stop klp-agent
+	if $A uninstall >"$OUT/uninstall.out" 2>&1; then
+		klp_pass agent-erased "$(klp_since "$t")s: $(tr '\n' ' ' <"$OUT/uninstall.out" | cut -c1-200)"
+	else
+		klp_fail agent-erased "$(tr '\n' ' ' <"$OUT/uninstall.out")"
 	fi
 	case $(systemctl is-active klp-agent) in
 	active | activating | deactivating) klp_fail erase-stops "$(systemctl is-active klp-agent)" ;;
 	*) klp_pass erase-stops "$(systemctl is-active klp-agent)" ;;
 	esac
-	if level_is 2 && [ "$(cat /sys/kernel/livepatch/klp_cmdline_2/enabled)" = 1 ]; then
-		klp_pass patch-stays "klp_cmdline_2 enabled, $(cut -c1-80 /proc/cmdline)"
+	# rpm, the kernel and a scanner agree: no patch.
+	if [ -z "$(rpm -qa $RPMDB | grep -E '^klp-(agent|cmdline)')" ] && [ ! -e /sys/kernel/livepatch/klp_cmdline_2 ] && [ "$(klp_level)" = none ]; then
+		klp_pass rpm-kernel-agree "rpm: $(rpm -qa $RPMDB | tr '\n' ' ')none of ours; kernel: no livepatch"
 	else
-		klp_fail patch-stays "level $(klp_level)"
+		klp_fail rpm-kernel-agree "rpm: $(rpm -qa $RPMDB | tr '\n' ' '); kernel level $(klp_level); $(ls /sys/kernel/livepatch)"
 	fi
 	cat /proc/cmdline >"$OUT/cmdline-after-erase"
 	echo done >/var/lib/klp-e2e/phase
