@@ -368,7 +368,9 @@ func TestHoldWording(t *testing.T) {
 	if why != "held by alice via sudo (uid 0) until 2026-11-25T13:00:00Z" {
 		t.Errorf("gate with --until, no reason: %q", why)
 	}
-	s := Status{Configured: true, Phase: state.PhaseNone, LastPoll: &state.Poll{OK: true}, Controls: Controls{Hold: h.agent.State().Hold, Waiting: why}}
+	s := Status{At: h.now, Configured: true, Phase: state.PhaseNone, LastPoll: &state.Poll{At: h.now, OK: true},
+		Daemon:   &DaemonInfo{PID: 42, Running: true, Written: h.now},
+		Controls: Controls{Hold: h.agent.State().Hold, Waiting: why}}
 	if code, line := s.Check(); code != CheckPending || line != why {
 		t.Errorf("check: %d %q", code, line)
 	}

@@ -33,7 +33,7 @@ func TestStatusCheckCodes(t *testing.T) {
 		{"up to date", up(Status{Configured: true, Phase: state.PhaseGood, Applied: p1, Wanted: &manifest.Patch{Name: "klp_a_1", Level: 1}, LastPoll: ok}), CheckUpToDate, "up to date"},
 		{"update pending", up(Status{Configured: true, Phase: state.PhaseGood, Applied: p1, Wanted: w2, LastPoll: ok}), CheckPending, "update pending"},
 		{"soaking", up(Status{Configured: true, Phase: state.PhaseSoaking, Applied: p1, LastPoll: ok}), CheckPending, "in progress"},
-		{"held", up(Status{Configured: true, Phase: state.PhaseGood, Applied: p1, LastPoll: ok, Controls: Controls{Hold: &state.Hold{}}}), CheckPending, "held"},
+		{"held", up(Status{Configured: true, Phase: state.PhaseGood, Applied: p1, LastPoll: ok, Controls: Controls{Hold: &state.Hold{}, Waiting: "held by root (uid 0) until resumed"}}), CheckPending, "held by root"},
 		{"kill switch", up(Status{Configured: true, Phase: state.PhaseGood, Applied: p1, LastPoll: ok, Controls: Controls{KillSwitch: "x"}}), CheckPending, "kill switch"},
 		{"poll failed", up(Status{Configured: true, Phase: state.PhaseGood, LastPoll: &state.Poll{At: now, Error: "refused", LastOK: now.Add(-time.Hour / 2)}}), CheckDegraded, "the last poll failed: refused"},
 		{"problem", up(Status{Configured: true, Phase: state.PhaseGood, LastPoll: ok, Problems: []string{"x"}}), CheckDegraded, "degraded: x"},
