@@ -5,7 +5,9 @@
 # polls signed manifests served by nginx on the host: level 1 applied, the
 # upgrade to 2, `klp-agent hold` keeping the next level off until `klp-agent
 # resume` (with `status --check`'s exit codes), a faulty 3 rolled back to 2
-# and blocked, 2 re-applied after a reboot, `klp-agent history`, and the
+# and blocked, a kill-switch boot (where a rollback with nothing applied is
+# refused by the daemon), 2 re-applied after a reboot, `klp-agent history`,
+# `status --check` failing once the daemon is stopped, and the
 # full removal (`rpm -e klp-agent` alone refused, `klp-agent uninstall`
 # erasing the livepatch package with the agent). It is TestSystemRealKernel (the same assertions CI runs); this
 # script shows what the guest's `klp-agent status` and `journalctl -u
@@ -36,10 +38,16 @@ show "journalctl -u klp-agent in the guest (boot A; transitions only)"
 grep -E 'applied|good|rolled back|blocked|reload|oops report|held|resumed' "$out/journal-A.txt" | cut -c1-200 || true
 show "journalctl -u klp-agent after the reboot (boot B)"
 grep -E 're-applied|applied|manifest version|good' "$out/journal-B.txt" | head -n 8 | cut -c1-200 || true
+show "the kill-switch boot (K): status --check, and klp-agent rollback with nothing applied (the daemon refuses)"
+for f in check-killswitch rollback-refused; do
+	if [ -f "$out/$f.txt" ]; then printf '%-17s %s\n' "$f:" "$(tr '\n' ' ' <"$out/$f.txt")"; fi
+done
 show "klp-agent history in the guest (boot B)"
 cut -c1-200 "$out/history.txt"
 show "rpm -e klp-agent alone (refused by its %preun)"
 cat "$out/rpm-e.err"
+show "systemctl stop klp-agent, then klp-agent status --check (exit 4: the daemon is not running)"
+cat "$out/check-stopped.txt"
 show "klp-agent uninstall"
 cat "$out/uninstall.out"
 show "/proc/cmdline after klp-agent uninstall (no patch)"

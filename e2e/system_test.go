@@ -110,9 +110,9 @@ metrics:
 	}
 	// The kill switch: klp_agent.enable=0 on the command line.
 	ms, log = bootWith(t, work, "systemK", []string{"-i", initrd, "-d", img, "-n", "-t", "240", "-a", "klp_agent.enable=0"}, false)
-	check(ms, log, "ready-k", "killswitch-cmdline", "killswitch-nothing-applied", "check-killswitch", "killswitch-status")
+	check(ms, log, "ready-k", "killswitch-cmdline", "killswitch-nothing-applied", "check-killswitch", "killswitch-status", "rollback-refused")
 	ms, log = bootRootfs(t, work, initrd, img, "systemB", 300*time.Second)
-	check(ms, log, "reapplied-2", "active-after-boot", "good-2", "history", "erase-refused", "agent-erased", "erase-stops", "rpm-kernel-agree")
+	check(ms, log, "reapplied-2", "active-after-boot", "good-2", "history", "erase-refused", "check-stopped", "agent-erased", "erase-stops", "rpm-kernel-agree")
 
 	out := filepath.Join(work, "out")
 	runCmd(t, work, nil, "debugfs", "-R", "rdump /var/lib/klp-e2e/out "+work, img)
@@ -329,9 +329,11 @@ func demoSummary(t *testing.T, dir, out string, timings map[string]string, total
 		{"rolled-back-2", "its oops seen on /dev/kmsg, rolled back to 2, 3 blocked"},
 		{"check-blocked", "klp-agent status --check: exit 2 (degraded, 3 blocked)"},
 		{"killswitch-nothing-applied", "reboot with klp_agent.enable=0: nothing applied"},
+		{"rollback-refused", "klp-agent rollback, nothing applied: the daemon refuses, exit 1"},
 		{"reapplied-2", "after a reboot: 2 re-applied by the unit"},
 		{"history", "klp-agent history: applies, rollback, block, hold, kill switch"},
 		{"erase-refused", "rpm -e klp-agent alone: refused (klp-cmdline would stay)"},
+		{"check-stopped", "daemon stopped: klp-agent status --check: exit 4"},
 		{"agent-erased", "klp-agent uninstall: klp-cmdline and klp-agent erased"},
 		{"rpm-kernel-agree", "rpm and the kernel agree: no patch"},
 	} {

@@ -192,6 +192,15 @@ boot_k() {
 	fi
 	# 2, not 1: level 3 stays blocked here (degraded wins over the switch).
 	check_code check-killswitch 2
+	# Nothing applied: the running daemon refuses a rollback, and the
+	# command says so with the daemon's reason and exits 1.
+	local code=0
+	$A rollback --reason "demo: nothing to roll back" >"$OUT/rollback-refused.txt" 2>&1 || code=$?
+	if [ "$code" = 1 ] && grep -q 'daemon (pid [0-9]*) answered' "$OUT/rollback-refused.txt" && grep -q 'no patch applied' "$OUT/rollback-refused.txt"; then
+		klp_pass rollback-refused "exit 1: $(cat "$OUT/rollback-refused.txt")"
+	else
+		klp_fail rollback-refused "exit $code: $(tr '\n' ' ' <"$OUT/rollback-refused.txt")"
+	fi
 	if $A status | grep -qi 'kill switch'; then
 		klp_pass killswitch-status "$($A status | grep -i -m1 'kill switch')"
 	else
@@ -226,6 +235,8 @@ boot_b() {
 	fi
 	t=$(klp_cs)
 	systemctl stop klp-agent
+	# The daemon stopped: status --check says so (4), never "up to date".
+	check_code check-stopped 4
 	if $A uninstall >"$OUT/uninstall.out" 2>&1; then
 		klp_pass agent-erased "$(klp_since "$t")s: $(tr '\n' ' ' <"$OUT/uninstall.out" | cut -c1-200)"
 	else
