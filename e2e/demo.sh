@@ -5,8 +5,8 @@
 # polls signed manifests served by nginx on the host: level 1 applied, the
 # upgrade to 2, `klp-agent hold` keeping the next level off until `klp-agent
 # resume` (with `status --check`'s exit codes), a faulty 3 rolled back to 2
-# and blocked, a kill-switch boot (where a rollback with nothing applied is
-# refused by the daemon), 2 re-applied after a reboot, `klp-agent history`,
+# and blocked (first, enrolled held, a rollback with nothing applied
+# refused by the daemon), a kill-switch boot, 2 re-applied after a reboot, `klp-agent history`,
 # `status --check` failing once the daemon is stopped, and the
 # full removal (`rpm -e klp-agent` alone refused, `klp-agent uninstall`
 # erasing the livepatch package with the agent). It is TestSystemRealKernel (the same assertions CI runs); this
@@ -30,18 +30,14 @@ fi
 show() { printf '\n== %s\n' "$1"; }
 show "klp-agent status in the guest, after the faulty level 3 was rolled back (boot A)"
 cat "$out/status-A.txt"
-show "host controls in the guest (boot A): status --check, hold, poll, resume"
-for f in up-to-date hold poll-held check-held resume check-blocked; do
-	if [ -f "$out/$f.txt" ]; then printf '%-14s %s\n' "$f:" "$(tr '\n' ' ' <"$out/$f.txt")"; fi
+show "host controls in the guest (boot A): enrolled held, rollback with nothing applied (the daemon refuses), resume; status --check, hold, poll, resume"
+for f in hold-enrol rollback-refused resume-enrol up-to-date hold poll-held check-held resume check-blocked; do
+	if [ -f "$out/$f.txt" ]; then printf '%-18s %s\n' "$f:" "$(tr '\n' ' ' <"$out/$f.txt")"; fi
 done
 show "journalctl -u klp-agent in the guest (boot A; transitions only)"
 grep -E 'applied|good|rolled back|blocked|reload|oops report|held|resumed' "$out/journal-A.txt" | cut -c1-200 || true
 show "journalctl -u klp-agent after the reboot (boot B)"
 grep -E 're-applied|applied|manifest version|good' "$out/journal-B.txt" | head -n 8 | cut -c1-200 || true
-show "the kill-switch boot (K): status --check, and klp-agent rollback with nothing applied (the daemon refuses)"
-for f in check-killswitch rollback-refused; do
-	if [ -f "$out/$f.txt" ]; then printf '%-17s %s\n' "$f:" "$(tr '\n' ' ' <"$out/$f.txt")"; fi
-done
 show "klp-agent history in the guest (boot B)"
 cut -c1-200 "$out/history.txt"
 show "rpm -e klp-agent alone (refused by its %preun)"

@@ -103,14 +103,14 @@ metrics:
 		maps.Copy(timings, checkMarkers(t, ms, log, want...))
 	}
 	ms, log := bootRootfs(t, work, initrd, img, "systemA", 420*time.Second)
-	check(ms, log, "agent-installed", "enabled", "not-started", "unconfigured-calm", "ready", "applied-1", "watchdog", "upgraded-2", "reload", "up-to-date", "held", "poll-held",
+	check(ms, log, "agent-installed", "enabled", "not-started", "unconfigured-calm", "enrolled-held", "ready", "rollback-refused", "enrolled-resumed", "applied-1", "watchdog", "upgraded-2", "reload", "up-to-date", "held", "poll-held",
 		"check-held", "resumed", "applied-3", "rolled-back-2", "check-blocked")
 	if t.Failed() {
 		return
 	}
 	// The kill switch: klp_agent.enable=0 on the command line.
 	ms, log = bootWith(t, work, "systemK", []string{"-i", initrd, "-d", img, "-n", "-t", "240", "-a", "klp_agent.enable=0"}, false)
-	check(ms, log, "ready-k", "killswitch-cmdline", "killswitch-nothing-applied", "check-killswitch", "killswitch-status", "rollback-refused")
+	check(ms, log, "ready-k", "killswitch-cmdline", "killswitch-nothing-applied", "check-killswitch", "killswitch-status")
 	ms, log = bootRootfs(t, work, initrd, img, "systemB", 300*time.Second)
 	check(ms, log, "reapplied-2", "active-after-boot", "good-2", "history", "erase-refused", "check-stopped", "agent-erased", "erase-stops", "rpm-kernel-agree")
 
@@ -317,7 +317,8 @@ func demoSummary(t *testing.T, dir, out string, timings map[string]string, total
 		{"agent-installed", "rpm -i klp-agent (the unit enabled by its preset)"},
 		{"not-started", "the install started nothing"},
 		{"unconfigured-calm", "unconfigured: systemctl start exits 78, not restarted"},
-		{"ready", "unit active: READY=1 after start-up, once configured"},
+		{"ready", "unit active: READY=1 after start-up, once configured (enrolled held)"},
+		{"rollback-refused", "klp-agent rollback, nothing applied: the daemon refuses, exit 1"},
 		{"applied-1", "level 1 applied and soaked"},
 		{"upgraded-2", "systemctl reload, new manifest: upgraded to 2"},
 		{"up-to-date", "klp-agent status --check: exit 0"},
@@ -329,7 +330,6 @@ func demoSummary(t *testing.T, dir, out string, timings map[string]string, total
 		{"rolled-back-2", "its oops seen on /dev/kmsg, rolled back to 2, 3 blocked"},
 		{"check-blocked", "klp-agent status --check: exit 2 (degraded, 3 blocked)"},
 		{"killswitch-nothing-applied", "reboot with klp_agent.enable=0: nothing applied"},
-		{"rollback-refused", "klp-agent rollback, nothing applied: the daemon refuses, exit 1"},
 		{"reapplied-2", "after a reboot: 2 re-applied by the unit"},
 		{"history", "klp-agent history: applies, rollback, block, hold, kill switch"},
 		{"erase-refused", "rpm -e klp-agent alone: refused (klp-cmdline would stay)"},

@@ -117,13 +117,31 @@ boot_a() {
 	else
 		klp_fail unconfigured-calm "$st; journal: $(journalctl -b -u klp-agent -o cat | tail -n 5 | tr '\n' ' ')"
 	fi
-	# Configured (as configuration management would), then started.
+	# Configured (as configuration management would), and enrolled held
+	# (no daemon runs: the command records the hold itself), then started.
 	mv /root/50-site.yaml /etc/klp-agent/config.d/
 	mv /root/release.pub /etc/klp-agent/keys/
+	if $A hold --reason "demo: enrolled held" >"$OUT/hold-enrol.txt" 2>&1; then
+		klp_pass enrolled-held "$(cat "$OUT/hold-enrol.txt")"
+	else
+		klp_fail enrolled-held "$(tr '\n' ' ' <"$OUT/hold-enrol.txt")"
+	fi
 	systemctl start --no-block klp-agent
 	# Type=notify: "active" only once the agent sent READY=1.
 	wait_step ready 30 active || return 1
 	klp_note "status text: $(systemctl show -P StatusText klp-agent)"
+	# Held, nothing applied: the running daemon refuses a rollback, and the
+	# command says so with the daemon's own reason and exits 1.
+	local code=0
+	$A rollback --reason "demo: nothing to roll back" >"$OUT/rollback-refused.txt" 2>&1 || code=$?
+	if [ "$code" = 1 ] && level_is none && grep -q 'daemon (pid [0-9]*) answered' "$OUT/rollback-refused.txt" &&
+		grep -q 'no patch applied' "$OUT/rollback-refused.txt"; then
+		klp_pass rollback-refused "exit 1: $(cat "$OUT/rollback-refused.txt")"
+	else
+		klp_fail rollback-refused "exit $code, level $(klp_level): $(tr '\n' ' ' <"$OUT/rollback-refused.txt")"
+	fi
+	$A resume >"$OUT/resume-enrol.txt" 2>&1 && klp_pass enrolled-resumed "$(cat "$OUT/resume-enrol.txt")" ||
+		klp_fail enrolled-resumed "$(tr '\n' ' ' <"$OUT/resume-enrol.txt")"
 	wait_step applied-1 120 good_level 1 || return 1
 	# WatchdogSec=6s from the test's unit drop-in: a ping every 3 s.
 	wd1=$(systemctl show -P WatchdogTimestampMonotonic klp-agent)
@@ -192,15 +210,6 @@ boot_k() {
 	fi
 	# 2, not 1: level 3 stays blocked here (degraded wins over the switch).
 	check_code check-killswitch 2
-	# Nothing applied: the running daemon refuses a rollback, and the
-	# command says so with the daemon's reason and exits 1.
-	local code=0
-	$A rollback --reason "demo: nothing to roll back" >"$OUT/rollback-refused.txt" 2>&1 || code=$?
-	if [ "$code" = 1 ] && grep -q 'daemon (pid [0-9]*) answered' "$OUT/rollback-refused.txt" && grep -q 'no patch applied' "$OUT/rollback-refused.txt"; then
-		klp_pass rollback-refused "exit 1: $(cat "$OUT/rollback-refused.txt")"
-	else
-		klp_fail rollback-refused "exit $code: $(tr '\n' ' ' <"$OUT/rollback-refused.txt")"
-	fi
 	if $A status | grep -qi 'kill switch'; then
 		klp_pass killswitch-status "$($A status | grep -i -m1 'kill switch')"
 	else
