@@ -4,7 +4,11 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X github.com/klp-agent/klp-agent/agent/cli.Version=$(VERSION)
+# Expanded when used, not when make starts: on a fresh machine git arrives
+# with make deps, after make has read this file (the version and the RPM's
+# release, read at start, said "dev" and "g0" while rpmbuild, run later,
+# wrote the real release).
+LDFLAGS = -s -w -X github.com/klp-agent/klp-agent/agent/cli.Version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 60s
 BIN := bin/klp-agent
@@ -86,8 +90,8 @@ RPM_VERSION ?= 0.1.0
 RPM_RELEASE ?= 1.g$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
 DIST := bin/klp-agent-$(RPM_VERSION).tar.gz
 RPMTOP := bin/rpmbuild
-RPMFILE := bin/klp-agent-$(RPM_VERSION)-$(RPM_RELEASE).x86_64.rpm
-SRPMFILE := bin/klp-agent-$(RPM_VERSION)-$(RPM_RELEASE).src.rpm
+RPMFILE = bin/klp-agent-$(RPM_VERSION)-$(RPM_RELEASE).x86_64.rpm
+SRPMFILE = bin/klp-agent-$(RPM_VERSION)-$(RPM_RELEASE).src.rpm
 RPMBUILD := rpmbuild --nodeps --quiet --define '_topdir $(CURDIR)/$(RPMTOP)' --define '_rpmdir $(CURDIR)/bin' \
   --define '_srcrpmdir $(CURDIR)/bin' --define '_build_name_fmt %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm'
 
