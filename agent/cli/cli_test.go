@@ -166,7 +166,9 @@ func TestExplainRollout(t *testing.T) {
 }
 
 // hostConfig makes a host root and a config with an empty keys dir; extra
-// is more YAML for the config.
+// is more YAML for the config. The status snapshot goes under dir, never
+// to the default /run/klp-agent/status.json: a daemon a test starts as
+// root wrote the real host's snapshot there.
 func hostConfig(t *testing.T, extra string) (dir, keys, cfg string) {
 	t.Helper()
 	dir = t.TempDir()
@@ -175,7 +177,7 @@ func hostConfig(t *testing.T, extra string) (dir, keys, cfg string) {
 	root := t.TempDir()
 	writeHostRoot(t, root, testKernel, "0123456789abcdef0123456789abcdef")
 	cfg = filepath.Join(dir, "config.yaml")
-	os.WriteFile(cfg, []byte(extra+"trust:\n  keys_dir: "+keys+"\npaths:\n  root: "+root+"\n"), 0o644)
+	os.WriteFile(cfg, []byte(extra+"trust:\n  keys_dir: "+keys+"\npaths:\n  root: "+root+"\n  status_file: "+filepath.Join(dir, "status.json")+"\n"), 0o644)
 	return dir, keys, cfg
 }
 
