@@ -10,7 +10,9 @@ set -euo pipefail
 # --no-install-recommends leaves it out; a fresh root showed it).
 # file: rpmbuild classifies the payload with it (Debian's rpm does not depend
 # on it; the fresh root's make rpm failed with "file: not found").
-pkgs=(nginx-light rpm file gcc libc6-dev make git ca-certificates curl python3 prometheus busybox-static rpmlint cpio systemd zsh groff-base)
+# man-db: make rpm's systemd-analyze verify runs man for the unit's
+# Documentation=man:klp-agent(8) (a fresh root's make demo failed on it).
+pkgs=(nginx-light rpm file man-db gcc libc6-dev make git ca-certificates curl python3 prometheus busybox-static rpmlint cpio systemd zsh groff-base)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
