@@ -39,6 +39,9 @@ unit_failed() { [ "$(systemctl is-active klp-agent)" = failed ]; }
 phase_is() { $A status --json 2>/dev/null | grep -q "\"phase\": \"$1\""; }
 good_level() { level_is "$1" && phase_is good; }
 soaking_level() { level_is "$1" && phase_is soaking; }
+# poll_ok: a poll through the daemon succeeds (1 s apart: the network may
+# still be coming up).
+poll_ok() { $A poll >/dev/null 2>&1 || { sleep 1; false; }; }
 agent_state() { $A status 2>&1 | tr '\n' ' ' | cut -c1-400; }
 
 # use_manifest N: point the agent at manifest-N.json and reload it.
@@ -208,6 +211,11 @@ boot_k() {
 	else
 		klp_fail killswitch-nothing-applied "level $(klp_level): $(agent_state)"
 	fi
+	# Its first poll may have come before the guest's network was up, and
+	# the last good one (boot A) is over 3 poll intervals old: status
+	# --check would rightly say 5 (not polling). A poll through the daemon
+	# first, so the code below is the patch's.
+	klp_wait 60 poll_ok || klp_note "no poll succeeded in this boot: $($A poll 2>&1 | tr '\n' ' ')"
 	# 2, not 1: level 3 stays blocked here (degraded wins over the switch).
 	check_code check-killswitch 2
 	if $A status | grep -qi 'kill switch'; then
