@@ -166,13 +166,7 @@ func TestReloadSupervision(t *testing.T) {
 
 func waitLog(t *testing.T, logs *syncbuf.Buffer, s string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in the log:\n%s", s, logs)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	logs.WaitFor(t, s)
 }
 
 var (
