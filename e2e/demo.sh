@@ -21,8 +21,21 @@ mkdir -p "$out"
 cd "$repo"
 echo "== setting up the kernel, headers and guest image (cached after the first run)"
 e2e/setup.sh 6.1
-echo "== running the demo (two guest boots under TCG; a few minutes)"
-if ! KLP_DEMO_OUT=$out go test -tags e2e -count=1 -timeout 40m -run '^TestSystemRealKernel$' -v ./e2e/ >"$out/test.log" 2>&1; then
+echo "== running the demo (three guest boots under TCG; a few minutes; each step below as the guest reports it)"
+# go test -v streams the harness's progress lines (each guest step as the
+# guest prints it); the whole log is kept in test.log.
+progress() {
+	local start=$SECONDS line
+	while IFS= read -r line; do
+		case $line in
+		*"progress "*) line=${line#*progress } ;;
+		*"guest "*" ran "*) line=${line#*_test.go:*: } ;;
+		*) continue ;;
+		esac
+		printf '[%3dm%02ds] %s\n' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) "$line"
+	done
+}
+if ! KLP_DEMO_OUT=$out go test -tags e2e -count=1 -timeout 40m -run '^TestSystemRealKernel$' -v ./e2e/ 2>&1 | tee "$out/test.log" | progress; then
 	grep -E -- '--- FAIL|_test.go:[0-9]+:' "$out/test.log" | tail -n 40 || true
 	echo "demo FAILED: full log in $out/test.log" >&2
 	exit 1

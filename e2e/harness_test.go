@@ -223,6 +223,7 @@ type guest struct {
 	disk     string   // attached as /dev/vda
 	net      bool     // user networking: the host's loopback is 10.0.2.2
 	append   []string // extra kernel command line words
+	qemu     []string // extra qemu arguments (after run-qemu.sh's own)
 	timeout  time.Duration
 	name     string // for the kept serial log
 	crashes  bool   // the scenario crashes the kernel: no DONE marker expected
@@ -258,6 +259,9 @@ func boot(t *testing.T, work string, g guest) ([]marker, string) {
 	for _, a := range g.append {
 		qargs = append(qargs, "-a", a)
 	}
+	if len(g.qemu) > 0 {
+		qargs = append(append(qargs, "--"), g.qemu...)
+	}
 	return bootWatch(t, work, g.name, env, qargs, g.crashes, g.watch)
 }
 
@@ -268,11 +272,24 @@ func bootWith(t *testing.T, work, name string, qargs []string, crashes bool) ([]
 	return bootWatch(t, work, name, lineEnv(""), qargs, crashes, nil)
 }
 
-var markerRE = regexp.MustCompile(`KLP-E2E: (\S+) (PASS|FAIL)(?: (.*))?$`)
+var (
+	markerRE = regexp.MustCompile(`KLP-E2E: (\S+) (PASS|FAIL)(?: (.*))?$`)
+	bootRE   = regexp.MustCompile(`KLP-E2E: boot krel=(\S+)`)
+)
+
+// oneLine cuts s to n bytes for a progress line.
+func oneLine(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
 
 // bootWatch is bootWith with extra environment for run-qemu.sh (lineEnv)
 // that also calls watch (if not nil) with each
-// PASS/FAIL marker while the guest runs.
+// PASS/FAIL marker while the guest runs. Each marker is also logged as it
+// comes, with the time since qemu started: under go test -v (make check,
+// make demo) a guest's minutes are never silent.
 func bootWatch(t *testing.T, work, name string, env, qargs []string, crashes bool, watch func(marker)) ([]marker, string) {
 	t.Helper()
 	log := filepath.Join(work, "serial-"+name+".log")
@@ -282,7 +299,7 @@ func bootWatch(t *testing.T, work, name string, env, qargs []string, crashes boo
 	cmd.Dir = repoDir(t)
 	cmd.Env = append(os.Environ(), env...)
 	done, watched := make(chan struct{}), make(chan struct{})
-	if watch != nil {
+	{
 		go func() {
 			defer close(watched)
 			var off int64
@@ -303,14 +320,18 @@ func bootWatch(t *testing.T, work, name string, env, qargs []string, crashes boo
 				lines := strings.Split(partial+strings.ReplaceAll(string(b), "\r", ""), "\n")
 				partial = lines[len(lines)-1]
 				for _, l := range lines[:len(lines)-1] {
+					if m := bootRE.FindStringSubmatch(l); m != nil {
+						t.Logf("progress %s +%.0fs: kernel %s up, scenario running", name, time.Since(start).Seconds(), m[1])
+					}
 					if m := markerRE.FindStringSubmatch(l); m != nil {
-						watch(marker{m[1], m[2], m[3]})
+						t.Logf("progress %s +%.0fs: %s %s %s", name, time.Since(start).Seconds(), m[1], m[2], oneLine(m[3], 120))
+						if watch != nil {
+							watch(marker{m[1], m[2], m[3]})
+						}
 					}
 				}
 			}
 		}()
-	} else {
-		close(watched)
 	}
 	out, err := cmd.CombinedOutput()
 	close(done)

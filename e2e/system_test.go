@@ -32,7 +32,9 @@ func TestSystemRealKernel(t *testing.T) {
 	start := time.Now()
 	work := t.TempDir()
 	pub := newPublisher(t, work)
+	t.Logf("progress host +%.0fs: agent binary, keys and livepatch RPMs built", time.Since(start).Seconds())
 	runCmd(t, repoDir(t), nil, "make", "-s", "rpm", "RPM_RELEASE=e2e")
+	t.Logf("progress host +%.0fs: the agent's own RPM built", time.Since(start).Seconds())
 	agentRPM := filepath.Join(repoDir(t), "bin", "klp-agent-0.1.0-e2e.x86_64.rpm")
 	www, keys, cli := pub.www, pub.keys, pub.cli
 	// Three manifest versions, as a publisher releases them: 1; 1+2; 1+2+faulty 3.
@@ -96,6 +98,7 @@ metrics:
 	runCmd(t, repoDir(t), nil, "e2e/guest/mkrootfs.sh", "-o", img, "-O", ov)
 	initrd := filepath.Join(work, "rootfs.cpio.gz")
 	runCmd(t, repoDir(t), nil, "e2e/guest/mkinitramfs.sh", "-o", initrd, "-r")
+	t.Logf("progress host +%.0fs: guest disk image ready; booting it (boot A)", time.Since(start).Seconds())
 
 	timings := map[string]string{}
 	check := func(ms []marker, log string, want ...string) {
