@@ -172,6 +172,12 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 		return fail(fmt.Errorf("apply %s: installed module refused before loading: %w", want.Name, err))
 	}
 	info.ModuleName = want.Name
+	if info.ModuleSHA256 == "" {
+		// A payload this build cannot read: what is loaded is at least
+		// the bytes just checked.
+		sum := sha256.Sum256(b)
+		info.ModuleSHA256 = hex.EncodeToString(sum[:])
+	}
 	if want.BeforeLoad != nil {
 		if err := want.BeforeLoad(); err != nil {
 			return fail(fmt.Errorf("apply %s: %w", want.Name, err))
@@ -181,7 +187,7 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 	if want.Previous != nil {
 		eo.Replaces = want.Previous.Module
 	}
-	res.Result, err = in.Controller.Enable(ctx, ko, want.Name, eo)
+	res.Result, err = in.Controller.Enable(ctx, ModuleFile{Path: ko, SHA256: info.ModuleSHA256}, want.Name, eo)
 	res.Timing.Timing = res.Result.Timing
 	res.Timing.Total = time.Since(t0)
 	if err != nil {

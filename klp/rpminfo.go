@@ -109,6 +109,9 @@ type RPMInfo struct {
 	SHA256             string   // of the whole file
 	Size               int64    // of the whole file
 	PayloadCompression string   // the header's PayloadCompressor
+	// ModuleSHA256 is the sha256 of the module's bytes in the payload
+	// (when read): every load checks the file against it.
+	ModuleSHA256 string
 }
 
 // MaxHeaderBytes bounds the lead and both headers together. Livepatch
@@ -186,7 +189,8 @@ func readPayloadModule(br *bufio.Reader, info *RPMInfo) error {
 	if err != nil {
 		return err
 	}
-	info.ModInfo, info.ModuleName = mi, name
+	sum := sha256.Sum256(ko.Bytes())
+	info.ModInfo, info.ModuleName, info.ModuleSHA256 = mi, name, hex.EncodeToString(sum[:])
 	return nil
 }
 
