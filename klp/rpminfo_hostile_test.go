@@ -88,7 +88,7 @@ func rawKLP(dir, base string) []rawTag {
 	return []rawTag{
 		rStr(1000, "klp-raw"), rStr(1001, "1"), rStr(1002, "1"), rStr(1022, "noarch"),
 		rStr(1044, "klp-raw-1-1.src.rpm"), rStr(1125, "gzip"),
-		rInt32(1030, 0o100644), rInt32(1037, 0),
+		rInt32(1030, 0o100644), rInt32(1037, 0), rStrs(1039, "root"), rStrs(1040, "root"),
 		rInt32(1116, 0), rStrs(1117, base), rStrs(1118, dir),
 		rStrs(1047, "klp-livepatch("+krel+")"), rInt32(1112, 8), rStrs(1113, "1"),
 	}
@@ -161,6 +161,12 @@ var hostileHeaders = []struct {
 	{"provide versions missing", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rStrs(1047, "klp-livepatch("+krel+")", "x"))), klp.ErrNotRPM},
 	{"file modes missing", rawRPM(drop(rawKLP(klpDir+krel+"/", "m.ko"), 1030)), klp.ErrNotRPM},
 	{"directory index out of range", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rInt32(1116, 1))), klp.ErrNotRPM},
+	{"file owners missing", rawRPM(drop(rawKLP(klpDir+krel+"/", "m.ko"), 1039)), klp.ErrNotRPM},
+	{"file groups missing", rawRPM(drop(rawKLP(klpDir+krel+"/", "m.ko"), 1040)), klp.ErrNotRPM},
+	{"more owners than files", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rStrs(1039, "root", "root"))), klp.ErrNotRPM},
+	{"setuid module", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rInt32(1030, 0o104644))), klp.ErrFileMode},
+	{"world-writable module", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rInt32(1030, 0o100666))), klp.ErrFileMode},
+	{"module owned by a user", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rStrs(1039, "nobody"))), klp.ErrFileMode},
 	{"no SOURCERPM: a source package to rpm", rawRPM(drop(rawKLP(klpDir+krel+"/", "m.ko"), 1044)), klp.ErrNotRPM},
 	// Paths rpmbuild would have normalised.
 	{"kernel release ..", rawRPM(rawKLP(kpDir+"../", "m.ko")), klp.ErrInvalidName},
@@ -204,7 +210,7 @@ var (
 	validKrel       = regexp.MustCompile(`^[A-Za-z0-9._+~-]{1,64}$`)
 	sentinels       = []error{klp.ErrNotRPM, klp.ErrModuleCount, klp.ErrLayout, klp.ErrKernelMismatch,
 		klp.ErrInvalidName, klp.ErrNoLevel, klp.ErrLevelMismatch, klp.ErrNotLivepatch, klp.ErrVermagic,
-		klp.ErrUnsupportedPayload, klp.ErrPayload, klp.ErrDependency}
+		klp.ErrUnsupportedPayload, klp.ErrPayload, klp.ErrDependency, klp.ErrFileMode}
 )
 
 // compactSeed swaps a built RPM's signature header for an empty one and
@@ -268,4 +274,16 @@ func FuzzInspectRPMReader(f *testing.F) {
 			t.Fatalf("accepted an inconsistent package: %+v", info)
 		}
 	})
+}
+
+// A file list without an owner and group for every file is refused for
+// that reason (rpm would install it as root whatever the builder meant),
+// not only because the stand-in payload does not read.
+func TestInspectRPMFileOwnersRequired(t *testing.T) {
+	for _, tag := range []uint32{1039, 1040} {
+		_, err := klp.InspectRPMReader(bytes.NewReader(rawRPM(drop(rawKLP(klpDir+krel+"/", "m.ko"), tag))))
+		if !errors.Is(err, klp.ErrNotRPM) || !strings.Contains(err.Error(), "0 owners") && !strings.Contains(err.Error(), "0 groups") {
+			t.Errorf("without tag %d: %v, want the file list's owners or groups named", tag, err)
+		}
+	}
 }
