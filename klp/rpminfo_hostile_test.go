@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"hash/crc32"
 	"os"
 	"regexp"
 	"runtime"
@@ -210,7 +211,7 @@ var (
 	validKrel       = regexp.MustCompile(`^[A-Za-z0-9._+~-]{1,64}$`)
 	sentinels       = []error{klp.ErrNotRPM, klp.ErrModuleCount, klp.ErrLayout, klp.ErrKernelMismatch,
 		klp.ErrInvalidName, klp.ErrNoLevel, klp.ErrLevelMismatch, klp.ErrNotLivepatch, klp.ErrVermagic,
-		klp.ErrUnsupportedPayload, klp.ErrPayload, klp.ErrDependency, klp.ErrFileMode}
+		klp.ErrUnsupportedPayload, klp.ErrPayload, klp.ErrDependency, klp.ErrFileMode, klp.ErrPayloadDict}
 )
 
 // compactSeed swaps a built RPM's signature header for an empty one and
@@ -285,5 +286,70 @@ func TestInspectRPMFileOwnersRequired(t *testing.T) {
 		if !errors.Is(err, klp.ErrNotRPM) || !strings.Contains(err.Error(), "0 owners") && !strings.Contains(err.Error(), "0 groups") {
 			t.Errorf("without tag %d: %v, want the file list's owners or groups named", tag, err)
 		}
+	}
+}
+
+// payloadAt is where a built RPM's payload starts: after the lead, the
+// signature header (padded to 8 bytes) and the header.
+func payloadAt(t *testing.T, b []byte) int {
+	t.Helper()
+	off := 96
+	for i := range 2 {
+		if len(b) < off+16 {
+			t.Fatal("short RPM")
+		}
+		off += 16 + 16*int(binary.BigEndian.Uint32(b[off+8:])) + int(binary.BigEndian.Uint32(b[off+12:]))
+		if i == 0 {
+			off += (8 - off%8) % 8
+		}
+	}
+	return off
+}
+
+// A few KiB of xz or lzma payload whose header declares a 1.5 GiB
+// dictionary is refused before the decoder allocates it. The old code
+// handed the header to github.com/ulikunitz/xz, which allocated the whole
+// dictionary (over 1.5 GiB) and then decoded the payload fine.
+func TestInspectRPMPayloadDictionaryCap(t *testing.T) {
+	f := fixtureRPMs(t, "xz", "lzma")
+	const huge = 3 << 29 // 1.5 GiB
+	for _, tt := range []struct {
+		fixture string
+		edit    func(t *testing.T, payload []byte)
+	}{
+		{"xz", func(t *testing.T, p []byte) {
+			// Stream header (12 bytes), then the first block header:
+			// size byte, flags (liblzma writes no sizes), filter ID 0x21
+			// (LZMA2), properties size 1, the dictionary byte, padding
+			// and CRC32.
+			h := p[12 : 12+(int(p[12])+1)*4]
+			if h[1] != 0 || h[2] != 0x21 || h[3] != 1 {
+				t.Fatalf("unexpected block header % x", h)
+			}
+			h[4] = 37 // (2|1) << (37/2 + 11) = 1.5 GiB
+			binary.LittleEndian.PutUint32(h[len(h)-4:], crc32.ChecksumIEEE(h[:len(h)-4]))
+		}},
+		{"lzma", func(t *testing.T, p []byte) {
+			// .lzma header: properties, dictionary size (LE), size.
+			binary.LittleEndian.PutUint32(p[1:5], huge)
+		}},
+	} {
+		t.Run(tt.fixture, func(t *testing.T) {
+			b, err := os.ReadFile(f[tt.fixture])
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.edit(t, b[payloadAt(t, b):])
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err = klp.InspectRPMReader(bytes.NewReader(b))
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, klp.ErrPayloadDict) || !strings.Contains(err.Error(), "1536 MiB dictionary, over 64 MiB") {
+				t.Fatalf("a %d-byte RPM declaring a 1.5 GiB dictionary: %v, want ErrPayloadDict", len(b), err)
+			}
+			if n := after.TotalAlloc - before.TotalAlloc; n > 32<<20 {
+				t.Errorf("allocated %d MiB to refuse a %d-byte RPM", n>>20, len(b))
+			}
+		})
 	}
 }

@@ -184,6 +184,7 @@ var fixtures = map[string]rpmFixture{
 	"kpatch-version-decimal": {name: "kpatch-patch-vd", version: "1.2", modules: map[string]moduleInfo{kpDir + rhel + "/kpatch-vd.ko": livepatchInfo("kpatch_vd", rhel)}},
 	"xz":                     klpFixture("klp-xz", "klp_xz_1", 1).with(func(f *rpmFixture) { f.payload = "w2.xzdio" }),
 	"zstd":                   klpFixture("klp-zstd", "klp_zstd_1", 1).with(func(f *rpmFixture) { f.payload = "w3.zstdio" }),
+	"lzma":                   klpFixture("klp-lzma", "klp_lzma_1", 1).with(func(f *rpmFixture) { f.payload = "w2.lzdio" }),
 	"notlp": klpFixture("klp-notlp", "klp_notlp", 1).with(func(f *rpmFixture) {
 		f.modules = map[string]moduleInfo{klpDir + krel + "/klp_notlp.ko": {vermagic: krel + lpMagic, name: "klp_notlp"}}
 	}),
@@ -410,7 +411,7 @@ func sha256File(t *testing.T, file string) (string, int64) {
 }
 
 func TestInspectRPMLayouts(t *testing.T) {
-	f := fixtureRPMs(t, "klp", "klp-dashes", "kpatch", "kpatch-no-requires", "xz", "zstd", "meta", "suse", "kpatch-version-decimal")
+	f := fixtureRPMs(t, "klp", "klp-dashes", "kpatch", "kpatch-no-requires", "xz", "zstd", "lzma", "meta", "suse", "kpatch-version-decimal")
 	tests := []struct {
 		fixture                      string
 		name, version                string
@@ -436,6 +437,7 @@ func TestInspectRPMLayouts(t *testing.T) {
 			"livepatch_13_150400_2_2", "gzip", "", ""},
 		{"xz", "klp-xz", "1", klp.LayoutKLP, 1, krel, klpDir + krel + "/klp_xz_1.ko", "klp_xz_1", "xz", "", ""},
 		{"zstd", "klp-zstd", "1", klp.LayoutKLP, 1, krel, klpDir + krel + "/klp_zstd_1.ko", "klp_zstd_1", "zstd", "", ""},
+		{"lzma", "klp-lzma", "1", klp.LayoutKLP, 1, krel, klpDir + krel + "/klp_lzma_1.ko", "klp_lzma_1", "lzma", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.fixture, func(t *testing.T) {
