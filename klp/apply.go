@@ -157,7 +157,14 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 		return res, err
 	}
 	ko := filepath.Join(in.Root, info.ModulePath)
-	b, err := limitfile.Read(ko, MaxModuleBytes)
+	var b []byte
+	if info.ModuleSHA256 != "" {
+		// The installed file must be the payload's bytes, checked as
+		// the load will check them, before the phase says enabling.
+		b, err = ReadModule(ModuleFile{Path: ko, SHA256: info.ModuleSHA256})
+	} else {
+		b, err = limitfile.Read(ko, MaxModuleBytes)
+	}
 	if err != nil {
 		return fail(fmt.Errorf("apply %s: %w", want.Name, err))
 	}

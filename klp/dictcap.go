@@ -11,7 +11,7 @@ import (
 
 // MaxDictBytes bounds the dictionary (window) a payload's header may ask
 // the decompressor to allocate. xz -9 and zstd's highest regular level use
-// 64 MiB; rpm's defaults (w2.xzdio, w19.zstdio) far less. Past it, a few
+// 64 MiB; rpm's usual payloads (w2.xzdio, w19.zstdio) use 2 and 8 MiB. Past it, a few
 // KiB of payload could reserve GiBs.
 const MaxDictBytes = 64 << 20
 

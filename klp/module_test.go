@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/klp-agent/klp-agent/klp"
+	"github.com/klp-agent/klp-agent/klp/klptest"
 )
 
 // fdLoader is a Modules that notes what finit_module would get: the
@@ -190,4 +191,34 @@ func write(t *testing.T, p string, b []byte, mode os.FileMode) {
 	if err := os.Chmod(p, mode); err != nil { // past the umask
 		t.Fatal(err)
 	}
+}
+
+// A module rpm installed and something rewrote before the load (here in
+// the installer's hook, just after rpm -U) is refused: nothing is loaded,
+// the kernel keeps the previous level and rpm's database names it again.
+// The old code loaded whatever the installed path held.
+func TestApplyRefusesAModuleRewrittenAfterInstall(t *testing.T) {
+	s := newShapes(t)
+	s.add("cmdline", "klp_cmdline_1", 1, klptest.Module{Replace: true}, nil)
+	s.add("cmdline", "klp_cmdline_2", 2, klptest.Module{Replace: true}, nil)
+	if err := s.apply("klp_cmdline_1", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	installed := filepath.Join(s.root, "usr/lib/klp-agent/livepatches", krel, "klp_cmdline_2.ko")
+	s.in.Hook = func(step string) {
+		if step == "installed" {
+			if err := os.WriteFile(installed, []byte("\x7fELF other bytes"), 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	loads := len(s.k.Loads)
+	err := s.apply("klp_cmdline_2", "klp_cmdline_1", "klp-cmdline")
+	if !errors.Is(err, klp.ErrModuleTampered) || !strings.Contains(err.Error(), installed) {
+		t.Fatalf("err = %v, want ErrModuleTampered naming %s", err, installed)
+	}
+	if len(s.k.Loads) != loads {
+		t.Fatalf("loaded %v after the refusal", s.k.Loads[loads:])
+	}
+	s.expect("klp_cmdline_1", "klp-cmdline", "1-1")
 }
