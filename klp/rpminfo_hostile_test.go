@@ -238,7 +238,7 @@ func mustInspect(b []byte) error {
 }
 
 func FuzzInspectRPMReader(f *testing.F) {
-	rpms := fixtureRPMs(f, "klp", "kpatch", "xz", "source", "level-mismatch", "symlink", "requires-other-kernel")
+	rpms := fixtureRPMs(f, "klp", "kpatch", "xz", "lzma", "source", "level-mismatch", "symlink", "requires-other-kernel")
 	for _, p := range rpms {
 		b, err := os.ReadFile(p)
 		if err != nil {
