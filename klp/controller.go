@@ -78,8 +78,8 @@ type Result struct {
 }
 
 // Enable loads the livepatch module file ko, checked against its verified
-// sha256 (module name name, read from the module itself by the caller), and waits until every task runs the new
-// code. A stalled transition is reversed and the module unloaded, so the
+// sha256 (module name name, read from the module itself by the caller),
+// and waits until every task runs the new code. A stalled transition is reversed and the module unloaded, so the
 // kernel is left as it was, and a *StallError names the blocking tasks. A
 // load the kernel refuses is a *RefusedError with its reason and log
 // lines; so is a patch that is not cumulative (sysfs says replace=0, or
