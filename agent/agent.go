@@ -48,6 +48,8 @@ const (
 	MsgGood             = "c9f10de955234c509eff71deb31a4c69"
 	MsgReapplied        = "f0ad8c489b0d404495f09341f9a8f84c"
 	MsgHealthEvent      = "afc50722c68d4f2cbf7bc878288c11bb"
+	// A kept module copy refused before loading (tampered or unsafe).
+	MsgModuleRefused = "e7188cccabb94a94978492ec0c75884c"
 	// The root of trust (logged by the daemon, which owns the root).
 	MsgRootUpdated    = "4d8bc6be6ae6486d9c46782e8c901e8d"
 	MsgRootFloorReset = "2fce3504c79e44e492e75620cd1c9e1b"
@@ -511,16 +513,17 @@ func (a *Agent) want(p *state.PatchRecord) klp.Want {
 }
 
 // keepModule copies the module rpm installed for p into the state dir: a
-// rollback to p loads it at once, before rpm's bookkeeping.
+// rollback to p loads it at once, before rpm's bookkeeping. The copy is
+// made from the installed file read through the same checks as a load,
+// and p records the sha256 the payload said, which that rollback checks.
+// A copy already there is replaced: it may not be the verified bytes.
 func (a *Agent) keepModule(p *state.PatchRecord, info *klp.RPMInfo) {
 	dst, err := a.Layout().Module(p.SHA256)
-	if err != nil || info == nil {
+	if err != nil || info == nil || info.ModuleSHA256 == "" {
 		return
 	}
-	if _, err := os.Stat(dst); err == nil {
-		return
-	}
-	b, err := os.ReadFile(filepath.Join(a.d.Installer.Root, info.ModulePath))
+	p.ModuleSHA256 = info.ModuleSHA256
+	b, err := klp.ReadModule(klp.ModuleFile{Path: filepath.Join(a.d.Installer.Root, info.ModulePath), SHA256: info.ModuleSHA256})
 	if err == nil {
 		if err = os.MkdirAll(filepath.Dir(dst), 0o700); err == nil {
 			err = atomicfile.WriteFile(dst, b, 0o600)
@@ -989,7 +992,9 @@ func (a *Agent) stepBack(ctx context.Context, from, to *state.PatchRecord) error
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(ko); err != nil {
+	if _, err := os.Lstat(ko); err != nil || to.ModuleSHA256 == "" {
+		// No copy, or none whose hash was recorded (kept by an older
+		// version): the plain install verifies the RPM and its module.
 		return a.install(ctx, to)
 	}
 	rpm, err := a.d.Store.RPMPath(to)
@@ -999,7 +1004,14 @@ func (a *Agent) stepBack(ctx context.Context, from, to *state.PatchRecord) error
 	if _, err := os.Stat(rpm); err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrNoRPM, to.ID(), err)
 	}
-	res, err := a.d.Installer.Controller.Enable(ctx, ko, to.Name, klp.EnableOptions{Replaces: from.Name})
+	res, err := a.d.Installer.Controller.Enable(ctx, klp.ModuleFile{Path: ko, SHA256: to.ModuleSHA256}, to.Name, klp.EnableOptions{Replaces: from.Name})
+	if errors.Is(err, klp.ErrModuleTampered) || errors.Is(err, klp.ErrModuleUnsafe) {
+		// Not loaded. The verified RPM is still at hand: install from it,
+		// which checks the module again and keeps a fresh copy.
+		a.log().Error("kept copy of "+to.ID()+"'s module refused, not loaded: "+err.Error()+"; installing "+to.ID()+" from its verified RPM instead",
+			append(patchFields(to), logging.MessageID(MsgModuleRefused))...)
+		return a.install(ctx, to)
+	}
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/klp/klptest"
 	"github.com/klp-agent/klp-agent/manifest"
+	"go.uber.org/zap"
 )
 
 const krel = "6.1.0-56-amd64"
@@ -51,6 +52,8 @@ type host struct {
 	// windows and killSwitch go to the agent's Deps at the next restart.
 	windows    window.Set
 	killSwitch string
+	// log, if set, is the agent's logger from the next restart on.
+	log *zap.Logger
 }
 
 // fakeRecorder notes what the agent reports for metrics.
@@ -140,6 +143,7 @@ func (h *host) restart() {
 		Recorder:   &h.rec,
 		Windows:    h.windows,
 		KillSwitch: h.killSwitch,
+		Log:        h.log,
 	})
 	if err := h.agent.Start(context.Background()); err != nil {
 		h.t.Fatalf("start (boot %d): %v", h.boot, err)

@@ -12,6 +12,7 @@ var MessageIDs = []MessageID{
 	{MsgRolledBack, "a rollback, with KLP_CAUSE and KLP_ROLLBACK_REASON"},
 	{MsgBlocked, "a level blocked on this host, with KLP_CAUSE and EVIDENCE"},
 	{MsgStalled, "a stalled transition, reversed; retried at the next poll"},
+	{MsgModuleRefused, "a kept module copy not loaded: tampered or unsafe; installed from the verified RPM instead"},
 	{MsgManifestRejected, "a manifest that failed a trust check"},
 	{MsgHealthEvent, "a health event (KLP_EVENT_KIND, KLP_EVENT_SOURCE, KLP_ATTRIBUTED, KLP_ROLLBACK)"},
 	{MsgControl, "a host control (KLP_CONTROL, KLP_OPERATOR, KLP_CONTROL_REASON)"},

@@ -157,7 +157,14 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 		return res, err
 	}
 	ko := filepath.Join(in.Root, info.ModulePath)
-	b, err := limitfile.Read(ko, MaxModuleBytes)
+	var b []byte
+	if info.ModuleSHA256 != "" {
+		// The installed file must be the payload's bytes, checked as
+		// the load will check them, before the phase says enabling.
+		b, err = ReadModule(ModuleFile{Path: ko, SHA256: info.ModuleSHA256})
+	} else {
+		b, err = limitfile.Read(ko, MaxModuleBytes)
+	}
 	if err != nil {
 		return fail(fmt.Errorf("apply %s: %w", want.Name, err))
 	}
@@ -172,6 +179,12 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 		return fail(fmt.Errorf("apply %s: installed module refused before loading: %w", want.Name, err))
 	}
 	info.ModuleName = want.Name
+	if info.ModuleSHA256 == "" {
+		// A payload this build cannot read: what is loaded is at least
+		// the bytes just checked.
+		sum := sha256.Sum256(b)
+		info.ModuleSHA256 = hex.EncodeToString(sum[:])
+	}
 	if want.BeforeLoad != nil {
 		if err := want.BeforeLoad(); err != nil {
 			return fail(fmt.Errorf("apply %s: %w", want.Name, err))
@@ -181,7 +194,7 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 	if want.Previous != nil {
 		eo.Replaces = want.Previous.Module
 	}
-	res.Result, err = in.Controller.Enable(ctx, ko, want.Name, eo)
+	res.Result, err = in.Controller.Enable(ctx, ModuleFile{Path: ko, SHA256: info.ModuleSHA256}, want.Name, eo)
 	res.Timing.Timing = res.Result.Timing
 	res.Timing.Total = time.Since(t0)
 	if err != nil {

@@ -77,16 +77,16 @@ type Result struct {
 	Forced   bool
 }
 
-// Enable loads the livepatch module at file (module name name, read from
-// the module itself by the caller) and waits until every task runs the new
-// code. A stalled transition is reversed and the module unloaded, so the
+// Enable loads the livepatch module file ko, checked against its verified
+// sha256 (module name name, read from the module itself by the caller),
+// and waits until every task runs the new code. A stalled transition is reversed and the module unloaded, so the
 // kernel is left as it was, and a *StallError names the blocking tasks. A
 // load the kernel refuses is a *RefusedError with its reason and log
 // lines; so is a patch that is not cumulative (sysfs says replace=0, or
 // the patch eo.Replaces is still enabled after the transition), which is
 // backed out. Patches it atomically replaces are unloaded once their
 // refcount drops.
-func (c *Controller) Enable(ctx context.Context, file, name string, eo EnableOptions) (Result, error) {
+func (c *Controller) Enable(ctx context.Context, ko ModuleFile, name string, eo EnableOptions) (Result, error) {
 	o := c.Opts.withDefaults()
 	var res Result
 	if p, err := c.Sysfs.Get(name); err == nil && p.Enabled && !p.Transition {
@@ -104,10 +104,13 @@ func (c *Controller) Enable(ctx context.Context, file, name string, eo EnableOpt
 		}
 	}
 	start := time.Now()
-	res.BusyRetry, err = LoadRetry(ctx, c.Modules, file, o.LoadBackoff)
+	res.BusyRetry, err = LoadRetry(ctx, c.Modules, ko, o.LoadBackoff)
 	res.Load = time.Since(start)
 	var pathErr *fs.PathError
-	if err != nil && !errors.Is(err, ErrModuleLoaded) && !errors.Is(err, ErrBusy) && ctx.Err() == nil && !errors.As(err, &pathErr) {
+	// The kernel's answers become a RefusedError; a file refused before
+	// loading (missing, unsafe, tampered) is not the kernel's.
+	if err != nil && !errors.Is(err, ErrModuleLoaded) && !errors.Is(err, ErrBusy) && ctx.Err() == nil && !errors.As(err, &pathErr) &&
+		!errors.Is(err, ErrModuleTampered) && !errors.Is(err, ErrModuleUnsafe) {
 		var lines []string
 		if cur != nil {
 			lines = cur.Since()

@@ -2,7 +2,11 @@ package klp_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -13,15 +17,32 @@ import (
 	"github.com/klp-agent/klp-agent/klp/klptest"
 )
 
+// simFile is the module file of name for the simulated kernel: a root-owned
+// 0644 file in the fixture directory and the sha256 of its bytes.
+func simFile(t *testing.T, name string) klp.ModuleFile {
+	t.Helper()
+	dir := filepath.Join(fixtureDir, "lp")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := []byte("simulated module " + name)
+	p := filepath.Join(dir, name+".ko")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return klp.ModuleFile{Path: p, SHA256: hex.EncodeToString(sum[:])}
+}
+
 func newSim(t *testing.T) (*klptest.Kernel, *klp.Controller) {
 	t.Helper()
 	k := klptest.New()
 	for lvl := 1; lvl <= 3; lvl++ {
 		name := "klp_cmdline_" + string(rune('0'+lvl))
-		k.AddFile("/lp/"+name+".ko", klptest.Module{Name: name, Livepatch: true, Replace: true,
+		k.AddFile(simFile(t, name).Path, klptest.Module{Name: name, Livepatch: true, Replace: true,
 			Funcs: map[string][]string{"vmlinux": {"cmdline_proc_show"}}})
 	}
-	k.AddFile("/lp/klp_other.ko", klptest.Module{Name: "klp_other", Livepatch: true, Replace: false,
+	k.AddFile(simFile(t, "klp_other").Path, klptest.Module{Name: "klp_other", Livepatch: true, Replace: false,
 		Funcs: map[string][]string{"vmlinux": {"version_proc_show"}}})
 	c := &klp.Controller{
 		Sysfs:   &klp.Sysfs{FS: k, Poll: time.Millisecond},
@@ -34,7 +55,7 @@ func newSim(t *testing.T) (*klptest.Kernel, *klp.Controller) {
 
 func enable(t *testing.T, c *klp.Controller, name string) klp.Result {
 	t.Helper()
-	res, err := c.Enable(context.Background(), "/lp/"+name+".ko", name, klp.EnableOptions{})
+	res, err := c.Enable(context.Background(), simFile(t, name), name, klp.EnableOptions{})
 	if err != nil {
 		t.Fatalf("enable %s: %v", name, err)
 	}
@@ -133,7 +154,7 @@ func TestOnlyLivepatchesAreUnloaded(t *testing.T) {
 		{
 			name: "enable whose name is another module's",
 			run: func(c *klp.Controller) error {
-				_, err := c.Enable(ctx, "/lp/klp_cmdline_1.ko", "e1000e", klp.EnableOptions{})
+				_, err := c.Enable(ctx, simFile(t, "klp_cmdline_1"), "e1000e", klp.EnableOptions{})
 				return err
 			},
 			wantErr: klp.ErrNotLivepatchModule, loaded: []string{"e1000e", "klp_cmdline_1"},
@@ -169,7 +190,7 @@ func TestOnlyLivepatchesAreUnloaded(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			k, c := newSim(t)
 			k.AddFile("/lib/modules/e1000e.ko", klptest.Module{Name: "e1000e"})
-			if err := k.Load("/lib/modules/e1000e.ko"); err != nil {
+			if err := k.LoadPath("/lib/modules/e1000e.ko"); err != nil {
 				t.Fatal(err)
 			}
 			if tc.setup != nil {
@@ -205,7 +226,7 @@ func TestStalledEnableIsReversedAndNamesTheBlocker(t *testing.T) {
 	enable(t, c, "klp_cmdline_1")
 	k.SetTask(klptest.Task{PID: 4242, Comm: "stuck-reader", Stack: "[<0>] klp_victim_sleep+0x1c/0x40 [klp_victim]\n[<0>] proc_reg_read+0x50/0xa0\n", Blocking: true})
 	// The blocker never leaves; the reversal does not need it to.
-	_, err := c.Enable(context.Background(), "/lp/klp_cmdline_2.ko", "klp_cmdline_2", klp.EnableOptions{})
+	_, err := c.Enable(context.Background(), simFile(t, "klp_cmdline_2"), "klp_cmdline_2", klp.EnableOptions{})
 	var stall *klp.StallError
 	if !errors.Is(err, klp.ErrStalled) || !errors.As(err, &stall) {
 		t.Fatalf("err = %v, want a StallError", err)
@@ -225,7 +246,7 @@ func TestStallForcedOnlyWhenConfigured(t *testing.T) {
 	k, c := newSim(t)
 	c.Opts.ForceOnStall = true
 	k.SetTask(klptest.Task{PID: 7, Comm: "stuck", Blocking: true})
-	res, err := c.Enable(context.Background(), "/lp/klp_cmdline_1.ko", "klp_cmdline_1", klp.EnableOptions{})
+	res, err := c.Enable(context.Background(), simFile(t, "klp_cmdline_1"), "klp_cmdline_1", klp.EnableOptions{})
 	if err != nil || !res.Forced {
 		t.Fatalf("forced enable: %+v %v", res, err)
 	}
@@ -238,7 +259,7 @@ func TestStallForcedOnlyWhenConfigured(t *testing.T) {
 func TestLoadRetriesWhileAnotherTransitionRuns(t *testing.T) {
 	k, c := newSim(t)
 	k.SetTask(klptest.Task{PID: 9, Comm: "slow", Blocking: true})
-	if err := k.Load("/lp/klp_other.ko"); err != nil { // transition stuck until released
+	if err := k.LoadPath(simFile(t, "klp_other").Path); err != nil { // transition stuck until released
 		t.Fatal(err)
 	}
 	go func() { time.Sleep(60 * time.Millisecond); k.SetTask(klptest.Task{PID: 9, Comm: "slow"}) }()
@@ -256,10 +277,10 @@ func TestLoadGivesUpOnPersistentBusy(t *testing.T) {
 	k, c := newSim(t)
 	c.Opts.LoadBackoff = klp.Backoff{Attempts: 3, First: time.Millisecond, Max: time.Millisecond}
 	k.SetTask(klptest.Task{PID: 9, Comm: "slow", Blocking: true})
-	if err := k.Load("/lp/klp_other.ko"); err != nil {
+	if err := k.LoadPath(simFile(t, "klp_other").Path); err != nil {
 		t.Fatal(err)
 	}
-	_, err := c.Enable(context.Background(), "/lp/klp_cmdline_1.ko", "klp_cmdline_1", klp.EnableOptions{})
+	_, err := c.Enable(context.Background(), simFile(t, "klp_cmdline_1"), "klp_cmdline_1", klp.EnableOptions{})
 	if !errors.Is(err, klp.ErrBusy) || !strings.Contains(err.Error(), "3 attempts") {
 		t.Fatalf("err = %v, want ErrBusy after 3 attempts", err)
 	}
@@ -275,7 +296,7 @@ func TestSysfsRules(t *testing.T) {
 		t.Fatalf("unknown patch: %v", err)
 	}
 	k.SetTask(klptest.Task{PID: 9, Comm: "slow", Blocking: true})
-	if err := k.Load("/lp/klp_other.ko"); err != nil {
+	if err := k.LoadPath(simFile(t, "klp_other").Path); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Sysfs.SetEnabled("klp_cmdline_1", false); !errors.Is(err, klp.ErrBusy) {

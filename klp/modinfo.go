@@ -65,19 +65,25 @@ func payloadFile(r io.Reader, compressor string, want string, w io.Writer) error
 	case "bzip2":
 		zr = bzip2.NewReader(r)
 	case "xz":
-		x, err := xz.ReaderConfig{SingleStream: true}.NewReader(r)
+		x, err := xz.ReaderConfig{SingleStream: true}.NewReader(newXZDictGuard(r))
 		if err != nil {
 			return fmt.Errorf("payload: %w", err)
 		}
 		zr = x
 	case "lzma":
-		l, err := lzma.NewReader(r)
+		// The .lzma header's dictionary size, capped before the decoder
+		// allocates it.
+		l, err := lzma.ReaderConfig{DictCap: MaxDictBytes}.NewReader(r)
+		var big *lzma.ErrDictSize
+		if errors.As(err, &big) {
+			return fmt.Errorf("payload: %w: lzma header declares a %d MiB dictionary, over %d MiB", ErrPayloadDict, big.HeaderDictSize>>20, MaxDictBytes>>20)
+		}
 		if err != nil {
 			return fmt.Errorf("payload: %w", err)
 		}
 		zr = l
 	case "zstd":
-		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxPayloadBytes), zstd.WithDecoderMaxWindow(64<<20))
+		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxPayloadBytes), zstd.WithDecoderMaxWindow(MaxDictBytes))
 		if err != nil {
 			return fmt.Errorf("payload: %w", err)
 		}

@@ -72,6 +72,11 @@ var (
 	ErrUnsupportedPayload = errors.New("unsupported RPM payload compression")
 	// ErrPayload is a package that would install more than its module.
 	ErrPayload = errors.New("livepatch RPM payload holds more than its module")
+	// ErrFileMode is a payload entry (the module or a directory it sits
+	// in) that rpm would install setuid/setgid, group- or world-writable,
+	// or owned by someone other than root: whoever else could write it
+	// could change what the kernel loads.
+	ErrFileMode = errors.New("livepatch RPM payload entry with an unsafe mode or owner")
 	// ErrDependency is an Obsoletes or Conflicts naming another package:
 	// installing it would remove or refuse packages the agent does not own.
 	ErrDependency = errors.New("livepatch RPM obsoletes or conflicts with other packages")
@@ -109,6 +114,9 @@ type RPMInfo struct {
 	SHA256             string   // of the whole file
 	Size               int64    // of the whole file
 	PayloadCompression string   // the header's PayloadCompressor
+	// ModuleSHA256 is the sha256 of the module's bytes in the payload
+	// (when read): every load checks the file against it.
+	ModuleSHA256 string
 }
 
 // MaxHeaderBytes bounds the lead and both headers together. Livepatch
@@ -186,7 +194,8 @@ func readPayloadModule(br *bufio.Reader, info *RPMInfo) error {
 	if err != nil {
 		return err
 	}
-	info.ModInfo, info.ModuleName = mi, name
+	sum := sha256.Sum256(ko.Bytes())
+	info.ModInfo, info.ModuleName, info.ModuleSHA256 = mi, name, hex.EncodeToString(sum[:])
 	return nil
 }
 
@@ -362,6 +371,8 @@ const (
 	tagDirNames      = 1118
 	tagFileModes     = 1030
 	tagFileFlags     = 1037
+	tagFileUserName  = 1039
+	tagFileGroupName = 1040
 	fileFlagGhost    = 1 << 6
 	senseComparisons = rpm.DepFlagLesser | rpm.DepFlagGreater | rpm.DepFlagEqual
 )
@@ -411,9 +422,10 @@ func deps(h *rpm.Header, nameTag, flagsTag, verTag int) ([]dep, error) {
 // file would let a header with many files in one huge directory name
 // allocate without bound.
 type rpmFile struct {
-	dir, base string
-	mode      int64
-	ghost     bool
+	dir, base   string
+	mode        int64
+	user, group string
+	ghost       bool
 }
 
 func (f rpmFile) name() string    { return f.dir + f.base }
@@ -426,16 +438,19 @@ func files(h *rpm.Header) ([]rpmFile, error) {
 	idx := h.GetTag(tagDirIndexes).Int64Slice()
 	modes := h.GetTag(tagFileModes).Int64Slice()
 	flags := h.GetTag(tagFileFlags).Int64Slice()
-	if len(idx) != len(base) || len(modes) != len(base) || (flags != nil && len(flags) != len(base)) {
-		return nil, fmt.Errorf("%w: file list holds %d names, %d directory indexes, %d modes, %d flags",
-			ErrNotRPM, len(base), len(idx), len(modes), len(flags))
+	users := h.GetTag(tagFileUserName).StringSlice()
+	groups := h.GetTag(tagFileGroupName).StringSlice()
+	if len(idx) != len(base) || len(modes) != len(base) || (flags != nil && len(flags) != len(base)) ||
+		len(users) != len(base) || len(groups) != len(base) {
+		return nil, fmt.Errorf("%w: file list holds %d names, %d directory indexes, %d modes, %d flags, %d owners, %d groups",
+			ErrNotRPM, len(base), len(idx), len(modes), len(flags), len(users), len(groups))
 	}
 	out := make([]rpmFile, len(base))
 	for i := range base {
 		if idx[i] < 0 || idx[i] >= int64(len(dirs)) {
 			return nil, fmt.Errorf("%w: file %s: directory index %d of %d", ErrNotRPM, short(base[i]), idx[i], len(dirs))
 		}
-		out[i] = rpmFile{dir: dirs[idx[i]], base: base[i], mode: modes[i]}
+		out[i] = rpmFile{dir: dirs[idx[i]], base: base[i], mode: modes[i], user: users[i], group: groups[i]}
 		if flags != nil {
 			out[i].ghost = flags[i]&fileFlagGhost != 0
 		}
@@ -561,6 +576,14 @@ func describe(pkg *rpm.Package) (*RPMInfo, error) {
 		case f.isDir() && dirs[f.name()] && !f.ghost:
 		default:
 			return info, fmt.Errorf("%w: %s (only %s and its directories may be packaged)", ErrPayload, short(f.name()), modulePath)
+		}
+	}
+	// What rpm installs is what the kernel will load, at apply and after
+	// every boot: only root may be able to change it.
+	for _, f := range fs {
+		if f.mode&0o6000 != 0 || f.mode&0o022 != 0 || f.user != "root" || f.group != "root" {
+			return info, fmt.Errorf("%w: %s: mode %04o, owner %s:%s (want no setuid/setgid, not group/world-writable, root:root)",
+				ErrFileMode, short(f.name()), f.mode&0o7777, short(f.user), short(f.group))
 		}
 	}
 	for _, tags := range [][3]int{{tagObsoleteName, tagObsoleteFlags, tagObsoleteVer}, {tagConflictName, tagConflictFlags, tagConflictVer}} {

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"hash/crc32"
 	"os"
 	"regexp"
 	"runtime"
@@ -88,7 +89,7 @@ func rawKLP(dir, base string) []rawTag {
 	return []rawTag{
 		rStr(1000, "klp-raw"), rStr(1001, "1"), rStr(1002, "1"), rStr(1022, "noarch"),
 		rStr(1044, "klp-raw-1-1.src.rpm"), rStr(1125, "gzip"),
-		rInt32(1030, 0o100644), rInt32(1037, 0),
+		rInt32(1030, 0o100644), rInt32(1037, 0), rStrs(1039, "root"), rStrs(1040, "root"),
 		rInt32(1116, 0), rStrs(1117, base), rStrs(1118, dir),
 		rStrs(1047, "klp-livepatch("+krel+")"), rInt32(1112, 8), rStrs(1113, "1"),
 	}
@@ -161,6 +162,12 @@ var hostileHeaders = []struct {
 	{"provide versions missing", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rStrs(1047, "klp-livepatch("+krel+")", "x"))), klp.ErrNotRPM},
 	{"file modes missing", rawRPM(drop(rawKLP(klpDir+krel+"/", "m.ko"), 1030)), klp.ErrNotRPM},
 	{"directory index out of range", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rInt32(1116, 1))), klp.ErrNotRPM},
+	{"file owners missing", rawRPM(drop(rawKLP(klpDir+krel+"/", "m.ko"), 1039)), klp.ErrNotRPM},
+	{"file groups missing", rawRPM(drop(rawKLP(klpDir+krel+"/", "m.ko"), 1040)), klp.ErrNotRPM},
+	{"more owners than files", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rStrs(1039, "root", "root"))), klp.ErrNotRPM},
+	{"setuid module", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rInt32(1030, 0o104644))), klp.ErrFileMode},
+	{"world-writable module", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rInt32(1030, 0o100666))), klp.ErrFileMode},
+	{"module owned by a user", rawRPM(set(rawKLP(klpDir+krel+"/", "m.ko"), rStrs(1039, "nobody"))), klp.ErrFileMode},
 	{"no SOURCERPM: a source package to rpm", rawRPM(drop(rawKLP(klpDir+krel+"/", "m.ko"), 1044)), klp.ErrNotRPM},
 	// Paths rpmbuild would have normalised.
 	{"kernel release ..", rawRPM(rawKLP(kpDir+"../", "m.ko")), klp.ErrInvalidName},
@@ -204,7 +211,7 @@ var (
 	validKrel       = regexp.MustCompile(`^[A-Za-z0-9._+~-]{1,64}$`)
 	sentinels       = []error{klp.ErrNotRPM, klp.ErrModuleCount, klp.ErrLayout, klp.ErrKernelMismatch,
 		klp.ErrInvalidName, klp.ErrNoLevel, klp.ErrLevelMismatch, klp.ErrNotLivepatch, klp.ErrVermagic,
-		klp.ErrUnsupportedPayload, klp.ErrPayload, klp.ErrDependency}
+		klp.ErrUnsupportedPayload, klp.ErrPayload, klp.ErrDependency, klp.ErrFileMode, klp.ErrPayloadDict}
 )
 
 // compactSeed swaps a built RPM's signature header for an empty one and
@@ -231,7 +238,7 @@ func mustInspect(b []byte) error {
 }
 
 func FuzzInspectRPMReader(f *testing.F) {
-	rpms := fixtureRPMs(f, "klp", "kpatch", "xz", "source", "level-mismatch", "symlink", "requires-other-kernel")
+	rpms := fixtureRPMs(f, "klp", "kpatch", "xz", "lzma", "source", "level-mismatch", "symlink", "requires-other-kernel")
 	for _, p := range rpms {
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -268,4 +275,81 @@ func FuzzInspectRPMReader(f *testing.F) {
 			t.Fatalf("accepted an inconsistent package: %+v", info)
 		}
 	})
+}
+
+// A file list without an owner and group for every file is refused for
+// that reason (rpm would install it as root whatever the builder meant),
+// not only because the stand-in payload does not read.
+func TestInspectRPMFileOwnersRequired(t *testing.T) {
+	for _, tag := range []uint32{1039, 1040} {
+		_, err := klp.InspectRPMReader(bytes.NewReader(rawRPM(drop(rawKLP(klpDir+krel+"/", "m.ko"), tag))))
+		if !errors.Is(err, klp.ErrNotRPM) || !strings.Contains(err.Error(), "0 owners") && !strings.Contains(err.Error(), "0 groups") {
+			t.Errorf("without tag %d: %v, want the file list's owners or groups named", tag, err)
+		}
+	}
+}
+
+// payloadAt is where a built RPM's payload starts: after the lead, the
+// signature header (padded to 8 bytes) and the header.
+func payloadAt(t *testing.T, b []byte) int {
+	t.Helper()
+	off := 96
+	for i := range 2 {
+		if len(b) < off+16 {
+			t.Fatal("short RPM")
+		}
+		off += 16 + 16*int(binary.BigEndian.Uint32(b[off+8:])) + int(binary.BigEndian.Uint32(b[off+12:]))
+		if i == 0 {
+			off += (8 - off%8) % 8
+		}
+	}
+	return off
+}
+
+// A few KiB of xz or lzma payload whose header declares a 1.5 GiB
+// dictionary is refused before the decoder allocates it. The old code
+// handed the header to github.com/ulikunitz/xz, which allocated the whole
+// dictionary (over 1.5 GiB) and then decoded the payload fine.
+func TestInspectRPMPayloadDictionaryCap(t *testing.T) {
+	f := fixtureRPMs(t, "xz", "lzma")
+	const huge = 3 << 29 // 1.5 GiB
+	for _, tt := range []struct {
+		fixture string
+		edit    func(t *testing.T, payload []byte)
+	}{
+		{"xz", func(t *testing.T, p []byte) {
+			// Stream header (12 bytes), then the first block header:
+			// size byte, flags (liblzma writes no sizes), filter ID 0x21
+			// (LZMA2), properties size 1, the dictionary byte, padding
+			// and CRC32.
+			h := p[12 : 12+(int(p[12])+1)*4]
+			if h[1] != 0 || h[2] != 0x21 || h[3] != 1 {
+				t.Fatalf("unexpected block header % x", h)
+			}
+			h[4] = 37 // (2|1) << (37/2 + 11) = 1.5 GiB
+			binary.LittleEndian.PutUint32(h[len(h)-4:], crc32.ChecksumIEEE(h[:len(h)-4]))
+		}},
+		{"lzma", func(t *testing.T, p []byte) {
+			// .lzma header: properties, dictionary size (LE), size.
+			binary.LittleEndian.PutUint32(p[1:5], huge)
+		}},
+	} {
+		t.Run(tt.fixture, func(t *testing.T) {
+			b, err := os.ReadFile(f[tt.fixture])
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.edit(t, b[payloadAt(t, b):])
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err = klp.InspectRPMReader(bytes.NewReader(b))
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, klp.ErrPayloadDict) || !strings.Contains(err.Error(), "1536 MiB dictionary, over 64 MiB") {
+				t.Fatalf("a %d-byte RPM declaring a 1.5 GiB dictionary: %v, want ErrPayloadDict", len(b), err)
+			}
+			if n := after.TotalAlloc - before.TotalAlloc; n > 32<<20 {
+				t.Errorf("allocated %d MiB to refuse a %d-byte RPM", n>>20, len(b))
+			}
+		})
+	}
 }

@@ -128,6 +128,7 @@ type rpmFixture struct {
 	modules            map[string]moduleInfo // path → fake module
 	links              map[string]string     // path → symlink target
 	dirs               []string              // directories the package owns
+	attrs              map[string]string     // path → %attr(mode,user,group) it is packaged with
 	source             bool                  // build the .src.rpm instead
 	obsoletes          string                // spec syntax
 	conflicts          string
@@ -141,6 +142,15 @@ func klpFixture(name, module string, level int) rpmFixture {
 		provides: fmt.Sprintf("klp-livepatch(%s) = %d, klp-module(%s) = %d", krel, level, module, level),
 		modules:  map[string]moduleInfo{klpDir + krel + "/" + module + ".ko": livepatchInfo(module, krel)},
 	}
+}
+
+// klpAttr is klpFixture("name", "m", 1) owning its kernel directory, the
+// directory packaged with dirAttr and the module with modAttr.
+func klpAttr(name, dirAttr, modAttr string) rpmFixture {
+	return klpFixture(name, "m", 1).with(func(f *rpmFixture) {
+		f.dirs = []string{klpDir + krel}
+		f.attrs = map[string]string{klpDir + krel: dirAttr, klpDir + krel + "/m.ko": modAttr}
+	})
 }
 
 // with returns f changed by edit, so table entries read as a base plus a twist.
@@ -174,6 +184,7 @@ var fixtures = map[string]rpmFixture{
 	"kpatch-version-decimal": {name: "kpatch-patch-vd", version: "1.2", modules: map[string]moduleInfo{kpDir + rhel + "/kpatch-vd.ko": livepatchInfo("kpatch_vd", rhel)}},
 	"xz":                     klpFixture("klp-xz", "klp_xz_1", 1).with(func(f *rpmFixture) { f.payload = "w2.xzdio" }),
 	"zstd":                   klpFixture("klp-zstd", "klp_zstd_1", 1).with(func(f *rpmFixture) { f.payload = "w3.zstdio" }),
+	"lzma":                   klpFixture("klp-lzma", "klp_lzma_1", 1).with(func(f *rpmFixture) { f.payload = "w2.lzdio" }),
 	"notlp": klpFixture("klp-notlp", "klp_notlp", 1).with(func(f *rpmFixture) {
 		f.modules = map[string]moduleInfo{klpDir + krel + "/klp_notlp.ko": {vermagic: krel + lpMagic, name: "klp_notlp"}}
 	}),
@@ -243,6 +254,18 @@ var fixtures = map[string]rpmFixture{
 	}),
 	"obsoletes": klpFixture("klp-obs", "m", 1).with(func(f *rpmFixture) { f.obsoletes = "openssh-server" }),
 	"conflicts": klpFixture("klp-con", "m", 1).with(func(f *rpmFixture) { f.conflicts = "kpatch" }),
+	// Modes and owners rpm would install as they are: anyone but root
+	// able to write the module or a directory above it could change what
+	// the kernel loads.
+	"setuid-module":         klpAttr("klp-suid", "", "%attr(4644,root,root)"),
+	"setgid-module":         klpAttr("klp-sgid", "", "%attr(2644,root,root)"),
+	"world-writable-module": klpAttr("klp-ww", "", "%attr(0666,root,root)"),
+	"group-writable-module": klpAttr("klp-gw", "", "%attr(0664,root,root)"),
+	"user-owned-module":     klpAttr("klp-uo", "", "%attr(0644,nobody,root)"),
+	"group-owned-module":    klpAttr("klp-go", "", "%attr(0644,root,nogroup)"),
+	"world-writable-dir":    klpAttr("klp-wwd", "%attr(0777,root,root)", ""),
+	"setgid-dir":            klpAttr("klp-sgd", "%attr(2755,root,root)", ""),
+	"user-owned-dir":        klpAttr("klp-uod", "%attr(0755,nobody,nogroup)", ""),
 	"no-modinfo-name": klpFixture("klp-nn", "m", 1).with(func(f *rpmFixture) {
 		f.modules = map[string]moduleInfo{klpDir + krel + "/m.ko": {livepatch: "Y", vermagic: krel + lpMagic}}
 	}),
@@ -324,13 +347,13 @@ func buildRPM(name string, fx rpmFixture) (string, error) {
 		if err := os.WriteFile(tree+p, c, 0o644); err != nil {
 			return "", err
 		}
-		list = append(list, p)
+		list = append(list, fx.attrs[p]+" "+p)
 	}
 	for _, d := range fx.dirs {
 		if err := os.MkdirAll(tree+d, 0o755); err != nil {
 			return "", err
 		}
-		list = append(list, "%dir "+d)
+		list = append(list, "%dir "+fx.attrs[d]+" "+d)
 	}
 	for p, target := range fx.links {
 		if err := os.MkdirAll(filepath.Dir(tree+p), 0o755); err != nil {
@@ -388,7 +411,7 @@ func sha256File(t *testing.T, file string) (string, int64) {
 }
 
 func TestInspectRPMLayouts(t *testing.T) {
-	f := fixtureRPMs(t, "klp", "klp-dashes", "kpatch", "kpatch-no-requires", "xz", "zstd", "meta", "suse", "kpatch-version-decimal")
+	f := fixtureRPMs(t, "klp", "klp-dashes", "kpatch", "kpatch-no-requires", "xz", "zstd", "lzma", "meta", "suse", "kpatch-version-decimal")
 	tests := []struct {
 		fixture                      string
 		name, version                string
@@ -414,6 +437,7 @@ func TestInspectRPMLayouts(t *testing.T) {
 			"livepatch_13_150400_2_2", "gzip", "", ""},
 		{"xz", "klp-xz", "1", klp.LayoutKLP, 1, krel, klpDir + krel + "/klp_xz_1.ko", "klp_xz_1", "xz", "", ""},
 		{"zstd", "klp-zstd", "1", klp.LayoutKLP, 1, krel, klpDir + krel + "/klp_zstd_1.ko", "klp_zstd_1", "zstd", "", ""},
+		{"lzma", "klp-lzma", "1", klp.LayoutKLP, 1, krel, klpDir + krel + "/klp_lzma_1.ko", "klp_lzma_1", "lzma", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.fixture, func(t *testing.T) {
@@ -478,6 +502,15 @@ func TestInspectRPMRejects(t *testing.T) {
 		{"obsoletes", klp.ErrDependency},
 		{"conflicts", klp.ErrDependency},
 		{"no-modinfo-name", klp.ErrInvalidName},
+		{"setuid-module", klp.ErrFileMode},
+		{"setgid-module", klp.ErrFileMode},
+		{"world-writable-module", klp.ErrFileMode},
+		{"group-writable-module", klp.ErrFileMode},
+		{"user-owned-module", klp.ErrFileMode},
+		{"group-owned-module", klp.ErrFileMode},
+		{"world-writable-dir", klp.ErrFileMode},
+		{"setgid-dir", klp.ErrFileMode},
+		{"user-owned-dir", klp.ErrFileMode},
 	}
 	var names []string
 	for _, tt := range tests {

@@ -73,7 +73,7 @@ func (r *klpRig) expect(serving, version string) {
 func TestKLPDisableUnloadsOnlyLivepatches(t *testing.T) {
 	r := newKLPRig(t)
 	r.k.AddFile("/lib/modules/e1000e.ko", klptest.Module{Name: "e1000e"})
-	if err := r.k.Load("/lib/modules/e1000e.ko"); err != nil {
+	if err := r.k.LoadPath("/lib/modules/e1000e.ko"); err != nil {
 		t.Fatal(err)
 	}
 	r.add(1, 1)

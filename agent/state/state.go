@@ -71,6 +71,10 @@ type PatchRecord struct {
 	RPMName string    `json:"rpm_name,omitempty"` // package name, for rpm -e
 	Applied time.Time `json:"applied,omitzero"`   // transition finished
 	Good    time.Time `json:"good,omitzero"`      // soak passed
+	// ModuleSHA256 is the sha256 of the module in the RPM's payload, read
+	// when the RPM was verified: the kept copy (Layout.Module) loads only
+	// if it still hashes to it.
+	ModuleSHA256 string `json:"module_sha256,omitempty"`
 }
 
 // ID names a patch in logs.
@@ -88,7 +92,8 @@ var (
 
 // Validate checks fields that become paths or module names.
 func (p *PatchRecord) Validate() error {
-	if !nameRE.MatchString(p.Name) || p.Level < 1 || !shaRE.MatchString(p.SHA256) || p.Size <= 0 {
+	if !nameRE.MatchString(p.Name) || p.Level < 1 || !shaRE.MatchString(p.SHA256) || p.Size <= 0 ||
+		(p.ModuleSHA256 != "" && !shaRE.MatchString(p.ModuleSHA256)) {
 		return fmt.Errorf("%w: %+v", ErrBadRecord, *p)
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -80,6 +81,9 @@ type Kernel struct {
 	tasks    map[int]*Task
 
 	Loads, Unloads []string // call log, for assertions
+	// LoadedSHA256 is the sha256 of the bytes each Load read through the
+	// descriptor it was handed, refused loads included.
+	LoadedSHA256 []string
 
 	// SigEnforce refuses unsigned modules (module.sig_enforce=1).
 	SigEnforce bool
@@ -208,15 +212,39 @@ func (k *Kernel) transitioning() string {
 	return ""
 }
 
-// Load implements klp.Modules.
-func (k *Kernel) Load(file string) error {
+// Load implements klp.Modules. The module is told by its path (AddFile)
+// or else by the bytes read through the descriptor it was handed, as the
+// kernel sees only those.
+func (k *Kernel) Load(mod *klp.Module) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	defer k.saveLocked() // after the change, before the unlock
 	k.settle()
+	b, err := io.ReadAll(mod.Content())
+	if err != nil {
+		return fmt.Errorf("load %s: %w", mod.Path(), err)
+	}
+	k.LoadedSHA256 = append(k.LoadedSHA256, contentKey(b))
+	return k.loadLocked(mod.Path(), b)
+}
+
+// LoadPath loads the module registered at file (AddFile), or the one its
+// bytes are, as a loader other than the agent would (modprobe of a
+// driver, another tool's livepatch): no checks.
+func (k *Kernel) LoadPath(file string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	defer k.saveLocked() // after the change, before the unlock
+	k.settle()
+	b, _ := os.ReadFile(file)
+	return k.loadLocked(file, b)
+}
+
+// loadLocked is finit_module of file's bytes b. Called with mu held.
+func (k *Kernel) loadLocked(file string, b []byte) error {
 	m, ok := k.files[file]
-	if !ok {
-		m, ok = k.byContent(file)
+	if !ok && b != nil {
+		m, ok = k.byBytes(b)
 	}
 	if !ok {
 		return &fs.PathError{Op: "open", Path: file, Err: fs.ErrNotExist}
@@ -270,13 +298,9 @@ func contentKey(b []byte) string {
 	return hex.EncodeToString(h[:])
 }
 
-// byContent finds the module a file holds by its bytes (AddModule, or an
+// byBytes finds the module a file's bytes are (AddModule, or an
 // added file's current content). Called with mu held.
-func (k *Kernel) byContent(file string) (*Module, bool) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, false
-	}
+func (k *Kernel) byBytes(b []byte) (*Module, bool) {
 	if m, ok := k.contents[contentKey(b)]; ok {
 		return m, true
 	}
