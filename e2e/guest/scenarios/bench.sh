@@ -9,8 +9,13 @@
 #                  applies level 3 and soaks it (good), then the faulty
 #                  klp_oops_4; the oops is triggered; time until 4 is
 #                  gone (3 loaded from the agent's kept copy, transition
-#                  0), against the floor: detection + a bare insmod of
-#                  klp_cmdline_3 over klp_oops_4 + its transition.
+#                  0), against the floor: the report as the kernel printed
+#                  it + a bare insmod of klp_cmdline_3 over klp_oops_4 +
+#                  the transition. Both sides are read off the kernel's own
+#                  printk clock (kts: the oops's first and last lines,
+#                  "enabling patch", "patching complete", and a marker the
+#                  floor writes to /dev/kmsg before its insmod), so no
+#                  user-space clock or polling granularity enters them.
 # Timings print as "KLP-E2E: time NAME MS [detail]".
 . /lib/klp-e2e.sh
 export PATH=/usr/local/bin:$PATH HOME=/root
@@ -25,6 +30,12 @@ $RPM --initdb || klp_fail rpmdb "rpm --initdb"
 ip link set lo up
 
 ms_since() { echo $((($(klp_cs) - $1) * 10)); }
+# kts TEXT: the printk timestamp (seconds) of the first kernel log line
+# containing TEXT, or "?".
+kts() {
+	[ "$1" != -- ] || shift
+	dmesg | grep -m1 -F -- "$1" | sed -n 's/^\[ *\([0-9]*\.[0-9]*\)\].*/\1/p' | grep . || echo '?'
+}
 # poll_transition PERIOD MOD: wait for MOD's transition to finish, checking
 # every PERIOD seconds (the kernel itself retries every second).
 poll_transition() {
@@ -101,6 +112,7 @@ for r in $(seq "$ROUNDS"); do
 		kill "$pid"
 		break
 	fi
+	dmesg -c >/dev/null
 	t0=$(klp_cs)
 	klp_trigger_read >/dev/null 2>&1
 	# The poll itself is 10 ms granular; the daemon acts on its own.
@@ -108,16 +120,18 @@ for r in $(seq "$ROUNDS"); do
 	ms=$(ms_since "$t0")
 	detect=$(grep -o '"KLP_DETECT_US": [0-9]*' /tmp/agent-$r.log | head -n 1 | grep -o '[0-9]*$')
 	[ "$(klp_level)" = 3 ] || klp_fail rollback-r$r "after the rollback level $(klp_level), want 3"
-	echo "KLP-E2E: time rollback-r$r ${ms}ms detect_us=${detect:-?}"
+	echo "KLP-E2E: time rollback-r$r ${ms}ms detect_us=${detect:-?} report=$(kts 'BUG: kernel NULL pointer dereference') end=$(kts -- '---[ end trace') enabling=$(kts "livepatch: enabling patch 'klp_cmdline_3'") complete=$(kts "'klp_cmdline_3': patching complete")"
 	kill -TERM "$pid"
 	wait "$pid"
 	reset
 	# The floor in the same guest: klp_oops_4 enabled, then a bare insmod
 	# of klp_cmdline_3 replacing it, polled every 10 ms.
 	insmod /klp/klp_oops_4.ko && klp_wait 60 klp_transition_done klp_oops_4 || klp_fail floor "insmod klp_oops_4"
+	dmesg -c >/dev/null
+	echo "klp-bench: floor insmod" >/dev/kmsg
 	t0=$(klp_cs)
 	insmod /klp/klp_cmdline_3.ko && poll_transition 0.01 klp_cmdline_3
-	echo "KLP-E2E: time floor-r$r $(ms_since "$t0")ms"
+	echo "KLP-E2E: time floor-r$r $(ms_since "$t0")ms start=$(kts 'klp-bench: floor insmod') enabling=$(kts "livepatch: enabling patch 'klp_cmdline_3'") complete=$(kts "'klp_cmdline_3': patching complete")"
 	[ "$(klp_level)" = 3 ] || klp_fail floor "floor level $(klp_level), want 3"
 	reset
 done
