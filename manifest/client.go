@@ -205,7 +205,7 @@ func (c *Client) Fetch(ctx context.Context, url string, prev Validators, maxSize
 		if err != nil {
 			return nil, err
 		}
-		return fetchFile(url, path, prev, maxSize)
+		return fetchFile(ctx, url, path, prev, maxSize)
 	}
 	h := http.Header{}
 	if prev.ETag != "" {
