@@ -249,3 +249,31 @@ func TestRejectionDoesNotQuoteTheBody(t *testing.T) {
 		}
 	}
 }
+
+// The host's own files on the daemon's path (the CA bundle, the client
+// certificate and key, the keys dir's *.pub, the persisted root) are
+// refused at once when one is a FIFO; the old code waited in open(2) for
+// a writer, and the daemon's start or reload with it.
+func TestLocalFilesFIFO(t *testing.T) {
+	rk := newTestKey(t)
+	root1 := signRoot(t, newRoot(1, []testKey{rk}, 1, []testKey{rk}, 1), rk)
+	for _, tt := range []struct {
+		name string
+		read func(fifo string) error
+	}{
+		{"ca bundle", func(p string) error { _, err := NewClient(ClientConfig{CABundle: p}); return err }},
+		{"client cert", func(p string) error { _, err := NewClient(ClientConfig{ClientCert: p, ClientKey: p}); return err }},
+		{"keys dir", func(p string) error { _, err := LoadKeyring(filepath.Dir(p)); return err }},
+		{"persisted root", func(p string) error { _, err := LoadRootTrust(root1, p); return err }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "k.pub")
+			if err := syscall.Mkfifo(p, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := within(t, tt.name, func() error { return tt.read(p) }); !errors.Is(err, limitfile.ErrNotRegular) {
+				t.Fatalf("got %v, want %v", err, limitfile.ErrNotRegular)
+			}
+		})
+	}
+}
