@@ -676,7 +676,14 @@ func (a *Agent) cached(p *state.PatchRecord) (string, bool) {
 // rollback steps back to. It changes no state, so the Loop runs it beside
 // its other work and cancels it through ctx.
 func (a *Agent) Download(ctx context.Context, p state.PatchRecord) (string, error) {
-	dst, err := a.d.Store.RPMPath(&p)
+	return a.d.download(ctx, p)
+}
+
+// download is Download with the dependencies it was given: the Loop binds
+// them before the download starts, since a dropped download may outlive
+// them (see Loop).
+func (d Deps) download(ctx context.Context, p state.PatchRecord) (string, error) {
+	dst, err := d.Store.RPMPath(&p)
 	if err != nil {
 		return "", err
 	}
@@ -693,10 +700,10 @@ func (a *Agent) Download(ctx context.Context, p state.PatchRecord) (string, erro
 	}
 	h := sha256.New()
 	var w io.Writer = f
-	if a.d.Crashpoint != nil {
-		w = &firstWrite{w: f, then: func() { a.crashpoint("apply:downloading") }}
+	if d.Crashpoint != nil {
+		w = &firstWrite{w: f, then: func() { d.Crashpoint("apply:downloading") }}
 	}
-	n, err := a.d.Downloader.Download(ctx, p.URL, io.MultiWriter(w, h), min(p.Size, maxRPMBytes))
+	n, err := d.Downloader.Download(ctx, p.URL, io.MultiWriter(w, h), min(p.Size, maxRPMBytes))
 	if err == nil {
 		err = f.Sync()
 	}

@@ -47,7 +47,8 @@ type LoopConfig struct {
 // Loop drives an Agent: poll with jitter, apply, end soaks, judge health
 // events, take operator requests, until its context ends. Network work (a
 // poll, an RPM download) runs beside the loop, so a health event is judged
-// the moment it comes; one that asks for a rollback cancels that work.
+// the moment it comes; one that asks for a rollback drops that work and
+// never waits on it (see dropJob).
 type Loop struct {
 	Agent  *Agent
 	Config LoopConfig
@@ -79,22 +80,40 @@ type reloadReq struct {
 	done     chan error
 }
 
-// job is network work running beside the loop: a poll or a download.
+// job is I/O running beside the loop: a poll or an RPM download, the
+// only two kinds. Both only read from a source and write files of their
+// own (the manifest cache, the persisted root, a verified RPM copy); the
+// agent's state and the kernel are touched only by what a job returns,
+// which the loop runs. That is what lets the loop drop a job without
+// waiting for it. Installing and enabling (rpm -U, the module load, the
+// livepatch transition) are never a job: they run in the loop, which
+// waits for them, because a kernel left half-way is worse than a late
+// rollback; they are bounded by their own timeouts (the rpm command's
+// context, klp's transition and unload timeouts).
 type job struct {
 	what   string
 	cancel context.CancelFunc
 	done   chan func() // the loop runs what the job returns
+	// dropped is the job's ending when the loop drops it: what a
+	// cancelled job would have done, without waiting for it to say so.
+	dropped func()
+	start   time.Time
 }
 
 // running is the loop's own state; only its goroutine touches it.
 type running struct {
-	l       *Loop
-	a       *Agent
-	cfg     LoopConfig
-	notify  Notifier
-	rnd     *rand.Rand
-	judge   *health.Judge
-	job     *job
+	l      *Loop
+	a      *Agent
+	cfg    LoopConfig
+	notify Notifier
+	rnd    *rand.Rand
+	judge  *health.Judge
+	job    *job
+	// stray is a dropped job that has not ended yet: what it returns is
+	// discarded, and no new job starts until it ends (a source stuck in
+	// a syscall would stick the next one too, and two polls of one
+	// source must not overlap: each moves the root and the version floor).
+	stray   *job
 	poll    *time.Timer
 	pollDue bool // a poll is owed as soon as no job runs
 	// `klp-agent poll` requests: waiting for a poll to start, waiting
@@ -202,14 +221,17 @@ func (l *Loop) Run(ctx context.Context) error {
 		}
 		r.startPoll(ctx) // one owed while a job ran, or after a rollback
 		r.answerPolls()  // once their poll and what it started are done
-		var jobDone chan func()
+		var jobDone, strayDone chan func()
 		if r.job != nil {
 			jobDone = r.job.done
+		}
+		if r.stray != nil {
+			strayDone = r.stray.done
 		}
 		select {
 		case <-ctx.Done():
 			l.Heartbeat.Begin()
-			r.cancelJob()
+			r.dropJob()
 			// No STOPPING=1 here: the caller that owns the process says it.
 			return r.a.Stop()
 		case <-r.poll.C:
@@ -220,6 +242,12 @@ func (l *Loop) Run(ctx context.Context) error {
 			l.Heartbeat.Begin()
 			r.job = nil
 			finish()
+		case <-strayDone:
+			// Its ending was run when it was dropped; what it returns now
+			// (an apply, a converge) is stale and must not run.
+			l.Heartbeat.Begin()
+			r.a.log().Info(fmt.Sprintf("dropped %s ended after %s", r.stray.what, time.Since(r.stray.start).Round(time.Millisecond)))
+			r.stray = nil
 		case ev := <-l.Events:
 			l.Heartbeat.Begin()
 			r.event(work, ev)
@@ -261,30 +289,48 @@ func (r *running) changed() {
 	}
 }
 
-// spawn runs fn beside the loop; what fn returns runs in the loop.
-func (r *running) spawn(ctx context.Context, what string, fn func(ctx context.Context) func()) {
+// spawn runs fn beside the loop; what fn returns runs in the loop, and
+// dropped runs instead if the loop drops the job. fn must not touch the
+// agent's state: it may still run after the loop went on.
+func (r *running) spawn(ctx context.Context, what string, fn func(ctx context.Context) func(), dropped func()) {
 	jctx, cancel := context.WithCancel(ctx)
-	j := &job{what: what, cancel: cancel, done: make(chan func(), 1)}
+	j := &job{what: what, cancel: cancel, done: make(chan func(), 1), dropped: dropped, start: time.Now()}
 	r.job = j
 	go func() { j.done <- fn(jctx) }()
 }
 
-// cancelJob stops the work in flight and runs its ending in the loop (an
-// aborted download gives its phase back), so the caller acts on a settled
-// state.
-func (r *running) cancelJob() {
-	if r.job == nil {
+// busy reports whether a job, or a dropped one, still runs.
+func (r *running) busy() bool { return r.job != nil || r.stray != nil }
+
+// dropJob stops waiting on the work in flight, so the caller (a rollback,
+// a reload, the stop) acts at once on a settled state: the job is
+// cancelled, its dropped ending runs now (a download gives its phase
+// back, a poll is owed again), and what it returns when it does end is
+// discarded. The old code waited for the job to return after cancelling
+// it, and a source stuck in a syscall that ignores cancellation (open(2)
+// of a FIFO, a hard NFS mount) held every rollback behind it for ever.
+// Even a job that finished just before is dropped: its ending would
+// apply a download or converge on a poll ahead of the rollback.
+func (r *running) dropJob() {
+	j := r.job
+	if j == nil {
 		return
 	}
-	j := r.job
 	r.job = nil
 	j.cancel()
-	(<-j.done)()
+	select {
+	case <-j.done: // it already ended: nothing left running
+	default:
+		r.stray = j
+		r.a.log().Info(fmt.Sprintf("dropped the %s in flight (running for %s); no poll or download starts until it ends",
+			j.what, time.Since(j.start).Round(time.Millisecond)))
+	}
+	j.dropped()
 }
 
 // startPoll polls if one is owed and nothing else runs.
 func (r *running) startPoll(ctx context.Context) {
-	if !r.pollDue || r.job != nil {
+	if !r.pollDue || r.busy() {
 		return
 	}
 	r.pollDue = false
@@ -301,7 +347,7 @@ func (r *running) startPoll(ctx context.Context) {
 	r.spawn(ctx, "poll", func(jctx context.Context) func() {
 		res, err := src.Poll(jctx)
 		return func() { r.polled(ctx, res, err) }
-	})
+	}, func() { r.polled(ctx, manifest.PollResult{}, context.Canceled) })
 }
 
 func (r *running) schedulePoll() {
@@ -435,21 +481,25 @@ func (r *running) converge(ctx context.Context, v *manifest.Verified) {
 		finish(rpm)
 		return
 	}
+	abandoned := func(err error) {
+		a.AbandonApply(fmt.Errorf("download %s: %w", p.ID(), err))
+		log.Warn("download of "+p.ID()+" abandoned: "+err.Error(), patchFields(&p)...)
+	}
+	download := a.d.download // bound now: a reload may change a.d while a dropped download still runs
 	r.spawn(ctx, "download", func(jctx context.Context) func() {
-		rpm, err := a.Download(jctx, p)
+		rpm, err := download(jctx, p)
 		return func() {
 			switch {
 			case err == nil:
 				finish(rpm)
 			case errors.Is(err, context.Canceled):
-				a.AbandonApply(fmt.Errorf("download %s: %w", p.ID(), err))
-				log.Warn("download of "+p.ID()+" abandoned: "+err.Error(), patchFields(&p)...)
+				abandoned(err)
 			default:
 				a.d.Recorder.Applied(false, 0)
 				log.Error("converge: "+a.AbandonApply(fmt.Errorf("download %s: %w", p.ID(), err)).Error(), patchFields(&p)...)
 			}
 		}
-	})
+	}, func() { abandoned(context.Canceled) })
 }
 
 // event judges a health event against the patch that was live when it
@@ -497,7 +547,7 @@ func (r *running) event(ctx context.Context, ev health.Event) {
 		r.changed()
 		return
 	}
-	r.cancelJob()
+	r.dropJob()
 	if err := a.Rollback(ctx, state.CauseHealth, v.Reason, evidence, true); err != nil {
 		log.Error("health rollback failed: " + err.Error())
 	}
@@ -507,7 +557,7 @@ func (r *running) event(ctx context.Context, ev health.Event) {
 
 // reconfigure takes a reload between steps.
 func (r *running) reconfigure(req reloadReq) error {
-	r.cancelJob()
+	r.dropJob()
 	if req.settings != nil {
 		if err := r.a.Reconfigure(*req.settings); err != nil {
 			return err
@@ -538,7 +588,7 @@ func (r *running) control(ctx context.Context, c controlCall) {
 		return
 	case OpRollback:
 		if a.kernel().Current != nil {
-			r.cancelJob() // not for one refused: nothing applied
+			r.dropJob() // not for one refused: nothing applied
 		}
 		msg, err := a.OperatorRollback(ctx, c.req)
 		if err != nil {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/hashicorp/go-cleanhttp"
 	"github.com/hashicorp/go-retryablehttp"
 
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 	redacting "github.com/klp-agent/klp-agent/internal/redact"
 )
 
@@ -76,7 +76,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		if err != nil {
 			pool = x509.NewCertPool()
 		}
-		pemData, err := os.ReadFile(cfg.CABundle)
+		pemData, err := limitfile.Read(cfg.CABundle, maxPEMFile)
 		if err != nil {
 			return nil, fmt.Errorf("ca bundle: %w", err)
 		}
@@ -89,7 +89,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		if cfg.ClientCert == "" || cfg.ClientKey == "" {
 			return nil, ErrClientCertPair
 		}
-		cert, err := tls.LoadX509KeyPair(cfg.ClientCert, cfg.ClientKey)
+		cert, err := loadKeyPair(cfg.ClientCert, cfg.ClientKey)
 		if err != nil {
 			return nil, fmt.Errorf("client certificate %s, key %s: %w", cfg.ClientCert, cfg.ClientKey, err)
 		}
@@ -104,6 +104,24 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	// Keep the last response so the error names the real status.
 	c.ErrorHandler = retryablehttp.PassthroughErrorHandler
 	return &Client{cfg: cfg, rc: c}, nil
+}
+
+// maxPEMFile bounds a CA bundle or client certificate file (a system
+// bundle of every public CA is some 200 KiB).
+const maxPEMFile = 4 << 20
+
+// loadKeyPair is tls.LoadX509KeyPair through limitfile: a FIFO at either
+// path is refused, not waited on.
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
+	c, err := limitfile.Read(certFile, maxPEMFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	k, err := limitfile.Read(keyFile, maxPEMFile)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(c, k)
 }
 
 // checkRedirect refuses a step down from https: the TLS a publisher set up
@@ -205,7 +223,7 @@ func (c *Client) Fetch(ctx context.Context, url string, prev Validators, maxSize
 		if err != nil {
 			return nil, err
 		}
-		return fetchFile(url, path, prev, maxSize)
+		return fetchFile(ctx, url, path, prev, maxSize)
 	}
 	h := http.Header{}
 	if prev.ETag != "" {

@@ -95,10 +95,10 @@ func decodeEnvelopeType(b []byte, payloadType string) (*dsse.Envelope, error) {
 	// string several times faster than encoding/json.
 	var env dsse.Envelope
 	if err := jsonv2.Unmarshal(b, &env, jsonv2.RejectUnknownMembers(true)); err != nil {
-		return nil, fmt.Errorf("%w: envelope: %w", ErrInvalid, err)
+		return nil, envelopeErr(err)
 	}
 	if env.PayloadType != payloadType {
-		return nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, payloadType)
+		return nil, payloadTypeErr(env.PayloadType, payloadType)
 	}
 	return &env, nil
 }
@@ -123,7 +123,7 @@ func decodeRawEnvelope(envelope []byte) (rawEnvelope, error) {
 	var env rawEnvelope
 	strict := func(b []byte) error {
 		if err := jsonv2.Unmarshal(b, &env, jsonv2.RejectUnknownMembers(true)); err != nil {
-			return fmt.Errorf("%w: envelope: %w", ErrInvalid, err)
+			return envelopeErr(err)
 		}
 		return nil
 	}
@@ -270,7 +270,7 @@ func verifyEnvelope(envelope []byte, payloadType string, keys Keyring, threshold
 		return nil, nil, err
 	}
 	if env.PayloadType != payloadType {
-		return nil, nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, payloadType)
+		return nil, nil, payloadTypeErr(env.PayloadType, payloadType)
 	}
 	if len(env.Signatures) == 0 {
 		return nil, nil, ErrNoSignature
@@ -317,12 +317,62 @@ func verifyEnvelope(envelope []byte, payloadType string, keys Keyring, threshold
 		return payload, keyIDs, nil
 	}
 	if len(good) == 0 && len(unknown) > 0 {
-		return nil, nil, fmt.Errorf("%w: key ids %v are not among the %d trusted keys", ErrUnknownKey, unknown, len(keys))
+		return nil, nil, fmt.Errorf("%w: key ids %v are not among the %d trusted keys", ErrUnknownKey, keyIDsShown(unknown), len(keys))
 	}
 	if len(good) == 0 {
 		return nil, nil, fmt.Errorf("%w: no signature verifies with a trusted key", ErrBadSignature)
 	}
 	return nil, nil, fmt.Errorf("%w: %d valid of %d required", ErrThreshold, len(good), threshold)
+}
+
+// The errors below describe a file that was not verified (it failed to):
+// they say what is wrong without quoting it. Its bytes may be anything a
+// mirror, a man in the middle or a planted file holds, and the error goes
+// to the journal and the world-readable status.json.
+
+// envelopeErr says where an envelope stops being one, not what it holds
+// (json's own errors quote member names and characters).
+func envelopeErr(err error) error {
+	var se *jsontext.SyntacticError
+	if errors.As(err, &se) {
+		return fmt.Errorf("%w: envelope: not JSON (byte %d)", ErrInvalid, se.ByteOffset)
+	}
+	var me *jsonv2.SemanticError
+	if errors.As(err, &me) {
+		return fmt.Errorf("%w: envelope: not a DSSE envelope: unexpected member or type (byte %d)", ErrInvalid, me.ByteOffset)
+	}
+	return fmt.Errorf("%w: envelope: not a DSSE envelope", ErrInvalid)
+}
+
+// payloadTypeErr names the payload type found only when it is one of
+// this package's (a root where a manifest belongs, or the reverse).
+func payloadTypeErr(got, want string) error {
+	what := fmt.Sprintf("another type (%d bytes)", len(got))
+	switch got {
+	case "":
+		what = "none"
+	case PayloadType, RootPayloadType:
+		what = fmt.Sprintf("%q", got)
+	}
+	return fmt.Errorf("%w: %s (want %q)", ErrPayloadType, what, want)
+}
+
+// keyIDsShown keeps the key ids that are key ids (64 hex digits) and
+// counts the others.
+func keyIDsShown(ids []string) []string {
+	var shown []string
+	other := 0
+	for _, id := range ids {
+		if _, err := hex.DecodeString(id); err == nil && len(id) == 2*sha256.Size {
+			shown = append(shown, id)
+		} else {
+			other++
+		}
+	}
+	if other > 0 {
+		shown = append(shown, fmt.Sprintf("(%d malformed)", other))
+	}
+	return shown
 }
 
 // Verified is a manifest that passed every check.

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 )
 
 // File sources serve air-gapped sites: the signed manifest and the RPMs on
@@ -80,21 +82,29 @@ func fileValidators(fi os.FileInfo) Validators {
 	return Validators{ETag: fmt.Sprintf(`"file-%x-%x"`, fi.Size(), fi.ModTime().UnixNano())}
 }
 
+// openBeneath opens a file source's file for reading: inside the
+// directory that holds it (a symlink there may name a file beside it, as
+// "manifest.json -> manifest.v42.json"; one that leads out of the tree is
+// refused, so a planted link cannot make root read /etc/shadow into an
+// error message), without blocking (a FIFO or device is refused before a
+// read could wait on it: see limitfile.Open), a regular file only.
+func openBeneath(path string) (*os.File, os.FileInfo, error) {
+	root, err := os.OpenRoot(filepath.Dir(path))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer root.Close()
+	return limitfile.OpenIn(root, filepath.Base(path))
+}
+
 // fetchFile is Fetch for a file: the whole file, or NotModified when its
-// size and mtime are those of prev.
-func fetchFile(raw, path string, prev Validators, maxSize int64) (*FetchResult, error) {
-	f, err := os.Open(path)
+// size and mtime are those of prev. ctx ending stops it between reads.
+func fetchFile(ctx context.Context, raw, path string, prev Validators, maxSize int64) (*FetchResult, error) {
+	f, fi, err := openBeneath(path)
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", redact(raw), err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", redact(raw), err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("fetch %s: not a regular file", redact(raw))
-	}
 	v := fileValidators(fi)
 	if prev.ETag != "" && prev.ETag == v.ETag {
 		return &FetchResult{NotModified: true, Validators: prev, Status: 304}, nil
@@ -102,7 +112,7 @@ func fetchFile(raw, path string, prev Validators, maxSize int64) (*FetchResult, 
 	if fi.Size() > maxSize {
 		return nil, fmt.Errorf("fetch %s: %w: %d bytes (limit %d)", redact(raw), ErrTooLarge, fi.Size(), maxSize)
 	}
-	body, err := io.ReadAll(io.LimitReader(f, maxSize+1))
+	body, err := io.ReadAll(io.LimitReader(ctxReader{ctx, f}, maxSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: read: %w", redact(raw), err)
 	}
@@ -115,18 +125,11 @@ func fetchFile(raw, path string, prev Validators, maxSize int64) (*FetchResult, 
 // downloadFile is Download for a file, under the same limit; ctx ending
 // stops the copy between reads.
 func downloadFile(ctx context.Context, raw, path string, w io.Writer, limit int64) (int64, error) {
-	f, err := os.Open(path)
+	f, fi, err := openBeneath(path)
 	if err != nil {
 		return 0, fmt.Errorf("GET %s: %w", redact(raw), err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, fmt.Errorf("GET %s: %w", redact(raw), err)
-	}
-	if !fi.Mode().IsRegular() {
-		return 0, fmt.Errorf("GET %s: not a regular file", redact(raw))
-	}
 	if fi.Size() > limit {
 		return 0, fmt.Errorf("GET %s: %w: %d bytes (limit %d)", redact(raw), ErrTooLarge, fi.Size(), limit)
 	}

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 )
 
 // ErrKey marks unusable key material.
@@ -112,11 +114,14 @@ func LoadKeyring(dir string) (Keyring, error) {
 	return LoadKeyFiles(paths...)
 }
 
+// maxKeyFile bounds a PEM key file (one is some 110 bytes).
+const maxKeyFile = 64 << 10
+
 // LoadKeyFiles reads the named PEM public key files.
 func LoadKeyFiles(paths ...string) (Keyring, error) {
 	kr := make(Keyring, len(paths))
 	for _, p := range paths {
-		b, err := os.ReadFile(p)
+		b, err := limitfile.Read(p, maxKeyFile) // a FIFO is refused, not waited on
 		if err != nil {
 			return nil, fmt.Errorf("load key: %w", err)
 		}

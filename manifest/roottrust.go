@@ -7,11 +7,11 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
-	"os"
 	"sync"
 	"time"
 
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 )
 
 // RootTrust is a host's trusted root: the provisioned one or the newest it
@@ -37,7 +37,7 @@ func LoadRootTrust(provisioned []byte, statePath string) (*RootTrust, error) {
 		return nil, fmt.Errorf("provisioned root: %w", err)
 	}
 	if statePath != "" {
-		b, err := os.ReadFile(statePath)
+		b, err := limitfile.Read(statePath, RootMaxSize)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
@@ -160,10 +160,13 @@ func (t *RootTrust) WalkFunc(get func(n uint64) (body []byte, found bool, err er
 	return u, nil
 }
 
-// isNotFound reports a 404 from Client.Fetch.
+// isNotFound reports a 404 from Client.Fetch, or a file source's missing
+// file (the old code knew only the 404: with trust.root, a directory
+// source's walk failed on the first root file not yet published, and so
+// every poll).
 func isNotFound(err error) bool {
 	var se *statusErr
-	return errors.As(err, &se) && se.code == http.StatusNotFound
+	return errors.As(err, &se) && se.code == http.StatusNotFound || errors.Is(err, fs.ErrNotExist)
 }
 
 // refresh adopts a newer root another RootTrust on the same file persisted
@@ -173,7 +176,7 @@ func (t *RootTrust) refresh() error {
 	if t.path == "" || t.readOnly {
 		return nil
 	}
-	b, err := os.ReadFile(t.path)
+	b, err := limitfile.Read(t.path, RootMaxSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}

@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"sync"
 	"time"
 
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 )
 
 // Source is a host's view of the published manifest: it polls the fetcher,
@@ -78,7 +78,7 @@ func (s *Source) LoadCache() error {
 	if s.Cache.Envelope == "" {
 		return nil
 	}
-	env, err := os.ReadFile(s.Cache.Envelope)
+	env, err := limitfile.Read(s.Cache.Envelope, MaxSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -91,7 +91,7 @@ func (s *Source) LoadCache() error {
 	}
 	v.URL = s.URL()
 	var val Validators
-	if b, err := os.ReadFile(s.Cache.Validators); err == nil && s.Cache.Validators != "" {
+	if b, err := limitfile.Read(s.Cache.Validators, 64<<10); err == nil && s.Cache.Validators != "" {
 		_ = json.Unmarshal(b, &val) // validators are an optimisation only
 	}
 	s.mu.Lock()
