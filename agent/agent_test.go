@@ -42,9 +42,10 @@ type host struct {
 	// shapes, if set, change the simulated module of a level (klp_state,
 	// replace, callbacks) from the next reboot on.
 	shapes map[int]func(*klptest.Module)
-	kdumps []string
-	// crashSince, if set, replaces the kdumps list with a real scan.
-	crashSince func(time.Time) ([]string, error)
+	// crashes are what the boot guard's scanner finds after a reboot;
+	// scanners, if set, replace it with real scans.
+	crashes  []health.Crash
+	scanners []health.Scanner
 	source     *manifest.Source
 	published  int
 	rec        fakeRecorder
@@ -75,7 +76,7 @@ func (f *fakeRecorder) ManifestInForce(v uint64, expires, since, at time.Time) {
 func (f *fakeRecorder) TrustedRoot(v uint64, expires time.Time) {
 	f.add(fmt.Sprintf("root v%d expires %s", v, expires.UTC().Format(time.RFC3339)))
 }
-func (f *fakeRecorder) HealthEvent(kind, source string, attributed bool, patch string) {
+func (f *fakeRecorder) HealthEvent(kind string, source health.Source, attributed bool, patch string) {
 	f.add(fmt.Sprintf("health %s/%s attributed=%v patch=%s", kind, source, attributed, patch))
 }
 func (f *fakeRecorder) String() string {
@@ -131,12 +132,7 @@ func (h *host) restart() {
 		Installer: &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
 		Soak:      30 * time.Minute,
 		BootID:    func() (string, error) { return fmt.Sprintf("boot-%d", h.boot), nil },
-		CrashSince: func(t time.Time) ([]string, error) {
-			if h.crashSince != nil {
-				return h.crashSince(t)
-			}
-			return h.kdumps, nil
-		},
+		Scanners: h.scanners,
 		Recorder:   &h.rec,
 		Windows:    h.windows,
 		KillSwitch: h.killSwitch,
@@ -281,13 +277,28 @@ func TestRebootReappliesOfflineAndRestartDoesNothing(t *testing.T) {
 }
 
 func TestRebootAfterCrashWhileSoakingBlocks(t *testing.T) {
+	// A crash record from the boot guard's scanners: its source, path and
+	// cause go into the block's evidence and the metrics, with whether its
+	// trace runs through the patch.
+	kdump := health.Crash{Source: health.SourceKdump, Path: "/var/crash/202611251230/dmesg.202611251230",
+		Events: []health.Event{{Kind: health.KindBug, Header: "BUG: kernel NULL pointer dereference", Lines: []string{"BUG: kernel NULL pointer dereference"}}}}
+	pstore := health.Crash{Source: health.SourcePstore, Path: "/sys/fs/pstore/dmesg-efi-176514000001001", Note: "Panic#1",
+		Events: []health.Event{{Kind: health.KindOops, Header: "Oops: 0002 [#1] PREEMPT SMP NOPTI",
+			RIP: health.Frame{Func: "klp_fault", Module: "klp_cmdline_2"}, Lines: []string{"Oops: 0002 [#1] PREEMPT SMP NOPTI"}}}}
 	for _, tt := range []struct {
-		name   string
-		clean  bool
-		kdumps []string
+		name     string
+		clean    bool
+		crashes  []health.Crash
+		evidence string // in the block's evidence
+		recorded string // what the metrics heard
 	}{
-		{"no clean stop", false, nil},
-		{"kdump dump", true, []string{"kdump /var/crash/202611251230/dmesg.202611251230: bug: BUG: kernel NULL pointer dereference"}},
+		{"no clean stop", false, nil, "no clean stop recorded", ""},
+		{"kdump dump", true, []health.Crash{kdump}, "kdump /var/crash/202611251230/dmesg.202611251230: bug: BUG: kernel NULL pointer dereference",
+			"health bug/kdump attributed=false patch=klp_cmdline_2"},
+		{"pstore record", true, []health.Crash{pstore}, "pstore /sys/fs/pstore/dmesg-efi-176514000001001 (Panic#1): oops: Oops: 0002",
+			"health oops/pstore attributed=true patch=klp_cmdline_2"},
+		{"a record with no report", true, []health.Crash{{Source: health.SourcePstore, Path: "/sys/fs/pstore/dmesg-ramoops-0"}},
+			"pstore /sys/fs/pstore/dmesg-ramoops-0: no kernel report found in it", "health unknown/pstore attributed=false patch=klp_cmdline_2"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHost(t, 1, 2)
@@ -297,22 +308,31 @@ func TestRebootAfterCrashWhileSoakingBlocks(t *testing.T) {
 			if tt.clean {
 				h.agent.Stop()
 			}
-			h.kdumps = tt.kdumps
+			h.scanners = []health.Scanner{fakeScanner(tt.crashes)}
 			h.reboot()
 			h.expect(state.PhaseGood, 1)
 			k := h.agent.State().Kernels[krel]
 			if !k.IsBlocked(h.patches[2].Name, 2, h.patches[2].SHA256) {
 				t.Fatal("the patch live at the crash is not blocked")
 			}
-			if tt.kdumps != nil && !strings.Contains(strings.Join(k.Blocked[0].Evidence, "\n"), "dmesg.202611251230") {
-				t.Fatalf("evidence %v does not name the dump", k.Blocked[0].Evidence)
+			if ev := strings.Join(k.Blocked[0].Evidence, "\n"); !strings.Contains(ev, tt.evidence) {
+				t.Fatalf("evidence %q does not say %q", ev, tt.evidence)
 			}
 			rec := h.rec.String()
-			if !strings.HasSuffix(rec, "rollback boot-crash") || (tt.kdumps != nil) != strings.Contains(rec, "health kdump/kdump attributed=false patch=klp_cmdline_2") {
-				t.Fatalf("recorded %q", rec)
+			if !strings.HasSuffix(rec, "rollback boot-crash") || (tt.recorded != "") != strings.Contains(rec, "health ") ||
+				!strings.Contains(rec, tt.recorded) {
+				t.Fatalf("recorded %q, want %q", rec, tt.recorded)
 			}
 		})
 	}
+}
+
+// fakeScanner finds the same crashes whatever the time.
+type fakeScanner []health.Crash
+
+func (f fakeScanner) Source() health.Source { return health.SourcePstore }
+func (f fakeScanner) CrashesSince(time.Time) ([]health.Crash, error) {
+	return f, nil
 }
 
 func TestCleanRebootWhileSoakingKeepsSoaking(t *testing.T) {
@@ -387,8 +407,7 @@ func TestPlantedDumpDoesNotBlock(t *testing.T) {
 			if planted {
 				os.Chmod(dir, 0o777) // any user could have written it
 			}
-			sc := health.KdumpScanner{Dir: crash, OwnerUID: os.Getuid(), Location: time.UTC, Settle: time.Nanosecond}
-			h.crashSince = sc.CrashEvidence
+			h.scanners = []health.Scanner{health.KdumpScanner{Dir: crash, OwnerUID: os.Getuid(), Location: time.UTC, Settle: time.Nanosecond}}
 			h.reboot()
 			k := h.agent.State().Kernels[krel]
 			if blocked := k.IsBlocked(h.patches[2].Name, 2, h.patches[2].SHA256); blocked == planted {

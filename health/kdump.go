@@ -18,6 +18,11 @@ import (
 	"time"
 )
 
+// SourceKdump is a kdump capture's dmesg (KdumpScanner).
+const SourceKdump Source = "kdump"
+
+func init() { registerSource(SourceKdump, sourceTraits{local: true, record: true}) }
+
 // Dump is one kdump capture.
 type Dump struct {
 	Dir    string `json:"dir"`

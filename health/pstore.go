@@ -19,6 +19,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// SourcePstore is a kmsg_dump record in pstore (PstoreScanner).
+const SourcePstore Source = "pstore"
+
+func init() { registerSource(SourcePstore, sourceTraits{local: true, record: true}) }
+
 // PstoreScanner reads the kernel's own crash records in pstore
 // (/sys/fs/pstore): what kmsg_dump wrote to EFI variables (efi-pstore),
 // reserved RAM (ramoops) or another backend when the kernel panicked or

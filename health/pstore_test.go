@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -275,4 +276,30 @@ func TestPstoreGroups(t *testing.T) {
 	if !got[0].At.Equal(pstoreT0.Add(-24*time.Hour)) || got[2].Note != "Panic#2" {
 		t.Fatalf("order: %s %s %s", got[0].Note, got[1].Note, got[2].Note)
 	}
+}
+
+// The crash budget's sources are the host kernel's own; the scanners'
+// records are crashes by construction.
+func TestSourceTraits(t *testing.T) {
+	for _, tt := range []struct {
+		s                  Source
+		local, afterReboot bool
+	}{
+		{SourceKmsg, true, false},
+		{SourceTaint, true, false},
+		{SourceKdump, true, true},
+		{SourcePstore, true, true},
+		{SourceNetconsole, false, false},
+		{SourceCommand, false, false},
+		{Source("made-up"), false, false},
+	} {
+		if tt.s.Local() != tt.local || tt.s.AfterReboot() != tt.afterReboot {
+			t.Errorf("%s: local %v, after reboot %v", tt.s, tt.s.Local(), tt.s.AfterReboot())
+		}
+	}
+	if got := fmt.Sprint(Sources()); got != "[command kdump kmsg netconsole pstore taint]" {
+		t.Errorf("sources %s", got)
+	}
+	var _ Scanner = KdumpScanner{}
+	var _ Scanner = PstoreScanner{}
 }

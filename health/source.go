@@ -2,6 +2,7 @@ package health
 
 import (
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -9,33 +10,52 @@ import (
 // journal entries, metrics and state, so its values are an interface.
 type Source string
 
-// The sources. Live ones deliver events while the host runs; the
-// scanners' (Scanner) find the record a crash left after the reboot.
+// The live sources, which deliver events while the host runs. A
+// scanner's source (kdump, pstore) is declared in its own file.
 const (
 	SourceKmsg       Source = "kmsg"       // /dev/kmsg, the running kernel's log
 	SourceNetconsole Source = "netconsole" // UDP datagrams: spoofable
 	SourceTaint      Source = "taint"      // /proc/sys/kernel/tainted
 	SourceCommand    Source = "command"    // the operator's health command
-	SourceKdump      Source = "kdump"      // a kdump capture's dmesg
-	SourcePstore     Source = "pstore"     // a kmsg_dump record in /sys/fs/pstore
 )
+
+// sourceTraits is what the agent and its metrics need to know of a source.
+type sourceTraits struct {
+	local  bool // the host's own kernel wrote it
+	record bool // a crash record found after the reboot: a crash by construction
+}
+
+var sources = map[Source]sourceTraits{}
+
+// registerSource declares a source; each scanner's file declares its own.
+func registerSource(s Source, t sourceTraits) { sources[s] = t }
+
+func init() {
+	registerSource(SourceKmsg, sourceTraits{local: true})
+	registerSource(SourceNetconsole, sourceTraits{})
+	registerSource(SourceTaint, sourceTraits{local: true})
+	registerSource(SourceCommand, sourceTraits{})
+}
 
 // Local reports whether the host's own kernel wrote the report (its log,
 // its taint bits, its kdump or pstore record), as opposed to what came
 // over the network or from the operator's command. Only local crash
 // reports count in the fleet's crash budget.
-func (s Source) Local() bool {
-	switch s {
-	case SourceKmsg, SourceTaint, SourceKdump, SourcePstore:
-		return true
-	}
-	return false
-}
+func (s Source) Local() bool { return sources[s].local }
 
-// Sources lists every source: a closed set, so a metric label over it has
-// a fixed cardinality.
+// AfterReboot reports whether s is a Scanner's: a record that exists only
+// because the kernel crashed (kdump ran, kmsg_dump wrote).
+func (s Source) AfterReboot() bool { return sources[s].record }
+
+// Sources lists every source, sorted: a closed set, so a metric label
+// over it has a fixed cardinality.
 func Sources() []Source {
-	return []Source{SourceKmsg, SourceNetconsole, SourceTaint, SourceCommand, SourceKdump, SourcePstore}
+	out := make([]Source, 0, len(sources))
+	for s := range sources {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Scanner finds the crash records a reboot left behind (a kdump capture,
