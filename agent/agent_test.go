@@ -44,11 +44,11 @@ type host struct {
 	shapes map[int]func(*klptest.Module)
 	// crashes are what the boot guard's scanner finds after a reboot;
 	// scanners, if set, replace it with real scans.
-	crashes  []health.Crash
-	scanners []health.Scanner
-	source     *manifest.Source
-	published  int
-	rec        fakeRecorder
+	crashes   []health.Crash
+	scanners  []health.Scanner
+	source    *manifest.Source
+	published int
+	rec       fakeRecorder
 	// windows and killSwitch go to the agent's Deps at the next restart.
 	windows    window.Set
 	killSwitch string
@@ -125,14 +125,14 @@ func (h *host) restart() {
 	ctrl := &klp.Controller{Sysfs: &klp.Sysfs{FS: h.kernel, Poll: time.Millisecond}, Modules: h.kernel, Log: h.kernel,
 		Opts: klp.Options{TransitionTimeout: 300 * time.Millisecond, UnloadTimeout: time.Second}}
 	h.agent = New(Deps{
-		Now:       func() time.Time { return h.now },
-		Store:     &state.Store{Dir: h.stateDir, Now: func() time.Time { return h.now }},
-		Source:    h.source,
-		Host:      manifest.Host{ID: "host-1", Kernel: krel},
-		Installer: &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
-		Soak:      30 * time.Minute,
-		BootID:    func() (string, error) { return fmt.Sprintf("boot-%d", h.boot), nil },
-		Scanners: h.scanners,
+		Now:        func() time.Time { return h.now },
+		Store:      &state.Store{Dir: h.stateDir, Now: func() time.Time { return h.now }},
+		Source:     h.source,
+		Host:       manifest.Host{ID: "host-1", Kernel: krel},
+		Installer:  &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
+		Soak:       30 * time.Minute,
+		BootID:     func() (string, error) { return fmt.Sprintf("boot-%d", h.boot), nil },
+		Scanners:   h.scanners,
 		Recorder:   &h.rec,
 		Windows:    h.windows,
 		KillSwitch: h.killSwitch,

@@ -313,7 +313,9 @@ func (h *Host) Scanners() []health.Scanner {
 	// *-incomplete file left in its own /var/crash is a failed capture
 	// (reported as partial), never one still being written.
 	add(c.Health.KdumpDir, func(d string) health.Scanner { return health.KdumpScanner{Dir: d, Settle: time.Nanosecond} })
-	add(c.Health.PstoreDir, func(d string) health.Scanner { return health.PstoreScanner{Dir: d, Booted: health.BootTime(time.Now())} })
+	add(c.Health.PstoreDir, func(d string) health.Scanner {
+		return health.PstoreScanner{Dir: d, Booted: health.BootTime(time.Now())}
+	})
 	return out
 }
 
