@@ -42,9 +42,7 @@ type host struct {
 	// shapes, if set, change the simulated module of a level (klp_state,
 	// replace, callbacks) from the next reboot on.
 	shapes map[int]func(*klptest.Module)
-	// crashes are what the boot guard's scanner finds after a reboot;
-	// scanners, if set, replace it with real scans.
-	crashes   []health.Crash
+	// scanners are the boot guard's, from the next restart on.
 	scanners  []health.Scanner
 	source    *manifest.Source
 	published int
@@ -333,6 +331,57 @@ type fakeScanner []health.Crash
 func (f fakeScanner) Source() health.Source { return health.SourcePstore }
 func (f fakeScanner) CrashesSince(time.Time) ([]health.Crash, error) {
 	return f, nil
+}
+
+// A pstore record (here a sample of the real kernel's log in ramoops'
+// form) written while level 2 soaked blocks it after the reboot, naming
+// source, path and cause; the record stays (the agent deletes nothing) and
+// is not counted again against level 3, applied after it was written.
+func TestPstoreRecordBlocksOnce(t *testing.T) {
+	h := newHost(t, 1, 2, 3)
+	h.converge([]int{1})
+	h.soak()
+	h.converge([]int{1, 2})
+	h.agent.Stop() // a clean stop: only the record can say it crashed
+	dir := t.TempDir()
+	from := "../health/testdata/pstore/ramoops-oops-gpf-6.1/pstore"
+	ents, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, _ := os.ReadFile(filepath.Join(from, e.Name()))
+		p := filepath.Join(dir, e.Name())
+		os.WriteFile(p, b, 0o444)
+		os.Chtimes(p, h.now.Add(time.Minute), h.now.Add(time.Minute))
+	}
+	h.scanners = []health.Scanner{health.PstoreScanner{Dir: dir, OwnerUID: os.Getuid()}}
+	h.now = h.now.Add(5 * time.Minute)
+	h.reboot()
+	h.expect(state.PhaseGood, 1)
+	k := h.agent.State().Kernels[krel]
+	if !k.IsBlocked(h.patches[2].Name, 2, h.patches[2].SHA256) {
+		t.Fatal("the patch live at the crash is not blocked")
+	}
+	want := "pstore " + filepath.Join(dir, "dmesg-ramoops-0") + " (Oops#1, 3 parts): oops: general protection fault"
+	if ev := strings.Join(k.Blocked[0].Evidence, "\n"); !strings.Contains(ev, want) || !strings.Contains(ev, "RIP: 0010:klp_crash_gpf+0x33/0x52 [klp_crash]") {
+		t.Fatalf("evidence %q does not say %q and the RIP", ev, want)
+	}
+	const counted = "health oops/pstore attributed=false patch=klp_cmdline_2"
+	if rec := h.rec.String(); strings.Count(rec, counted) != 1 {
+		t.Fatalf("recorded %q", rec)
+	}
+	h.converge([]int{1, 3})
+	h.agent.Stop()
+	h.now = h.now.Add(5 * time.Minute)
+	h.reboot()
+	h.expect(state.PhaseSoaking, 3)
+	if rec := h.rec.String(); strings.Count(rec, "/pstore") != 1 {
+		t.Fatalf("the record was counted again: %q", rec)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != len(ents) {
+		t.Fatalf("%d of %d records left", len(left), len(ents))
+	}
 }
 
 func TestCleanRebootWhileSoakingKeepsSoaking(t *testing.T) {
