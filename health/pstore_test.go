@@ -173,42 +173,46 @@ func TestPstoreRefuses(t *testing.T) {
 		plant func(t *testing.T, dir string)
 		err   error  // errors.Is
 		says  string // in the error
+		owner int    // the uid the scanner wants, relative to ours
 	}{
+		{"another user's", func(t *testing.T, dir string) {
+			writePstore(t, dir, "dmesg-ramoops-0", oops, pstoreT0)
+		}, ErrUntrusted, "belongs to uid", 1},
 		{"group-writable", func(t *testing.T, dir string) {
 			writePstore(t, dir, "dmesg-ramoops-0", oops, pstoreT0)
 			os.Chmod(filepath.Join(dir, "dmesg-ramoops-0"), 0o666)
-		}, ErrUntrusted, "writable by group or others"},
+		}, ErrUntrusted, "writable by group or others", 0},
 		{"fifo", func(t *testing.T, dir string) {
 			if err := syscall.Mkfifo(filepath.Join(dir, "dmesg-ramoops-0"), 0o400); err != nil {
 				t.Fatal(err)
 			}
-		}, nil, "not a regular file"},
+		}, nil, "not a regular file", 0},
 		{"symlink", func(t *testing.T, dir string) {
 			target := filepath.Join(t.TempDir(), "x")
 			writePstore(t, filepath.Dir(target), "x", oops, pstoreT0)
 			os.Symlink(target, filepath.Join(dir, "dmesg-ramoops-0"))
-		}, nil, ""},
+		}, nil, "", 0},
 		{"undated", func(t *testing.T, dir string) {
 			writePstore(t, dir, "dmesg-ramoops-0", oops, pstoreT0.Add(2*time.Hour)) // after Booted
-		}, ErrPstoreUndated, "at or after this boot began"},
+		}, ErrPstoreUndated, "at or after this boot began", 0},
 		{"no header", func(t *testing.T, dir string) {
 			writePstore(t, dir, "dmesg-efi-1", []byte("<4>[ 1.0] Oops: 0000 [#1] SMP\n"), pstoreT0)
-		}, nil, "no kmsg_dump header"},
+		}, nil, "no kmsg_dump header", 0},
 		{"inflate bomb", func(t *testing.T, dir string) {
 			writePstore(t, dir, "dmesg-efi-1.enc.z", bomb.Bytes(), pstoreT0)
-		}, nil, "inflates to more than"},
+		}, nil, "inflates to more than", 0},
 		{"shutdown", func(t *testing.T, dir string) {
 			writePstore(t, dir, "dmesg-ramoops-0", append([]byte("Shutdown#1 Part1\n"), oops[len("Oops#1 Part1\n"):]...), pstoreT0)
-		}, nil, ""},
+		}, nil, "", 0},
 		{"other record types", func(t *testing.T, dir string) {
 			writePstore(t, dir, "console-ramoops-0", oops[len("Oops#1 Part1\n"):], pstoreT0)
 			writePstore(t, dir, "pmsg-ramoops-0", oops, pstoreT0)
-		}, nil, ""},
+		}, nil, "", 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			tt.plant(t, dir)
-			s := PstoreScanner{Dir: dir, OwnerUID: os.Getuid(), Booted: pstoreT0.Add(time.Hour)}
+			s := PstoreScanner{Dir: dir, OwnerUID: os.Getuid() + tt.owner, Booted: pstoreT0.Add(time.Hour)}
 			done := make(chan struct{})
 			var crashes []Crash
 			go func() {
