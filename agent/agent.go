@@ -76,9 +76,9 @@ type Deps struct {
 	Soak       time.Duration
 	// BootID identifies the running boot (/proc/sys/kernel/random/boot_id).
 	BootID func() (string, error)
-	// CrashSince reports crash evidence (kdump dumps) newer than t, from the
-	// previous boot; nil means no kdump scanning.
-	CrashSince func(t time.Time) ([]string, error)
+	// Scanners find the crash records (kdump, pstore) a previous boot
+	// left; none: only a missing clean stop says it crashed.
+	Scanners []health.Scanner
 	// Crashpoint, if set, is called at every step boundary; the
 	// crash-consistency tests kill the process there.
 	Crashpoint func(step string)
@@ -103,7 +103,7 @@ type Recorder interface {
 	ManifestInForce(version uint64, expires, since, at time.Time)
 	// TrustedRoot reports the root of trust after a poll (with trust.root).
 	TrustedRoot(version uint64, expires time.Time)
-	HealthEvent(kind, source string, attributed bool, patch string)
+	HealthEvent(kind string, source health.Source, attributed bool, patch string)
 }
 
 type nopRecorder struct{}
@@ -113,7 +113,7 @@ func (nopRecorder) RolledBack(state.Cause)                                  {}
 func (nopRecorder) Polled(string, time.Time, uint64)                        {}
 func (nopRecorder) ManifestInForce(uint64, time.Time, time.Time, time.Time) {}
 func (nopRecorder) TrustedRoot(uint64, time.Time)                           {}
-func (nopRecorder) HealthEvent(string, string, bool, string)                {}
+func (nopRecorder) HealthEvent(string, health.Source, bool, string)         {}
 
 // Agent is one host's agent. Its methods are called from one goroutine at
 // a time (the Loop's, or a CLI command's); Download alone may run beside
@@ -175,7 +175,7 @@ type Settings struct {
 	Host       manifest.Host // same kernel release
 	Installer  *klp.Installer
 	Soak       time.Duration
-	CrashSince func(t time.Time) ([]string, error)
+	Scanners   []health.Scanner
 	Log        *zap.Logger
 	Windows    window.Set
 }
@@ -186,7 +186,7 @@ func (a *Agent) Reconfigure(s Settings) error {
 		return fmt.Errorf("reconfigure: kernel release %q, running %q", s.Host.Kernel, a.d.Host.Kernel)
 	}
 	d := a.d
-	d.Source, d.Downloader, d.Host, d.Installer, d.Soak, d.CrashSince = s.Source, s.Downloader, s.Host, s.Installer, s.Soak, s.CrashSince
+	d.Source, d.Downloader, d.Host, d.Installer, d.Soak, d.Scanners = s.Source, s.Downloader, s.Host, s.Installer, s.Soak, s.Scanners
 	d.Windows = s.Windows
 	if s.Log != nil {
 		d.Log = s.Log
@@ -367,24 +367,33 @@ func (a *Agent) Start(ctx context.Context) error {
 }
 
 // crashEvidence decides whether the previous boot ended badly while live
-// was running: a kdump dump newer than its apply, or no clean stop.
+// was running: a crash record (kdump, pstore) written after its apply, or
+// no clean stop. Each record is counted and logged with its source, its
+// cause and whether its trace runs through live.
 func (a *Agent) crashEvidence(cleanStop bool, live *state.PatchRecord) ([]string, bool) {
 	var ev []string
-	if a.d.CrashSince != nil {
-		since := live.Applied
-		if since.IsZero() {
-			since = a.now().Add(-24 * time.Hour)
-		}
-		dumps, err := a.d.CrashSince(since)
+	since := live.Applied
+	if since.IsZero() {
+		since = a.now().Add(-24 * time.Hour)
+	}
+	suspect := health.Suspect{Name: live.Name} // its module is gone with the boot: names only
+	for _, sc := range a.d.Scanners {
+		crashes, err := sc.CrashesSince(since)
 		if err != nil {
-			a.log().Warn("kdump scan failed: " + err.Error())
+			a.log().Warn(fmt.Sprintf("%s scan failed: %v", sc.Source(), err))
 		}
-		for _, d := range dumps {
-			if strings.HasPrefix(d, "kdump ") {
-				a.d.Recorder.HealthEvent("kdump", "kdump", false, live.Name)
+		for _, c := range crashes {
+			kind, header := "unknown", "no kernel report found in it"
+			if w := c.Cause(); w != nil {
+				kind, header = string(w.Kind), w.Header
 			}
+			attributed := c.Attributed(suspect)
+			a.log().Warn(fmt.Sprintf("%s %s report from the previous boot (%s): %s", c.Source, kind, c.Path, header),
+				zap.String("KLP_EVENT_KIND", kind), zap.String("KLP_EVENT_SOURCE", string(c.Source)),
+				zap.Bool("KLP_ATTRIBUTED", attributed), zap.String("KLP_PATCH", live.Name), logging.MessageID(MsgHealthEvent))
+			a.d.Recorder.HealthEvent(kind, c.Source, attributed, live.Name)
+			ev = append(ev, c.EvidenceLines(30)...)
 		}
-		ev = append(ev, dumps...)
 	}
 	if !cleanStop {
 		ev = append(ev, "no clean stop recorded before the reboot")

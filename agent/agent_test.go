@@ -43,12 +43,11 @@ type host struct {
 	// shapes, if set, change the simulated module of a level (klp_state,
 	// replace, callbacks) from the next reboot on.
 	shapes map[int]func(*klptest.Module)
-	kdumps []string
-	// crashSince, if set, replaces the kdumps list with a real scan.
-	crashSince func(time.Time) ([]string, error)
-	source     *manifest.Source
-	published  int
-	rec        fakeRecorder
+	// scanners are the boot guard's, from the next restart on.
+	scanners  []health.Scanner
+	source    *manifest.Source
+	published int
+	rec       fakeRecorder
 	// windows and killSwitch go to the agent's Deps at the next restart.
 	windows    window.Set
 	killSwitch string
@@ -78,7 +77,7 @@ func (f *fakeRecorder) ManifestInForce(v uint64, expires, since, at time.Time) {
 func (f *fakeRecorder) TrustedRoot(v uint64, expires time.Time) {
 	f.add(fmt.Sprintf("root v%d expires %s", v, expires.UTC().Format(time.RFC3339)))
 }
-func (f *fakeRecorder) HealthEvent(kind, source string, attributed bool, patch string) {
+func (f *fakeRecorder) HealthEvent(kind string, source health.Source, attributed bool, patch string) {
 	f.add(fmt.Sprintf("health %s/%s attributed=%v patch=%s", kind, source, attributed, patch))
 }
 func (f *fakeRecorder) String() string {
@@ -127,19 +126,14 @@ func (h *host) restart() {
 	ctrl := &klp.Controller{Sysfs: &klp.Sysfs{FS: h.kernel, Poll: time.Millisecond}, Modules: h.kernel, Log: h.kernel,
 		Opts: klp.Options{TransitionTimeout: 300 * time.Millisecond, UnloadTimeout: time.Second}}
 	h.agent = New(Deps{
-		Now:       func() time.Time { return h.now },
-		Store:     &state.Store{Dir: h.stateDir, Now: func() time.Time { return h.now }},
-		Source:    h.source,
-		Host:      manifest.Host{ID: "host-1", Kernel: krel},
-		Installer: &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
-		Soak:      30 * time.Minute,
-		BootID:    func() (string, error) { return fmt.Sprintf("boot-%d", h.boot), nil },
-		CrashSince: func(t time.Time) ([]string, error) {
-			if h.crashSince != nil {
-				return h.crashSince(t)
-			}
-			return h.kdumps, nil
-		},
+		Now:        func() time.Time { return h.now },
+		Store:      &state.Store{Dir: h.stateDir, Now: func() time.Time { return h.now }},
+		Source:     h.source,
+		Host:       manifest.Host{ID: "host-1", Kernel: krel},
+		Installer:  &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
+		Soak:       30 * time.Minute,
+		BootID:     func() (string, error) { return fmt.Sprintf("boot-%d", h.boot), nil },
+		Scanners:   h.scanners,
 		Recorder:   &h.rec,
 		Windows:    h.windows,
 		KillSwitch: h.killSwitch,
@@ -285,13 +279,28 @@ func TestRebootReappliesOfflineAndRestartDoesNothing(t *testing.T) {
 }
 
 func TestRebootAfterCrashWhileSoakingBlocks(t *testing.T) {
+	// A crash record from the boot guard's scanners: its source, path and
+	// cause go into the block's evidence and the metrics, with whether its
+	// trace runs through the patch.
+	kdump := health.Crash{Source: health.SourceKdump, Path: "/var/crash/202611251230/dmesg.202611251230",
+		Events: []health.Event{{Kind: health.KindBug, Header: "BUG: kernel NULL pointer dereference", Lines: []string{"BUG: kernel NULL pointer dereference"}}}}
+	pstore := health.Crash{Source: health.SourcePstore, Path: "/sys/fs/pstore/dmesg-efi-176514000001001", Note: "Panic#1",
+		Events: []health.Event{{Kind: health.KindOops, Header: "Oops: 0002 [#1] PREEMPT SMP NOPTI",
+			RIP: health.Frame{Func: "klp_fault", Module: "klp_cmdline_2"}, Lines: []string{"Oops: 0002 [#1] PREEMPT SMP NOPTI"}}}}
 	for _, tt := range []struct {
-		name   string
-		clean  bool
-		kdumps []string
+		name     string
+		clean    bool
+		crashes  []health.Crash
+		evidence string // in the block's evidence
+		recorded string // what the metrics heard
 	}{
-		{"no clean stop", false, nil},
-		{"kdump dump", true, []string{"kdump /var/crash/202611251230/dmesg.202611251230: bug: BUG: kernel NULL pointer dereference"}},
+		{"no clean stop", false, nil, "no clean stop recorded", ""},
+		{"kdump dump", true, []health.Crash{kdump}, "kdump /var/crash/202611251230/dmesg.202611251230: bug: BUG: kernel NULL pointer dereference",
+			"health bug/kdump attributed=false patch=klp_cmdline_2"},
+		{"pstore record", true, []health.Crash{pstore}, "pstore /sys/fs/pstore/dmesg-efi-176514000001001 (Panic#1): oops: Oops: 0002",
+			"health oops/pstore attributed=true patch=klp_cmdline_2"},
+		{"a record with no report", true, []health.Crash{{Source: health.SourcePstore, Path: "/sys/fs/pstore/dmesg-ramoops-0"}},
+			"pstore /sys/fs/pstore/dmesg-ramoops-0: no kernel report found in it", "health unknown/pstore attributed=false patch=klp_cmdline_2"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHost(t, 1, 2)
@@ -301,21 +310,81 @@ func TestRebootAfterCrashWhileSoakingBlocks(t *testing.T) {
 			if tt.clean {
 				h.agent.Stop()
 			}
-			h.kdumps = tt.kdumps
+			h.scanners = []health.Scanner{fakeScanner(tt.crashes)}
 			h.reboot()
 			h.expect(state.PhaseGood, 1)
 			k := h.agent.State().Kernels[krel]
 			if !k.IsBlocked(h.patches[2].Name, 2, h.patches[2].SHA256) {
 				t.Fatal("the patch live at the crash is not blocked")
 			}
-			if tt.kdumps != nil && !strings.Contains(strings.Join(k.Blocked[0].Evidence, "\n"), "dmesg.202611251230") {
-				t.Fatalf("evidence %v does not name the dump", k.Blocked[0].Evidence)
+			if ev := strings.Join(k.Blocked[0].Evidence, "\n"); !strings.Contains(ev, tt.evidence) {
+				t.Fatalf("evidence %q does not say %q", ev, tt.evidence)
 			}
 			rec := h.rec.String()
-			if !strings.HasSuffix(rec, "rollback boot-crash") || (tt.kdumps != nil) != strings.Contains(rec, "health kdump/kdump attributed=false patch=klp_cmdline_2") {
-				t.Fatalf("recorded %q", rec)
+			if !strings.HasSuffix(rec, "rollback boot-crash") || (tt.recorded != "") != strings.Contains(rec, "health ") ||
+				!strings.Contains(rec, tt.recorded) {
+				t.Fatalf("recorded %q, want %q", rec, tt.recorded)
 			}
 		})
+	}
+}
+
+// fakeScanner finds the same crashes whatever the time.
+type fakeScanner []health.Crash
+
+func (f fakeScanner) Source() health.Source { return health.SourcePstore }
+func (f fakeScanner) CrashesSince(time.Time) ([]health.Crash, error) {
+	return f, nil
+}
+
+// A pstore record (here a sample of the real kernel's log in ramoops'
+// form) written while level 2 soaked blocks it after the reboot, naming
+// source, path and cause; the record stays (the agent deletes nothing) and
+// is not counted again against level 3, applied after it was written.
+func TestPstoreRecordBlocksOnce(t *testing.T) {
+	h := newHost(t, 1, 2, 3)
+	h.converge([]int{1})
+	h.soak()
+	h.converge([]int{1, 2})
+	h.agent.Stop() // a clean stop: only the record can say it crashed
+	dir := t.TempDir()
+	from := "../health/testdata/pstore/ramoops-oops-gpf-6.1/pstore"
+	ents, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, _ := os.ReadFile(filepath.Join(from, e.Name()))
+		p := filepath.Join(dir, e.Name())
+		os.WriteFile(p, b, 0o444)
+		os.Chtimes(p, h.now.Add(time.Minute), h.now.Add(time.Minute))
+	}
+	h.scanners = []health.Scanner{health.PstoreScanner{Dir: dir, OwnerUID: os.Getuid()}}
+	h.now = h.now.Add(5 * time.Minute)
+	h.reboot()
+	h.expect(state.PhaseGood, 1)
+	k := h.agent.State().Kernels[krel]
+	if !k.IsBlocked(h.patches[2].Name, 2, h.patches[2].SHA256) {
+		t.Fatal("the patch live at the crash is not blocked")
+	}
+	want := "pstore " + filepath.Join(dir, "dmesg-ramoops-0") + " (Oops#1, 3 parts): oops: general protection fault"
+	if ev := strings.Join(k.Blocked[0].Evidence, "\n"); !strings.Contains(ev, want) || !strings.Contains(ev, "RIP: 0010:klp_crash_gpf+0x33/0x52 [klp_crash]") {
+		t.Fatalf("evidence %q does not say %q and the RIP", ev, want)
+	}
+	const counted = "health oops/pstore attributed=false patch=klp_cmdline_2"
+	if rec := h.rec.String(); strings.Count(rec, counted) != 1 {
+		t.Fatalf("recorded %q", rec)
+	}
+	h.converge([]int{1, 3})
+	h.agent.Stop()
+	h.now = h.now.Add(5 * time.Minute)
+	h.reboot()
+	h.expect(state.PhaseSoaking, 3)
+	if rec := h.rec.String(); strings.Count(rec, "/pstore") != 1 {
+		t.Fatalf("the record was counted again: %q", rec)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != len(ents) {
+		t.Fatalf("%d of %d records left", len(left), len(ents))
 	}
 }
 
@@ -391,8 +460,7 @@ func TestPlantedDumpDoesNotBlock(t *testing.T) {
 			if planted {
 				os.Chmod(dir, 0o777) // any user could have written it
 			}
-			sc := health.KdumpScanner{Dir: crash, OwnerUID: os.Getuid(), Location: time.UTC, Settle: time.Nanosecond}
-			h.crashSince = sc.CrashEvidence
+			h.scanners = []health.Scanner{health.KdumpScanner{Dir: crash, OwnerUID: os.Getuid(), Location: time.UTC, Settle: time.Nanosecond}}
 			h.reboot()
 			k := h.agent.State().Kernels[krel]
 			if blocked := k.IsBlocked(h.patches[2].Name, 2, h.patches[2].SHA256); blocked == planted {

@@ -517,20 +517,20 @@ func (r *running) event(ctx context.Context, ev health.Event) {
 	k := a.kernel()
 	isCurrent := patch != nil && k.Current != nil && patch.Same(k.Current)
 	v := r.judge.Judge(ev, suspect, isCurrent && k.Phase == state.PhaseSoaking, a.now())
-	if v.Rollback && ev.Source == "netconsole" && !r.cfg.NetconsoleActs {
+	if v.Rollback && ev.Source == health.SourceNetconsole && !r.cfg.NetconsoleActs {
 		v.Rollback = false
 		log.Info("a netconsole report does not roll back on its own (health.netconsole.acts): " + v.Reason)
 	}
-	from, sender := ev.Source, zap.Skip()
+	from, sender := string(ev.Source), zap.Skip()
 	if ev.Sender != "" {
-		from, sender = ev.Source+" ("+ev.Sender+")", zap.String("KLP_EVENT_SENDER", ev.Sender)
+		from, sender = string(ev.Source)+" ("+ev.Sender+")", zap.String("KLP_EVENT_SENDER", ev.Sender)
 	}
 	log.Warn(fmt.Sprintf("%s %s report: %s", from, ev.Kind, ev.Header), zap.String("KLP_EVENT_KIND", string(ev.Kind)),
-		zap.String("KLP_EVENT_SOURCE", ev.Source), sender, zap.Bool("KLP_ATTRIBUTED", v.Attributed),
+		zap.String("KLP_EVENT_SOURCE", string(ev.Source)), sender, zap.Bool("KLP_ATTRIBUTED", v.Attributed),
 		zap.String("KLP_RIP", strings.TrimSpace(ev.RIP.Func+" "+ev.RIP.Module)), zap.String("KLP_PATCH", suspect.Name),
 		zap.Bool("KLP_ROLLBACK", v.Rollback), zap.Int64("KLP_DETECT_US", ev.Detect.Microseconds()), logging.MessageID(MsgHealthEvent))
 	a.d.Recorder.HealthEvent(string(ev.Kind), ev.Source, v.Attributed, suspect.Name)
-	a.st.AddEvent(state.Event{At: a.now(), Kind: string(ev.Kind), Source: ev.Source, Header: ev.Header,
+	a.st.AddEvent(state.Event{At: a.now(), Kind: string(ev.Kind), Source: string(ev.Source), Header: ev.Header,
 		Patch: suspect.Name, Attributed: v.Attributed, RolledBack: v.Rollback && isCurrent})
 	if err := a.save(); err != nil {
 		log.Error("record health event: " + err.Error())

@@ -111,7 +111,7 @@ func TestAgentRealKernel(t *testing.T) {
 	pdm := filepath.Join(work, "planted-dmesg."+stamp)
 	plantedText := strings.ReplaceAll(plantedOops, "KREL", kernelEnv(t)["KLP_E2E_KREL"])
 	// Were it root's, it would count: an oops attributed to klp_cmdline_3.
-	evs := health.ParseDmesg(strings.NewReader(plantedText), "kdump")
+	evs := health.ParseDmesg(strings.NewReader(plantedText), health.SourceKdump)
 	if len(evs) == 0 || evs[0].Kind != health.KindOops || !health.Attributed(evs[0], health.Suspect{Name: "klp_cmdline_3"}) {
 		t.Fatalf("the planted dmesg does not begin with an oops attributed to klp_cmdline_3: %+v", evs)
 	}

@@ -164,7 +164,7 @@ metrics:
 		`klp_agent_patch_info{kernel="` + kernelEnv(t)["KLP_E2E_KREL"] + `",level="2",patch="klp_cmdline_2",state="good"} 1`,
 		`klp_agent_applies_total{result="ok"} 3`,
 		`klp_agent_rollbacks_total{reason="health"} 1`,
-		`klp_agent_crashes_total{patch="klp_oops_3"} 1`,
+		`klp_agent_crashes_total{patch="klp_oops_3",source="kmsg"} 1`,
 		`klp_agent_health_events_total{attributed="true",kind="oops",source="kmsg"} 1`,
 		`klp_agent_blocked_patches 1`,
 		`klp_agent_manifest_version 3`,

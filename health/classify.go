@@ -46,7 +46,7 @@ type Event struct {
 	Frames  []Frame   `json:"frames,omitempty"`
 	Modules []string  `json:"modules,omitempty"` // "Modules linked in:", taint letters stripped
 	Lines   []string  `json:"lines"`
-	Source  string    `json:"source"`
+	Source  Source    `json:"source"`
 	Sender  string    `json:"sender,omitempty"` // netconsole's host:port
 	// KernelTime is the kernel's timestamp (since boot) of the record that
 	// completed the report, when the source has one: detection latency is

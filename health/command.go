@@ -174,7 +174,7 @@ func (c Command) Run(ctx context.Context, out chan<- Event) error {
 }
 
 func commandEvent(argv0 string, failed int, err error) Event {
-	ev := Event{Kind: KindCommand, Source: "command", At: time.Now()}
+	ev := Event{Kind: KindCommand, Source: SourceCommand, At: time.Now()}
 	reason := err.Error()
 	var ce *CheckError
 	if errors.As(err, &ce) {

@@ -152,9 +152,9 @@ func TestPlantedDumpsAreIgnored(t *testing.T) {
 			if len(dumps) != 0 || !errors.Is(err, ErrUntrusted) || !strings.Contains(err.Error(), dir) {
 				t.Fatalf("planted dump: %d dumps, err %v", len(dumps), err)
 			}
-			ev, err := s.CrashEvidence(time.Time{})
+			ev, err := s.CrashesSince(time.Time{})
 			if len(ev) != 0 || !errors.Is(err, ErrUntrusted) {
-				t.Fatalf("evidence from a planted dump: %q %v", ev, err)
+				t.Fatalf("evidence from a planted dump: %+v %v", ev, err)
 			}
 		})
 	}

@@ -18,6 +18,11 @@ import (
 	"time"
 )
 
+// SourceKdump is a kdump capture's dmesg (KdumpScanner).
+const SourceKdump Source = "kdump"
+
+func init() { registerSource(SourceKdump, sourceTraits{local: true, record: true}) }
+
 // Dump is one kdump capture.
 type Dump struct {
 	Dir    string `json:"dir"`
@@ -35,44 +40,24 @@ type Dump struct {
 	Events  []Event `json:"events,omitempty"`
 }
 
-// Cause is the report that most likely brought the kernel down: the first
-// crash-class one (the first oops is the one that matters; a "Fatal
-// exception" panic follows it), else the worst, else nil.
-func (d Dump) Cause() *Event {
-	var w *Event
-	for i := range d.Events {
-		e := &d.Events[i]
-		if e.Kind.CrashClass() {
-			return e
-		}
-		if w == nil || severity[e.Kind] > severity[w.Kind] {
-			w = e
-		}
+// Crash is the dump as a crash record.
+func (d Dump) Crash() Crash {
+	c := Crash{Source: SourceKdump, Path: d.DmesgPath, At: d.At, Events: d.Events}
+	if d.Partial {
+		c.Note = "capture incomplete"
 	}
-	return w
+	return c
 }
+
+// Cause is the report that most likely brought the kernel down (see
+// Crash.Cause).
+func (d Dump) Cause() *Event { return d.Crash().Cause() }
 
 // Attributed reports whether any report in the dump runs through p.
-func (d Dump) Attributed(p Suspect) bool {
-	for _, e := range d.Events {
-		if Attributed(e, p) {
-			return true
-		}
-	}
-	return false
-}
+func (d Dump) Attributed(p Suspect) bool { return d.Crash().Attributed(p) }
 
 // Evidence is one line for a block record: the dmesg path and the cause.
-func (d Dump) Evidence() string {
-	partial := ""
-	if d.Partial {
-		partial = " (capture incomplete)"
-	}
-	if w := d.Cause(); w != nil {
-		return fmt.Sprintf("kdump %s%s: %s: %s", d.DmesgPath, partial, w.Kind, oneLine(w.Header, 240))
-	}
-	return fmt.Sprintf("kdump %s%s: no kernel report found in it", d.DmesgPath, partial)
-}
+func (d Dump) Evidence() string { return d.Crash().Evidence() }
 
 // oneLine keeps text from a dump file printable and bounded in a record.
 func oneLine(s string, n int) string {
@@ -324,19 +309,19 @@ func readDmesg(f *os.File, size int64) ([]Event, time.Duration, error) {
 		}
 		r = br // the line cut in two is dropped
 	}
-	return parseDmesg(r, "kdump")
+	return parseDmesg(r, SourceKdump)
 }
 
 // ParseDmesg groups the kernel reports in dmesg text ("[ secs.usecs] msg"
 // lines, as dmesg and makedumpfile's vmcore-dmesg write them) into events.
 // A line without a timestamp continues the record before it (a multi-line
 // record); before the first timestamp, it is not kernel log and is skipped.
-func ParseDmesg(r io.Reader, source string) []Event {
+func ParseDmesg(r io.Reader, source Source) []Event {
 	evs, _, _ := parseDmesg(r, source)
 	return evs
 }
 
-func parseDmesg(r io.Reader, source string) ([]Event, time.Duration, error) {
+func parseDmesg(r io.Reader, source Source) ([]Event, time.Duration, error) {
 	var c Classifier
 	// The file is read at once, so reports are grouped on kernel time,
 	// not on the time of reading.
@@ -414,16 +399,15 @@ func splitDmesgLine(line string) (string, time.Duration, int, bool) {
 	return m[4], time.Duration(secs)*time.Second + time.Duration(ns), prio, true
 }
 
-// CrashEvidence is what a block record keeps of the dumps written after t:
-// for each, its path and cause, then the cause's first lines of trace.
-func (s KdumpScanner) CrashEvidence(t time.Time) ([]string, error) {
+// Source is SourceKdump.
+func (s KdumpScanner) Source() Source { return SourceKdump }
+
+// CrashesSince is Since as crash records (Scanner).
+func (s KdumpScanner) CrashesSince(t time.Time) ([]Crash, error) {
 	dumps, err := s.Since(t)
-	var ev []string
+	var out []Crash
 	for _, d := range dumps {
-		ev = append(ev, d.Evidence())
-		if c := d.Cause(); c != nil {
-			ev = append(ev, c.Lines[:min(len(c.Lines), 30)]...)
-		}
+		out = append(out, d.Crash())
 	}
-	return ev, err
+	return out, err
 }

@@ -29,7 +29,7 @@ type Record struct {
 	Time   time.Duration // since boot
 	Text   string
 	Dict   map[string]string
-	Source string
+	Source Source
 	// Sender is the host:port a netconsole record came from; "" for the
 	// local kernel. Reports are grouped per sender.
 	Sender string
@@ -59,7 +59,7 @@ func ParseKmsg(b []byte) (Record, error) {
 		return Record{}, fmt.Errorf("%w: header %q", ErrRecord, head)
 	}
 	lines := strings.Split(rest, "\n")
-	r := Record{Facility: prio >> 3, Level: prio & 7, Seq: seq, Time: time.Duration(usec) * time.Microsecond, Text: kmsg.Unescape(lines[0]), Source: "kmsg"}
+	r := Record{Facility: prio >> 3, Level: prio & 7, Seq: seq, Time: time.Duration(usec) * time.Microsecond, Text: kmsg.Unescape(lines[0]), Source: SourceKmsg}
 	for _, l := range lines[1:] {
 		if k, v, ok := strings.Cut(strings.TrimPrefix(l, " "), "="); ok && strings.HasPrefix(l, " ") {
 			if r.Dict == nil {

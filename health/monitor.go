@@ -124,7 +124,7 @@ func (m *Monitor) start(o MonitorOptions) {
 					if !known.Explains(ev) {
 						return false
 					}
-					log.Info("already reported by the kernel log: "+ev.Header, zap.String("KLP_EVENT_SOURCE", "taint"))
+					log.Info("already reported by the kernel log: "+ev.Header, zap.String("KLP_EVENT_SOURCE", string(SourceTaint)))
 					return true
 				}}
 			if err := w.Run(ctx, out); err != nil {
@@ -147,7 +147,7 @@ func classify(ctx context.Context, recs <-chan Record, out chan<- Event, seen fu
 	defer idle.Stop()
 	emit := func(evs []Event) {
 		for _, ev := range evs {
-			if ev.KernelTime > 0 && ev.Source == "kmsg" {
+			if ev.KernelTime > 0 && ev.Source == SourceKmsg {
 				// printk stamps with local_clock, which tracks
 				// CLOCK_MONOTONIC closely (no suspend on a server) but
 				// not exactly: a report read within a millisecond can

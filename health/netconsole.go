@@ -228,7 +228,7 @@ func (p *partialMsg) cost() int { return len(p.buf) + 8*len(p.have) }
 // The zero value is ready to use; it reads no clock (callers pass now).
 // Not safe for concurrent use.
 //
-// Records have Source "netconsole"; an extended record's release is in
+// Records have Source SourceNetconsole; an extended record's release is in
 // Dict["RELEASE"]. Plain lines have Level -1 (the console does not print
 // it) unless the console prints syslog prefixes ("<4>"), and Time from
 // the "[ secs.usecs]" stamp when there is one.
@@ -398,7 +398,7 @@ func (r *Reassembler) evictOldest() {
 }
 
 func (r *Reassembler) record(m NetconsoleMsg) Record {
-	rec := Record{Facility: m.Facility, Level: m.Level, Seq: m.Seq, Time: m.Time, Text: m.Text, Dict: m.Dict, Source: "netconsole"}
+	rec := Record{Facility: m.Facility, Level: m.Level, Seq: m.Seq, Time: m.Time, Text: m.Text, Dict: m.Dict, Source: SourceNetconsole}
 	if m.Release != "" {
 		if rec.Dict == nil {
 			rec.Dict = map[string]string{}
@@ -444,7 +444,7 @@ func (r *Reassembler) plainRecord(line []byte) (Record, bool) {
 	if strings.TrimSpace(text) == "" {
 		return Record{}, false
 	}
-	rec := Record{Facility: -1, Level: -1, Text: text, Source: "netconsole"}
+	rec := Record{Facility: -1, Level: -1, Text: text, Source: SourceNetconsole}
 	if m := consolePrefixRE.FindStringSubmatch(text); len(m[0]) > 0 {
 		if m[1] != "" {
 			prio, _ := strconv.Atoi(m[1])

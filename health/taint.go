@@ -114,11 +114,11 @@ func (w TaintWatcher) RunFrom(ctx context.Context, baseline Taint, out chan<- Ev
 func taintEvents(nb, all Taint) []Event {
 	var evs []Event
 	if nb&TaintDied != 0 {
-		evs = append(evs, Event{Kind: KindOops, Source: "taint", At: time.Now(),
+		evs = append(evs, Event{Kind: KindOops, Source: SourceTaint, At: time.Now(),
 			Header: fmt.Sprintf("kernel taint D (a task died in an oops or BUG) appeared; taint now %s (%d)", all, uint64(all))})
 	}
 	if nb&TaintWarn != 0 {
-		evs = append(evs, Event{Kind: KindWarning, Source: "taint", At: time.Now(),
+		evs = append(evs, Event{Kind: KindWarning, Source: SourceTaint, At: time.Now(),
 			Header: fmt.Sprintf("kernel taint W (a WARNING fired) appeared; taint now %s (%d)", all, uint64(all))})
 	}
 	return evs

@@ -3,6 +3,7 @@ package cli
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -125,4 +126,19 @@ func TestUnitKeepsUnconfiguredHostCalm(t *testing.T) {
 			t.Errorf("packaging/klp-agent.service lacks %q", strings.TrimSpace(want))
 		}
 	}
+}
+
+// The boot guard reads pstore's records where the kernel left them:
+// systemd-pstore, which moves them away, waits for the agent's start.
+func TestUnitReadsPstoreBeforeSystemdPstore(t *testing.T) {
+	b, err := os.ReadFile("../../packaging/klp-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Before="); ok && slices.Contains(strings.Fields(v), "systemd-pstore.service") {
+			return
+		}
+	}
+	t.Error("packaging/klp-agent.service is not ordered Before=systemd-pstore.service")
 }

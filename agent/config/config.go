@@ -72,6 +72,7 @@ type HealthConfig struct {
 	Kmsg          bool             `yaml:"kmsg"` // follow /dev/kmsg
 	Netconsole    NetconsoleConfig `yaml:"netconsole"`
 	KdumpDir      string           `yaml:"kdump_dir"`      // under paths.root; "" = no kdump scan
+	PstoreDir     string           `yaml:"pstore_dir"`     // under paths.root; "" = no pstore scan
 	Taint         bool             `yaml:"taint"`          // watch /proc/sys/kernel/tainted
 	TaintInterval time.Duration    `yaml:"taint_interval"` // how often
 	Command       CommandConfig    `yaml:"command"`
@@ -207,7 +208,7 @@ func Default() Config {
 		Trust: TrustConfig{KeysDir: "/etc/klp-agent/keys", Threshold: 1},
 		Apply: ApplyConfig{Soak: 30 * time.Minute, TransitionTimeout: 60 * time.Second, Windows: []window.Spec{}},
 		Health: HealthConfig{
-			Kmsg: true, KdumpDir: "/var/crash", Taint: true, TaintInterval: 5 * time.Second,
+			Kmsg: true, KdumpDir: "/var/crash", PstoreDir: "/sys/fs/pstore", Taint: true, TaintInterval: 5 * time.Second,
 			Netconsole: NetconsoleConfig{Allow: []string{}, RequireRelease: true},
 			Command:    CommandConfig{Argv: []string{}, Timeout: 30 * time.Second, Interval: time.Minute, Failures: 3},
 			Policy:     health.DefaultPolicy(),
@@ -496,6 +497,9 @@ func (l *Loaded) Validate() error {
 	}
 	if c.Health.KdumpDir != "" && !filepath.IsAbs(c.Health.KdumpDir) {
 		bad("health.kdump_dir", "%q must be an absolute path", c.Health.KdumpDir)
+	}
+	if c.Health.PstoreDir != "" && !filepath.IsAbs(c.Health.PstoreDir) {
+		bad("health.pstore_dir", "%q must be an absolute path", c.Health.PstoreDir)
 	}
 	if c.Health.Taint && c.Health.TaintInterval < 100*time.Millisecond {
 		bad("health.taint_interval", "%s is below 100ms", c.Health.TaintInterval)

@@ -139,6 +139,8 @@ func TestLoadRejects(t *testing.T) {
 			[]string{"alow"}, ErrInvalid},
 		{"kdump dir relative", map[string]string{"config.yaml": "health:\n  kdump_dir: var/crash\n"},
 			[]string{"health.kdump_dir", "absolute"}, ErrInvalid},
+		{"pstore dir relative", map[string]string{"config.yaml": "health:\n  pstore_dir: sys/fs/pstore\n"},
+			[]string{"health.pstore_dir", "absolute"}, ErrInvalid},
 		{"top level list", map[string]string{"config.yaml": "- a\n- b\n"},
 			[]string{"config.yaml", "line 1"}, ErrInvalid},
 		{"validation names origin", map[string]string{"config.yaml": "log: {level: info}\n", "config.d/10-x.yaml": "manifest:\n  poll_interval: 1s\n"},

@@ -49,6 +49,7 @@ var keyDocs = map[string]string{
 	"health.netconsole.require_release": "Drop netconsole records that do not name this host's kernel release.",
 	"health.netconsole.acts":            "A netconsole report may roll back on its own.",
 	"health.kdump_dir":                  "kdump dumps (kdump-tools and kexec-tools layouts), under paths.root; empty: no kdump scan.",
+	"health.pstore_dir":                 "pstore's kmsg_dump records (ramoops, efi-pstore), under paths.root, read after a reboot and never deleted; empty: no pstore scan.",
 	"health.taint":                      "Watch /proc/sys/kernel/tainted for new D and W bits.",
 	"health.taint_interval":             "How often the taint flags are read.",
 	"health.command.argv":               "The operator's health command, run without a shell; empty: none.",

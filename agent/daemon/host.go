@@ -299,17 +299,24 @@ func (h *Host) Installer() *klp.Installer {
 	}
 }
 
-// CrashSince is the kdump scan for the boot guard; nil without kdump_dir.
-func (h *Host) CrashSince() func(time.Time) ([]string, error) {
+// Scanners are the boot guard's crash records, one entry per configured
+// kind (a new kind is one more line here).
+func (h *Host) Scanners() []health.Scanner {
 	c := h.Config
-	if c.Health.KdumpDir == "" {
-		return nil
+	var out []health.Scanner
+	add := func(dir string, sc func(dir string) health.Scanner) {
+		if dir != "" {
+			out = append(out, sc(filepath.Join(c.Paths.Root, dir)))
+		}
 	}
 	// The capture kernel is done before this host boots again: a
 	// *-incomplete file left in its own /var/crash is a failed capture
 	// (reported as partial), never one still being written.
-	sc := health.KdumpScanner{Dir: filepath.Join(c.Paths.Root, c.Health.KdumpDir), Settle: time.Nanosecond}
-	return sc.CrashEvidence
+	add(c.Health.KdumpDir, func(d string) health.Scanner { return health.KdumpScanner{Dir: d, Settle: time.Nanosecond} })
+	add(c.Health.PstoreDir, func(d string) health.Scanner {
+		return health.PstoreScanner{Dir: d, Booted: health.BootTime(time.Now())}
+	})
+	return out
 }
 
 // Settings are the agent's reloadable parts for this configuration.
@@ -322,7 +329,7 @@ func (h *Host) Settings(log *zap.Logger, client *manifest.Client) (agent.Setting
 		src.OnRootUpdate = func(u *manifest.RootUpdate) { logRootUpdate(log, u) }
 	}
 	return agent.Settings{Source: src, Downloader: client, Host: h.Host, Installer: h.Installer(),
-		Soak: h.Config.Apply.Soak, CrashSince: h.CrashSince(), Log: log, Windows: h.Config.Apply.MaintenanceWindows()}, nil
+		Soak: h.Config.Apply.Soak, Scanners: h.Scanners(), Log: log, Windows: h.Config.Apply.MaintenanceWindows()}, nil
 }
 
 // Agent builds the agent on store (locked by the caller).
@@ -337,7 +344,7 @@ func (h *Host) Agent(log *zap.Logger, store *state.Store, rec agent.Recorder) (*
 	}
 	root := h.Config.Paths.Root
 	return agent.New(agent.Deps{Log: log, Store: store, Source: s.Source, Downloader: s.Downloader, Host: s.Host,
-		Installer: s.Installer, Soak: s.Soak, CrashSince: s.CrashSince, Recorder: rec, Windows: s.Windows, Crashpoint: crashpoint,
+		Installer: s.Installer, Soak: s.Soak, Scanners: s.Scanners, Recorder: rec, Windows: s.Windows, Crashpoint: crashpoint,
 		KillSwitch: h.KillSwitch(log), BootID: func() (string, error) { return agent.BootID(root) }}), nil
 }
 

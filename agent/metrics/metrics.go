@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
 )
 
@@ -40,8 +41,19 @@ var rollbackReasons = func() []string {
 	return append(r, "other")
 }()
 
-// crashKinds count as crashes for the fleet's per-patch crash budget.
-var crashKinds = map[string]bool{"oops": true, "bug": true, "kernel-bug": true, "panic": true, "hard-lockup": true, "kdump": true}
+// crashKinds are the report kinds that count as crashes for the fleet's
+// per-patch crash budget; a crash record found after a reboot (kdump,
+// pstore) is one whatever it holds.
+var crashKinds = map[string]bool{"oops": true, "bug": true, "kernel-bug": true, "panic": true, "hard-lockup": true}
+
+// sourceLabel is source as a label value: one of health.Sources(), or
+// "other" (a closed set, so label cardinality stays fixed).
+func sourceLabel(s health.Source) string {
+	if slices.Contains(health.Sources(), s) {
+		return string(s)
+	}
+	return "other"
+}
 
 // Poll results: anything else is recorded as "error" (closed set, and an
 // unknown outcome must not pass for a successful poll).
@@ -95,7 +107,7 @@ func New(version, goVersion string) *Metrics {
 	m.healthEvents = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "klp_agent_health_events_total",
 		Help: "Crash signals seen, by kind, source and whether they ran through the current patch."}, []string{"kind", "source", "attributed"})
 	m.crashes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "klp_agent_crashes_total",
-		Help: "Crash-class reports and kdump dumps seen while a patch was applied, by that patch."}, []string{"patch"})
+		Help: "Crash-class reports and crash records (kdump, pstore) seen while a patch was applied, by that patch and the report's source; the crash budget counts the host kernel's own sources (kmsg, taint, kdump, pstore), not netconsole."}, []string{"patch", "source"})
 	m.blocked = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_blocked_patches", Help: "Patches blocked on this host for its kernel."})
 	m.manifestVer = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_manifest_version", Help: "Version of the last accepted manifest."})
 	m.manifestExp = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_manifest_expiry_timestamp_seconds",
@@ -186,7 +198,11 @@ func (m *Metrics) SetPatch(kernel, patch string, level int, state string) {
 	m.patchInfo.mu.Unlock()
 	m.appliedLevel.Set(float64(level))
 	if patch != "" {
-		m.crashes.WithLabelValues(clean(patch))
+		for _, s := range health.Sources() {
+			if s.Local() || s == health.SourceNetconsole { // the sources of crash reports
+				m.crashes.WithLabelValues(clean(patch), string(s))
+			}
+		}
 	}
 }
 
@@ -209,13 +225,15 @@ func (m *Metrics) RolledBack(cause state.Cause) {
 	m.rollbacks.WithLabelValues(reason).Inc()
 }
 
-// HealthEvent counts one event; a crash-class one (or any kdump dump)
-// seen while crashPatch was applied also counts against that patch's
-// crash budget.
-func (m *Metrics) HealthEvent(kind, source string, attributed bool, crashPatch string) {
-	m.healthEvents.WithLabelValues(clean(kind), clean(source), strconv.FormatBool(attributed)).Inc()
-	if crashPatch != "" && (crashKinds[kind] || source == "kdump") {
-		m.crashes.WithLabelValues(clean(crashPatch)).Inc()
+// HealthEvent counts one event; a crash-class one (or any crash record
+// found after a reboot) seen while crashPatch was applied also counts as
+// that patch's crash, under its source: the fleet's rules keep what only
+// netconsole reported out of the budget.
+func (m *Metrics) HealthEvent(kind string, source health.Source, attributed bool, crashPatch string) {
+	src := sourceLabel(source)
+	m.healthEvents.WithLabelValues(clean(kind), src, strconv.FormatBool(attributed)).Inc()
+	if crashPatch != "" && (crashKinds[kind] || source.AfterReboot()) {
+		m.crashes.WithLabelValues(clean(crashPatch), src).Inc()
 	}
 }
 

@@ -16,6 +16,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/klp-agent/klp-agent/health"
 )
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -30,8 +32,9 @@ func sample() *Metrics {
 	m.SetPatch("6.1.0-56-amd64", "klp_cmdline_2", 2, "soaking")
 	m.Applied(true, 1500*time.Millisecond)
 	m.Applied(false, 0)
-	m.HealthEvent("oops", "kmsg", true, "klp_cmdline_2")
-	m.HealthEvent("warning", "taint", false, "klp_cmdline_2")
+	m.HealthEvent("oops", health.SourceKmsg, true, "klp_cmdline_2")
+	m.HealthEvent("oops", health.SourceNetconsole, false, "klp_cmdline_2")
+	m.HealthEvent("warning", health.SourceTaint, false, "klp_cmdline_2")
 	m.RolledBack("health")
 	m.RolledBack("cosmic rays")
 	m.SetPatch("6.1.0-56-amd64", "klp_cmdline_1", 1, "good")
@@ -138,9 +141,10 @@ func TestMetricSemantics(t *testing.T) {
 		{"a known reason counts as itself", testutil.ToFloat64(m.rollbacks.WithLabelValues("health")), 1},
 		{"every reason exists at 0 for increase()", float64(testutil.CollectAndCount(m.rollbacks)), 6},
 		{"the previous patch series is gone", float64(testutil.CollectAndCount(m.patchInfo)), 1},
-		{"crash budget counts the oops", testutil.ToFloat64(m.crashes.WithLabelValues("klp_cmdline_2")), 1},
-		{"the current patch's crash counter exists at 0", testutil.ToFloat64(m.crashes.WithLabelValues("klp_cmdline_1")), 0},
-		{"a warning is not a crash", float64(testutil.CollectAndCount(m.crashes)), 2},
+		{"crash budget counts the oops", testutil.ToFloat64(m.crashes.WithLabelValues("klp_cmdline_2", "kmsg")), 1},
+		{"the netconsole oops is counted apart", testutil.ToFloat64(m.crashes.WithLabelValues("klp_cmdline_2", "netconsole")), 1},
+		{"the current patch's crash counter exists at 0", testutil.ToFloat64(m.crashes.WithLabelValues("klp_cmdline_1", "pstore")), 0},
+		{"a warning is not a crash; series for each crash source of both patches", float64(testutil.CollectAndCount(m.crashes)), 10},
 		{"a failed poll keeps the last good one", testutil.ToFloat64(m.lastOK), float64(t0.Unix())},
 		{"and the manifest version", testutil.ToFloat64(m.manifestVer), 7},
 		{"failed applies are not timed", float64(testutil.CollectAndCount(m.applyDuration)), 1},
@@ -183,35 +187,47 @@ func TestSetPatchReplaces(t *testing.T) {
 	}
 }
 
+// A crash-class report, or any crash record found after a reboot, counts
+// as the patch's crash under its source: kind and source are separate
+// labels, and an unknown source is "other".
 func TestHealthEventCrashes(t *testing.T) {
 	tests := []struct {
-		kind, source string
-		patch        string
-		crash        bool
+		kind   string
+		source health.Source
+		patch  string
+		crash  bool
+		label  string // the source label
 	}{
-		{"oops", "kmsg", "klp_a", true},
-		{"bug", "netconsole", "klp_a", true},
-		{"kernel-bug", "kmsg", "klp_a", true},
-		{"panic", "netconsole", "klp_a", true},
-		{"hard-lockup", "kmsg", "klp_a", true},
-		{"kdump", "kdump", "klp_a", true},
-		{"oops", "kmsg", "", false}, // no patch applied: not a patch's crash
-		{"warning", "kmsg", "klp_a", false},
-		{"soft-lockup", "kmsg", "klp_a", false},
-		{"hung-task", "kmsg", "klp_a", false},
-		{"rcu-stall", "kmsg", "klp_a", false},
-		{"command", "command", "klp_a", false},
-		{"taint", "taint", "klp_a", false},
+		{"oops", health.SourceKmsg, "klp_a", true, "kmsg"},
+		{"bug", health.SourceNetconsole, "klp_a", true, "netconsole"},
+		{"kernel-bug", health.SourceKmsg, "klp_a", true, "kmsg"},
+		{"panic", health.SourceNetconsole, "klp_a", true, "netconsole"},
+		{"hard-lockup", health.SourceKmsg, "klp_a", true, "kmsg"},
+		{"oops", health.SourceTaint, "klp_a", true, "taint"},
+		{"oops", health.SourcePstore, "klp_a", true, "pstore"},
+		{"unknown", health.SourceKdump, "klp_a", true, "kdump"}, // a dump holding no report it recognises
+		{"warning", health.SourcePstore, "klp_a", true, "pstore"},
+		{"oops", health.Source("made-up"), "klp_a", true, "other"},
+		{"oops", health.SourceKmsg, "", false, "kmsg"}, // no patch applied: not a patch's crash
+		{"warning", health.SourceKmsg, "klp_a", false, "kmsg"},
+		{"soft-lockup", health.SourceKmsg, "klp_a", false, "kmsg"},
+		{"hung-task", health.SourceKmsg, "klp_a", false, "kmsg"},
+		{"rcu-stall", health.SourceKmsg, "klp_a", false, "kmsg"},
+		{"command", health.SourceCommand, "klp_a", false, "command"},
+		{"warning", health.SourceTaint, "klp_a", false, "taint"},
 	}
 	for _, tt := range tests {
 		m := New("0.1.0", "go1.26")
 		m.HealthEvent(tt.kind, tt.source, true, tt.patch)
-		if got := testutil.ToFloat64(m.healthEvents.WithLabelValues(tt.kind, tt.source, "true")); got != 1 {
+		if got := testutil.ToFloat64(m.healthEvents.WithLabelValues(tt.kind, tt.label, "true")); got != 1 {
 			t.Errorf("%s/%s: health event counted %v", tt.kind, tt.source, got)
 		}
 		want := 0
 		if tt.crash {
 			want = 1
+			if got := testutil.ToFloat64(m.crashes.WithLabelValues(tt.patch, tt.label)); got != 1 {
+				t.Errorf("%s/%s: crashes{source=%q} = %v", tt.kind, tt.source, tt.label, got)
+			}
 		}
 		if n := testutil.CollectAndCount(m.crashes); n != want {
 			t.Errorf("%s/%s patch %q: %d crash series, want %d", tt.kind, tt.source, tt.patch, n, want)
@@ -364,7 +380,7 @@ func TestConcurrent(t *testing.T) {
 				m.SetPatch("6.1.0-56-amd64", "klp_a", g*100+i, "soaking")
 				m.Applied(i%2 == 0, time.Duration(i)*time.Millisecond)
 				m.RolledBack("health")
-				m.HealthEvent("oops", "kmsg", true, "klp_a")
+				m.HealthEvent("oops", health.SourceKmsg, true, "klp_a")
 				m.Polled("ok", t0, uint64(i+1))
 				m.SetBlocked(i)
 				if i%10 == 0 {
@@ -382,7 +398,7 @@ func TestConcurrent(t *testing.T) {
 	if n := testutil.CollectAndCount(m.patchInfo); n != 1 {
 		t.Fatalf("%d patch_info series after concurrent SetPatch", n)
 	}
-	if got := testutil.ToFloat64(m.crashes.WithLabelValues("klp_a")); got != 200 {
+	if got := testutil.ToFloat64(m.crashes.WithLabelValues("klp_a", "kmsg")); got != 200 {
 		t.Fatalf("crashes %v, want 200", got)
 	}
 }
