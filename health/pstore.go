@@ -156,7 +156,36 @@ func (s PstoreScanner) Scan() ([]Crash, error) {
 		}
 		return strings.Compare(a.Path, b.Path)
 	})
-	return out, errors.Join(errs...)
+	return sameCrashOnce(out), errors.Join(errs...)
+}
+
+// sameCrashOnce keeps one record per crash. An oops that becomes a panic
+// (panic_on_oops, or a fatal oops) is dumped twice by the kernel, as
+// Oops#N and then Panic#N+1, both holding the same report: counted twice
+// it would spend the fleet's crash budget twice. Two records hold the same
+// crash when their causes are the same report: kind, header and the
+// kernel's own timestamp, within an hour of wall time. The later dump is
+// kept (it has the panic too), noting the other.
+func sameCrashOnce(cs []Crash) []Crash {
+	var out []Crash
+	for _, c := range cs {
+		if n := len(out); n > 0 && sameReport(out[n-1], c) {
+			c.Note += "; also " + filepath.Base(out[n-1].Path) + " (" + out[n-1].Note + ")"
+			out[n-1] = c
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func sameReport(a, b Crash) bool {
+	ca, cb := a.Cause(), b.Cause()
+	if ca == nil || cb == nil || ca.KernelTime == 0 {
+		return false
+	}
+	d := b.At.Sub(a.At)
+	return ca.Kind == cb.Kind && ca.Header == cb.Header && ca.KernelTime == cb.KernelTime && d < time.Hour && d > -time.Hour
 }
 
 // read opens one record as kdump's dmesg files are opened (a FIFO or a

@@ -274,11 +274,14 @@ func TestPstoreGroups(t *testing.T) {
 	writePstore(t, dir, "dmesg-ramoops-1", append([]byte("Panic#2 Part1\n"), body...), pstoreT0.Add(time.Second))
 	writePstore(t, dir, "dmesg-ramoops-2", append([]byte("Oops#1 Part1\n"), body...), pstoreT0.Add(-24*time.Hour))
 	got, err := PstoreScanner{Dir: dir, OwnerUID: os.Getuid()}.Scan()
-	if err != nil || len(got) != 3 {
+	// An oops that became a panic is dumped twice (Oops#1, then Panic#2,
+	// the same report in both): one crash, or the budget counts it twice.
+	// The same report a day earlier is another crash.
+	if err != nil || len(got) != 2 {
 		t.Fatalf("%d crashes, %v", len(got), err)
 	}
-	if !got[0].At.Equal(pstoreT0.Add(-24*time.Hour)) || got[2].Note != "Panic#2" {
-		t.Fatalf("order: %s %s %s", got[0].Note, got[1].Note, got[2].Note)
+	if !got[0].At.Equal(pstoreT0.Add(-24*time.Hour)) || got[1].Note != "Panic#2; also dmesg-ramoops-0 (Oops#1)" {
+		t.Fatalf("order: %q %q", got[0].Note, got[1].Note)
 	}
 }
 
