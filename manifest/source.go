@@ -26,6 +26,9 @@ type Source struct {
 	// Kernel, if set, is the host's release: only its entries are decoded
 	// (see ParseFor).
 	Kernel string
+	// Shard: the fetcher's URL is Kernel's shard (manifest.shard_url),
+	// verified with VerifyShard; Store should be that shard's floor.
+	Shard bool
 	// OnRootUpdate, if set, hears of every newer root trusted (for the
 	// log and the journal), after the version floor was reset if the
 	// rotation changed the manifest keys.
@@ -85,7 +88,7 @@ func (s *Source) LoadCache() error {
 	if err != nil {
 		return fmt.Errorf("load cached manifest: %w", err)
 	}
-	v, err := s.Trust.VerifyFor(env, s.now(), s.Store, s.Kernel)
+	v, err := s.verifyDoc(env)
 	if err != nil {
 		return fmt.Errorf("cached manifest no longer accepted: %w", err)
 	}
@@ -145,7 +148,7 @@ func (s *Source) poll(ctx context.Context) (PollResult, error) {
 		}
 		return res, nil
 	}
-	v, err := s.Trust.VerifyFor(fr.Body, s.now(), s.Store, s.Kernel)
+	v, err := s.verifyDoc(fr.Body)
 	if err != nil {
 		return res, fmt.Errorf("manifest from %s rejected: %w", redact(s.Fetcher.URL()), err)
 	}
