@@ -258,3 +258,13 @@ func RebaseURLs(m *Manifest, publishDir, shardDir string) error {
 	}
 	return nil
 }
+
+// RootBase is the manifest URL the root chain is read beside.
+func (s *Source) RootBase() string {
+	if s.RootURL != "" {
+		if loc, err := Location(s.RootURL); err == nil {
+			return loc
+		}
+	}
+	return s.Fetcher.URL()
+}

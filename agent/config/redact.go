@@ -13,6 +13,7 @@ import (
 // secrets and stay.
 func (c Config) Redacted() Config {
 	c.Manifest.URL = redactURL(c.Manifest.URL)
+	c.Manifest.ShardURL = redactURL(c.Manifest.ShardURL)
 	argv := slices.Clone(c.Health.Command.Argv)
 	for i, a := range argv {
 		argv[i] = redact.Arg(a)
