@@ -355,7 +355,10 @@ func (t Trust) VerifyFor(envelope []byte, now time.Time, store VersionStore, ker
 	if v.Shard != "" {
 		return nil, fmt.Errorf("%w: version %d is the shard for %s, not the full manifest (manifest.url names the full manifest)", ErrNotShard, v.Version, v.Shard)
 	}
-	return v, recordVersion(store, v)
+	if err := recordVersion(store, v); err != nil {
+		return nil, err
+	}
+	return v, nil
 }
 
 // verify runs the trust chain up to, not including, the anti-rollback

@@ -366,3 +366,23 @@ func TestRebaseURLs(t *testing.T) {
 		}
 	}
 }
+
+// TestShardRootBase: a shard source reads the root chain beside the full
+// manifest (RootURL), not beside its shard.
+func TestShardRootBase(t *testing.T) {
+	dir := t.TempDir()
+	f, err := NewFetcher(FetcherConfig{URL: dir + "/shards/6.1.0-28-amd64.json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ root, want string }{
+		{"", "file://" + dir + "/shards/6.1.0-28-amd64.json"},
+		{dir + "/manifest.json", "file://" + dir + "/manifest.json"},
+		{"https://mirror/klp/manifest.json", "https://mirror/klp/manifest.json"},
+	} {
+		s := &Source{Fetcher: f, Shard: true, RootURL: c.root}
+		if got := s.RootBase(); got != c.want {
+			t.Errorf("RootURL %q: root chain beside %s, want %s", c.root, got, c.want)
+		}
+	}
+}

@@ -20,9 +20,9 @@ func cmdManifest(env *Env, args []string) error {
 		{"add", "add a livepatch RPM to an unsigned manifest (pinning its sha256 and size), with its rollout", cmdAdd},
 		{"revoke", "pull a patch back everywhere: hosts running it roll back and block it", cmdRevoke},
 		{"sign", "sign a manifest into a DSSE envelope, or add a signature to one", cmdSign},
-		{"shard", "sign one shard per kernel release from the full manifest, for hosts with manifest.shard_url", cmdShard},
 		{"verify", "check an envelope's signatures, expiry and schema against trusted keys", cmdVerify},
 		{"lint", "find mistakes in a manifest before publishing it, RPMs missing or different where their URLs resolve among them", cmdLint},
+		{"shard", "sign one shard per kernel release from the full manifest, for hosts with manifest.shard_url", cmdShard},
 		{"root", "the root of trust: init, rotate, sign root.<N>.json files", cmdRoot},
 	}, args)
 }
