@@ -138,3 +138,15 @@ func publishedShards(dir string) ([]string, error) {
 	}
 	return kernels, nil
 }
+
+// verifyDoc verifies envelope as the full manifest, or with shard set as
+// that kernel release's shard.
+func verifyDoc(t manifest.Trust, envelope []byte, now time.Time, shard string) (*manifest.Verified, error) {
+	if shard == "" {
+		return t.Verify(envelope, now, nil)
+	}
+	if !manifest.ValidKernelRelease(shard) {
+		return nil, fmt.Errorf("%w: --shard %q", errUsage, shard)
+	}
+	return t.VerifyShard(envelope, now, nil, shard)
+}

@@ -74,4 +74,24 @@ func TestManifestShard(t *testing.T) {
 			t.Errorf("shard %s for another kernel: %v", c.kernel, err)
 		}
 	}
+	// manifest verify checks a shard as its host would.
+	pub := filepath.Join(dir, "a.pub")
+	shard := filepath.Join(out, testKernel+".json")
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"shard", []string{"--envelope", shard, "--shard", testKernel}, 0, "OK: " + shard + " version 2, 2 patch(es)"},
+		{"shard for another kernel", []string{"--envelope", shard, "--shard", "6.1.0-99-amd64"}, 1, "shard is for another kernel release"},
+		{"shard as the full manifest", []string{"--envelope", shard}, 1, "not the kind of manifest expected"},
+		{"full manifest as a shard", []string{"--envelope", env, "--shard", testKernel}, 1, "is a full manifest, not a shard"},
+		{"bad release", []string{"--envelope", shard, "--shard", "../x"}, 2, `--shard "../x"`},
+	} {
+		got, code := runCode(t, t0, append([]string{"manifest", "verify", "--pub", pub}, c.args...)...)
+		if code != c.code || !strings.Contains(got, c.want) {
+			t.Errorf("verify %s: exit %d\n%s\nwant exit %d with %q", c.name, code, got, c.code, c.want)
+		}
+	}
 }
