@@ -74,6 +74,18 @@ func TestManifestShard(t *testing.T) {
 			t.Errorf("shard %s for another kernel: %v", c.kernel, err)
 		}
 	}
+	// explain on a host with manifest.shard_url decides from its shard,
+	// the RPM URL resolved against the shard's URL to the RPM itself.
+	_, hkeys, cfg := hostConfig(t, "manifest:\n  url: "+dir+"\n  shard_url: "+out+"/{kernel}.json\n")
+	pubKey, _ := os.ReadFile(filepath.Join(dir, "a.pub"))
+	os.WriteFile(filepath.Join(hkeys, "a.pub"), pubKey, 0o644)
+	got := run(t, t0, "explain", "--config", cfg)
+	for _, want := range []string{"manifest: file://" + out + "/" + testKernel + ".json version 2", "wanted:   klp_cmdline_2 level 2",
+		"file://" + dir + "/klp-cmdline-2-1.noarch.rpm"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("explain with shard_url: no %q in\n%s", want, got)
+		}
+	}
 	// manifest verify checks a shard as its host would.
 	pub := filepath.Join(dir, "a.pub")
 	shard := filepath.Join(out, testKernel+".json")
