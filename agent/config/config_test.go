@@ -306,6 +306,23 @@ func TestByteSize(t *testing.T) {
 	}
 }
 
+// TestShardURLRedacted: credentials in manifest.shard_url are masked as in
+// manifest.url, and {kernel} is shown as written.
+func TestShardURLRedacted(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"https://u:pa55@m/klp/{kernel}.json?token=T0K", "https://u:xxxxx@m/klp/{kernel}.json?token=xxxxx"},
+		{"https://T0K@m/klp/{kernel}.json", "https://xxxxx@m/klp/{kernel}.json"},
+		{"https://m/klp/{kernel}.json", "https://m/klp/{kernel}.json"},
+		{"/srv/klp/{kernel}.json", "/srv/klp/{kernel}.json"},
+	} {
+		var cfg Config
+		cfg.Manifest.ShardURL = c.in
+		if got := cfg.Redacted().Manifest.ShardURL; got != c.want {
+			t.Errorf("%s shown as %s, want %s", c.in, got, c.want)
+		}
+	}
+}
+
 func FuzzDecode(f *testing.F) {
 	if b, err := os.ReadFile("../../packaging/config.yaml"); err == nil {
 		f.Add(b)
