@@ -394,8 +394,26 @@ func (t Trust) Verify(envelope []byte, now time.Time, store VersionStore) (*Veri
 	return t.VerifyFor(envelope, now, store, "")
 }
 
-// VerifyFor is Verify for a host running kernel: see ParseFor.
+// VerifyFor is Verify for a host running kernel: see ParseFor. A shard
+// (see VerifyShard) is refused: served in the full manifest's place it
+// would hide every other kernel's entries.
 func (t Trust) VerifyFor(envelope []byte, now time.Time, store VersionStore, kernel string) (*Verified, error) {
+	v, err := t.verify(envelope, now, kernel)
+	if err != nil {
+		return nil, err
+	}
+	if v.Shard != "" {
+		return nil, fmt.Errorf("%w: version %d is the shard for %s, not the full manifest (manifest.url names the full manifest)", ErrNotShard, v.Version, v.Shard)
+	}
+	if err := recordVersion(store, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// verify runs the trust chain up to, not including, the anti-rollback
+// check: signatures, parsing, expiry and its bound.
+func (t Trust) verify(envelope []byte, now time.Time, kernel string) (*Verified, error) {
 	if t.Root != nil {
 		var err error
 		if t, err = t.Root.Trust(t, now); err != nil {
@@ -422,16 +440,18 @@ func (t Trust) VerifyFor(envelope []byte, now time.Time, store VersionStore, ker
 	if err := t.checkExpiryBound(m, now); err != nil {
 		return nil, err
 	}
-	v := &Verified{Manifest: m, Payload: payload, PayloadSHA256: hex.EncodeToString(sum[:]), KeyIDs: ids}
-	if store != nil {
-		if err := store.Check(m.Version, v.PayloadSHA256); err != nil {
-			return nil, err
-		}
-		if err := store.Record(m.Version, v.PayloadSHA256); err != nil {
-			return nil, err
-		}
+	return &Verified{Manifest: m, Payload: payload, PayloadSHA256: hex.EncodeToString(sum[:]), KeyIDs: ids}, nil
+}
+
+// recordVersion is the anti-rollback check and record (store may be nil).
+func recordVersion(store VersionStore, v *Verified) error {
+	if store == nil {
+		return nil
 	}
-	return v, nil
+	if err := store.Check(v.Version, v.PayloadSHA256); err != nil {
+		return err
+	}
+	return store.Record(v.Version, v.PayloadSHA256)
 }
 
 // MaxClockSkew is how far a manifest's signed_at may be ahead of the

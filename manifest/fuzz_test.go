@@ -21,6 +21,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("---\n---\n"))
 	f.Add([]byte(`{"schema":1,"version":3,"version":4,"expires":"2027-01-01T00:00:00Z"}`))
 	f.Add([]byte(`{"schema":1,"version":3,"expires":"2027-01-01T00:00:00Z","patches":[{"kernel":"6.1.0-28-amd64","name":"a","level":1,"url":"r.rpm","sha256":"` + sha(1) + `","size":1,"rollout":{"start_percent":5,"duration":"7d"}}]}`))
+	f.Add([]byte(`{"schema":1,"version":3,"expires":"2027-01-01T00:00:00Z","patches":[{"kernel":"6.1.0-28-amd64","name":"a","level":1,"url":"r.rpm","sha256":"` + sha(1) + `","size":1}],"revoked":[{"name":"a","level":2}],"shard":"6.1.0-28-amd64"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Parse(b)
 		if err != nil {

@@ -108,6 +108,8 @@ func decodeJSONFor(payload []byte, kernel string, m *Manifest) error {
 			err = json.UnmarshalDecode(dec, &m.Expires, opts)
 		case "signed_at":
 			err = json.UnmarshalDecode(dec, &m.SignedAt, opts)
+		case "shard":
+			err = json.UnmarshalDecode(dec, &m.Shard, opts)
 		case "revoked":
 			err = json.UnmarshalDecode(dec, &m.Revoked, opts)
 		case "patches":

@@ -101,6 +101,10 @@ type Manifest struct {
 	Annotations map[string]string `yaml:"annotations,omitempty" json:"annotations,omitempty"`
 	// Skipped counts entries for other kernels that ParseFor did not decode.
 	Skipped int `yaml:"-" json:"-"`
+
+	// Shard, set by `manifest shard`, is the kernel release this document
+	// is the shard for (see shard.go); "" for the full manifest.
+	Shard string `yaml:"shard,omitempty" json:"shard,omitempty"`
 }
 
 // Patch is one cumulative livepatch for one exact kernel release.
@@ -206,7 +210,7 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("revoked[%d]: %w", i, err)
 		}
 	}
-	return nil
+	return m.validateShard()
 }
 
 func (p *Patch) validate() error {

@@ -26,6 +26,12 @@ type Source struct {
 	// Kernel, if set, is the host's release: only its entries are decoded
 	// (see ParseFor).
 	Kernel string
+	// Shard: the fetcher's URL is Kernel's shard (manifest.shard_url),
+	// verified with VerifyShard; Store should be that shard's floor.
+	Shard bool
+	// RootURL, if set, is the manifest URL the root chain (root.N.json)
+	// is read beside, instead of the fetcher's (a shard's) URL.
+	RootURL string
 	// OnRootUpdate, if set, hears of every newer root trusted (for the
 	// log and the journal), after the version floor was reset if the
 	// rotation changed the manifest keys.
@@ -85,7 +91,7 @@ func (s *Source) LoadCache() error {
 	if err != nil {
 		return fmt.Errorf("load cached manifest: %w", err)
 	}
-	v, err := s.Trust.VerifyFor(env, s.now(), s.Store, s.Kernel)
+	v, err := s.verifyDoc(env)
 	if err != nil {
 		return fmt.Errorf("cached manifest no longer accepted: %w", err)
 	}
@@ -145,7 +151,7 @@ func (s *Source) poll(ctx context.Context) (PollResult, error) {
 		}
 		return res, nil
 	}
-	v, err := s.Trust.VerifyFor(fr.Body, s.now(), s.Store, s.Kernel)
+	v, err := s.verifyDoc(fr.Body)
 	if err != nil {
 		return res, fmt.Errorf("manifest from %s rejected: %w", redact(s.Fetcher.URL()), err)
 	}
@@ -183,9 +189,9 @@ func (s *Source) updateRoot(ctx context.Context) error {
 	// The whole walk runs under one poll deadline (slow retrieval).
 	ctx, cancel := context.WithTimeout(ctx, s.Fetcher.timeout)
 	defer cancel()
-	u, err := rt.Walk(ctx, s.Fetcher.Client(), s.Fetcher.URL())
+	u, err := rt.Walk(ctx, s.Fetcher.Client(), s.RootBase())
 	if err != nil {
-		return fmt.Errorf("root of trust beside %s: %w", redact(s.Fetcher.URL()), err)
+		return fmt.Errorf("root of trust beside %s: %w", redact(s.RootBase()), err)
 	}
 	if u.AdoptedKeysChanged {
 		s.dropCurrent()

@@ -58,6 +58,7 @@ func cmdExplain(env *Env, args []string) error {
 		return err
 	}
 	var envelope []byte
+	var shard *manifest.Source // the shard source, with manifest.shard_url
 	source := *file
 	trust := h.Trust
 	if *file != "" {
@@ -85,9 +86,9 @@ func cmdExplain(env *Env, args []string) error {
 		if rt := src.Trust.Root; rt != nil {
 			// Follow the published root chain as the daemon will (in memory:
 			// only the daemon moves the trusted root).
-			u, err := rt.Walk(env.Ctx, client, src.URL())
+			u, err := rt.Walk(env.Ctx, client, src.RootBase())
 			if err != nil {
-				return fmt.Errorf("root of trust beside %s: %w", src.URL(), err)
+				return fmt.Errorf("root of trust beside %s: %w", src.RootBase(), err)
 			}
 			if err := rt.Commit(u); err != nil {
 				return err
@@ -99,14 +100,27 @@ func cmdExplain(env *Env, args []string) error {
 			return err
 		}
 		envelope, source = res.Body, redact.URL(src.URL())
+		if src.Shard {
+			shard = src
+		}
 	}
-	v, err := trust.Verify(envelope, now, manifest.ReadOnly(&manifest.FileVersionStore{Path: h.Layout().ManifestVersion()}))
+	var v *manifest.Verified
+	if shard != nil {
+		// manifest.shard_url: this kernel's shard, against its own floor.
+		v, err = trust.VerifyShard(envelope, now, shard.Store, h.Host.Kernel)
+	} else {
+		v, err = trust.Verify(envelope, now, manifest.ReadOnly(&manifest.FileVersionStore{Path: h.Layout().ManifestVersion()}))
+	}
 	if err != nil {
 		return fmt.Errorf("manifest %s rejected: %w", source, err)
 	}
 	// URLs resolve against manifest.url, where the host fetches the
-	// manifest from, whichever copy is explained.
+	// manifest from, whichever copy is explained (its shard's URL with
+	// manifest.shard_url).
 	base := h.Config.Manifest.URL
+	if shard != nil {
+		base = shard.URL()
+	}
 	if base == "" {
 		if base, err = manifest.FileURL(*file); err != nil {
 			return err

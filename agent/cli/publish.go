@@ -22,6 +22,7 @@ func cmdManifest(env *Env, args []string) error {
 		{"sign", "sign a manifest into a DSSE envelope, or add a signature to one", cmdSign},
 		{"verify", "check an envelope's signatures, expiry and schema against trusted keys", cmdVerify},
 		{"lint", "find mistakes in a manifest before publishing it, RPMs missing or different where their URLs resolve among them", cmdLint},
+		{"shard", "sign one shard per kernel release from the full manifest, for hosts with manifest.shard_url", cmdShard},
 		{"root", "the root of trust: init, rotate, sign root.<N>.json files", cmdRoot},
 	}, args)
 }
@@ -281,7 +282,7 @@ func cmdSign(env *Env, args []string) error {
 }
 
 func cmdVerify(env *Env, args []string) error {
-	fs := newFlags(env, "manifest verify", "manifest verify --envelope FILE (--keys-dir DIR | --pub KEY... | --root ROOT [--chain DIR]) [--threshold N]")
+	fs := newFlags(env, "manifest verify", "manifest verify --envelope FILE (--keys-dir DIR | --pub KEY... | --root ROOT [--chain DIR]) [--threshold N] [--shard REL]")
 	file := fs.String("envelope", "", "signed envelope")
 	dir := fs.String("keys-dir", "", "directory of trusted *.pub keys")
 	var pubs stringList
@@ -289,6 +290,7 @@ func cmdVerify(env *Env, args []string) error {
 	threshold := fs.Int("threshold", 1, "distinct trusted signatures required")
 	rootFile := fs.String("root", "", "trusted root file (a host's trust.root): follow root.<N>.json in --chain and verify with the newest root's manifest keys")
 	chain := fs.String("chain", "", "directory of the published root.<N>.json files (default: the envelope's directory)")
+	shard := fs.String("shard", "", "the envelope is the shard for this kernel release (manifest shard), checked as a host running it checks it")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -302,7 +304,7 @@ func cmdVerify(env *Env, args []string) error {
 		return fmt.Errorf("%w: give --envelope and one of --keys-dir, --pub or --root", errUsage)
 	}
 	if *rootFile != "" {
-		return verifyWithRoot(env, *file, *rootFile, *chain)
+		return verifyWithRoot(env, *file, *rootFile, *chain, *shard)
 	}
 	var kr manifest.Keyring
 	var err error
@@ -318,7 +320,7 @@ func cmdVerify(env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	v, err := manifest.Trust{Keys: kr, Threshold: *threshold}.Verify(b, env.Now(), nil)
+	v, err := verifyDoc(manifest.Trust{Keys: kr, Threshold: *threshold}, b, env.Now(), *shard)
 	if err != nil {
 		return fmt.Errorf("%s: %w", *file, err)
 	}
@@ -329,7 +331,7 @@ func cmdVerify(env *Env, args []string) error {
 
 // verifyWithRoot checks the root chain and then the manifest, as a host
 // provisioned with rootFile would.
-func verifyWithRoot(env *Env, file, rootFile, chain string) error {
+func verifyWithRoot(env *Env, file, rootFile, chain, shard string) error {
 	if chain == "" {
 		chain = filepath.Dir(file)
 	}
@@ -341,7 +343,7 @@ func verifyWithRoot(env *Env, file, rootFile, chain string) error {
 	if err != nil {
 		return err
 	}
-	v, err := manifest.Trust{Root: rt}.Verify(b, env.Now(), nil)
+	v, err := verifyDoc(manifest.Trust{Root: rt}, b, env.Now(), shard)
 	if err != nil {
 		return fmt.Errorf("%s: %w", file, err)
 	}

@@ -139,7 +139,10 @@ type MetricsConfig struct {
 type ManifestConfig struct {
 	// URL is an http(s) URL, a file:// URL or an absolute path (a
 	// directory: its manifest.json), see manifest.Location.
-	URL      string `yaml:"url"`
+	URL string `yaml:"url"`
+	// ShardURL, a template with {kernel}, makes the host poll its own
+	// kernel's shard instead of URL (see manifest.ShardURL).
+	ShardURL string `yaml:"shard_url"`
 	CABundle string `yaml:"ca_bundle"`
 	// ClientCert and ClientKey (PEM files, both or neither) authenticate
 	// this host to a mirror that requires mutual TLS.
@@ -433,6 +436,13 @@ func (l *Loaded) Validate() error {
 	if c.Manifest.URL != "" {
 		if _, err := manifest.Location(c.Manifest.URL); err != nil {
 			bad("manifest.url", "%q is not an http(s) URL, a file:// URL or an absolute path", redactURL(c.Manifest.URL))
+		}
+	}
+	if c.Manifest.ShardURL != "" {
+		if err := manifest.CheckShardURL(c.Manifest.ShardURL); err != nil {
+			bad("manifest.shard_url", "%v", err)
+		} else if c.Manifest.URL == "" {
+			bad("manifest.shard_url", "needs manifest.url (the full manifest, beside which the root of trust is read)")
 		}
 	}
 	if (c.Manifest.ClientCert == "") != (c.Manifest.ClientKey == "") {

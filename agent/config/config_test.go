@@ -146,6 +146,9 @@ func TestLoadRejects(t *testing.T) {
 		{"validation names origin", map[string]string{"config.yaml": "log: {level: info}\n", "config.d/10-x.yaml": "manifest:\n  poll_interval: 1s\n"},
 			[]string{"manifest.poll_interval", "10-x.yaml:2", "10s minimum"}, ErrInvalid},
 		{"bad url", map[string]string{"config.yaml": "manifest:\n  url: ftp://x/m\n"}, []string{"manifest.url"}, ErrInvalid},
+		{"shard url without {kernel}", map[string]string{"config.yaml": "manifest:\n  url: https://x/m.json\n  shard_url: https://x/shards/k.json\n"}, []string{"manifest.shard_url", "{kernel} must appear exactly once"}, ErrInvalid},
+		{"shard url {kernel} not the file name", map[string]string{"config.yaml": "manifest:\n  url: https://x/m.json\n  shard_url: https://x/{kernel}/s.json\n"}, []string{"manifest.shard_url", "file name"}, ErrInvalid},
+		{"shard url without url", map[string]string{"config.yaml": "manifest:\n  shard_url: https://x/shards/{kernel}.json\n"}, []string{"manifest.shard_url", "needs manifest.url"}, ErrInvalid},
 		{"bad tier", map[string]string{"config.yaml": "host:\n  tier: ../x\n"}, []string{"host.tier"}, ErrInvalid},
 		{"bad level", map[string]string{"config.yaml": "log:\n  level: loud\n"}, []string{"log.level", "debug, info"}, ErrInvalid},
 		{"relative state dir", map[string]string{"config.yaml": "paths:\n  state_dir: var/lib\n"}, []string{"paths.state_dir"}, ErrInvalid},
@@ -302,6 +305,23 @@ func TestByteSize(t *testing.T) {
 	}
 	if s := ByteSize(4 << 20).String(); s != "4MiB" {
 		t.Errorf("String() = %q", s)
+	}
+}
+
+// TestShardURLRedacted: credentials in manifest.shard_url are masked as in
+// manifest.url, and {kernel} is shown as written.
+func TestShardURLRedacted(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"https://u:pa55@m/klp/{kernel}.json?token=T0K", "https://u:xxxxx@m/klp/{kernel}.json?token=xxxxx"},
+		{"https://T0K@m/klp/{kernel}.json", "https://xxxxx@m/klp/{kernel}.json"},
+		{"https://m/klp/{kernel}.json", "https://m/klp/{kernel}.json"},
+		{"/srv/klp/{kernel}.json", "/srv/klp/{kernel}.json"},
+	} {
+		var cfg Config
+		cfg.Manifest.ShardURL = c.in
+		if got := cfg.Redacted().Manifest.ShardURL; got != c.want {
+			t.Errorf("%s shown as %s, want %s", c.in, got, c.want)
+		}
 	}
 }
 

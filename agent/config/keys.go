@@ -18,6 +18,7 @@ type Key struct {
 // setting of Config has no entry here (or an entry names no setting).
 var keyDocs = map[string]string{
 	"manifest.url":                      "The signed manifest: an http(s) URL, a file:// URL or an absolute path (a directory: its manifest.json). Required to poll.",
+	"manifest.shard_url":                "Poll only this kernel's signed shard (written by manifest shard) instead of manifest.url: a URL or absolute path template whose file name holds {kernel}, the exact uname -r. Needs manifest.url.",
 	"manifest.ca_bundle":                "Extra PEM CAs besides the system roots, for the manifest and RPM downloads.",
 	"manifest.client_cert":              "PEM client certificate for a mirror that requires mutual TLS (with client_key).",
 	"manifest.client_key":               "PEM key of client_cert. A secret: keep the configuration 0640 root:root.",

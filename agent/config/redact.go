@@ -2,6 +2,7 @@ package config
 
 import (
 	"slices"
+	"strings"
 
 	"github.com/klp-agent/klp-agent/internal/redact"
 )
@@ -13,6 +14,7 @@ import (
 // secrets and stay.
 func (c Config) Redacted() Config {
 	c.Manifest.URL = redactURL(c.Manifest.URL)
+	c.Manifest.ShardURL = redactTemplate(c.Manifest.ShardURL)
 	argv := slices.Clone(c.Health.Command.Argv)
 	for i, a := range argv {
 		argv[i] = redact.Arg(a)
@@ -28,4 +30,11 @@ func redactURL(raw string) string {
 		return ""
 	}
 	return redact.URL(raw)
+}
+
+// redactTemplate is redactURL for manifest.shard_url, keeping {kernel} as
+// written (re-encoding a masked URL would show it as %7Bkernel%7D).
+func redactTemplate(raw string) string {
+	const marker = "klp-shard-kernel-placeholder"
+	return strings.ReplaceAll(redactURL(strings.ReplaceAll(raw, "{kernel}", marker)), marker, "{kernel}")
 }

@@ -265,12 +265,23 @@ func (h *Host) Source(client *manifest.Client, readOnly bool) (*manifest.Source,
 	if m.URL == "" {
 		return nil, nil
 	}
-	f, err := manifest.NewFetcher(manifest.FetcherConfig{URL: m.URL, Timeout: m.Timeout, MaxSize: int64(m.MaxSize), Client: client})
+	l := h.Layout()
+	url, floor := m.URL, l.ManifestVersion()
+	if m.ShardURL != "" {
+		// Only this kernel's shard, with its own version floor.
+		var err error
+		if url, err = manifest.ShardURL(m.ShardURL, h.Host.Kernel); err != nil {
+			return nil, fmt.Errorf("manifest.shard_url: %w", err)
+		}
+		if floor, err = manifest.ShardVersionFile(l.Dir, h.Host.Kernel); err != nil {
+			return nil, err
+		}
+	}
+	f, err := manifest.NewFetcher(manifest.FetcherConfig{URL: url, Timeout: m.Timeout, MaxSize: int64(m.MaxSize), Client: client})
 	if err != nil {
 		return nil, err
 	}
-	l := h.Layout()
-	var vs manifest.VersionStore = &manifest.FileVersionStore{Path: l.ManifestVersion()}
+	var vs manifest.VersionStore = &manifest.FileVersionStore{Path: floor}
 	trust := h.Trust
 	if readOnly {
 		vs = manifest.ReadOnly(vs)
@@ -279,6 +290,7 @@ func (h *Host) Source(client *manifest.Client, readOnly bool) (*manifest.Source,
 		}
 	}
 	return &manifest.Source{Fetcher: f, Trust: trust, Store: vs, Kernel: h.Host.Kernel,
+		Shard: m.ShardURL != "", RootURL: m.URL,
 		Cache: manifest.CacheFiles{Envelope: l.ManifestEnvelope(), Validators: l.ManifestValidators()}}, nil
 }
 
