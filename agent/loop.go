@@ -463,7 +463,7 @@ func (r *running) event(ctx context.Context, ev health.Event) {
 	if at.IsZero() {
 		at = a.now()
 	}
-	patch, suspect := a.LiveAt(at)
+	patch, suspect := a.Culprit(ev, at)
 	k := a.kernel()
 	isCurrent := patch != nil && k.Current != nil && patch.Same(k.Current)
 	v := r.judge.Judge(ev, suspect, isCurrent && k.Phase == state.PhaseSoaking, a.now())

@@ -342,6 +342,66 @@ func TestAttributionByAddress(t *testing.T) {
 	}
 }
 
+// A report whose RIP is a raw address inside the text of the patch the
+// agent just replaced (and unloaded) is that patch's, not the live one's:
+// the replaced patch is blocked and the live one keeps soaking. The
+// report's lines are the real 4.18 oops in unloaded module code
+// (testdata/corpus/reports/oops-paging-request-raw-rip-unloaded-module-4.18.txt,
+// "RIP: 0010:0x..." and "Code: Bad RIP value."), its address moved into
+// the replaced patch's text.
+func TestAttributionToTheReplacedPatchByAddress(t *testing.T) {
+	h := newHost(t, 1, 2)
+	h.converge([]int{1})
+	h.soak()
+	inside := klptest.SectionAddr("klp_cmdline_1", ".text") + 4
+	h.now = h.now.Add(time.Minute)
+	h.converge([]int{1, 2})
+	if h.kernel.Patched("cmdline_proc_show") != "klp_cmdline_2" {
+		t.Fatalf("level 2 not live: %q", h.kernel.Patched("cmdline_proc_show"))
+	}
+	var c health.Classifier
+	var evs []health.Event
+	for i, l := range []string{
+		"BUG: unable to handle kernel paging request at " + fmt.Sprintf("%016x", inside),
+		"PGD 8fe4c0d067 P4D 8fe4c0d067 PUD 8fe4c0f067 PMD 103ad89067 PTE 0",
+		"Oops: 0010 [#1] SMP NOPTI",
+		"CPU: 67 PID: 668 Comm: kworker/67:1 Kdump: loaded Not tainted 4.18.0.x86_64 #47",
+		fmt.Sprintf("RIP: 0010:0x%016x", inside),
+		"Code: Bad RIP value.",
+		"Call Trace:",
+		" ? process_one_work+0x195/0x390",
+		" ? worker_thread+0x30/0x390",
+		"---[ end trace c82a412d93f57412 ]---",
+	} {
+		r, err := health.ParseKmsg([]byte(fmt.Sprintf("%d,%d,%d,-;%s\n", 1, i+1, 1000*(i+1), l)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, c.Feed(r, h.now)...)
+	}
+	if len(evs) != 1 || evs[0].RIP.Addr != inside {
+		t.Fatalf("events %+v", evs)
+	}
+	events := make(chan health.Event, 1)
+	events <- evs[0]
+	stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events})
+	waitFor(t, "level 1 blocked", func() bool {
+		st, err := (&state.Store{Dir: h.stateDir}).Load()
+		return err == nil && len(st.Kernels[krel].Blocked) == 1
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseSoaking, 2)
+	k := h.agent.State().Kernels[krel]
+	if !k.IsBlocked("klp_cmdline_1", 1, h.patches[1].SHA256) {
+		t.Fatalf("blocked %+v", k.Blocked)
+	}
+	if ev := h.agent.State().Events; len(ev) != 1 || !ev[0].Attributed || ev[0].Patch != "klp_cmdline_1" || ev[0].RolledBack {
+		t.Fatalf("events %+v", ev)
+	}
+}
+
 // A netconsole report (UDP, which anyone on the path can send) is recorded
 // but does not roll back on its own, unless the operator says it may.
 func TestNetconsoleAloneDoesNotAct(t *testing.T) {
