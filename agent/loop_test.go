@@ -403,28 +403,42 @@ func TestAttributionToTheReplacedPatchByAddress(t *testing.T) {
 }
 
 // A netconsole report (UDP, which anyone on the path can send) is recorded
-// but does not roll back on its own, unless the operator says it may.
+// but does not roll back on its own, unless the operator says it may and
+// it names this host's kernel release. One naming no release (every
+// kernel before 6.6: RHEL 8 and 9, Ubuntu 5.15) never does, acts or not.
 func TestNetconsoleAloneDoesNotAct(t *testing.T) {
-	for _, acts := range []bool{false, true} {
-		t.Run(fmt.Sprintf("acts=%v", acts), func(t *testing.T) {
+	for _, tc := range []struct {
+		acts     bool
+		release  string
+		rollback bool
+	}{
+		{false, "", false},
+		{false, "6.1.0-57-amd64", false},
+		{true, "", false},
+		{true, "6.1.0-57-amd64", true},
+	} {
+		t.Run(fmt.Sprintf("acts=%v,release=%q", tc.acts, tc.release), func(t *testing.T) {
 			h := newHost(t, 1)
 			h.converge([]int{1})
 			events := make(chan health.Event, 1)
-			events <- health.Event{Kind: health.KindOops, Source: "netconsole", Sender: "10.0.0.9:6665",
+			events <- health.Event{Kind: health.KindOops, Source: "netconsole", Sender: "10.0.0.9:6665", Release: tc.release,
 				Header: "Oops: 0000 [#1] PREEMPT SMP NOPTI", RIP: health.Frame{Func: "cmdline_proc_show", Module: "klp_cmdline_1"}}
-			stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour, NetconsoleActs: acts}, Events: events})
+			stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour, NetconsoleActs: tc.acts}, Events: events})
 			waitFor(t, "the event recorded", func() bool {
 				st, err := (&state.Store{Dir: h.stateDir}).Load()
 				return err == nil && len(st.Events) == 1
 			})
-			if acts {
+			if tc.rollback {
 				waitFor(t, "rollback", func() bool { return h.kernel.Patched("cmdline_proc_show") == "" })
 			}
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
-			if rolled := h.kernel.Patched("cmdline_proc_show") == ""; rolled != acts {
-				t.Fatalf("rolled back %v, want %v", rolled, acts)
+			if rolled := h.kernel.Patched("cmdline_proc_show") == ""; rolled != tc.rollback {
+				t.Fatalf("rolled back %v, want %v", rolled, tc.rollback)
+			}
+			if ev := h.agent.State().Events[0]; !ev.Attributed || ev.RolledBack != tc.rollback {
+				t.Fatalf("event %+v", ev)
 			}
 		})
 	}

@@ -54,6 +54,10 @@ type Event struct {
 	Lines        []string `json:"lines"`
 	Source       string   `json:"source"`
 	Sender       string   `json:"sender,omitempty"` // netconsole's host:port
+	// Release is the kernel release the report's first record named
+	// (netconsole's "r" option, Linux 6.6+); "" when it named none. A
+	// netconsole report without it never acts on its own (docs/health.md).
+	Release string `json:"release,omitempty"`
 	// KernelTime is the kernel's timestamp (since boot) of the record that
 	// completed the report, when the source has one: detection latency is
 	// measured from it.
@@ -166,7 +170,7 @@ func (c *Classifier) Feed(r Record, now time.Time) []Event {
 			if c.cur != nil {
 				done = append(done, c.close()...)
 			}
-			c.cur = &Event{Kind: h.kind, Header: text, At: now, Source: r.Source, Sender: r.Sender}
+			c.cur = &Event{Kind: h.kind, Header: text, At: now, Source: r.Source, Sender: r.Sender, Release: r.Dict["RELEASE"]}
 			c.curHeader, c.cut, c.died = h, h.role == roleCut || h.role == roleFtrace, h.role == roleDie
 		}
 	} else if c.cur == nil {
