@@ -20,7 +20,8 @@ func corpusFileNamed(t *testing.T, name string) corpusFile {
 }
 
 // The x86 kernel stack overflow (both forms: "kernel stack overflow (page
-// fault)" up to 5.13, "[Oops: ]stack guard page" since) and the RCU Tasks
+// fault)" up to 5.13, "[Oops: ]stack guard page" since), arm64's
+// ("Insufficient stack space to handle exception!") and the RCU Tasks
 // stall are reports of their own, opened by their first line, through
 // every input path. Before these headers, none raised an event.
 func TestStackOverflowAndRCUTasksReports(t *testing.T) {
@@ -28,6 +29,7 @@ func TestStackOverflowAndRCUTasksReports(t *testing.T) {
 		"stack-overflow-page-fault-btrfs-module-4.19.txt": "BUG: stack guard page was hit at 00000000f4d0d811 (stack is 000000002d0d1957..0000000094b2a7c8)",
 		"stack-guard-page-nmi-sev-es-6.2.txt":             "BUG: NMI stack guard page was hit at 0000000003983d50 (stack is 000000007feb1fa4..00000000574369c2)",
 		"stack-guard-page-oops-prefix-syzbot-6.12.txt":    "BUG: TASK stack guard page was hit at ffffc90001717fd8 (stack is ffffc90001718000..ffffc90001720000)",
+		"stack-overflow-arm64-kprobe-6.2.txt":             "Insufficient stack space to handle exception!",
 		"rcu-tasks-stall-5.11.txt":                        "INFO: rcu_tasks detected stalls on tasks:",
 	} {
 		f := corpusFileNamed(t, name)
@@ -47,6 +49,11 @@ func TestStackOverflowAndRCUTasksReports(t *testing.T) {
 	evs := viaKmsg(t, corpusFileNamed(t, "stack-overflow-page-fault-btrfs-module-4.19.txt"))
 	if len(evs) != 1 || evs[0].RIP.Func != "memcpy_erms" || !Attributed(evs[0], Suspect{Name: "btrfs"}) {
 		t.Fatalf("events %+v", evs)
+	}
+	// arm64's report carries the registers before its panic: the pc.
+	evs = viaKmsg(t, corpusFileNamed(t, "stack-overflow-arm64-kprobe-6.2.txt"))
+	if len(evs) != 2 || evs[0].RIP.Func != "__rcu_irq_enter_check_tick" {
+		t.Fatalf("arm64 events %+v", evs)
 	}
 }
 
