@@ -466,7 +466,13 @@ func (a *Agent) Culprit(ev health.Event, t time.Time) (*state.PatchRecord, healt
 			continue
 		}
 		if i > 0 && !health.Attributed(ev, sp.suspect) {
-			if prev := a.live[i-1]; prev.patch != nil && health.Attributed(ev, prev.suspect) {
+			// Only its own code ties a report to the replaced patch: a
+			// function it replaced runs unpatched now, which is the
+			// live patch's doing (it dropped the fix), not its.
+			prev := a.live[i-1]
+			code := prev.suspect
+			code.Functions = nil
+			if prev.patch != nil && health.Attributed(ev, code) {
 				return prev.patch, prev.suspect
 			}
 		}

@@ -502,3 +502,37 @@ func TestManifestSinceAges(t *testing.T) {
 		t.Fatalf("a new version: since %s, want %s", lp.ManifestSince, h.now)
 	}
 }
+
+// Culprit names the replaced patch only for its own code (its module, an
+// address in its text, "[last unloaded: ...]"): a report in a function it
+// replaced, which runs unpatched since, is judged against the live patch
+// that dropped it.
+func TestCulpritReplacedPatchOnlyByItsCode(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p1, p2 := &state.PatchRecord{Name: "klp_a", Level: 1}, &state.PatchRecord{Name: "klp_b", Level: 2}
+	a := &Agent{live: []span{
+		{from: t0, patch: p1, suspect: health.Suspect{Name: "klp_a", Functions: []health.Function{{Object: "vmlinux", Name: "foo"}},
+			Text: []health.Range{{Start: 0xffffffffc0a00000, End: 0xffffffffc0a01000}}}},
+		{from: t0.Add(time.Hour), patch: p2, suspect: health.Suspect{Name: "klp_b", Functions: []health.Function{{Object: "vmlinux", Name: "bar"}}}},
+	}}
+	at := t0.Add(2 * time.Hour)
+	for _, tc := range []struct {
+		name string
+		ev   health.Event
+		want string
+	}{
+		{"raw RIP in the replaced patch's text", health.Event{RIP: health.Frame{Addr: 0xffffffffc0a00010}}, "klp_a"},
+		{"a frame in the replaced patch's module", health.Event{RIP: health.Frame{Func: "foo_fixed", Module: "klp_a"}}, "klp_a"},
+		{"last unloaded", health.Event{RIP: health.Frame{Addr: 0xffffffffc0b00010}, LastUnloaded: "klp_a"}, "klp_a"},
+		{"a function the replaced patch replaced", health.Event{RIP: health.Frame{Func: "foo"}}, "klp_b"},
+		{"the live patch's function", health.Event{RIP: health.Frame{Func: "bar"}}, "klp_b"},
+		{"nothing of either", health.Event{RIP: health.Frame{Func: "baz"}}, "klp_b"},
+	} {
+		if p, s := a.Culprit(tc.ev, at); p == nil || p.Name != tc.want || s.Name != tc.want {
+			t.Errorf("%s: culprit %v (%s), want %s", tc.name, p, s.Name, tc.want)
+		}
+	}
+	if p, _ := a.Culprit(health.Event{RIP: health.Frame{Addr: 0xffffffffc0a00010}}, t0.Add(time.Minute)); p != p1 {
+		t.Errorf("before the replacement: culprit %v, want level 1", p)
+	}
+}
