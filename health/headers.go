@@ -94,7 +94,7 @@ var headers = []header{
 	{name: "arm64 die", kind: KindOops, maxLevel: levelEmerg, role: roleDie,
 		re: regexp.MustCompile(`^Internal error: (?:Oops|Oops - [A-Za-z0-9 ()_-]+|[A-Za-z0-9 ()_-]+): (?:0x)?[0-9a-f]+ \[#\d+\](?:  ?[A-Z][A-Z0-9_]*)*$`)},
 	// arm64 kernel stack overflow (CONFIG_VMAP_STACK, 4.14+:
-	// handle_bad_stack, panic_bad_stack since 5.16, pr_emerg in
+	// handle_bad_stack, later panic_bad_stack, pr_emerg in
 	// arch/arm64/kernel/traps.c): the stacks and registers follow, then
 	// "Kernel panic - not syncing: kernel stack overflow".
 	{name: "arm64 stack overflow", kind: KindOops, maxLevel: levelEmerg,
