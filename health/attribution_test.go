@@ -84,6 +84,67 @@ func TestFtraceBugNamesThePatchedFunction(t *testing.T) {
 	}
 }
 
+// Up to 5.7 ftrace_bug() WARNs first and names the function after the
+// WARNING's "---[ end trace" line: a WARNING at ftrace_bug keeps the
+// ftrace lines that follow, and ends at the first other line (or when
+// the stream goes quiet).
+func TestFtraceBugLinesAfterTheWarning(t *testing.T) {
+	// A real one (ARM, module loading): the function is a raw address
+	// in the module being loaded.
+	f := corpusFileNamed(t, "ftrace-bug-after-warning-arm-module-plts.txt")
+	loading := Suspect{Name: "klp_loading", Text: []Range{{Start: 0xe9ef7000, End: 0xe9ef8000}}}
+	for path, feed := range map[string]func(*testing.T, corpusFile) []Event{"kmsg": viaKmsg, "netconsole": viaNetconsole, "kdump": viaKdump} {
+		evs := feed(t, f)
+		if len(evs) != 2 {
+			t.Fatalf("%s: events %v", path, kindsOf(evs))
+		}
+		if Attributed(evs[0], loading) || !Attributed(evs[1], loading) || !slices.Contains(evs[1].Lines, "ftrace failed to modify [<e9ef7006>] 0xe9ef7006") {
+			t.Errorf("%s: the ftrace_bug WARNING lost the function after its end marker: %q", path, evs[1].Lines[len(evs[1].Lines)-4:])
+		}
+	}
+	// x86 4.18 records, built from the kernel's format strings: lib/bug.c
+	// __warn ("WARNING: CPU: %d PID: %d at %s:%d %pS"), v4.18
+	// kernel/trace/ftrace.c ftrace_bug (pr_info("ftrace failed to modify
+	// "), then print_ip_sym's printk("[<%p>] %pS\n") as a record of its
+	// own, then print_ip_ins's " actual:   %02x:..."). An unrelated
+	// record ends the report.
+	patch := Suspect{Name: "klp_cmdline", Functions: []Function{{Object: "vmlinux", Name: "cmdline_proc_show"}}}
+	var c Classifier
+	var evs []Event
+	for i, l := range []string{
+		"------------[ cut here ]------------",
+		"WARNING: CPU: 2 PID: 1200 at kernel/trace/ftrace.c:2023 ftrace_bug+0x28a/0x2f0",
+		"RIP: 0010:ftrace_bug+0x28a/0x2f0",
+		"Call Trace:",
+		" ftrace_replace_code+0x1f9/0x230",
+		"---[ end trace 5f0a0b7b1bb7bd52 ]---",
+		"ftrace failed to modify ",
+		"[<00000000a1b2c3d4>] cmdline_proc_show+0x0/0x30",
+		" actual:   e8:93:6c:35:3f",
+		"e1000: eth0 NIC Link is Up 1000 Mbps Full Duplex",
+	} {
+		got := c.Feed(Record{Text: l, Level: levelOf(l), Source: "kmsg"}, time.Unix(int64(i), 0))
+		if len(got) != 0 && i != 9 {
+			t.Fatalf("the report ended at %q", l)
+		}
+		evs = append(evs, got...)
+	}
+	if len(evs) != 1 || !Attributed(evs[0], patch) || evs[0].Lines[len(evs[0].Lines)-1] != " actual:   e8:93:6c:35:3f" {
+		t.Fatalf("events %+v", evs)
+	}
+	// A WARNING at ftrace_bug with nothing after it ends when the stream
+	// goes quiet.
+	c = Classifier{}
+	for i, l := range []string{"------------[ cut here ]------------", "WARNING: CPU: 2 PID: 1200 at kernel/trace/ftrace.c:2023 ftrace_bug+0x28a/0x2f0", "---[ end trace 5f0a0b7b1bb7bd52 ]---"} {
+		if got := c.Feed(Record{Text: l, Level: levelOf(l)}, time.Unix(int64(i), 0)); len(got) != 0 {
+			t.Fatalf("ended at %q", l)
+		}
+	}
+	if got := c.Flush(time.Unix(60, 0)); len(got) != 1 || got[0].Kind != KindWarning {
+		t.Fatalf("flush: %v", kindsOf(got))
+	}
+}
+
 // A RIP the kernel can no longer name (the code was freed: "RIP:
 // 0010:0x...", "Code: Bad RIP value.") and "[last unloaded: mod]" tie the
 // report to mod, the patch the agent replaced and unloaded. The lines are

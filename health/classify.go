@@ -97,6 +97,15 @@ var (
 	// its taint letters since 6.0: " [last unloaded: name(OEK)]".
 	lastUnloadedRE = regexp.MustCompile(`\[last unloaded: ([A-Za-z0-9_-]+)(?:\([A-Z]*\))?\]`)
 	sanEndRE       = regexp.MustCompile(`^={20,}$`)
+	// ftrace_bug()'s lines (kernel/trace/ftrace.c): "ftrace failed to
+	// modify " and the function, print_ip_sym's "[<addr>] func+0x0/0x30",
+	// a record of its own (4.18) or joined on one console line.
+	ftraceBugRE = regexp.MustCompile(`^ftrace (?:failed to modify|faulted on (?:modifying|writing|unknown error))(?: (?:\[<[0-9a-f]+>\] )?` + locPat + `)?\s*$`)
+	// Up to 5.7 ftrace_bug() WARNs first and prints its lines after the
+	// WARNING's end marker: a WARNING at ftrace_bug takes the lines of
+	// this shape that follow it.
+	ftraceSiteRE = regexp.MustCompile(` ftrace_bug\+0x[0-9a-f]+/0x[0-9a-f]+`)
+	ftraceTailRE = regexp.MustCompile(`^\s*(?:ftrace |\[<[0-9a-f]+>\] |actual: |expected(?: tramp)?: |\(\d+\)|(?:Initializing|Setting|Updating) ftrace call site|tramp: )`)
 )
 
 // parseLoc turns a locPat match into a Frame.
@@ -129,6 +138,8 @@ type Classifier struct {
 	curHeader *header
 	cut       bool // the open report is "cut here" waiting for its BUG or WARNING line
 	died      bool // the open report has its die header
+	ftraceOn  bool // the open report began with ftrace_bug()'s block (5.8+)
+	tailing   bool // the open report is an ftrace_bug WARNING past its end marker, taking ftrace_bug()'s lines (to 5.7)
 	lastSeen  time.Time
 	// Idle closes an open report after this long without a record that
 	// belongs to it (default 2 s).
@@ -172,14 +183,22 @@ func (c *Classifier) Feed(r Record, now time.Time) []Event {
 			}
 			c.cur = &Event{Kind: h.kind, Header: text, At: now, Source: r.Source, Sender: r.Sender, Release: r.Dict["RELEASE"]}
 			c.curHeader, c.cut, c.died = h, h.role == roleCut || h.role == roleFtrace, h.role == roleDie
+			c.ftraceOn = h.role == roleFtrace
 		}
 	} else if c.cur == nil {
 		return done
+	} else if c.tailing && !ftraceTailRE.MatchString(text) {
+		// ftrace_bug()'s lines are over: the report was whole.
+		return append(done, c.close()...)
 	}
 	c.lastSeen = now
 	c.cur.KernelTime = r.Time
 	c.add(text)
-	if strings.Contains(text, "---[ end trace") || strings.HasPrefix(text, "---[ end Kernel panic") || len(c.cur.Lines) >= MaxEventLines ||
+	end := strings.Contains(text, "---[ end trace")
+	if end && !c.ftraceOn && c.cur.Kind == KindWarning && ftraceSiteRE.MatchString(c.cur.Header) {
+		end, c.tailing = false, true
+	}
+	if end || strings.HasPrefix(text, "---[ end Kernel panic") || len(c.cur.Lines) >= MaxEventLines ||
 		(c.curHeader.sanitizer && len(c.cur.Lines) > 1 && sanEndRE.MatchString(strings.TrimSpace(text))) {
 		done = append(done, c.close()...)
 	}
@@ -280,6 +299,12 @@ func (c *Classifier) add(text string) {
 	t := strings.TrimRight(text, " \t\r")
 	var site Frame
 	found := false
+	if m := ftraceBugRE.FindStringSubmatch(t); m != nil {
+		if m[1] != "" || m[3] != "" || m[4] != "" || m[6] != "" {
+			e.Frames = append(e.Frames, parseLoc(m, 1))
+		}
+		return
+	}
 	for _, re := range []*regexp.Regexp{ripRE, warnSiteRE, sanSiteRE} {
 		if m := re.FindStringSubmatch(t); m != nil {
 			site, found = parseLoc(m, 1), true
@@ -329,7 +354,7 @@ func (c *Classifier) add(text string) {
 // WARNING line is not a report (a stray line of another one).
 func (c *Classifier) close() []Event {
 	e, orphan := *c.cur, c.cut
-	c.cur, c.curHeader, c.cut, c.died = nil, nil, false, false
+	c.cur, c.curHeader, c.cut, c.died, c.ftraceOn, c.tailing = nil, nil, false, false, false, false
 	if orphan {
 		return nil
 	}
