@@ -20,7 +20,7 @@ func corpusFileNamed(t *testing.T, name string) corpusFile {
 }
 
 // The x86 kernel stack overflow (both forms: "kernel stack overflow (page
-// fault)" up to 5.13, "[Oops: ]stack guard page" since), arm64's
+// fault)" to 5.15, "[Oops: ]stack guard page" since 5.16), arm64's
 // ("Insufficient stack space to handle exception!") and the RCU Tasks
 // stall are reports of their own, opened by their first line, through
 // every input path. Before these headers, none raised an event.

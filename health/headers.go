@@ -83,11 +83,11 @@ var headers = []header{
 		re: regexp.MustCompile(`^BUG: unable to handle kernel (?:NULL pointer dereference|paging request) at (?:\(null\)|(?:0x)?[0-9a-f]+)$`)},
 	// x86 kernel stack overflow (CONFIG_VMAP_STACK, handle_stack_overflow
 	// in arch/x86/kernel/traps.c): "BUG: stack guard page was hit at %p
-	// (stack is %p..%p)" up to 5.13, then (44b979fa302c, 5.14 stable
-	// and 5.16) "BUG: %s stack guard page ..." with the stack's type
+	// (stack is %p..%p)" in mainline to 5.15, then (44b979fa302c, 5.16, and
+	// stable backports) "BUG: %s stack guard page ..." with the stack's type
 	// (TASK, IRQ, SOFTIRQ, NMI, #DF, ...), at KERN_EMERG. Its die header
-	// follows: "kernel stack overflow (page fault|double-fault)" up to
-	// 5.13, "stack guard page" since.
+	// follows: "kernel stack overflow (page fault|double-fault)" before
+	// it, "stack guard page" with it.
 	{name: "x86 stack guard page", kind: KindOops, maxLevel: levelEmerg,
 		re: regexp.MustCompile(`^BUG: (?:[A-Z0-9_#]{2,16} |\(null\) )?stack guard page was hit at ` + ptrPat + ` \(stack is ` + ptrPat + `\.\.` + ptrPat + `\)$`)},
 	// arm64.
