@@ -464,13 +464,30 @@ func (a *Agent) suspect(p *state.PatchRecord) health.Suspect {
 	return s
 }
 
-// LiveAt is the patch that was live at t (nil: none) and what attribution
-// needs to know of it.
-func (a *Agent) LiveAt(t time.Time) (*state.PatchRecord, health.Suspect) {
+// Culprit is the patch ev, seen at t, is judged against: the one live at
+// t, or the one that live patch replaced when ev runs through it and not
+// through the live one. A patch the agent replaced and unloaded can still
+// crash the kernel (a task or callback left in its code): the kernel then
+// names only a raw address in its text, recorded when it went live, and
+// "[last unloaded: name]".
+func (a *Agent) Culprit(ev health.Event, t time.Time) (*state.PatchRecord, health.Suspect) {
 	for i := len(a.live) - 1; i >= 0; i-- {
-		if !a.live[i].from.After(t) {
-			return a.live[i].patch, a.live[i].suspect
+		sp := a.live[i]
+		if sp.from.After(t) {
+			continue
 		}
+		if i > 0 && !health.Attributed(ev, sp.suspect) {
+			// Only its own code ties a report to the replaced patch: a
+			// function it replaced runs unpatched now, which is the
+			// live patch's doing (it dropped the fix), not its.
+			prev := a.live[i-1]
+			code := prev.suspect
+			code.Functions = nil
+			if prev.patch != nil && health.Attributed(ev, code) {
+				return prev.patch, prev.suspect
+			}
+		}
+		return sp.patch, sp.suspect
 	}
 	return nil, health.Suspect{}
 }

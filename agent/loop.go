@@ -38,7 +38,8 @@ type LoopConfig struct {
 	// Between soaks and polls nothing wakes it but events.
 	Recheck time.Duration
 	Policy  health.Policy // the zero Policy is health.DefaultPolicy
-	// NetconsoleActs lets a netconsole report roll back on its own; by
+	// NetconsoleActs lets a netconsole report that names this host's
+	// kernel release roll back on its own (one naming none never does); by
 	// default it is recorded and counted, and corroborates what the
 	// host's own kernel log and kdump say (UDP can be forged).
 	NetconsoleActs bool
@@ -513,11 +514,17 @@ func (r *running) event(ctx context.Context, ev health.Event) {
 	if at.IsZero() {
 		at = a.now()
 	}
-	patch, suspect := a.LiveAt(at)
+	patch, suspect := a.Culprit(ev, at)
 	k := a.kernel()
 	isCurrent := patch != nil && k.Current != nil && patch.Same(k.Current)
 	v := r.judge.Judge(ev, suspect, isCurrent && k.Phase == state.PhaseSoaking, a.now())
-	if v.Rollback && ev.Source == health.SourceNetconsole && !r.cfg.NetconsoleActs {
+	switch {
+	case v.Rollback && ev.Source == health.SourceNetconsole && ev.Release == "":
+		// A kernel before 6.6 cannot name its release; nothing ties the
+		// datagram to this host's kernel, whatever acts says.
+		v.Rollback = false
+		log.Info("a netconsole report that names no kernel release never rolls back on its own: " + v.Reason)
+	case v.Rollback && ev.Source == health.SourceNetconsole && !r.cfg.NetconsoleActs:
 		v.Rollback = false
 		log.Info("a netconsole report does not roll back on its own (health.netconsole.acts): " + v.Reason)
 	}

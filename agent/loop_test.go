@@ -342,29 +342,103 @@ func TestAttributionByAddress(t *testing.T) {
 	}
 }
 
+// A report whose RIP is a raw address inside the text of the patch the
+// agent just replaced (and unloaded) is that patch's, not the live one's:
+// the replaced patch is blocked and the live one keeps soaking. The
+// report's lines are the real 4.18 oops in unloaded module code
+// (testdata/corpus/reports/oops-paging-request-raw-rip-unloaded-module-4.18.txt,
+// "RIP: 0010:0x..." and "Code: Bad RIP value."), its address moved into
+// the replaced patch's text.
+func TestAttributionToTheReplacedPatchByAddress(t *testing.T) {
+	h := newHost(t, 1, 2)
+	h.converge([]int{1})
+	h.soak()
+	inside := klptest.SectionAddr("klp_cmdline_1", ".text") + 4
+	h.now = h.now.Add(time.Minute)
+	h.converge([]int{1, 2})
+	if h.kernel.Patched("cmdline_proc_show") != "klp_cmdline_2" {
+		t.Fatalf("level 2 not live: %q", h.kernel.Patched("cmdline_proc_show"))
+	}
+	var c health.Classifier
+	var evs []health.Event
+	for i, l := range []string{
+		"BUG: unable to handle kernel paging request at " + fmt.Sprintf("%016x", inside),
+		"PGD 8fe4c0d067 P4D 8fe4c0d067 PUD 8fe4c0f067 PMD 103ad89067 PTE 0",
+		"Oops: 0010 [#1] SMP NOPTI",
+		"CPU: 67 PID: 668 Comm: kworker/67:1 Kdump: loaded Not tainted 4.18.0.x86_64 #47",
+		fmt.Sprintf("RIP: 0010:0x%016x", inside),
+		"Code: Bad RIP value.",
+		"Call Trace:",
+		" ? process_one_work+0x195/0x390",
+		" ? worker_thread+0x30/0x390",
+		"---[ end trace c82a412d93f57412 ]---",
+	} {
+		r, err := health.ParseKmsg([]byte(fmt.Sprintf("%d,%d,%d,-;%s\n", 1, i+1, 1000*(i+1), l)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, c.Feed(r, h.now)...)
+	}
+	if len(evs) != 1 || evs[0].RIP.Addr != inside {
+		t.Fatalf("events %+v", evs)
+	}
+	events := make(chan health.Event, 1)
+	events <- evs[0]
+	stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour}, Events: events})
+	waitFor(t, "level 1 blocked", func() bool {
+		st, err := (&state.Store{Dir: h.stateDir}).Load()
+		return err == nil && len(st.Kernels[krel].Blocked) == 1
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(state.PhaseSoaking, 2)
+	k := h.agent.State().Kernels[krel]
+	if !k.IsBlocked("klp_cmdline_1", 1, h.patches[1].SHA256) {
+		t.Fatalf("blocked %+v", k.Blocked)
+	}
+	if ev := h.agent.State().Events; len(ev) != 1 || !ev[0].Attributed || ev[0].Patch != "klp_cmdline_1" || ev[0].RolledBack {
+		t.Fatalf("events %+v", ev)
+	}
+}
+
 // A netconsole report (UDP, which anyone on the path can send) is recorded
-// but does not roll back on its own, unless the operator says it may.
+// but does not roll back on its own, unless the operator says it may and
+// it names this host's kernel release. One naming no release (every
+// kernel before 6.6: RHEL 8 and 9, Ubuntu 5.15) never does, acts or not.
 func TestNetconsoleAloneDoesNotAct(t *testing.T) {
-	for _, acts := range []bool{false, true} {
-		t.Run(fmt.Sprintf("acts=%v", acts), func(t *testing.T) {
+	for _, tc := range []struct {
+		acts     bool
+		release  string
+		rollback bool
+	}{
+		{false, "", false},
+		{false, "6.1.0-57-amd64", false},
+		{true, "", false},
+		{true, "6.1.0-57-amd64", true},
+	} {
+		t.Run(fmt.Sprintf("acts=%v,release=%q", tc.acts, tc.release), func(t *testing.T) {
 			h := newHost(t, 1)
 			h.converge([]int{1})
 			events := make(chan health.Event, 1)
-			events <- health.Event{Kind: health.KindOops, Source: "netconsole", Sender: "10.0.0.9:6665",
+			events <- health.Event{Kind: health.KindOops, Source: "netconsole", Sender: "10.0.0.9:6665", Release: tc.release,
 				Header: "Oops: 0000 [#1] PREEMPT SMP NOPTI", RIP: health.Frame{Func: "cmdline_proc_show", Module: "klp_cmdline_1"}}
-			stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour, NetconsoleActs: acts}, Events: events})
+			stop := runLoop(t, &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour, NetconsoleActs: tc.acts}, Events: events})
 			waitFor(t, "the event recorded", func() bool {
 				st, err := (&state.Store{Dir: h.stateDir}).Load()
 				return err == nil && len(st.Events) == 1
 			})
-			if acts {
+			if tc.rollback {
 				waitFor(t, "rollback", func() bool { return h.kernel.Patched("cmdline_proc_show") == "" })
 			}
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
-			if rolled := h.kernel.Patched("cmdline_proc_show") == ""; rolled != acts {
-				t.Fatalf("rolled back %v, want %v", rolled, acts)
+			if rolled := h.kernel.Patched("cmdline_proc_show") == ""; rolled != tc.rollback {
+				t.Fatalf("rolled back %v, want %v", rolled, tc.rollback)
+			}
+			if ev := h.agent.State().Events[0]; !ev.Attributed || ev.RolledBack != tc.rollback {
+				t.Fatalf("event %+v", ev)
 			}
 		})
 	}
@@ -426,5 +500,39 @@ func TestManifestSinceAges(t *testing.T) {
 	h.agent.recordPoll(manifest.PollResult{Manifest: m2, Changed: true}, nil)
 	if lp := h.agent.State().LastPoll; !lp.ManifestSince.Equal(h.now) {
 		t.Fatalf("a new version: since %s, want %s", lp.ManifestSince, h.now)
+	}
+}
+
+// Culprit names the replaced patch only for its own code (its module, an
+// address in its text, "[last unloaded: ...]"): a report in a function it
+// replaced, which runs unpatched since, is judged against the live patch
+// that dropped it.
+func TestCulpritReplacedPatchOnlyByItsCode(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p1, p2 := &state.PatchRecord{Name: "klp_a", Level: 1}, &state.PatchRecord{Name: "klp_b", Level: 2}
+	a := &Agent{live: []span{
+		{from: t0, patch: p1, suspect: health.Suspect{Name: "klp_a", Functions: []health.Function{{Object: "vmlinux", Name: "foo"}},
+			Text: []health.Range{{Start: 0xffffffffc0a00000, End: 0xffffffffc0a01000}}}},
+		{from: t0.Add(time.Hour), patch: p2, suspect: health.Suspect{Name: "klp_b", Functions: []health.Function{{Object: "vmlinux", Name: "bar"}}}},
+	}}
+	at := t0.Add(2 * time.Hour)
+	for _, tc := range []struct {
+		name string
+		ev   health.Event
+		want string
+	}{
+		{"raw RIP in the replaced patch's text", health.Event{RIP: health.Frame{Addr: 0xffffffffc0a00010}}, "klp_a"},
+		{"a frame in the replaced patch's module", health.Event{RIP: health.Frame{Func: "foo_fixed", Module: "klp_a"}}, "klp_a"},
+		{"last unloaded", health.Event{RIP: health.Frame{Addr: 0xffffffffc0b00010}, LastUnloaded: "klp_a"}, "klp_a"},
+		{"a function the replaced patch replaced", health.Event{RIP: health.Frame{Func: "foo"}}, "klp_b"},
+		{"the live patch's function", health.Event{RIP: health.Frame{Func: "bar"}}, "klp_b"},
+		{"nothing of either", health.Event{RIP: health.Frame{Func: "baz"}}, "klp_b"},
+	} {
+		if p, s := a.Culprit(tc.ev, at); p == nil || p.Name != tc.want || s.Name != tc.want {
+			t.Errorf("%s: culprit %v (%s), want %s", tc.name, p, s.Name, tc.want)
+		}
+	}
+	if p, _ := a.Culprit(health.Event{RIP: health.Frame{Addr: 0xffffffffc0a00010}}, t0.Add(time.Minute)); p != p1 {
+		t.Errorf("before the replacement: culprit %v, want level 1", p)
 	}
 }

@@ -2,6 +2,7 @@ package health
 
 import (
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -45,9 +46,18 @@ type Event struct {
 	RIP     Frame     `json:"rip"`
 	Frames  []Frame   `json:"frames,omitempty"`
 	Modules []string  `json:"modules,omitempty"` // "Modules linked in:", taint letters stripped
-	Lines   []string  `json:"lines"`
-	Source  Source    `json:"source"`
-	Sender  string    `json:"sender,omitempty"` // netconsole's host:port
+	// Loading are the modules listed there with the "+" flag: being
+	// loaded (MODULE_STATE_COMING) when the report came.
+	Loading []string `json:"loading,omitempty"`
+	// LastUnloaded is "[last unloaded: mod]" at the end of that list.
+	LastUnloaded string   `json:"last_unloaded,omitempty"`
+	Lines        []string `json:"lines"`
+	Source       Source   `json:"source"`
+	Sender       string   `json:"sender,omitempty"` // netconsole's host:port
+	// Release is the kernel release the report's first record named
+	// (netconsole's "r" option, Linux 6.6+); "" when it named none. A
+	// netconsole report without it never acts on its own (docs/health.md).
+	Release string `json:"release,omitempty"`
 	// KernelTime is the kernel's timestamp (since boot) of the record that
 	// completed the report, when the source has one: detection latency is
 	// measured from it.
@@ -82,8 +92,20 @@ var (
 	// sanitizer's access site ("BUG: KASAN: use-after-free in func+...").
 	warnSiteRE = regexp.MustCompile(`^WARNING: (?:CPU: \d+ PID: \d+ at (?:\S+:\d+ )?|(?:\[.*\] )?(?:\S+:\d+ )?at )` + locPat + `(?:, CPU#\d+: .*)?\s*$`)
 	sanSiteRE  = regexp.MustCompile(`^BUG: (?:KASAN|KFENCE|KMSAN|KCSAN): [a-z -]+ in ` + locPat + `\s*$`)
-	modNameRE  = regexp.MustCompile(`^([A-Za-z0-9_]+)(?:\([A-Z+-]+\))?$`)
-	sanEndRE   = regexp.MustCompile(`^={20,}$`)
+	modNameRE  = regexp.MustCompile(`^([A-Za-z0-9_]+)(?:\(([A-Z+-]+)\))?$`)
+	// print_modules ends the list with the last module unloaded, with
+	// its taint letters since 6.0: " [last unloaded: name(OEK)]".
+	lastUnloadedRE = regexp.MustCompile(`\[last unloaded: ([A-Za-z0-9_-]+)(?:\([A-Z]*\))?\]`)
+	sanEndRE       = regexp.MustCompile(`^={20,}$`)
+	// ftrace_bug()'s lines (kernel/trace/ftrace.c): "ftrace failed to
+	// modify " and the function, print_ip_sym's "[<addr>] func+0x0/0x30",
+	// a record of its own (4.18) or joined on one console line.
+	ftraceBugRE = regexp.MustCompile(`^ftrace (?:failed to modify|faulted on (?:modifying|writing|unknown error))(?: (?:\[<[0-9a-f]+>\] )?` + locPat + `)?\s*$`)
+	// Up to 5.7 ftrace_bug() WARNs first and prints its lines after the
+	// WARNING's end marker: a WARNING at ftrace_bug takes the lines of
+	// this shape that follow it.
+	ftraceSiteRE = regexp.MustCompile(` ftrace_bug\+0x[0-9a-f]+/0x[0-9a-f]+`)
+	ftraceTailRE = regexp.MustCompile(`^\s*(?:ftrace |\[<[0-9a-f]+>\] |actual: |expected(?: tramp)?: |\(\d+\)|(?:Initializing|Setting|Updating) ftrace call site|tramp: )`)
 )
 
 // parseLoc turns a locPat match into a Frame.
@@ -116,6 +138,8 @@ type Classifier struct {
 	curHeader *header
 	cut       bool // the open report is "cut here" waiting for its BUG or WARNING line
 	died      bool // the open report has its die header
+	ftraceOn  bool // the open report began with ftrace_bug()'s block (5.8+)
+	tailing   bool // the open report is an ftrace_bug WARNING past its end marker, taking ftrace_bug()'s lines (to 5.7)
 	lastSeen  time.Time
 	// Idle closes an open report after this long without a record that
 	// belongs to it (default 2 s).
@@ -146,23 +170,35 @@ func (c *Classifier) Feed(r Record, now time.Time) []Event {
 			// first line: "BUG: kernel NULL pointer dereference" then
 			// "Oops: 0002 [#1]", "kernel BUG at" then "invalid opcode".
 			c.died = true
-		case c.cur != nil && c.cut && (h.kind == KindWarning || h.kind == KindKernelBug) && h.role != roleCut:
+		case c.cur != nil && c.cut && (h.kind == KindWarning || h.kind == KindKernelBug) && h.role != roleCut && h.role != roleFtrace:
 			c.cut = false
 			c.cur.Kind, c.cur.Header, c.curHeader = h.kind, text, h
+		case c.cur != nil && c.cut && c.curHeader.role == roleFtrace && h.role == roleCut:
+			// ftrace_bug()'s "cut here": the WARNING that follows is
+			// the report the function named above belongs to.
+			c.curHeader = h
 		default:
 			if c.cur != nil {
 				done = append(done, c.close()...)
 			}
-			c.cur = &Event{Kind: h.kind, Header: text, At: now, Source: r.Source, Sender: r.Sender}
-			c.curHeader, c.cut, c.died = h, h.role == roleCut, h.role == roleDie
+			c.cur = &Event{Kind: h.kind, Header: text, At: now, Source: r.Source, Sender: r.Sender, Release: r.Dict["RELEASE"]}
+			c.curHeader, c.cut, c.died = h, h.role == roleCut || h.role == roleFtrace, h.role == roleDie
+			c.ftraceOn = h.role == roleFtrace
 		}
 	} else if c.cur == nil {
 		return done
+	} else if c.tailing && !ftraceTailRE.MatchString(text) {
+		// ftrace_bug()'s lines are over: the report was whole.
+		return append(done, c.close()...)
 	}
 	c.lastSeen = now
 	c.cur.KernelTime = r.Time
 	c.add(text)
-	if strings.Contains(text, "---[ end trace") || strings.HasPrefix(text, "---[ end Kernel panic") || len(c.cur.Lines) >= MaxEventLines ||
+	end := strings.Contains(text, "---[ end trace")
+	if end && !c.ftraceOn && c.cur.Kind == KindWarning && ftraceSiteRE.MatchString(c.cur.Header) {
+		end, c.tailing = false, true
+	}
+	if end || strings.HasPrefix(text, "---[ end Kernel panic") || len(c.cur.Lines) >= MaxEventLines ||
 		(c.curHeader.sanitizer && len(c.cur.Lines) > 1 && sanEndRE.MatchString(strings.TrimSpace(text))) {
 		done = append(done, c.close()...)
 	}
@@ -263,6 +299,12 @@ func (c *Classifier) add(text string) {
 	t := strings.TrimRight(text, " \t\r")
 	var site Frame
 	found := false
+	if m := ftraceBugRE.FindStringSubmatch(t); m != nil {
+		if m[1] != "" || m[3] != "" || m[4] != "" || m[6] != "" {
+			e.Frames = append(e.Frames, parseLoc(m, 1))
+		}
+		return
+	}
 	for _, re := range []*regexp.Regexp{ripRE, warnSiteRE, sanSiteRE} {
 		if m := re.FindStringSubmatch(t); m != nil {
 			site, found = parseLoc(m, 1), true
@@ -280,9 +322,16 @@ func (c *Classifier) add(text string) {
 		}
 	case strings.HasPrefix(strings.TrimLeft(t, " "), "Modules linked in:"):
 		_, list, _ := strings.Cut(t, "Modules linked in:")
+		if m := lastUnloadedRE.FindStringSubmatch(list); m != nil {
+			e.LastUnloaded = strings.ReplaceAll(m[1], "-", "_")
+			list = strings.Replace(list, m[0], "", 1)
+		}
 		for _, f := range strings.Fields(list) {
 			if m := modNameRE.FindStringSubmatch(strings.Trim(f, "[]")); m != nil {
 				e.Modules = append(e.Modules, m[1])
+				if strings.Contains(m[2], "+") {
+					e.Loading = append(e.Loading, m[1])
+				}
 			}
 		}
 	default:
@@ -305,7 +354,7 @@ func (c *Classifier) add(text string) {
 // WARNING line is not a report (a stray line of another one).
 func (c *Classifier) close() []Event {
 	e, orphan := *c.cur, c.cut
-	c.cur, c.curHeader, c.cut, c.died = nil, nil, false, false
+	c.cur, c.curHeader, c.cut, c.died, c.ftraceOn, c.tailing = nil, nil, false, false, false, false
 	if orphan {
 		return nil
 	}
@@ -331,12 +380,27 @@ type Range struct {
 	Start, End uint64
 }
 
+// kernelHalf is where 64-bit kernels (x86_64, arm64) keep their code.
+const kernelHalf = 1 << 63
+
 // Attributed reports whether ev's code path runs through s: its RIP, a
 // frame or the site it names is in s's module (by name, or by address
 // inside its text), or is one of the functions s replaces in that object.
+// Two more ties hold without a named frame: s was being loaded when the
+// report came (listed with "+": its init, relocation or enable ran), or
+// the RIP is a raw kernel address the kernel could no longer name and s
+// is the module unloaded last (code of a patch gone from memory).
 func Attributed(ev Event, s Suspect) bool {
 	if s.Name == "" {
 		return false
+	}
+	if slices.Contains(ev.Loading, s.Name) {
+		return true
+	}
+	// Only the RIP: a raw address in a stack dump ("? 0xffffffffc0...")
+	// is often stale, and a user-mode RIP is no kernel code at all.
+	if ev.RIP.Addr >= kernelHalf && ev.LastUnloaded == s.Name {
+		return true
 	}
 	for _, f := range append([]Frame{ev.RIP}, ev.Frames...) {
 		if f.Module == s.Name {

@@ -22,6 +22,7 @@ const (
 	levelErr     = 3
 	levelWarn    = 4
 	levelDefault = 4 // KERN_DEFAULT is stored as default_message_loglevel, 4 unless changed
+	levelInfo    = 6
 )
 
 // role says how a header relates to a report already open.
@@ -36,6 +37,10 @@ const (
 	// cut is "cut here", printed before a BUG or WARNING: it opens a
 	// report the BUG or WARNING line then completes.
 	roleCut
+	// ftrace is ftrace_bug()'s block (5.8+): the function ftrace failed
+	// to patch, printed before its "cut here" and WARNING. Like cut, it
+	// is no report without its WARNING; its "cut here" continues it.
+	roleFtrace
 )
 
 type header struct {
@@ -55,9 +60,13 @@ type header struct {
 // cannot forge: the die header's own fields end where a comm-first line
 // would continue in lower case or with "[pid]".
 const dieStrings = `Oops|general protection fault|segment-related general protection fault|invalid opcode|divide(?: |_)error|` +
-	`stack segment|double fault|kernel stack overflow \(double-fault\)|segment not present|invalid TSS|overflow|bounds|` +
+	`stack segment|double fault|kernel stack overflow \((?:double-fault|page fault)\)|stack guard page|segment not present|invalid TSS|overflow|bounds|` +
 	`coprocessor segment overrun|int3|fpu exception|simd exception|Bad pagetable|unexpected #NM exception|` +
 	`machine check|alignment check|control protection fault|missing ENDBR: [A-Za-z0-9_.]+\+0x[0-9a-f]+/0x[0-9a-f]+`
+
+// ptrPat is a %p the kernel printed: hashed, raw (no_hash_pointers), or
+// not yet hashable early in boot.
+const ptrPat = `(?:[0-9a-f]{8,16}|\(____ptrval____\))`
 
 var headers = []header{
 	// x86: the die header, 4.18 through 6.19; the kind is settled by what
@@ -72,14 +81,33 @@ var headers = []header{
 		re: regexp.MustCompile(`^BUG: unable to handle page fault for address: (?:0x)?[0-9a-f]+$`)},
 	{name: "x86 page fault (4.x)", kind: KindOops, maxLevel: levelAlert,
 		re: regexp.MustCompile(`^BUG: unable to handle kernel (?:NULL pointer dereference|paging request) at (?:\(null\)|(?:0x)?[0-9a-f]+)$`)},
+	// x86 kernel stack overflow (CONFIG_VMAP_STACK, handle_stack_overflow
+	// in arch/x86/kernel/traps.c): "BUG: stack guard page was hit at %p
+	// (stack is %p..%p)" in mainline to 5.15, then (44b979fa302c, 5.16, and
+	// stable backports) "BUG: %s stack guard page ..." with the stack's type
+	// (TASK, IRQ, SOFTIRQ, NMI, #DF, ...), at KERN_EMERG. Its die header
+	// follows: "kernel stack overflow (page fault|double-fault)" before
+	// it, "stack guard page" with it.
+	{name: "x86 stack guard page", kind: KindOops, maxLevel: levelEmerg,
+		re: regexp.MustCompile(`^BUG: (?:[A-Z0-9_#]{2,16} |\(null\) )?stack guard page was hit at ` + ptrPat + ` \(stack is ` + ptrPat + `\.\.` + ptrPat + `\)$`)},
 	// arm64.
 	{name: "arm64 die", kind: KindOops, maxLevel: levelEmerg, role: roleDie,
 		re: regexp.MustCompile(`^Internal error: (?:Oops|Oops - [A-Za-z0-9 ()_-]+|[A-Za-z0-9 ()_-]+): (?:0x)?[0-9a-f]+ \[#\d+\](?:  ?[A-Z][A-Z0-9_]*)*$`)},
+	// arm64 kernel stack overflow (CONFIG_VMAP_STACK, 4.14+:
+	// handle_bad_stack, later panic_bad_stack, pr_emerg in
+	// arch/arm64/kernel/traps.c): the stacks and registers follow, then
+	// "Kernel panic - not syncing: kernel stack overflow".
+	{name: "arm64 stack overflow", kind: KindOops, maxLevel: levelEmerg,
+		re: regexp.MustCompile(`^Insufficient stack space to handle exception!$`)},
 	{name: "arm64 fault", kind: KindOops, maxLevel: levelAlert,
 		re: regexp.MustCompile(`^Unable to handle kernel [a-z -]+ at virtual address [0-9a-f]+$`)},
 	// BUG() and WARN().
 	{name: "cut here", kind: KindWarning, maxLevel: levelWarn, role: roleCut,
 		re: regexp.MustCompile(`^------------\[ cut here \]------------$`)},
+	// ftrace_bug() (kernel/trace/ftrace.c, pr_info): since 5.8 it names
+	// the function it failed to patch before its WARNING.
+	{name: "ftrace bug", kind: KindWarning, maxLevel: levelInfo, role: roleFtrace,
+		re: regexp.MustCompile(`^------------\[ ftrace bug \]------------$`)},
 	{name: "kernel BUG", kind: KindKernelBug, maxLevel: levelCrit,
 		re: regexp.MustCompile(`^(?:kernel BUG at [^ ]+:\d+!|Kernel BUG at .+ \[verbose debug info unavailable\])$`)},
 	{name: "WARNING", kind: KindWarning, maxLevel: levelWarn,
@@ -114,8 +142,13 @@ var headers = []header{
 		re: regexp.MustCompile(`^(?:NMI watchdog: |watchdog: )?(?:CPU\d+: )?Watchdog detected hard LOCKUP on cpu \d+`)},
 	{name: "hung task", kind: KindHungTask, maxLevel: levelErr,
 		re: regexp.MustCompile(`^INFO: task .{1,64}:\d+ blocked (?:in I/O wait )?for more than \d+ seconds\.$`)},
+	// RCU stalls: tree RCU's, and RCU Tasks' ("INFO: rcu_tasks detected
+	// stalls on tasks:", pr_err, in kernel/rcu/update.c up to 5.7, then
+	// kernel/rcu/tasks.h, with rcu_tasks_trace's from 5.8).
 	{name: "RCU stall", kind: KindRCUStall, maxLevel: levelErr,
 		re: regexp.MustCompile(`^(?:rcu: )?INFO: [a-z_]+ (?:detected stalls on CPUs/tasks:|self-detected stall on CPU|detected expedited stalls on CPUs/tasks: )`)},
+	{name: "RCU Tasks stall", kind: KindRCUStall, maxLevel: levelErr,
+		re: regexp.MustCompile(`^(?:rcu: )?INFO: rcu_tasks(?:_trace)? detected stalls on tasks:$`)},
 }
 
 // matchHeader finds the header text opens at level (-1: the source does

@@ -185,7 +185,10 @@ type NetconsoleStats struct {
 	OtherRelease uint64 `json:"other_release"`
 	Plain        uint64 `json:"plain"`      // datagrams without the extended header, when only extended ones count
 	NoRelease    uint64 `json:"no_release"` // extended records naming no release, when one is required
-	Denied       uint64 `json:"denied"`     // datagrams from senders not allowed
+	// Unverified counts extended records kept that name no release (a
+	// kernel before 6.6, or a target without "r"), when none is required.
+	Unverified uint64 `json:"unverified"`
+	Denied     uint64 `json:"denied"` // datagrams from senders not allowed
 }
 
 func (s *NetconsoleStats) add(o NetconsoleStats) {
@@ -199,6 +202,7 @@ func (s *NetconsoleStats) add(o NetconsoleStats) {
 	s.OtherRelease += o.OtherRelease
 	s.Plain += o.Plain
 	s.NoRelease += o.NoRelease
+	s.Unverified += o.Unverified
 	s.Denied += o.Denied
 }
 
@@ -241,7 +245,8 @@ type Reassembler struct {
 	// so nothing says the kernel wrote them.
 	ExtendedOnly bool
 	// RequireRelease drops extended records that name no release
-	// (netconsole's "r" option, Linux 6.6+).
+	// (netconsole's "r" option, Linux 6.6+). Without it they are kept
+	// (counted in Stats.Unverified), and their reports carry no Release.
 	RequireRelease bool
 	Stats          NetconsoleStats
 
@@ -399,7 +404,9 @@ func (r *Reassembler) evictOldest() {
 
 func (r *Reassembler) record(m NetconsoleMsg) Record {
 	rec := Record{Facility: m.Facility, Level: m.Level, Seq: m.Seq, Time: m.Time, Text: m.Text, Dict: m.Dict, Source: SourceNetconsole}
-	if m.Release != "" {
+	if m.Release == "" {
+		r.Stats.Unverified++
+	} else {
 		if rec.Dict == nil {
 			rec.Dict = map[string]string{}
 		}

@@ -333,7 +333,7 @@ func TestReassembler(t *testing.T) {
 		{"same seq after a reboot", [][]byte{frags[0], ncKernelExt(ncRelease, rebooted)[1], frags[1], frags[2]}, []string{long.text}, 1, NetconsoleStats{Datagrams: 4, Records: 1, Reassembled: 1}},
 		{"same seq, another record", [][]byte{frags[0], ncKernelExt(ncRelease, alert)[1], frags[1], frags[2]}, nil, 1, NetconsoleStats{Datagrams: 4, Dropped: 2}},
 		{"another release", [][]byte{[]byte("6.12.57+deb13-amd64,4,1,1,-;Oops: 0002\n"), []byte("6.12.57+deb13-amd64,4,1,1,-,ncfrag=0/10;Oops:")}, nil, 0, NetconsoleStats{Datagrams: 2, OtherRelease: 2}},
-		{"no release", [][]byte{[]byte("4,1,1,-;Oops: 0002\n")}, []string{"Oops: 0002"}, 0, NetconsoleStats{Datagrams: 1, Records: 1}},
+		{"no release", [][]byte{[]byte("4,1,1,-;Oops: 0002\n")}, []string{"Oops: 0002"}, 0, NetconsoleStats{Datagrams: 1, Records: 1, Unverified: 1}},
 		{"dictionary", ncKernelExt(ncRelease, ncRec{prio: 6, seq: 2, text: "e1000: Link is Up", dict: [][2]string{{"SUBSYSTEM", "pci"}}}), []string{"e1000: Link is Up"}, 0, NetconsoleStats{Datagrams: 1, Records: 1}},
 		{"garbage", [][]byte{[]byte("4,1,1,-,ncfrag=9/3;zz"), {}, []byte("\x00\x01\x02")}, nil, 0, NetconsoleStats{Datagrams: 3, Garbage: 3}},
 		{"plain lines across datagrams", [][]byte{[]byte("[   61.200000] Oops: 0002 [#1]\n[   61.200053] CPU: 0 PI"), []byte("D: 1 Comm: x\n")},
@@ -543,6 +543,11 @@ func TestNetconsoleReceiverOops(t *testing.T) {
 					ev.Sender != c.LocalAddr().String() {
 					t.Fatalf("event %+v", ev)
 				}
+				// The report says whether its kernel named the release:
+				// one that did not never acts on its own.
+				if want := map[bool]string{true: ncRelease}[strings.Contains(tt.file, "release")]; ev.Release != want {
+					t.Fatalf("event release %q, want %q", ev.Release, want)
+				}
 				for _, r := range ncOopsRecords(t) {
 					if strings.HasPrefix(r.text, "Modules linked in:") && modules != r.text {
 						t.Fatalf("module list %d bytes, want the record's %d", len(modules), len(r.text))
@@ -551,7 +556,8 @@ func TestNetconsoleReceiverOops(t *testing.T) {
 			}
 			s := nr.Stats()
 			if s.Garbage != 0 || (s.Reassembled > 0) != tt.reassembled || s.Datagrams+s.Denied != uint64(len(dgrams)) ||
-				(s.Denied > 0) != (tt.name == "sender not allowed" || tt.name == "no sender allowed") {
+				(s.Denied > 0) != (tt.name == "sender not allowed" || tt.name == "no sender allowed") ||
+				(s.Unverified > 0) != (tt.event && tt.reassembled && !strings.Contains(tt.file, "release")) {
 				t.Fatalf("stats %+v", s)
 			}
 			if err := stop(); err != nil {

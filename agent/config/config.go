@@ -88,8 +88,12 @@ type NetconsoleConfig struct {
 	Allow  []string `yaml:"allow"`  // sender addresses or CIDRs; required to listen
 	// RequireRelease drops records that do not name this host's kernel
 	// release (netconsole's "r" option; Linux 6.6 and later send it).
+	// Off (the default), they are kept: their reports are recorded and
+	// journalled but never roll back on their own, acts or not.
 	RequireRelease bool `yaml:"require_release"`
-	Acts           bool `yaml:"acts"` // a netconsole report may roll back on its own
+	// Acts lets a netconsole report naming this host's release roll back
+	// on its own.
+	Acts bool `yaml:"acts"`
 }
 
 // AllowPrefixes parses Allow; Validate has checked it.
@@ -212,7 +216,7 @@ func Default() Config {
 		Apply: ApplyConfig{Soak: 30 * time.Minute, TransitionTimeout: 60 * time.Second, Windows: []window.Spec{}},
 		Health: HealthConfig{
 			Kmsg: true, KdumpDir: "/var/crash", PstoreDir: "/sys/fs/pstore", Taint: true, TaintInterval: 5 * time.Second,
-			Netconsole: NetconsoleConfig{Allow: []string{}, RequireRelease: true},
+			Netconsole: NetconsoleConfig{Allow: []string{}},
 			Command:    CommandConfig{Argv: []string{}, Timeout: 30 * time.Second, Interval: time.Minute, Failures: 3},
 			Policy:     health.DefaultPolicy(),
 		},
