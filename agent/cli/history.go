@@ -12,6 +12,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/agent/daemon"
 	"github.com/klp-agent/klp-agent/agent/history"
+	"github.com/klp-agent/klp-agent/internal/sanitize"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -40,6 +41,9 @@ func cmdHistory(env *Env, args []string) error {
 		return err
 	}
 	events = history.Since(events, from)
+	// Reasons, evidence and kernel text come from outside: the output
+	// boundary, for the table and --json alike.
+	sanitize.Strings(events)
 	if *asJSON {
 		return writeHistoryJSON(env.Stdout, events, skipped)
 	}
@@ -148,12 +152,5 @@ func orDash(s string) string {
 }
 
 // oneLine keeps a field on its row: control characters (a kernel line's
-// tab or newline, an operator's --reason) become spaces.
-func oneLine(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || (r >= 0x7f && r < 0xa0) {
-			return ' '
-		}
-		return r
-	}, s)
-}
+// tab or newline, an operator's --reason) are shown escaped.
+func oneLine(s string) string { return sanitize.Text(s) }
