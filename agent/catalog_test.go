@@ -22,7 +22,8 @@ func TestMessageIDsInCatalog(t *testing.T) {
 	kinds := map[string]string{"applied": MsgApplied, "rolled back": MsgRolledBack, "blocked": MsgBlocked,
 		"stalled": MsgStalled, "manifest rejected": MsgManifestRejected, "good": MsgGood, "re-applied": MsgReapplied,
 		"health event": MsgHealthEvent, "control": MsgControl, "kill switch": MsgKillSwitch,
-		"root updated": MsgRootUpdated, "root floor reset": MsgRootFloorReset}
+		"root updated": MsgRootUpdated, "root floor reset": MsgRootFloorReset,
+		"root re-provisioned": MsgRootReprovisioned}
 	for name, id := range kinds {
 		if !logging.ValidMessageID(id) {
 			t.Errorf("%s: %q is not a valid MESSAGE_ID", name, id)

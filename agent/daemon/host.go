@@ -320,6 +320,15 @@ func (h *Host) Settings(log *zap.Logger, client *manifest.Client) (agent.Setting
 	}
 	if src != nil {
 		src.OnRootUpdate = func(u *manifest.RootUpdate) { logRootUpdate(log, u) }
+		if rt := src.Trust.Root; rt != nil {
+			// Before any walk: a re-provisioned trust.root replaces the
+			// persisted chain (callers hold the state lock).
+			restart, err := rt.Settle(src.Store)
+			if err != nil {
+				return agent.Settings{}, err
+			}
+			logRootRestart(log, restart)
+		}
 	}
 	return agent.Settings{Source: src, Downloader: client, Host: h.Host, Installer: h.Installer(),
 		Soak: h.Config.Apply.Soak, CrashSince: h.CrashSince(), Log: log, Windows: h.Config.Apply.MaintenanceWindows()}, nil
