@@ -119,3 +119,29 @@ func TestRootReprovisionRecovers(t *testing.T) {
 		})
 	}
 }
+
+// A daemon reloaded with a new trust.root settles it while the old
+// configuration may still be polling: the old one's walk no longer
+// replaces the re-provisioned root.
+func TestOldConfigurationCannotCommitOverReprovisionedRoot(t *testing.T) {
+	rk, k1, nrk, k2 := newTestKey(t), newTestKey(t), newTestKey(t), newTestKey(t)
+	rs, srv := newRootServer(t)
+	dir := t.TempDir()
+	old, oldRT := rootSource(t, srv, signRoot(t, newRoot(1, []testKey{rk}, 1, []testKey{k1}, 1), rk), dir)
+	if _, err := oldRT.Settle(old.Store); err != nil {
+		t.Fatal(err)
+	}
+	newFile := signRoot(t, newRoot(1, []testKey{nrk}, 1, []testKey{k2}, 1), nrk)
+	src, rt := rootSource(t, srv, newFile, dir)
+	if _, err := rt.Settle(src.Store); err != nil { // nothing persisted yet: no restart, a new origin
+		t.Fatal(err)
+	}
+	rs.put("/m/root.2.json", signRoot(t, newRoot(2, []testKey{rk}, 1, []testKey{k1}, 1), rk))
+	rs.put("/m/manifest.json", sign(t, manifestVersion(1), k1))
+	if _, err := old.Poll(context.Background()); !errors.Is(err, ErrRootRollback) {
+		t.Fatalf("old configuration's walk: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "root.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the old configuration's root was persisted (%v)", err)
+	}
+}

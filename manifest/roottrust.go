@@ -334,6 +334,11 @@ func (t *RootTrust) Commit(u *RootUpdate) error {
 		return fmt.Errorf("%w: trusted root moved from version %d to %d during the update", ErrRootRollback, u.From.Version, t.cur.Version)
 	}
 	if t.path != "" && !t.readOnly {
+		// A daemon reloaded with a re-provisioned trust.root settled
+		// meanwhile: this (old) configuration's chain must not replace it.
+		if o, missing := readOrigin(RootOriginPath(t.path)); !missing && o.ConfiguredSHA256 != t.configuredSum {
+			return fmt.Errorf("%w: trust.root was re-provisioned during the update", ErrRootRollback)
+		}
 		if err := atomicfile.WriteFile(t.path, u.Files[len(u.Files)-1], 0o644); err != nil {
 			return fmt.Errorf("persist trusted root: %w", err)
 		}
