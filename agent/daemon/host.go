@@ -136,7 +136,7 @@ func checkStateDir(dir string, uid int) error {
 func inspectStateDir(dir string, uid int, missingOK bool) error {
 	fi, err := os.Lstat(dir)
 	if missingOK && errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return checkAncestors(dir, uid)
 	}
 	if err != nil {
 		return fmt.Errorf("state dir %s: %w", dir, err)
@@ -144,7 +144,66 @@ func inspectStateDir(dir string, uid int, missingOK bool) error {
 	if why := untrusted(fi, uid); why != "" {
 		return fmt.Errorf("%w: paths.state_dir %s %s", ErrUntrustedStateDir, dir, why)
 	}
+	return checkAncestors(dir, uid)
+}
+
+// checkAncestors refuses a state directory under a directory another user
+// could change (sshd's StrictModes rule): whoever can rename entries in an
+// ancestor can swap the whole tree under the agent. Each existing ancestor,
+// as written and as its symlinks resolve, must be owned by root or uid and
+// not writable by group or others, unless it is sticky and root's (/tmp:
+// others cannot rename what they do not own there).
+func checkAncestors(dir string, uid int) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	paths := ancestors(filepath.Dir(abs))
+	if real, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil && real != filepath.Dir(abs) {
+		paths = append(paths, ancestors(real)...)
+	}
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // created 0755 by root
+		}
+		if err != nil {
+			return fmt.Errorf("state dir %s: ancestor %s: %w", dir, p, err)
+		}
+		if why := untrustedAncestor(fi, uid); why != "" {
+			return fmt.Errorf("%w: paths.state_dir %s is under %s, which %s", ErrUntrustedStateDir, dir, p, why)
+		}
+	}
 	return nil
+}
+
+// ancestors is p and every directory above it, up to /.
+func ancestors(p string) []string {
+	var out []string
+	for {
+		out = append(out, p)
+		up := filepath.Dir(p)
+		if up == p {
+			return out
+		}
+		p = up
+	}
+}
+
+// untrustedAncestor says why fi is no safe ancestor ("" when it is).
+func untrustedAncestor(fi fs.FileInfo, uid int) string {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return "is not a directory"
+	case !ok:
+		return "has no owner information"
+	case st.Uid != 0 && int(st.Uid) != uid:
+		return fmt.Sprintf("is owned by uid %d, not root (chown root)", st.Uid)
+	case fi.Mode().Perm()&0o022 != 0 && (fi.Mode()&fs.ModeSticky == 0 || st.Uid != 0):
+		return fmt.Sprintf("has mode %04o, writable by group or others and not sticky (chmod go-w)", fi.Mode().Perm())
+	}
+	return ""
 }
 
 // CheckStart is everything `klp-agent run` refuses at start with EX_CONFIG
