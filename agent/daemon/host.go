@@ -75,6 +75,9 @@ var ErrThreshold = errors.New("too few trusted keys for trust.threshold")
 func loadTrust(l *config.Loaded) (manifest.Trust, error) {
 	t := manifest.Trust{MaxSize: int(l.Manifest.MaxSize), MaxExpiry: l.Manifest.MaxExpiry}
 	if l.Trust.Root != "" {
+		if err := checkFile("trust.root", l.Trust.Root, publicFile); err != nil {
+			return t, err
+		}
 		b, err := limitfile.Read(l.Trust.Root, manifest.RootMaxSize)
 		if err != nil {
 			return t, fmt.Errorf("trust.root: %w", err)
@@ -84,6 +87,9 @@ func loadTrust(l *config.Loaded) (manifest.Trust, error) {
 			return t, fmt.Errorf("trust.root %s: %w", l.Trust.Root, err)
 		}
 		return t, nil
+	}
+	if err := checkKeysDir(l.Trust.KeysDir); err != nil {
+		return t, err
 	}
 	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
 	if err != nil {
@@ -312,6 +318,11 @@ func (h *Host) Logger(stderr io.Writer) (*zap.Logger, error) {
 // Client is the one HTTP client, for manifests and RPMs.
 func (h *Host) Client(log *zap.Logger) (*manifest.Client, error) {
 	m := h.Config.Manifest
+	if m.ClientKey != "" {
+		if err := checkFile("manifest.client_key", m.ClientKey, secretFile); err != nil {
+			return nil, err
+		}
+	}
 	return manifest.NewClient(manifest.ClientConfig{CABundle: m.CABundle, ClientCert: m.ClientCert, ClientKey: m.ClientKey,
 		Retries: m.Retries, IdleTimeout: m.IdleTimeout,
 		UserAgent: "klp-agent/" + Version, Logger: logging.RetryableLogger(log)})
