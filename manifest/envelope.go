@@ -95,12 +95,42 @@ func decodeEnvelopeType(b []byte, payloadType string) (*dsse.Envelope, error) {
 	// string several times faster than encoding/json.
 	var env dsse.Envelope
 	if err := jsonv2.Unmarshal(b, &env, jsonv2.RejectUnknownMembers(true)); err != nil {
-		return nil, fmt.Errorf("%w: envelope: %w", ErrInvalid, err)
+		return nil, envelopeError(err)
 	}
 	if env.PayloadType != payloadType {
-		return nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, payloadType)
+		return nil, payloadTypeError(env.PayloadType, payloadType)
 	}
 	return &env, nil
+}
+
+// envelopeError says why bytes are no envelope without quoting them: they
+// are not verified yet and may be anything a source reached (a mirror's
+// page, or a root-only file a symlink led to), and the message goes to the
+// journal and the world-readable status.json. A JSON decoder's own message
+// quotes member names, values and characters; this one gives the byte
+// offset and the kind of fault only.
+func envelopeError(err error) error {
+	var syn *jsontext.SyntacticError
+	var sem *jsonv2.SemanticError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Errorf("%w: envelope: not valid JSON (at byte offset %d)", ErrInvalid, syn.ByteOffset)
+	case errors.As(err, &sem) && errors.Is(err, jsonv2.ErrUnknownName):
+		return fmt.Errorf("%w: envelope: a member other than payloadType, payload and signatures (at byte offset %d)", ErrInvalid, sem.ByteOffset)
+	case errors.As(err, &sem):
+		kind := "value"
+		if sem.JSONKind != 0 {
+			kind = sem.JSONKind.String()
+		}
+		return fmt.Errorf("%w: envelope: unexpected JSON %s (at byte offset %d): not a DSSE envelope", ErrInvalid, kind, sem.ByteOffset)
+	}
+	return fmt.Errorf("%w: envelope: not a DSSE envelope", ErrInvalid)
+}
+
+// payloadTypeError names the payload type wanted, not the one found (not
+// verified: see envelopeError).
+func payloadTypeError(got, want string) error {
+	return fmt.Errorf("%w: the envelope's is %d bytes, not %q", ErrPayloadType, len(got), want)
 }
 
 // rawEnvelope is a DSSE envelope with the payload left as JSON text, so
@@ -123,7 +153,7 @@ func decodeRawEnvelope(envelope []byte) (rawEnvelope, error) {
 	var env rawEnvelope
 	strict := func(b []byte) error {
 		if err := jsonv2.Unmarshal(b, &env, jsonv2.RejectUnknownMembers(true)); err != nil {
-			return fmt.Errorf("%w: envelope: %w", ErrInvalid, err)
+			return envelopeError(err)
 		}
 		return nil
 	}
@@ -270,7 +300,7 @@ func verifyEnvelope(envelope []byte, payloadType string, keys Keyring, threshold
 		return nil, nil, err
 	}
 	if env.PayloadType != payloadType {
-		return nil, nil, fmt.Errorf("%w: %q (want %q)", ErrPayloadType, env.PayloadType, payloadType)
+		return nil, nil, payloadTypeError(env.PayloadType, payloadType)
 	}
 	if len(env.Signatures) == 0 {
 		return nil, nil, ErrNoSignature

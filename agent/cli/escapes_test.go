@@ -80,3 +80,51 @@ func TestMirrorReasonPhraseIsEscaped(t *testing.T) {
 		}
 	}
 }
+
+// A manifest source that reaches a root-only file (manifest.url naming it,
+// or a symlink in a published tree) gets a parse error, and that error
+// goes to the journal, status and the world-readable status.json: it says
+// where the bytes stop being an envelope, never what they are. The old
+// code quoted the JSON decoder's message: an unknown member's name, the
+// payload type's value, the first character.
+func TestUnverifiedBytesAreNotQuoted(t *testing.T) {
+	for name, content := range map[string]string{
+		"member name":  `{"s3cr3t_token":"x"}`,
+		"payload type": `{"payloadType":"s3cr3t-value","payload":"","signatures":[]}`,
+		"shadow line":  "s3cr3t:$6$hash:19000:0:99999:7:::\n",
+		"string value": `{"payload": "s3cr3t", "payloadType": 5}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			secret := filepath.Join(t.TempDir(), "shadow")
+			if err := os.WriteFile(secret, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			dir, stateDir, cfg := daemonHost(t, "manifest:\n  url: file://"+secret+"\n")
+			logs := startDaemon(t, cfg, stateDir)
+			out, code := runCode(t, t0, "poll", "--config", cfg, "--wait", "1m")
+			if code != 1 || !strings.Contains(out, "envelope") {
+				t.Fatalf("poll of a non-envelope: exit %d\n%s", code, out)
+			}
+			outputs := map[string]string{"poll": out}
+			for _, args := range [][]string{{"status"}, {"status", "--check"}, {"status", "--json"}} {
+				o, _ := runCode(t, t0, append(args, "--config", cfg)...)
+				outputs[strings.Join(args, " ")] = o
+			}
+			var b []byte
+			for deadline := time.Now().Add(30 * time.Second); !strings.Contains(string(b), "envelope") && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
+				b, _ = os.ReadFile(filepath.Join(dir, "status.json"))
+			}
+			outputs["status.json"] = string(b)
+			outputs["journal (console)"] = logs.String()
+			for where, o := range outputs {
+				if strings.Contains(o, "s3cr3t") || strings.Contains(o, "'s'") {
+					t.Errorf("%s quotes the file:\n%s", where, o)
+				}
+				if !strings.Contains(o, "envelope") {
+					t.Errorf("%s does not say why:\n%s", where, o)
+				}
+			}
+		})
+	}
+}
