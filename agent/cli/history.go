@@ -41,9 +41,6 @@ func cmdHistory(env *Env, args []string) error {
 		return err
 	}
 	events = history.Since(events, from)
-	// Reasons, evidence and kernel text come from outside: the output
-	// boundary, for the table and --json alike.
-	sanitize.Strings(events)
 	if *asJSON {
 		return writeHistoryJSON(env.Stdout, events, skipped)
 	}
@@ -71,6 +68,7 @@ type historyJSON struct {
 }
 
 func writeHistoryJSON(w io.Writer, events []history.Event, skipped int) error {
+	sanitize.Strings(&events)
 	if events == nil {
 		events = []history.Event{}
 	}
@@ -83,6 +81,9 @@ func writeHistoryJSON(w io.Writer, events []history.Event, skipped int) error {
 }
 
 func writeHistory(w io.Writer, events []history.Event, skipped int) {
+	// Reasons, evidence and kernel text come from outside: the output
+	// boundary, for the table and --json alike.
+	sanitize.Strings(&events)
 	if len(events) == 0 {
 		fmt.Fprintln(w, "no events recorded")
 	} else {

@@ -86,59 +86,132 @@ func writeEscape(b *strings.Builder, r rune) {
 }
 
 // Strings passes every exported string reachable from v (a pointer to a
-// struct, usually) through Text in place: fields, slice and array
-// elements, map keys and values, through pointers and embedded structs.
-// A new string field of a status type is covered without being listed.
+// struct, usually) through Text: fields, slice and array elements, map
+// keys and values, through pointers, interfaces and embedded structs. A
+// new string field of a status type is covered without being listed.
+// Only *v is changed in place; anything it reaches is copied before it is
+// changed (copy on write), so a status that shares a slice, a map or a
+// pointer with live data (the manifest in force) never writes to it.
 func Strings(v any) {
-	walk(reflect.ValueOf(v))
-}
-
-func walk(v reflect.Value) {
-	switch v.Kind() {
-	case reflect.Pointer, reflect.Interface:
-		if !v.IsNil() {
-			walk(v.Elem())
-		}
-	case reflect.String:
-		if v.CanSet() {
-			if s := v.String(); !Safe(s) {
-				v.SetString(Text(s))
-			}
-		}
-	case reflect.Struct:
-		for i := range v.NumField() {
-			if v.Type().Field(i).IsExported() {
-				walk(v.Field(i))
-			}
-		}
-	case reflect.Slice, reflect.Array:
-		for i := range v.Len() {
-			walk(v.Index(i))
-		}
-	case reflect.Map:
-		walkMap(v)
-	}
-}
-
-// walkMap rebuilds a map with string keys: each key and value is
-// sanitised (values walked as copies, since map elements cannot be set).
-func walkMap(v reflect.Value) {
-	if v.IsNil() || v.Type().Key().Kind() != reflect.String {
+	p := reflect.ValueOf(v)
+	if p.Kind() != reflect.Pointer || p.IsNil() {
 		return
 	}
-	kt, et := v.Type().Key(), v.Type().Elem()
-	keys := v.MapKeys()
-	vals := make([]reflect.Value, len(keys))
-	for i, k := range keys {
-		vals[i] = v.MapIndex(k)
-		v.SetMapIndex(k, reflect.Value{})
+	if c, changed := clean(p.Elem()); changed {
+		p.Elem().Set(c)
 	}
-	for i, k := range keys {
-		nk := reflect.New(kt).Elem()
-		nk.SetString(Text(k.String()))
-		ne := reflect.New(et).Elem()
-		ne.Set(vals[i])
-		walk(ne)
-		v.SetMapIndex(nk, ne)
+}
+
+// clean returns v with every exported string sanitised and true, or v
+// itself and false when nothing needed it; v is never written to.
+func clean(v reflect.Value) (reflect.Value, bool) {
+	switch v.Kind() {
+	case reflect.String:
+		if Safe(v.String()) {
+			return v, false
+		}
+		c := reflect.New(v.Type()).Elem()
+		c.SetString(Text(v.String()))
+		return c, true
+	case reflect.Pointer:
+		if v.IsNil() {
+			return v, false
+		}
+		e, changed := clean(v.Elem())
+		if !changed {
+			return v, false
+		}
+		c := reflect.New(v.Type().Elem())
+		c.Elem().Set(e)
+		return c, true
+	case reflect.Interface:
+		if v.IsNil() {
+			return v, false
+		}
+		e, changed := clean(v.Elem())
+		if !changed {
+			return v, false
+		}
+		c := reflect.New(v.Type()).Elem()
+		c.Set(e)
+		return c, true
+	case reflect.Struct:
+		return cleanFields(v)
+	case reflect.Array:
+		return cleanElems(v, reflect.New(v.Type()).Elem())
+	case reflect.Slice:
+		if v.IsNil() {
+			return v, false
+		}
+		return cleanElems(v, reflect.MakeSlice(v.Type(), v.Len(), v.Len()))
+	case reflect.Map:
+		return cleanMap(v)
 	}
+	return v, false
+}
+
+func cleanFields(v reflect.Value) (reflect.Value, bool) {
+	var c reflect.Value
+	for i := range v.NumField() {
+		if !v.Type().Field(i).IsExported() {
+			continue
+		}
+		f, changed := clean(v.Field(i))
+		if !changed {
+			continue
+		}
+		if !c.IsValid() {
+			c = reflect.New(v.Type()).Elem()
+			c.Set(v)
+		}
+		c.Field(i).Set(f)
+	}
+	if !c.IsValid() {
+		return v, false
+	}
+	return c, true
+}
+
+// cleanElems fills c (a fresh array or slice of v's length) when an
+// element changes.
+func cleanElems(v, c reflect.Value) (reflect.Value, bool) {
+	changedAny := false
+	for i := range v.Len() {
+		e, changed := clean(v.Index(i))
+		if changed && !changedAny {
+			reflect.Copy(c, v)
+			changedAny = true
+		}
+		if changed {
+			c.Index(i).Set(e)
+		}
+	}
+	if !changedAny {
+		return v, false
+	}
+	return c, true
+}
+
+func cleanMap(v reflect.Value) (reflect.Value, bool) {
+	if v.IsNil() {
+		return v, false
+	}
+	type entry struct{ k, e reflect.Value }
+	var entries []entry
+	changedAny := false
+	iter := v.MapRange()
+	for iter.Next() {
+		k, kc := clean(iter.Key())
+		e, ec := clean(iter.Value())
+		changedAny = changedAny || kc || ec
+		entries = append(entries, entry{k, e})
+	}
+	if !changedAny {
+		return v, false
+	}
+	c := reflect.MakeMapWithSize(v.Type(), len(entries))
+	for _, en := range entries {
+		c.SetMapIndex(en.k, en.e)
+	}
+	return c, true
 }

@@ -62,3 +62,32 @@ func TestStrings(t *testing.T) {
 	Strings(nil)
 	Strings((*outer)(nil))
 }
+
+// Strings never writes to what the value shares: a slice, a map or a
+// pointee it reaches is copied before it is changed, and a clean one is
+// kept as it is.
+func TestStringsCopiesOnWrite(t *testing.T) {
+	type leaf struct{ S string }
+	type doc struct {
+		P     *leaf
+		L     []string
+		M     map[string]string
+		Clean []string
+	}
+	e, w := "x\x1b[2J", `x\x1b[2J`
+	shared := &leaf{S: e}
+	list := []string{"ok", e}
+	m := map[string]string{"k": e}
+	clean := []string{"ok"}
+	d := &doc{P: shared, L: list, M: m, Clean: clean}
+	Strings(d)
+	if d.P.S != w || d.L[1] != w || d.M["k"] != w {
+		t.Fatalf("not sanitised: %+v", d)
+	}
+	if shared.S != e || list[1] != e || m["k"] != e {
+		t.Errorf("shared data written to: %q %q %q", shared.S, list[1], m["k"])
+	}
+	if &d.Clean[0] != &clean[0] {
+		t.Errorf("a clean slice was copied")
+	}
+}
