@@ -53,6 +53,8 @@ const (
 	// The root of trust (logged by the daemon, which owns the root).
 	MsgRootUpdated    = "4d8bc6be6ae6486d9c46782e8c901e8d"
 	MsgRootFloorReset = "2fce3504c79e44e492e75620cd1c9e1b"
+	// trust.root re-provisioned: the chain restarted from it.
+	MsgRootReprovisioned = "906dd192044a4fb3876594d3e91ebdd6"
 )
 
 // Downloader fetches RPMs: the same HTTP client as the manifest

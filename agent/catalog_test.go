@@ -23,7 +23,9 @@ func TestMessageIDsInCatalog(t *testing.T) {
 		"stalled": MsgStalled, "manifest rejected": MsgManifestRejected, "good": MsgGood, "re-applied": MsgReapplied,
 		"health event": MsgHealthEvent, "control": MsgControl, "kill switch": MsgKillSwitch,
 		"root updated": MsgRootUpdated, "root floor reset": MsgRootFloorReset,
-		"module refused": MsgModuleRefused}
+		"module refused": MsgModuleRefused,
+
+		"root re-provisioned": MsgRootReprovisioned}
 	for name, id := range kinds {
 		if !logging.ValidMessageID(id) {
 			t.Errorf("%s: %q is not a valid MESSAGE_ID", name, id)

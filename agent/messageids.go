@@ -19,4 +19,5 @@ var MessageIDs = []MessageID{
 	{MsgKillSwitch, "a boot with the kill switch on: nothing applied"},
 	{MsgRootUpdated, "the root of trust updated"},
 	{MsgRootFloorReset, "a root rotation changed the manifest keys: version floor reset"},
+	{MsgRootReprovisioned, "a re-provisioned trust.root: the root chain restarted from it"},
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/sanitize"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -310,8 +311,13 @@ func (s *Status) StaleAfter() time.Duration {
 }
 
 // Finish stamps the status with its check code and reason, for --json and
-// the snapshot.
+// the snapshot. It is the status's output boundary: every string in it,
+// much of it from outside (a mirror's reason phrase in the last poll's
+// error, manifest strings, kernel evidence, netconsole senders), passes
+// sanitize.Text first, so status, status --check and status.json never
+// carry a terminal escape.
 func (s *Status) Finish() {
+	sanitize.Strings(s)
 	code, why := s.Check()
 	s.Answer = &CheckResult{Code: code, Reason: why}
 }

@@ -95,12 +95,36 @@ func decodeEnvelopeType(b []byte, payloadType string) (*dsse.Envelope, error) {
 	// string several times faster than encoding/json.
 	var env dsse.Envelope
 	if err := jsonv2.Unmarshal(b, &env, jsonv2.RejectUnknownMembers(true)); err != nil {
-		return nil, envelopeErr(err)
+		return nil, envelopeError(err)
 	}
 	if env.PayloadType != payloadType {
 		return nil, payloadTypeErr(env.PayloadType, payloadType)
 	}
 	return &env, nil
+}
+
+// envelopeError says why bytes are no envelope without quoting them: they
+// are not verified yet and may be anything a source reached (a mirror's
+// page, or a root-only file a symlink led to), and the message goes to the
+// journal and the world-readable status.json. A JSON decoder's own message
+// quotes member names, values and characters; this one gives the byte
+// offset and the kind of fault only.
+func envelopeError(err error) error {
+	var syn *jsontext.SyntacticError
+	var sem *jsonv2.SemanticError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Errorf("%w: envelope: not valid JSON (at byte offset %d)", ErrInvalid, syn.ByteOffset)
+	case errors.As(err, &sem) && errors.Is(err, jsonv2.ErrUnknownName):
+		return fmt.Errorf("%w: envelope: a member other than payloadType, payload and signatures (at byte offset %d)", ErrInvalid, sem.ByteOffset)
+	case errors.As(err, &sem):
+		kind := "value"
+		if sem.JSONKind != 0 {
+			kind = sem.JSONKind.String()
+		}
+		return fmt.Errorf("%w: envelope: unexpected JSON %s (at byte offset %d): not a DSSE envelope", ErrInvalid, kind, sem.ByteOffset)
+	}
+	return fmt.Errorf("%w: envelope: not a DSSE envelope", ErrInvalid)
 }
 
 // rawEnvelope is a DSSE envelope with the payload left as JSON text, so
@@ -123,7 +147,7 @@ func decodeRawEnvelope(envelope []byte) (rawEnvelope, error) {
 	var env rawEnvelope
 	strict := func(b []byte) error {
 		if err := jsonv2.Unmarshal(b, &env, jsonv2.RejectUnknownMembers(true)); err != nil {
-			return envelopeErr(err)
+			return envelopeError(err)
 		}
 		return nil
 	}
@@ -330,20 +354,6 @@ func verifyEnvelope(envelope []byte, payloadType string, keys Keyring, threshold
 // mirror, a man in the middle or a planted file holds, and the error goes
 // to the journal and the world-readable status.json.
 
-// envelopeErr says where an envelope stops being one, not what it holds
-// (json's own errors quote member names and characters).
-func envelopeErr(err error) error {
-	var se *jsontext.SyntacticError
-	if errors.As(err, &se) {
-		return fmt.Errorf("%w: envelope: not JSON (byte %d)", ErrInvalid, se.ByteOffset)
-	}
-	var me *jsonv2.SemanticError
-	if errors.As(err, &me) {
-		return fmt.Errorf("%w: envelope: not a DSSE envelope: unexpected member or type (byte %d)", ErrInvalid, me.ByteOffset)
-	}
-	return fmt.Errorf("%w: envelope: not a DSSE envelope", ErrInvalid)
-}
-
 // payloadTypeErr names the payload type found only when it is one of
 // this package's (a root where a manifest belongs, or the reverse).
 func payloadTypeErr(got, want string) error {
@@ -354,7 +364,7 @@ func payloadTypeErr(got, want string) error {
 	case PayloadType, RootPayloadType:
 		what = fmt.Sprintf("%q", got)
 	}
-	return fmt.Errorf("%w: %s (want %q)", ErrPayloadType, what, want)
+	return fmt.Errorf("%w: the envelope's is %s (want %q)", ErrPayloadType, what, want)
 }
 
 // keyIDsShown keeps the key ids that are key ids (64 hex digits) and

@@ -237,11 +237,11 @@ func TestFileSourceConfinedToItsTree(t *testing.T) {
 func TestRejectionDoesNotQuoteTheBody(t *testing.T) {
 	trust := Trust{Keys: keyring(newTestKey(t)), Threshold: 1}
 	for _, tt := range []struct{ body, want string }{
-		{`{"s3cretmember":1}`, "unexpected member or type (byte "},
+		{`{"s3cretmember":1}`, "a member other than payloadType, payload and signatures (at byte offset "},
 		{`{"payloadType":"s3cret","payload":"","signatures":[]}`, "another type (6 bytes)"},
-		{"root:$6$s3cret:19000:0:99999:7:::", "not JSON (byte 0)"},
+		{"root:$6$s3cret:19000:0:99999:7:::", "not valid JSON (at byte offset 0)"},
 		{`{"payloadType":"` + PayloadType + `","payload":"czNjcmV0","signatures":[{"keyid":"s3cret","sig":"AAAA"}]}`, "(1 malformed)"},
-		{`{"signatures":{"s3cret":1}}`, "unexpected member or type"},
+		{`{"signatures":{"s3cret":1}}`, "unexpected JSON { (at byte offset 14)"},
 	} {
 		_, err := trust.VerifyFor([]byte(tt.body), now, &MemVersionStore{}, "")
 		if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), tt.want) {

@@ -2,11 +2,15 @@ package manifest
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,14 +25,74 @@ type RootTrust struct {
 	path     string // persisted newest root file; "" = memory only
 	readOnly bool
 
+	// configured is the provisioned root file (trust.root) and
+	// configuredSum its sha256: the chain persisted at path is trusted
+	// only while the origin record beside it names the same sum.
+	configured    []byte
+	configuredSum string
+
 	mu  sync.Mutex
 	cur *Root
+	// restart is a re-provisioning LoadRootTrust found and Settle has not
+	// persisted yet; needOrigin: the origin record is missing.
+	restart    *RootRestart
+	needOrigin bool
+}
+
+// RootRestart is a chain restarted from a re-provisioned trust.root: the
+// configured root file differs from the one the persisted chain started
+// from, so the persisted chain (which a holder of the old root keys may
+// have rotated to keys of their own) is no longer followed.
+type RootRestart struct {
+	// From is the persisted chain's newest root, To the configured root.
+	From, To *Root
+	// FromConfigured and ToConfigured are the sha256 of the configured
+	// root files the old chain and the new one start from.
+	FromConfigured, ToConfigured string
+	// ManifestKeysChanged: the manifest role differs from From's, so the
+	// manifest version floor is reset (a fast-forward by the old chain's
+	// keys must not lock the real ones out).
+	ManifestKeysChanged bool
+}
+
+// rootOrigin is the record, beside the persisted root, of the configured
+// root file the chain started from.
+type rootOrigin struct {
+	ConfiguredSHA256  string `json:"configured_sha256"`
+	ConfiguredVersion uint64 `json:"configured_version"`
+}
+
+// RootOriginPath is where the origin record of the chain persisted at
+// statePath is kept (state.Layout names it through this).
+func RootOriginPath(statePath string) string {
+	return strings.TrimSuffix(statePath, ".json") + ".origin.json"
+}
+
+// readOrigin is the origin record at path (nil: none; an unreadable or
+// damaged one counts as another origin, so the chain restarts from the
+// configured root, which is always safe).
+func readOrigin(path string) (o *rootOrigin, missing bool) {
+	b, err := limitfile.Read(path, 4096)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, true
+	}
+	var r rootOrigin
+	if err != nil || json.Unmarshal(b, &r) != nil {
+		return &rootOrigin{}, false
+	}
+	return &r, false
 }
 
 // LoadRootTrust starts from the provisioned root file (trust.root) and
-// the one persisted at statePath, whichever has the higher version (an
-// operator may ship a newer root with the package; an older provisioned
-// one never rolls the host back). A persisted file that does not verify is
+// the one persisted at statePath. While the persisted chain started from
+// this same provisioned file (its origin record, RootOriginPath, says so),
+// the higher version wins: an older provisioned root never rolls the host
+// back. When the provisioned file differs from the chain's origin, the
+// operator re-provisioned (the recovery from compromised root keys): the
+// chain restarts from the provisioned root, whatever the persisted one's
+// version; Settle persists that. Without an origin record (state from an
+// agent before it was kept) the higher version wins and the provisioned
+// root is recorded as the origin. A persisted file that does not verify is
 // an error, not a reason to fall back: falling back would trust keys a
 // rotation revoked.
 func LoadRootTrust(provisioned []byte, statePath string) (*RootTrust, error) {
@@ -36,23 +100,80 @@ func LoadRootTrust(provisioned []byte, statePath string) (*RootTrust, error) {
 	if err != nil {
 		return nil, fmt.Errorf("provisioned root: %w", err)
 	}
-	if statePath != "" {
-		b, err := limitfile.Read(statePath, RootMaxSize)
+	sum := sha256.Sum256(provisioned)
+	t := &RootTrust{path: statePath, cur: r, configured: provisioned, configuredSum: hex.EncodeToString(sum[:])}
+	if statePath == "" {
+		return t, nil
+	}
+	origin, missing := readOrigin(RootOriginPath(statePath))
+	b, err := limitfile.Read(statePath, RootMaxSize)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		t.needOrigin = missing || origin.ConfiguredSHA256 != t.configuredSum
+	case err != nil:
+		return nil, fmt.Errorf("trusted root: %w", err)
+	default:
+		p, err := VerifySelfSigned(b)
+		if err != nil {
+			return nil, fmt.Errorf("trusted root %s: %w", statePath, err)
+		}
 		switch {
-		case errors.Is(err, fs.ErrNotExist):
-		case err != nil:
-			return nil, fmt.Errorf("trusted root: %w", err)
-		default:
-			p, err := VerifySelfSigned(b)
-			if err != nil {
-				return nil, fmt.Errorf("trusted root %s: %w", statePath, err)
-			}
+		case missing:
+			t.needOrigin = true
 			if p.Version >= r.Version {
-				r = p
+				t.cur = p
 			}
+		case origin.ConfiguredSHA256 != t.configuredSum:
+			t.restart = &RootRestart{From: p, To: r, FromConfigured: origin.ConfiguredSHA256, ToConfigured: t.configuredSum,
+				ManifestKeysChanged: !p.SameManifestRole(r)}
+		case p.Version >= r.Version:
+			t.cur = p
 		}
 	}
-	return &RootTrust{path: statePath, cur: r}, nil
+	return t, nil
+}
+
+// Settle persists what LoadRootTrust decided, before the chain is walked:
+// on a restart, the manifest version floor is reset in store when the
+// manifest keys differ, then the provisioned root replaces the persisted
+// one, and only then is the new origin recorded (a crash before that
+// restarts again, never keeps the old chain). It returns the restart, for
+// the journal (nil when there was none). A read-only or memory-only trust
+// persists nothing.
+func (t *RootTrust) Settle(store VersionStore) (*RootRestart, error) {
+	if t.path == "" || t.readOnly {
+		return nil, nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	rs := t.restart
+	if rs != nil {
+		if r, ok := store.(FloorResetter); ok && rs.ManifestKeysChanged {
+			if err := r.ResetFloor(); err != nil {
+				return nil, fmt.Errorf("reset manifest version floor for the re-provisioned root: %w", err)
+			}
+		}
+		if err := atomicfile.WriteFile(t.path, t.configured, 0o644); err != nil {
+			return nil, fmt.Errorf("persist re-provisioned root: %w", err)
+		}
+	}
+	if rs != nil || t.needOrigin {
+		b, _ := json.Marshal(rootOrigin{ConfiguredSHA256: t.configuredSum, ConfiguredVersion: rs.toVersion(t.cur)})
+		if err := atomicfile.WriteFile(RootOriginPath(t.path), append(b, '\n'), 0o644); err != nil {
+			return nil, fmt.Errorf("record the root chain's origin: %w", err)
+		}
+	}
+	t.restart, t.needOrigin = nil, false
+	return rs, nil
+}
+
+// toVersion is the configured root's version (cur when no restart: the
+// provisioned root may be older than the chain it started).
+func (rs *RootRestart) toVersion(cur *Root) uint64 {
+	if rs != nil {
+		return rs.To.Version
+	}
+	return cur.Version
 }
 
 // ReadOnly is a copy that follows the chain in memory but never persists
@@ -61,7 +182,7 @@ func LoadRootTrust(provisioned []byte, statePath string) (*RootTrust, error) {
 func (t *RootTrust) ReadOnly() *RootTrust {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return &RootTrust{readOnly: true, cur: t.cur}
+	return &RootTrust{readOnly: true, cur: t.cur, configured: t.configured, configuredSum: t.configuredSum}
 }
 
 // Current is the trusted root.
@@ -176,6 +297,14 @@ func (t *RootTrust) refresh() error {
 	if t.path == "" || t.readOnly {
 		return nil
 	}
+	t.mu.Lock()
+	pending := t.restart != nil
+	t.mu.Unlock()
+	// Another configuration's chain (before a re-provisioning settled, or
+	// a reloaded daemon's old trust.root) is not adopted.
+	if o, missing := readOrigin(RootOriginPath(t.path)); pending || (!missing && o.ConfiguredSHA256 != t.configuredSum) {
+		return nil
+	}
 	b, err := limitfile.Read(t.path, RootMaxSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -208,6 +337,11 @@ func (t *RootTrust) Commit(u *RootUpdate) error {
 		return fmt.Errorf("%w: trusted root moved from version %d to %d during the update", ErrRootRollback, u.From.Version, t.cur.Version)
 	}
 	if t.path != "" && !t.readOnly {
+		// A daemon reloaded with a re-provisioned trust.root settled
+		// meanwhile: this (old) configuration's chain must not replace it.
+		if o, missing := readOrigin(RootOriginPath(t.path)); !missing && o.ConfiguredSHA256 != t.configuredSum {
+			return fmt.Errorf("%w: trust.root was re-provisioned during the update", ErrRootRollback)
+		}
 		if err := atomicfile.WriteFile(t.path, u.Files[len(u.Files)-1], 0o644); err != nil {
 			return fmt.Errorf("persist trusted root: %w", err)
 		}

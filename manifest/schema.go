@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/klp-agent/klp-agent/internal/sanitize"
 )
 
 // SchemaVersion is the only payload schema this agent understands.
@@ -229,6 +231,9 @@ func (p *Patch) validate() error {
 	if p.Size <= 0 {
 		return fmt.Errorf("%w: %s: size must be > 0", ErrInvalid, p.ID())
 	}
+	if err := printable(p.URL, MaxURL); err != nil {
+		return fmt.Errorf("%w: %s: url: %w", ErrInvalid, p.ID(), err)
+	}
 	u, err := url.Parse(p.URL)
 	if err != nil || p.URL == "" {
 		return fmt.Errorf("%w: %s: url %q", ErrInvalid, p.ID(), p.URL)
@@ -270,6 +275,10 @@ func (r *Revoked) validate() error {
 	}
 	if r.SHA256 != "" && !validSHA256(r.SHA256) {
 		return fmt.Errorf("%w: %s@%d: sha256 must be 64 lowercase hex digits", ErrInvalid, r.Name, r.Level)
+	}
+	// The reason is shown by status and explain and kept in the state.
+	if err := printable(r.Reason, MaxDescription); err != nil {
+		return fmt.Errorf("%w: %s@%d: reason: %w", ErrInvalid, r.Name, r.Level, err)
 	}
 	return nil
 }
@@ -326,6 +335,7 @@ const (
 	MaxAnnotationValue = 1024
 	MaxDescription     = 1024
 	MaxCVEs            = 64
+	MaxURL             = 4096
 )
 
 // annotationKeyChars: keys like "vendor.example/ticket" or "risk_level".
@@ -346,16 +356,16 @@ func validAnnotations(a map[string]string) error {
 	return nil
 }
 
-// printable refuses control characters (terminal escapes in status) and
-// values over max bytes.
+// printable refuses what sanitize.Text would escape (C0 and C1 control
+// characters, DEL, bidi overrides, invalid UTF-8: terminal escapes in
+// status) and values over max bytes. Every free-text string a manifest
+// signs passes it; the other strings have narrower character sets.
 func printable(s string, max int) error {
 	if len(s) > max {
 		return fmt.Errorf("%d bytes (limit %d)", len(s), max)
 	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return fmt.Errorf("control character %U", r)
-		}
+	if !sanitize.Safe(s) {
+		return fmt.Errorf("control character, bidi override or invalid UTF-8 in %q", sanitize.Text(s))
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/klp-agent/klp-agent/agent/daemon"
+	"github.com/klp-agent/klp-agent/internal/sanitize"
 )
 
 // Version is set at build time with -ldflags "-X ...cli.Version=...".
@@ -138,17 +139,17 @@ func Main(args []string, env *Env) int {
 		errors.As(err, &c)
 		return int(c)
 	case errors.Is(err, errUsage):
-		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
+		fmt.Fprintf(env.Stderr, "klp-agent %s: %s\n", args[0], sanitize.Text(err.Error()))
 		var ue usageError
 		if errors.As(err, &ue) {
 			ue.fs.Usage() // after the error, once
 		}
 		return 2
 	case exitCode(err) != 0:
-		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
+		fmt.Fprintf(env.Stderr, "klp-agent %s: %s\n", args[0], sanitize.Text(err.Error()))
 		return exitCode(err)
 	default:
-		fmt.Fprintf(env.Stderr, "klp-agent %s: %v\n", args[0], err)
+		fmt.Fprintf(env.Stderr, "klp-agent %s: %s\n", args[0], sanitize.Text(err.Error()))
 		return 1
 	}
 }

@@ -13,6 +13,7 @@ import (
 	controlsock "github.com/klp-agent/klp-agent/agent/control"
 	"github.com/klp-agent/klp-agent/agent/daemon"
 	"github.com/klp-agent/klp-agent/agent/state"
+	"github.com/klp-agent/klp-agent/internal/sanitize"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -203,10 +204,11 @@ func ask(env *Env, h *daemon.Host, wait time.Duration, req agent.ControlRequest)
 	case err != nil:
 		return err
 	case !res.OK && res.PID != 0:
-		return fmt.Errorf("the daemon (pid %d) answered: %s", res.PID, res.Message)
+		return fmt.Errorf("the daemon (pid %d) answered: %s", res.PID, sanitize.Text(res.Message))
 	case !res.OK:
-		return errors.New(res.Message)
+		return errors.New(sanitize.Text(res.Message))
 	}
-	fmt.Fprintln(env.Stdout, res.Message)
+	// The daemon's verdict may quote a mirror's reason phrase.
+	fmt.Fprintln(env.Stdout, sanitize.Text(res.Message))
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/agent/daemon"
 	"github.com/klp-agent/klp-agent/agent/history"
+	"github.com/klp-agent/klp-agent/internal/sanitize"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -67,6 +68,7 @@ type historyJSON struct {
 }
 
 func writeHistoryJSON(w io.Writer, events []history.Event, skipped int) error {
+	sanitize.Strings(&events)
 	if events == nil {
 		events = []history.Event{}
 	}
@@ -79,6 +81,9 @@ func writeHistoryJSON(w io.Writer, events []history.Event, skipped int) error {
 }
 
 func writeHistory(w io.Writer, events []history.Event, skipped int) {
+	// Reasons, evidence and kernel text come from outside: the output
+	// boundary, for the table and --json alike.
+	sanitize.Strings(&events)
 	if len(events) == 0 {
 		fmt.Fprintln(w, "no events recorded")
 	} else {
@@ -148,12 +153,5 @@ func orDash(s string) string {
 }
 
 // oneLine keeps a field on its row: control characters (a kernel line's
-// tab or newline, an operator's --reason) become spaces.
-func oneLine(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || (r >= 0x7f && r < 0xa0) {
-			return ' '
-		}
-		return r
-	}, s)
-}
+// tab or newline, an operator's --reason) are shown escaped.
+func oneLine(s string) string { return sanitize.Text(s) }

@@ -11,6 +11,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/agent/daemon"
+	"github.com/klp-agent/klp-agent/internal/sanitize"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -37,10 +38,10 @@ func cmdStatus(env *Env, args []string) error {
 	if err != nil {
 		if *check {
 			if daemon.Refused(err) {
-				fmt.Fprintln(env.Stdout, "configuration refused: klp-agent run would not start: "+err.Error())
+				fmt.Fprintln(env.Stdout, "configuration refused: klp-agent run would not start: "+sanitize.Text(err.Error()))
 				return answerCode(agent.CheckConfigRefused)
 			}
-			fmt.Fprintln(env.Stdout, "not configured: "+err.Error())
+			fmt.Fprintln(env.Stdout, "not configured: "+sanitize.Text(err.Error()))
 			return answerCode(agent.CheckNotConfigured)
 		}
 		return err
@@ -73,7 +74,7 @@ func collectStatus(env *Env, path, snap string) (*agent.Status, error) {
 		return nil, err
 	}
 	if via != nil {
-		fmt.Fprintf(env.Stderr, "klp-agent status: from the daemon's snapshot %v\n", via)
+		fmt.Fprintf(env.Stderr, "klp-agent status: from the daemon's snapshot %s\n", sanitize.Text(via.Error()))
 	}
 	return s, nil
 }

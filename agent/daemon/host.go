@@ -75,6 +75,9 @@ var ErrThreshold = errors.New("too few trusted keys for trust.threshold")
 func loadTrust(l *config.Loaded) (manifest.Trust, error) {
 	t := manifest.Trust{MaxSize: int(l.Manifest.MaxSize), MaxExpiry: l.Manifest.MaxExpiry}
 	if l.Trust.Root != "" {
+		if err := checkFile("trust.root", l.Trust.Root, publicFile); err != nil {
+			return t, err
+		}
 		b, err := limitfile.Read(l.Trust.Root, manifest.RootMaxSize)
 		if err != nil {
 			return t, fmt.Errorf("trust.root: %w", err)
@@ -84,6 +87,9 @@ func loadTrust(l *config.Loaded) (manifest.Trust, error) {
 			return t, fmt.Errorf("trust.root %s: %w", l.Trust.Root, err)
 		}
 		return t, nil
+	}
+	if err := checkKeysDir(l.Trust.KeysDir); err != nil {
+		return t, err
 	}
 	kr, err := manifest.LoadKeyring(l.Trust.KeysDir)
 	if err != nil {
@@ -136,7 +142,7 @@ func checkStateDir(dir string, uid int) error {
 func inspectStateDir(dir string, uid int, missingOK bool) error {
 	fi, err := os.Lstat(dir)
 	if missingOK && errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return checkAncestors(dir, uid)
 	}
 	if err != nil {
 		return fmt.Errorf("state dir %s: %w", dir, err)
@@ -144,7 +150,66 @@ func inspectStateDir(dir string, uid int, missingOK bool) error {
 	if why := untrusted(fi, uid); why != "" {
 		return fmt.Errorf("%w: paths.state_dir %s %s", ErrUntrustedStateDir, dir, why)
 	}
+	return checkAncestors(dir, uid)
+}
+
+// checkAncestors refuses a state directory under a directory another user
+// could change (sshd's StrictModes rule): whoever can rename entries in an
+// ancestor can swap the whole tree under the agent. Each existing ancestor,
+// as written and as its symlinks resolve, must be owned by root or uid and
+// not writable by group or others, unless it is sticky and root's (/tmp:
+// others cannot rename what they do not own there).
+func checkAncestors(dir string, uid int) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	paths := ancestors(filepath.Dir(abs))
+	if real, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil && real != filepath.Dir(abs) {
+		paths = append(paths, ancestors(real)...)
+	}
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // created 0755 by root
+		}
+		if err != nil {
+			return fmt.Errorf("state dir %s: ancestor %s: %w", dir, p, err)
+		}
+		if why := untrustedAncestor(fi, uid); why != "" {
+			return fmt.Errorf("%w: paths.state_dir %s is under %s, which %s", ErrUntrustedStateDir, dir, p, why)
+		}
+	}
 	return nil
+}
+
+// ancestors is p and every directory above it, up to /.
+func ancestors(p string) []string {
+	var out []string
+	for {
+		out = append(out, p)
+		up := filepath.Dir(p)
+		if up == p {
+			return out
+		}
+		p = up
+	}
+}
+
+// untrustedAncestor says why fi is no safe ancestor ("" when it is).
+func untrustedAncestor(fi fs.FileInfo, uid int) string {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return "is not a directory"
+	case !ok:
+		return "has no owner information"
+	case st.Uid != 0 && int(st.Uid) != uid:
+		return fmt.Sprintf("is owned by uid %d, not root (chown root)", st.Uid)
+	case fi.Mode().Perm()&0o022 != 0 && (fi.Mode()&fs.ModeSticky == 0 || st.Uid != 0):
+		return fmt.Sprintf("has mode %04o, writable by group or others and not sticky (chmod go-w)", fi.Mode().Perm())
+	}
+	return ""
 }
 
 // CheckStart is everything `klp-agent run` refuses at start with EX_CONFIG
@@ -253,6 +318,11 @@ func (h *Host) Logger(stderr io.Writer) (*zap.Logger, error) {
 // Client is the one HTTP client, for manifests and RPMs.
 func (h *Host) Client(log *zap.Logger) (*manifest.Client, error) {
 	m := h.Config.Manifest
+	if m.ClientKey != "" {
+		if err := checkFile("manifest.client_key", m.ClientKey, secretFile); err != nil {
+			return nil, err
+		}
+	}
 	return manifest.NewClient(manifest.ClientConfig{CABundle: m.CABundle, ClientCert: m.ClientCert, ClientKey: m.ClientKey,
 		Retries: m.Retries, IdleTimeout: m.IdleTimeout,
 		UserAgent: "klp-agent/" + Version, Logger: logging.RetryableLogger(log)})
@@ -339,6 +409,15 @@ func (h *Host) Settings(log *zap.Logger, client *manifest.Client) (agent.Setting
 	}
 	if src != nil {
 		src.OnRootUpdate = func(u *manifest.RootUpdate) { logRootUpdate(log, u) }
+		if rt := src.Trust.Root; rt != nil {
+			// Before any walk: a re-provisioned trust.root replaces the
+			// persisted chain (callers hold the state lock).
+			restart, err := rt.Settle(src.Store)
+			if err != nil {
+				return agent.Settings{}, err
+			}
+			logRootRestart(log, restart)
+		}
 	}
 	return agent.Settings{Source: src, Downloader: client, Host: h.Host, Installer: h.Installer(),
 		Soak: h.Config.Apply.Soak, Scanners: h.Scanners(), Log: log, Windows: h.Config.Apply.MaintenanceWindows()}, nil

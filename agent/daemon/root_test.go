@@ -133,3 +133,62 @@ func TestLogRootUpdate(t *testing.T) {
 		t.Fatalf("log %+v", e)
 	}
 }
+
+// A re-provisioned trust.root is journalled with its own MESSAGE_ID when
+// the daemon's settings are built (start and reload), once: the persisted
+// chain (version 2 here) is replaced by the configured root before any
+// walk.
+func TestReprovisionedRootIsJournalled(t *testing.T) {
+	rk, m1, m2, nrk, nm := newRootKey(t), newRootKey(t), newRootKey(t), newRootKey(t), newRootKey(t)
+	exp := time.Now().Add(24 * time.Hour)
+	dir, stateDir := t.TempDir(), t.TempDir()
+	provisioned := filepath.Join(dir, "root.json")
+	if err := os.WriteFile(provisioned, signedRoot(t, 1, exp, rk, m1, rk), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	writeConfig(t, cfg, "manifest:\n  url: http://127.0.0.1:1/manifest.json\ntrust:\n  root: "+provisioned+"\npaths:\n  root: "+hostRoot(t)+"\n  state_dir: "+stateDir+"\n")
+	settings := func() []observer.LoggedEntry {
+		t.Helper()
+		h, err := LoadHost(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		core, logs := observer.New(zapcore.InfoLevel)
+		log := zap.New(core)
+		client, err := h.Client(log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.Settings(log, client); err != nil {
+			t.Fatal(err)
+		}
+		return logs.FilterField(zap.String("MESSAGE_ID", agent.MsgRootReprovisioned)).All()
+	}
+	if e := settings(); len(e) != 0 {
+		t.Fatalf("first start journals a re-provisioning: %+v", e)
+	}
+	// The chain moved on to version 2 (in the field: a walk).
+	if err := os.WriteFile(filepath.Join(stateDir, "root.json"), signedRoot(t, 2, exp, m2, m2, rk, m2), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if e := settings(); len(e) != 0 {
+		t.Fatalf("the same trust.root journals a re-provisioning: %+v", e)
+	}
+	newRoot := signedRoot(t, 1, exp, nrk, nm, nrk)
+	if err := os.WriteFile(provisioned, newRoot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := settings()
+	if len(e) != 1 || e[0].Level != zapcore.WarnLevel || e[0].ContextMap()["KLP_ROOT_PREVIOUS_VERSION"] != uint64(2) ||
+		e[0].ContextMap()["KLP_ROOT_VERSION"] != uint64(1) || e[0].ContextMap()["KLP_FLOOR_RESET"] != true ||
+		!strings.Contains(e[0].Message, "trust.root re-provisioned: the root chain restarts from the configured root version 1") {
+		t.Fatalf("re-provisioning journalled as %+v", e)
+	}
+	if b, err := os.ReadFile(filepath.Join(stateDir, "root.json")); err != nil || string(b) != string(newRoot) {
+		t.Fatalf("persisted root is not the configured one (%v)", err)
+	}
+	if e := settings(); len(e) != 0 {
+		t.Fatalf("journalled again at the next start: %+v", e)
+	}
+}

@@ -429,17 +429,8 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("metrics socket %s: %w", path, err)
-	}
-	// Until this chmod the umask applies (0022 under systemd: nobody else
-	// may connect, since connecting needs write permission).
-	if err := os.Chmod(path, mode); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("metrics socket %s: %w", path, err)
-	}
-	return ln, nil
+	// The mode is set at bind, never by name afterwards (bindUnix).
+	return bindUnix(path, mode)
 }
 
 // mkdirReadable creates dir 0755 if it is missing: the socket's group must

@@ -530,3 +530,64 @@ func TestTrustedRootAbsentWithoutRoot(t *testing.T) {
 		t.Fatalf("no trusted root version after TrustedRoot:\n%s", b)
 	}
 }
+
+// The socket's mode is set when bind creates it, under the unit's umask
+// 0077, and never by name afterwards: a symlink swapped in at the path
+// right after bind (by a user who can write the socket's directory) does
+// not get its target chmod'ed. The old code chmod'ed the path, following
+// the symlink and making its target 0640; the process umask is as before.
+func TestUnixSocketModeSetAtBind(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	dir := t.TempDir()
+	target := filepath.Join(dir, "shadow")
+	if err := os.WriteFile(target, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "metrics.sock")
+	var bound os.FileMode
+	afterBind = func(p string) {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Errorf("after bind: %v", err)
+			return
+		}
+		bound = fi.Mode()
+		os.Rename(p, p+".moved")
+		os.Symlink(target, p)
+	}
+	defer func() { afterBind = nil }()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := sample().Serve(ctx, UnixPrefix+path, 0o640, nil); err != nil {
+		t.Fatal(err)
+	}
+	if bound.Type() != os.ModeSocket || bound.Perm() != 0o640 {
+		t.Errorf("socket at bind: %v, want a socket 0640", bound)
+	}
+	if fi, err := os.Stat(target); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the symlink's target was chmod'ed: %v %v", fi.Mode(), err)
+	}
+	if u := syscall.Umask(0o077); u != 0o077 {
+		t.Errorf("process umask %#o after the bind, want 0077", u)
+	}
+}
+
+// Where unshare(CLONE_FS) is refused, the fallback binds with the process
+// umask lowered by the socket's bits alone, and restores it.
+func TestUnixSocketBindFallback(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	path := filepath.Join(t.TempDir(), "metrics.sock")
+	ln, err := bindOnThread(path, 0o660, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o660 {
+		t.Errorf("socket: %v %v", fi.Mode(), err)
+	}
+	if u := syscall.Umask(0o077); u != 0o077 {
+		t.Errorf("process umask %#o after the bind, want 0077", u)
+	}
+}

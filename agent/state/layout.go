@@ -55,6 +55,11 @@ func (l Layout) ManifestVersion() string { return filepath.Join(l.Dir, "manifest
 // to (with trust.root configured), byte for byte as published.
 func (l Layout) TrustedRoot() string { return filepath.Join(l.Dir, "root.json") }
 
+// TrustedRootOrigin records which configured trust.root the chain in
+// TrustedRoot started from (manifest.RootOriginPath of TrustedRoot, which
+// the manifest package derives itself: it imports nothing of agent/).
+func (l Layout) TrustedRootOrigin() string { return filepath.Join(l.Dir, "root.origin.json") }
+
 // MetricsListenFailure holds why the daemon could not listen on
 // metrics.listen (absent when it could, or nothing is configured), for
 // status.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klp-agent/klp-agent/manifest"
 )
 
 func p(level int) PatchRecord {
@@ -176,5 +178,14 @@ func TestLoadMigratesCauses(t *testing.T) {
 	}
 	if k.Cause != CauseOperator || !slices.Equal(got, []Cause{CauseRevoked, CauseBootCrash, CauseHealth}) {
 		t.Fatalf("in flight %q, blocked %v", k.Cause, got)
+	}
+}
+
+// The manifest package derives the origin record's name itself; the layout
+// names the same file.
+func TestTrustedRootOriginName(t *testing.T) {
+	l := Layout{Dir: "/var/lib/klp-agent"}
+	if got, want := l.TrustedRootOrigin(), manifest.RootOriginPath(l.TrustedRoot()); got != want {
+		t.Errorf("layout %s, manifest %s", got, want)
 	}
 }
