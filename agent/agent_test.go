@@ -46,6 +46,7 @@ type host struct {
 	// crashSince, if set, replaces the kdumps list with a real scan.
 	crashSince func(time.Time) ([]string, error)
 	source     *manifest.Source
+	revs       *manifest.RevocationChannel // the revocation channel, at the next restart
 	published  int
 	rec        fakeRecorder
 	// windows and killSwitch go to the agent's Deps at the next restart.
@@ -124,13 +125,14 @@ func (h *host) restart() {
 	ctrl := &klp.Controller{Sysfs: &klp.Sysfs{FS: h.kernel, Poll: time.Millisecond}, Modules: h.kernel, Log: h.kernel,
 		Opts: klp.Options{TransitionTimeout: 300 * time.Millisecond, UnloadTimeout: time.Second}}
 	h.agent = New(Deps{
-		Now:       func() time.Time { return h.now },
-		Store:     &state.Store{Dir: h.stateDir, Now: func() time.Time { return h.now }},
-		Source:    h.source,
-		Host:      manifest.Host{ID: "host-1", Kernel: krel},
-		Installer: &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
-		Soak:      30 * time.Minute,
-		BootID:    func() (string, error) { return fmt.Sprintf("boot-%d", h.boot), nil },
+		Now:         func() time.Time { return h.now },
+		Store:       &state.Store{Dir: h.stateDir, Now: func() time.Time { return h.now }},
+		Source:      h.source,
+		Revocations: h.revs,
+		Host:        manifest.Host{ID: "host-1", Kernel: krel},
+		Installer:   &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
+		Soak:        30 * time.Minute,
+		BootID:      func() (string, error) { return fmt.Sprintf("boot-%d", h.boot), nil },
 		CrashSince: func(t time.Time) ([]string, error) {
 			if h.crashSince != nil {
 				return h.crashSince(t)

@@ -42,6 +42,9 @@ type LoopConfig struct {
 	// default it is recorded and counted, and corroborates what the
 	// host's own kernel log and kdump say (UDP can be forged).
 	NetconsoleActs bool
+	// RevocationsInterval paces the revocation channel's polls, with
+	// Jitter (0: off, as without Deps.Revocations).
+	RevocationsInterval time.Duration
 }
 
 // Loop drives an Agent: poll with jitter, apply, end soaks, judge health
@@ -96,7 +99,8 @@ type running struct {
 	judge   *health.Judge
 	job     *job
 	poll    *time.Timer
-	pollDue bool // a poll is owed as soon as no job runs
+	pollDue bool     // a poll is owed as soon as no job runs
+	rev     revState // the revocation channel: its own timer and job
 	// `klp-agent poll` requests: waiting for a poll to start, waiting
 	// for the one started for them, and answered once the loop is idle.
 	pollWaiting, pollRunning, pollAnswer []controlCall
@@ -192,6 +196,12 @@ func (l *Loop) Run(ctx context.Context) error {
 	defer r.poll.Stop()
 	soak := time.NewTimer(time.Hour)
 	defer soak.Stop()
+	r.revArm()
+	defer func() {
+		if r.rev.timer != nil {
+			r.rev.timer.Stop()
+		}
+	}()
 	for {
 		l.Heartbeat.End()
 		// Wake for the end of a soak, if one runs; otherwise sleep.
@@ -210,6 +220,7 @@ func (l *Loop) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			l.Heartbeat.Begin()
 			r.cancelJob()
+			r.revCancel()
 			// No STOPPING=1 here: the caller that owns the process says it.
 			return r.a.Stop()
 		case <-r.poll.C:
@@ -219,6 +230,13 @@ func (l *Loop) Run(ctx context.Context) error {
 		case finish := <-jobDone:
 			l.Heartbeat.Begin()
 			r.job = nil
+			finish()
+		case <-r.revTimerC():
+			l.Heartbeat.Begin()
+			r.revStart(ctx)
+		case finish := <-r.revJobDone():
+			l.Heartbeat.Begin()
+			r.rev.job = nil
 			finish()
 		case ev := <-l.Events:
 			l.Heartbeat.Begin()
@@ -508,6 +526,7 @@ func (r *running) event(ctx context.Context, ev health.Event) {
 // reconfigure takes a reload between steps.
 func (r *running) reconfigure(req reloadReq) error {
 	r.cancelJob()
+	r.revCancel()
 	if req.settings != nil {
 		if err := r.a.Reconfigure(*req.settings); err != nil {
 			return err
@@ -519,6 +538,7 @@ func (r *running) reconfigure(req reloadReq) error {
 	r.cfg = req.cfg
 	r.pollDue = true
 	r.poll.Reset(0)
+	r.revArm()
 	return nil
 }
 

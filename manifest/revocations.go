@@ -584,7 +584,7 @@ func (c *RevocationChannel) Poll(ctx context.Context) (RevocationsPoll, error) {
 	defer c.mu.Unlock()
 	res := RevocationsPoll{InForce: c.inForce()}
 	switch {
-	case isNotFound(err):
+	case isNotFound(err) || errors.Is(err, fs.ErrNotExist):
 		c.prev = Validators{}
 		res.NotPublished = true
 		return res, nil
@@ -608,3 +608,27 @@ func (c *RevocationChannel) Poll(ctx context.Context) (RevocationsPoll, error) {
 
 // String names the channel for messages.
 func (c *RevocationChannel) String() string { return strings.TrimSpace(redact(c.URL)) }
+
+// ReviseRevocations is the publisher's one step (`manifest revocations`,
+// the guard): the next version of the document in prev (nil or empty:
+// version 1), changed by edit, signed_at now, expiring validFor later,
+// signed by signers. prev's signatures are not checked here: the
+// publisher owns the file; hosts check what comes out.
+func ReviseRevocations(ctx context.Context, prev []byte, now time.Time, validFor time.Duration, edit func(*Revocations) error, signers ...*Signer) ([]byte, *Revocations, error) {
+	var old *Revocations
+	if len(prev) > 0 {
+		var err error
+		if old, err = RevocationsPayload(prev); err != nil {
+			return nil, nil, err
+		}
+	}
+	next := old.Next(now, validFor)
+	if err := edit(next); err != nil {
+		return nil, nil, err
+	}
+	b, err := SignRevocations(ctx, next, signers...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, next, nil
+}

@@ -282,6 +282,31 @@ func (h *Host) Source(client *manifest.Client, readOnly bool) (*manifest.Source,
 		Cache: manifest.CacheFiles{Envelope: l.ManifestEnvelope(), Validators: l.ManifestValidators()}}, nil
 }
 
+// Revocations is the fast revocation channel over client: nil without
+// manifest.url or with manifest.revocations_interval 0. Its URL is
+// manifest.revocations_url, else revocations.json beside the manifest;
+// it trusts the root's revoke and manifest roles (or the keys dir).
+func (h *Host) Revocations(client *manifest.Client) (*manifest.RevocationChannel, error) {
+	m := h.Config.Manifest
+	if m.URL == "" || m.RevocationsInterval <= 0 {
+		return nil, nil
+	}
+	loc, err := manifest.Location(m.URL)
+	if err != nil {
+		return nil, fmt.Errorf("manifest.url: %w", err)
+	}
+	u, err := manifest.RevocationsURL(loc)
+	if m.RevocationsURL != "" {
+		u, err = manifest.Location(m.RevocationsURL)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("manifest.revocations_url: %w", err)
+	}
+	t := manifest.RevocationsTrust{Root: h.Trust.Root, Keys: h.Trust.Keys, Threshold: h.Trust.Threshold, MaxExpiry: m.MaxExpiry}
+	return &manifest.RevocationChannel{URL: u, Client: client, Trust: t, Timeout: m.Timeout,
+		Store: &manifest.RevocationsStore{Path: h.Layout().Revocations()}}, nil
+}
+
 // Sysfs is the kernel's livepatch interface under paths.root.
 func (h *Host) Sysfs() *klp.Sysfs { return &klp.Sysfs{FS: klp.OSFS{Root: h.Config.Paths.Root}} }
 
@@ -321,7 +346,11 @@ func (h *Host) Settings(log *zap.Logger, client *manifest.Client) (agent.Setting
 	if src != nil {
 		src.OnRootUpdate = func(u *manifest.RootUpdate) { logRootUpdate(log, u) }
 	}
-	return agent.Settings{Source: src, Downloader: client, Host: h.Host, Installer: h.Installer(),
+	rev, err := h.Revocations(client)
+	if err != nil {
+		return agent.Settings{}, err
+	}
+	return agent.Settings{Source: src, Revocations: rev, Downloader: client, Host: h.Host, Installer: h.Installer(),
 		Soak: h.Config.Apply.Soak, CrashSince: h.CrashSince(), Log: log, Windows: h.Config.Apply.MaintenanceWindows()}, nil
 }
 
@@ -336,7 +365,7 @@ func (h *Host) Agent(log *zap.Logger, store *state.Store, rec agent.Recorder) (*
 		return nil, err
 	}
 	root := h.Config.Paths.Root
-	return agent.New(agent.Deps{Log: log, Store: store, Source: s.Source, Downloader: s.Downloader, Host: s.Host,
+	return agent.New(agent.Deps{Log: log, Store: store, Source: s.Source, Revocations: s.Revocations, Downloader: s.Downloader, Host: s.Host,
 		Installer: s.Installer, Soak: s.Soak, CrashSince: s.CrashSince, Recorder: rec, Windows: s.Windows, Crashpoint: crashpoint,
 		KillSwitch: h.KillSwitch(log), BootID: func() (string, error) { return agent.BootID(root) }}), nil
 }
@@ -355,7 +384,7 @@ func (h *Host) KillSwitch(log *zap.Logger) string {
 // LoopConfig is the loop's pacing and policy.
 func (h *Host) LoopConfig() agent.LoopConfig {
 	m := h.Config.Manifest
-	return agent.LoopConfig{Interval: m.PollInterval, Jitter: m.PollJitter, Policy: h.Config.Health.Policy,
+	return agent.LoopConfig{Interval: m.PollInterval, Jitter: m.PollJitter, RevocationsInterval: m.RevocationsInterval, Policy: h.Config.Health.Policy,
 		NetconsoleActs: h.Config.Health.Netconsole.Acts}
 }
 
