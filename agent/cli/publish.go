@@ -23,6 +23,7 @@ func cmdManifest(env *Env, args []string) error {
 		{"verify", "check an envelope's signatures, expiry and schema against trusted keys", cmdVerify},
 		{"lint", "find mistakes in a manifest before publishing it, RPMs missing or different where their URLs resolve among them", cmdLint},
 		{"root", "the root of trust: init, rotate, sign root.<N>.json files", cmdRoot},
+		{"revocations", "the fast revocation channel: add, pause, sign revocations.json (revoke-role key)", cmdRevocations},
 	}, args)
 }
 
