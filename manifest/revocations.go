@@ -334,6 +334,28 @@ type VerifiedRevocations struct {
 	ByRelease bool
 }
 
+// rolesID identifies who may sign revocations under t now: the root's
+// manifest and revoke roles, or the keyring.
+func (t RevocationsTrust) rolesID() string {
+	role := func(r Role) string {
+		ids := slices.Clone(r.KeyIDs)
+		slices.Sort(ids)
+		return fmt.Sprintf("%s/%d", strings.Join(ids, ","), r.Threshold)
+	}
+	var s string
+	if t.Root != nil {
+		r := t.Root.Current()
+		s = "manifest:" + role(r.Roles.Manifest)
+		if r.Roles.Revoke != nil {
+			s += " revoke:" + role(*r.Roles.Revoke)
+		}
+	} else {
+		s = "keys:" + role(Role{KeyIDs: t.Keys.IDs(), Threshold: t.Threshold})
+	}
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
 // verify checks the signatures: the release role first (its documents
 // may drop entries), then the revoke role.
 func (t RevocationsTrust) verify(envelope []byte, now time.Time) (payload []byte, ids []string, byRelease bool, err error) {
@@ -394,7 +416,7 @@ func (t RevocationsTrust) Verify(envelope []byte, now time.Time, store *Revocati
 	sum := sha256.Sum256(payload)
 	v := &VerifiedRevocations{Revocations: r, PayloadSHA256: hex.EncodeToString(sum[:]), KeyIDs: ids, ByRelease: byRelease}
 	if store != nil {
-		if err := store.accept(v); err != nil {
+		if err := store.accept(v, t.rolesID()); err != nil {
 			return nil, err
 		}
 	}
@@ -415,6 +437,10 @@ type RevocationsStore struct {
 type revocationsRecord struct {
 	PayloadSHA256 string       `json:"payload_sha256"`
 	Revocations   *Revocations `json:"revocations"`
+	// Roles identifies the keys that could sign it (rolesID): a rotation
+	// that changes them resets the floor, the recovery from a stolen
+	// revoke key's fast-forward (version 2^64-1).
+	Roles string `json:"roles,omitempty"`
 }
 
 func (s *RevocationsStore) load() (*revocationsRecord, error) {
@@ -465,12 +491,15 @@ func dropped(old, cur *Revocations) string {
 	return ""
 }
 
-func (s *RevocationsStore) accept(v *VerifiedRevocations) error {
+func (s *RevocationsStore) accept(v *VerifiedRevocations, roles string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	prev, err := s.load()
 	if err != nil {
 		return err
+	}
+	if prev != nil && prev.Roles != roles {
+		prev = nil // the signing roles were rotated: a new floor
 	}
 	if prev != nil {
 		old := prev.Revocations
@@ -486,7 +515,7 @@ func (s *RevocationsStore) accept(v *VerifiedRevocations) error {
 			return fmt.Errorf("%w: version %d drops %s, which version %d had: only the release role may", ErrRevokeScope, v.Version, d, old.Version)
 		}
 	}
-	rec := &revocationsRecord{PayloadSHA256: v.PayloadSHA256, Revocations: v.Revocations}
+	rec := &revocationsRecord{PayloadSHA256: v.PayloadSHA256, Revocations: v.Revocations, Roles: roles}
 	if s.Path != "" {
 		b, _ := json.Marshal(rec)
 		if err := atomicfile.WriteFile(s.Path, append(b, '\n'), 0o644); err != nil {

@@ -3,6 +3,7 @@ package manifest
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -281,5 +282,27 @@ func TestRevocationChannel(t *testing.T) {
 	c2.Now = func() time.Time { return now.Add(2 * time.Hour) }
 	if f, err := c2.InForce(); err != nil || f != nil {
 		t.Fatalf("expired still in force: %+v %v", f, err)
+	}
+}
+
+// TestRevocationsFloorResetOnRotation: a stolen revoke key's document at
+// version 2^64-1 blocks every later one until a root rotation changes the
+// revoke role; then the floor starts again (and only then).
+func TestRevocationsFloorResetOnRotation(t *testing.T) {
+	rootK, relK, revK, revK2 := newTestKey(t), newTestKey(t), newTestKey(t), newTestKey(t)
+	store := &RevocationsStore{Path: filepath.Join(t.TempDir(), "r.json")}
+	before := RevocationsTrust{Root: revokeRoot(t, rootK, relK, revK)}
+	if _, err := before.Verify(signRev(t, revDoc(math.MaxUint64, bad1), revK), now, store); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := before.Verify(signRev(t, revDoc(1, bad1), relK), now, store); !errors.Is(err, ErrRevocationsRollback) {
+		t.Fatalf("before the rotation: %v, want rollback", err)
+	}
+	after := RevocationsTrust{Root: revokeRoot(t, rootK, relK, revK2)}
+	if _, err := after.Verify(signRev(t, revDoc(1), revK2), now, &RevocationsStore{Path: store.Path}); err != nil {
+		t.Fatalf("after the rotation: %v", err)
+	}
+	if _, err := after.Verify(signRev(t, revDoc(1, bad1), revK2), now, &RevocationsStore{Path: store.Path}); !errors.Is(err, ErrRevocationsConflict) {
+		t.Fatalf("the new floor holds: %v", err)
 	}
 }
