@@ -55,12 +55,22 @@ var (
 	// pausing (a patch, a URL, a rollout), or a revoke-role document that
 	// drops an entry (un-revoke, un-pause): only the release role may.
 	ErrRevokeScope          = fmt.Errorf("%w: outside the revoke role's scope", ErrRevocations)
-	ErrRevocationsInvalid   = fmt.Errorf("%w: %w", ErrRevocations, ErrInvalid)
-	ErrRevocationsExpired   = fmt.Errorf("%w: %w", ErrRevocations, ErrExpired)
-	ErrRevocationsRollback  = fmt.Errorf("%w: %w", ErrRevocations, ErrRollback)
-	ErrRevocationsConflict  = fmt.Errorf("%w: %w", ErrRevocations, ErrVersionConflict)
-	ErrRevocationsExpiryFar = fmt.Errorf("%w: %w", ErrRevocations, ErrExpiryTooFar)
+	ErrRevocationsInvalid   error = &revErr{"invalid document", ErrInvalid}
+	ErrRevocationsExpired   error = &revErr{"expired", ErrExpired}
+	ErrRevocationsRollback  error = &revErr{"rollback", ErrRollback}
+	ErrRevocationsConflict  error = &revErr{"version reused with other content", ErrVersionConflict}
+	ErrRevocationsExpiryFar error = &revErr{"expires too far ahead", ErrExpiryTooFar}
 )
+
+// revErr is a revocations sentinel that is also the manifest sentinel of
+// the same meaning (without the manifest's wording).
+type revErr struct {
+	what string
+	also error
+}
+
+func (e *revErr) Error() string        { return ErrRevocations.Error() + ": " + e.what }
+func (e *revErr) Is(target error) bool { return target == ErrRevocations || target == e.also }
 
 // Pause stops a patch's ramp: hosts not yet on it do not take it; hosts
 // on it keep it (a revocation pulls it back).
