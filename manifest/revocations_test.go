@@ -306,3 +306,42 @@ func TestRevocationsFloorResetOnRotation(t *testing.T) {
 		t.Fatalf("the new floor holds: %v", err)
 	}
 }
+
+// TestRevocationsDamagedRecord: a damaged record refuses every document
+// rather than reading as "nothing seen" (which would reopen rollback).
+func TestRevocationsDamagedRecord(t *testing.T) {
+	relK := newTestKey(t)
+	for _, body := range []string{"{", "{}", `{"revocations":null}`} {
+		p := filepath.Join(t.TempDir(), "r.json")
+		if err := writeFile(p, body); err != nil {
+			t.Fatal(err)
+		}
+		trust := RevocationsTrust{Keys: Keyring{relK.id: relK.pub}, Threshold: 1}
+		if _, err := trust.Verify(signRev(t, revDoc(1, bad1), relK), now, &RevocationsStore{Path: p}); err == nil || !strings.Contains(err.Error(), "damaged") {
+			t.Errorf("record %q: %v, want damaged", body, err)
+		}
+	}
+}
+
+// TestRevocationChannelFileNotPublished: a path source without a
+// revocations.json is "not published", as a 404 is.
+func TestRevocationChannelFileNotPublished(t *testing.T) {
+	dir := t.TempDir()
+	u, err := RevocationsURL("file://" + dir + "/manifest.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, _ := NewClient(ClientConfig{})
+	relK := newTestKey(t)
+	c := &RevocationChannel{URL: u, Client: client, Trust: RevocationsTrust{Keys: Keyring{relK.id: relK.pub}, Threshold: 1},
+		Store: &RevocationsStore{}, Now: func() time.Time { return now }}
+	if res, err := c.Poll(context.Background()); err != nil || !res.NotPublished {
+		t.Fatalf("missing file: %+v %v", res, err)
+	}
+	if err := writeFile(filepath.Join(dir, RevocationsFile), string(signRev(t, revDoc(1, bad1), relK))); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := c.Poll(context.Background()); err != nil || !res.Changed || res.InForce == nil {
+		t.Fatalf("published file: %+v %v", res, err)
+	}
+}
