@@ -54,7 +54,7 @@ var (
 	// ErrRevokeScope is a document asking for more than revoking and
 	// pausing (a patch, a URL, a rollout), or a revoke-role document that
 	// drops an entry (un-revoke, un-pause): only the release role may.
-	ErrRevokeScope          = fmt.Errorf("%w: outside the revoke role's scope", ErrRevocations)
+	ErrRevokeScope                = fmt.Errorf("%w: outside the revoke role's scope", ErrRevocations)
 	ErrRevocationsInvalid   error = &revErr{"invalid document", ErrInvalid}
 	ErrRevocationsExpired   error = &revErr{"expired", ErrExpired}
 	ErrRevocationsRollback  error = &revErr{"rollback", ErrRollback}
