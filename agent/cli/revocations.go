@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
 	"github.com/klp-agent/klp-agent/internal/limitfile"
@@ -23,6 +25,7 @@ func cmdRevocations(env *Env, args []string) error {
 		{"add", "revoke a patch in revocations.json (the next version, signed): hosts running it roll back within a revocations_interval", cmdRevocationsAdd},
 		{"pause", "pause a patch's ramp in revocations.json (the next version, signed): hosts not yet on it do not take it", cmdRevocationsPause},
 		{"sign", "add signatures to revocations.json, in place", cmdRevocationsSign},
+		{"verify", "check revocations.json as a host would: the revoke or release role's signatures, schema, expiry", cmdRevocationsVerify},
 	}, args)
 }
 
@@ -76,7 +79,7 @@ func (f *revocationEntryFlags) revise(env *Env, what string, edit func(*manifest
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "%s %s level %d in %s: version %d (%d revoked, %d paused), expires %s; publish it beside the manifest\n",
-		what, *f.name, *f.level, *f.file, doc.Version, len(doc.Revoked), len(doc.Paused), doc.Expires.Format("2006-01-02T15:04:05Z07:00"))
+		what, *f.name, *f.level, *f.file, doc.Version, len(doc.Revoked), len(doc.Paused), doc.Expires.Format(time.RFC3339))
 	return nil
 }
 
@@ -135,5 +138,52 @@ func cmdRevocationsSign(env *Env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "signed %s with key(s) %s\n", *file, strings.Join(ids, ", "))
+	return nil
+}
+
+func cmdRevocationsVerify(env *Env, args []string) error {
+	fl := newFlags(env, "manifest revocations verify", "manifest revocations verify (--root ROOT [--chain DIR] | --keys-dir DIR [--threshold N]) [--file revocations.json]")
+	file := fl.String("file", manifest.RevocationsFile, "signed revocations.json")
+	dir := fl.String("keys-dir", "", "directory of trusted *.pub release keys (hosts without trust.root)")
+	threshold := fl.Int("threshold", 1, "distinct trusted signatures required (with --keys-dir)")
+	rootFile := fl.String("root", "", "trusted root file (a host's trust.root): follow root.<N>.json in --chain; its revoke or manifest role must have signed")
+	chain := fl.String("chain", "", "directory of the published root.<N>.json files (default: the file's directory)")
+	if err := parse(fl, args, 0); err != nil {
+		return err
+	}
+	if (*dir == "") == (*rootFile == "") {
+		return fmt.Errorf("%w: give one of --root or --keys-dir", errUsage)
+	}
+	var t manifest.RevocationsTrust
+	if *rootFile != "" {
+		if *chain == "" {
+			*chain = filepath.Dir(*file)
+		}
+		rt, _, err := rootTrustFromFiles(*rootFile, *chain)
+		if err != nil {
+			return err
+		}
+		t.Root = rt
+	} else {
+		kr, err := manifest.LoadKeyring(*dir)
+		if err != nil {
+			return err
+		}
+		t.Keys, t.Threshold = kr, *threshold
+	}
+	b, err := limitfile.Read(*file, manifest.RevocationsMaxSize)
+	if err != nil {
+		return err
+	}
+	v, err := t.Verify(b, env.Now(), nil)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *file, err)
+	}
+	role := "revoke"
+	if v.ByRelease {
+		role = "release"
+	}
+	fmt.Fprintf(env.Stdout, "OK: %s version %d, %d revoked, %d paused, expires %s, signed by the %s role: %s\n", *file, v.Version,
+		len(v.Revoked), len(v.Paused), v.Expires.UTC().Format(time.RFC3339), role, strings.Join(v.KeyIDs, ", "))
 	return nil
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -60,9 +61,25 @@ func TestRevokeRoleCommands(t *testing.T) {
 	if _, err := (manifest.RevocationsTrust{Root: rt2}).Verify(readFile(t, rev), now, nil); !errors.Is(err, manifest.ErrThreshold) {
 		t.Fatalf("one of two revoke signatures: %v", err)
 	}
+	if err := os.WriteFile(k("one.json"), readFile(t, rev), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(k("release"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(k("release/m1.pub"), readFile(t, k("m1.pub")), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	run(t, now, "manifest", "revocations", "sign", "--file", rev, "--key", k("v2.key"))
 	if _, err := (manifest.RevocationsTrust{Root: rt2}).Verify(readFile(t, rev), now, store); err != nil {
 		t.Fatalf("two of two: %v", err)
+	}
+	out = run(t, now, "manifest", "revocations", "verify", "--file", rev, "--root", r1)
+	if !strings.Contains(out, "OK: "+rev+" version 3, 2 revoked, 1 paused, expires 2026-12-07T12:00:00Z, signed by the revoke role: ") {
+		t.Fatalf("verify output:\n%s", out)
+	}
+	if out, code := runCode(t, now, "manifest", "revocations", "verify", "--file", k("one.json"), "--root", r1, "--chain", dir); code != 1 || !strings.Contains(out, "1 valid of 2 required") {
+		t.Fatalf("verify below threshold: exit %d\n%s", code, out)
 	}
 	run(t, now, "manifest", "root", "rotate", "--prev", r2, "--no-revoke-role")
 	r3, _ := manifest.RootPayload(readFile(t, k("root.3.json")))
@@ -79,6 +96,8 @@ func TestRevokeRoleCommands(t *testing.T) {
 		{"add without key", []string{"manifest", "revocations", "add", "--file", rev, "--name", "a", "--level", "1", "--reason", "r"}, 2, "--key"},
 		{"add twice", []string{"manifest", "revocations", "add", "--file", rev, "--name", "klp_bad", "--level", "3", "--reason", "r", "--key", k("v1.key")}, 1, "already revoked"},
 		{"bad name", []string{"manifest", "revocations", "pause", "--file", rev, "--name", "a/b", "--level", "1", "--reason", "r", "--key", k("v1.key")}, 1, "name"},
+		{"verify with release keys", []string{"manifest", "revocations", "verify", "--file", rev, "--keys-dir", k("release")}, 1, "not among"},
+		{"verify without trust", []string{"manifest", "revocations", "verify", "--file", rev}, 2, "--root or --keys-dir"},
 		{"sign a root as revocations", []string{"manifest", "revocations", "sign", "--file", r1, "--key", k("v1.key")}, 1, "payload type"},
 		{"threshold without role", []string{"manifest", "root", "init", "--root-key", k("r1.pub"), "--manifest-key", k("m1.pub"), "--revoke-threshold", "1", "--out", k("x.json")}, 2, "--revoke-key"},
 		{"no role and keys", []string{"manifest", "root", "rotate", "--prev", r1, "--no-revoke-role", "--revoke-key", k("v1.pub"), "--out", k("x.json")}, 2, "--no-revoke-role"},
