@@ -75,7 +75,6 @@ func TestRevocationChannelRollsBackBesideStalledDownload(t *testing.T) {
 	p2.URL = stall.URL + "/" + p2.URL
 	h.patches[2] = p2
 	h.publish(priv, 1, []int{1, 2})
-	h.source = nil
 	h.polls(pub)
 	h.revChannel(pub)
 	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour, RevocationsInterval: 10 * time.Millisecond}}
