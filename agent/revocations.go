@@ -58,6 +58,12 @@ func (a *Agent) withChannel(m *manifest.Manifest) *manifest.Manifest {
 	return &c
 }
 
+// revocationsRecorder is a Recorder that also shows the channel's
+// document in force (agent/metrics; optional, so other Recorders need not).
+type revocationsRecorder interface {
+	RevocationsInForce(version uint64)
+}
+
 // revState is the loop's revocation-channel state; only its goroutine
 // touches it.
 type revState struct {
@@ -66,6 +72,9 @@ type revState struct {
 	// What was last journaled, so a steady 404 or failure is said once.
 	notPublished bool
 	lastErr      string
+	// The version in force last shown to the Recorder (0: none).
+	version uint64
+	shown   bool
 }
 
 // revInterval is the channel's next wait, with the poll jitter.
@@ -164,6 +173,19 @@ func (r *running) revPolled(ctx context.Context, ch *manifest.RevocationChannel,
 		}
 	}
 	r.rev.notPublished = err == nil && res.NotPublished
+	var v uint64
+	if res.InForce != nil {
+		v = res.InForce.Version
+	}
+	if v != r.rev.version || !r.rev.shown {
+		r.rev.version, r.rev.shown = v, true
+		if rec, ok := a.d.Recorder.(revocationsRecorder); ok {
+			rec.RevocationsInForce(v)
+		}
+		if r.l.Changed != nil {
+			r.l.Changed()
+		}
+	}
 	if ch != a.d.Revocations {
 		return // a reload replaced the channel meanwhile
 	}
