@@ -200,6 +200,7 @@ func TestRootRevokeRole(t *testing.T) {
 		{"key not in keys", Role{KeyIDs: []string{newTestKey(t).id}, Threshold: 1}, false},
 		{"threshold 0", Role{KeyIDs: []string{b.id}, Threshold: 0}, false},
 		{"threshold above keys", Role{KeyIDs: []string{b.id}, Threshold: 2}, false},
+		{"a manifest and root key too", Role{KeyIDs: []string{a.id}, Threshold: 1}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRoot(1, []testKey{a}, 1, []testKey{a}, 1)

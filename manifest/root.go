@@ -153,7 +153,7 @@ func (r *Root) Validate() error {
 			return bad("role %s: threshold %d with %d key(s)", name, role.Threshold, len(role.KeyIDs))
 		}
 	}
-	return nil
+	return r.validateRevokeRole()
 }
 
 // MarshalRoot is the canonical payload: encoding/json sorts map keys and

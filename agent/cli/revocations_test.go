@@ -100,6 +100,7 @@ func TestRevokeRoleCommands(t *testing.T) {
 		{"verify without trust", []string{"manifest", "revocations", "verify", "--file", rev}, 2, "--root or --keys-dir"},
 		{"sign a root as revocations", []string{"manifest", "revocations", "sign", "--file", r1, "--key", k("v1.key")}, 1, "payload type"},
 		{"threshold without role", []string{"manifest", "root", "init", "--root-key", k("r1.pub"), "--manifest-key", k("m1.pub"), "--revoke-threshold", "1", "--out", k("x.json")}, 2, "--revoke-key"},
+		{"revoke key is a manifest key", []string{"manifest", "root", "init", "--root-key", k("r1.pub"), "--manifest-key", k("m1.pub"), "--revoke-key", k("m1.pub"), "--out", k("x.json")}, 1, "a revoke key must sign nothing else"},
 		{"no role and keys", []string{"manifest", "root", "rotate", "--prev", r1, "--no-revoke-role", "--revoke-key", k("v1.pub"), "--out", k("x.json")}, 2, "--no-revoke-role"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
