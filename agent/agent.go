@@ -607,7 +607,7 @@ func (a *Agent) Plan(v *manifest.Verified) (Plan, error) {
 			return p, nil
 		}
 	}
-	d := a.Wanted(a.withChannel(v.Manifest))
+	d := a.wantedNow(v.Manifest)
 	if d.Wanted == nil || k.Phase == state.PhaseSoaking || k.Phase == state.PhaseRollingBack {
 		return Plan{}, nil
 	}

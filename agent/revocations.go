@@ -44,18 +44,59 @@ func (a *Agent) channelRevokes(c *state.PatchRecord) (Plan, bool) {
 	return Plan{Revoked: &cur, Reason: reason}, true
 }
 
-// withChannel is m with the channel's revocations added and its paused
-// patches left out (a manifest that stops listing the current patch does
-// not remove it, so a paused ramp stops only hosts not yet on it).
-func (a *Agent) withChannel(m *manifest.Manifest) *manifest.Manifest {
-	rev := a.channelInForce()
-	if rev == nil || (len(rev.Revoked) == 0 && len(rev.Paused) == 0) {
-		return m
+// wantedNow is the selection under m and the channel in force.
+func (a *Agent) wantedNow(m *manifest.Manifest) manifest.Decision {
+	return WantedWith(a.kernel(), m, a.channelInForce(), a.d.Host, a.now())
+}
+
+// WantedWith is Wanted with the revocation channel's document in force
+// (nil: none): its revocations add to the manifest's, and its paused
+// levels are not eligible (a host already on one keeps it: a lower wanted
+// level is no change).
+func WantedWith(k *state.Kernel, m *manifest.Manifest, rev *manifest.Revocations, host manifest.Host, now time.Time) manifest.Decision {
+	if rev != nil && len(rev.Revoked) > 0 {
+		c := *m
+		c.Revoked = append(slices.Clone(m.Revoked), rev.Revoked...)
+		m = &c
 	}
-	c := *m
-	c.Revoked = append(slices.Clone(m.Revoked), rev.Revoked...)
-	c.Patches = slices.DeleteFunc(slices.Clone(m.Patches), func(p manifest.Patch) bool { return rev.Pauses(&p) != nil })
-	return &c
+	d := Wanted(k, m, host, now)
+	if rev != nil && len(rev.Paused) > 0 {
+		paused(&d, rev)
+	}
+	return d
+}
+
+// paused re-chooses with rev's paused levels not eligible.
+func paused(d *manifest.Decision, rev *manifest.Revocations) {
+	changed := false
+	for i := range d.Entries {
+		e := &d.Entries[i]
+		if x := rev.Pauses(e.Patch); x != nil && e.Eligible {
+			e.Eligible, e.Chosen = false, false
+			e.Reason = fmt.Sprintf("ramp paused by revocations.json version %d", rev.Version)
+			if x.Reason != "" {
+				e.Reason += ": " + x.Reason
+			}
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	d.Wanted = nil
+	for i := range d.Entries {
+		e := &d.Entries[i]
+		switch {
+		case !e.Eligible:
+		case d.Wanted == nil:
+			if !e.Chosen {
+				e.Chosen, e.Reason = true, "chosen: highest eligible level not paused"
+			}
+			d.Wanted = e.Patch
+		default:
+			e.Chosen, e.Reason = false, fmt.Sprintf("superseded by level %d", d.Wanted.Level)
+		}
+	}
 }
 
 // revocationsRecorder is a Recorder that also shows the channel's

@@ -154,3 +154,60 @@ func TestPlanWithRevocationChannel(t *testing.T) {
 		})
 	}
 }
+
+// TestWantedWithRevocations: the selection status shows and Plan acts on,
+// under the channel's document: reasons say which entry did what.
+func TestWantedWithRevocations(t *testing.T) {
+	host := manifest.Host{ID: "h", Kernel: krel}
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	p := func(l int) manifest.Patch {
+		return manifest.Patch{Kernel: krel, Name: fmt.Sprintf("klp_cmdline_%d", l), Level: l, URL: "x.rpm", SHA256: strings.Repeat("a", 64), Size: 1}
+	}
+	m := &manifest.Manifest{Schema: 1, Version: 1, Expires: now.Add(time.Hour), Patches: []manifest.Patch{p(1), p(2), p(3)}}
+	doc := func(revoked, paused []int) *manifest.Revocations {
+		d := &manifest.Revocations{Version: 9}
+		for _, l := range revoked {
+			d.Revoked = append(d.Revoked, manifest.Revoked{Name: p(l).Name, Level: l, Reason: "bad"})
+		}
+		for _, l := range paused {
+			d.Paused = append(d.Paused, manifest.Pause{Name: p(l).Name, Level: l, Reason: "canary"})
+		}
+		return d
+	}
+	for _, tc := range []struct {
+		name    string
+		rev     *manifest.Revocations
+		pin     int
+		wanted  int
+		reasons map[int]string // level: reason prefix
+	}{
+		{"none", nil, 0, 3, map[int]string{3: "chosen: highest eligible level", 2: "superseded by level 3"}},
+		{"top paused", doc(nil, []int{3}), 0, 2, map[int]string{3: "ramp paused by revocations.json version 9: canary", 2: "chosen: highest eligible level not paused", 1: "superseded by level 2"}},
+		{"top revoked", doc([]int{3}, nil), 0, 2, map[int]string{3: "revoked: bad", 2: "chosen: highest eligible level ("}},
+		{"all paused", doc(nil, []int{1, 2, 3}), 0, 0, map[int]string{1: "ramp paused"}},
+		{"pinned below a pause", doc(nil, []int{3}), 2, 2, map[int]string{2: "chosen: highest eligible level at or below the pin"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := &state.Kernel{}
+			if tc.pin > 0 {
+				k.Pin = &state.Pin{Level: tc.pin}
+			}
+			d := WantedWith(k, m, tc.rev, host, now)
+			got := 0
+			if d.Wanted != nil {
+				got = d.Wanted.Level
+			}
+			if got != tc.wanted {
+				t.Fatalf("wanted %d, want %d: %+v", got, tc.wanted, d.Entries)
+			}
+			for _, e := range d.Entries {
+				if want, ok := tc.reasons[e.Patch.Level]; ok && !strings.HasPrefix(e.Reason, want) {
+					t.Errorf("level %d: reason %q, want %q...", e.Patch.Level, e.Reason, want)
+				}
+				if e.Chosen != (got == e.Patch.Level) {
+					t.Errorf("level %d: chosen %v", e.Patch.Level, e.Chosen)
+				}
+			}
+		})
+	}
+}

@@ -407,5 +407,13 @@ func (h *Host) StatusInput(now time.Time) (agent.StatusInput, error) {
 		return in, err
 	}
 	in.Source, err = h.Source(client, true)
-	return in, err
+	if err != nil {
+		return in, err
+	}
+	// The channel's record as the daemon keeps it (read, never written);
+	// a damaged one is the daemon's to report (each channel poll says so).
+	if rev, err := (&manifest.RevocationsStore{Path: h.Layout().Revocations()}).Last(); err == nil && rev != nil && !rev.Expired(now) {
+		in.Revocations = rev
+	}
+	return in, nil
 }
