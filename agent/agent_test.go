@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/health"
@@ -47,6 +49,7 @@ type host struct {
 	crashSince func(time.Time) ([]string, error)
 	source     *manifest.Source
 	revs       *manifest.RevocationChannel // the revocation channel, at the next restart
+	log        *zap.Logger                 // the agent's log from the next restart (nil: none)
 	published  int
 	rec        fakeRecorder
 	// windows and killSwitch go to the agent's Deps at the next restart.
@@ -129,6 +132,7 @@ func (h *host) restart() {
 		Store:       &state.Store{Dir: h.stateDir, Now: func() time.Time { return h.now }},
 		Source:      h.source,
 		Revocations: h.revs,
+		Log:         h.log,
 		Host:        manifest.Host{ID: "host-1", Kernel: krel},
 		Installer:   &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
 		Soak:        30 * time.Minute,

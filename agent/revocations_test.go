@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -209,5 +212,37 @@ func TestWantedWithRevocations(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRevocationChannelNotPublishedJournaledOnce: polls of a missing
+// revocations.json say so once, not every 30 s; publishing it (then
+// removing it) is said once each.
+func TestRevocationChannelNotPublishedJournaledOnce(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	h := newHost(t, 1)
+	core, logs := observer.New(zap.InfoLevel)
+	h.log = zap.New(core)
+	h.revChannel(pub)
+	d := &Loop{Agent: h.agent, Config: LoopConfig{Interval: time.Hour, RevocationsInterval: 5 * time.Millisecond}}
+	stop := runLoop(t, d)
+	count := func(prefix string) int { return logs.FilterMessageSnippet(prefix).Len() }
+	waitFor(t, "the first channel poll", func() bool { return count("no revocations.json at") == 1 })
+	time.Sleep(50 * time.Millisecond) // some more polls of the missing file, at 5 ms
+	if n := count("no revocations.json at"); n != 1 {
+		t.Fatalf("%d not-published lines, want 1", n)
+	}
+	h.publishRevocations(priv, 1, nil, []int{1})
+	waitFor(t, "revocations.json accepted", func() bool { return count("revocations.json version 1 accepted: 0 revoked, 1 paused") == 1 })
+	if err := os.Remove(filepath.Join(h.rpmDir, "revocations.json")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "removal journaled", func() bool { return count("no revocations.json at") == 2 })
+	time.Sleep(50 * time.Millisecond) // some more polls of the missing file
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := count("no revocations.json at"); n != 2 {
+		t.Fatalf("%d not-published lines, want 2", n)
 	}
 }
