@@ -40,7 +40,7 @@ lint: staticcheck
 
 # Each fuzz target runs FUZZTIME (60 s in CI) and must not find a crash
 # (.ci/fuzz says what counts as a finding).
-FUZZ_TARGETS := ./manifest:FuzzParse ./manifest:FuzzVerifyEnvelope ./manifest:FuzzHostilePoll ./manifest:FuzzRoot ./agent/config:FuzzDecode ./klp:FuzzInspectRPMReader ./health:FuzzParseKmsg ./health:FuzzNetconsole ./health:FuzzParseDmesg ./health:FuzzReports
+FUZZ_TARGETS := ./manifest:FuzzParse ./manifest:FuzzVerifyEnvelope ./manifest:FuzzHostilePoll ./manifest:FuzzRoot ./manifest:FuzzRevocations ./agent/config:FuzzDecode ./klp:FuzzInspectRPMReader ./health:FuzzParseKmsg ./health:FuzzNetconsole ./health:FuzzParseDmesg ./health:FuzzReports
 fuzz:
 	GO=$(GO) .ci/fuzz $(FUZZTIME) $(FUZZ_TARGETS)
 

@@ -70,6 +70,9 @@ type Deps struct {
 	Now    func() time.Time
 	Store  *state.Store
 	Source *manifest.Source // nil: offline (boot re-apply only)
+	// Revocations is the fast revocation channel (revocations.json); nil:
+	// none. Its entries add to the manifest's (see revocations.go).
+	Revocations *manifest.RevocationChannel
 	// Downloader fetches RPMs; nil: the Source's client (or, without a
 	// Source, a default one).
 	Downloader Downloader
@@ -172,14 +175,15 @@ func (a *Agent) setDeps(d Deps) {
 
 // Settings are what a configuration reload may change.
 type Settings struct {
-	Source     *manifest.Source
-	Downloader Downloader
-	Host       manifest.Host // same kernel release
-	Installer  *klp.Installer
-	Soak       time.Duration
-	Scanners   []health.Scanner
-	Log        *zap.Logger
-	Windows    window.Set
+	Source      *manifest.Source
+	Revocations *manifest.RevocationChannel
+	Downloader  Downloader
+	Host        manifest.Host // same kernel release
+	Installer   *klp.Installer
+	Soak        time.Duration
+	Scanners    []health.Scanner
+	Log         *zap.Logger
+	Windows     window.Set
 }
 
 // Reconfigure takes new settings; the state and the kernel are as they were.
@@ -189,7 +193,7 @@ func (a *Agent) Reconfigure(s Settings) error {
 	}
 	d := a.d
 	d.Source, d.Downloader, d.Host, d.Installer, d.Soak, d.Scanners = s.Source, s.Downloader, s.Host, s.Installer, s.Soak, s.Scanners
-	d.Windows = s.Windows
+	d.Windows, d.Revocations = s.Windows, s.Revocations
 	if s.Log != nil {
 		d.Log = s.Log
 	}
@@ -630,8 +634,11 @@ func (a *Agent) Plan(v *manifest.Verified) (Plan, error) {
 				return Plan{Revoked: &cur, Reason: reason}, nil
 			}
 		}
+		if p, ok := a.channelRevokes(c); ok {
+			return p, nil
+		}
 	}
-	d := a.Wanted(v.Manifest)
+	d := a.wantedNow(v.Manifest)
 	if d.Wanted == nil || k.Phase == state.PhaseSoaking || k.Phase == state.PhaseRollingBack {
 		return Plan{}, nil
 	}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/health"
@@ -20,7 +22,6 @@ import (
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/klp/klptest"
 	"github.com/klp-agent/klp-agent/manifest"
-	"go.uber.org/zap"
 )
 
 const krel = "6.1.0-56-amd64"
@@ -46,6 +47,7 @@ type host struct {
 	// scanners are the boot guard's, from the next restart on.
 	scanners  []health.Scanner
 	source    *manifest.Source
+	revs      *manifest.RevocationChannel // the revocation channel, at the next restart
 	published int
 	rec       fakeRecorder
 	// windows and killSwitch go to the agent's Deps at the next restart.
@@ -126,18 +128,19 @@ func (h *host) restart() {
 	ctrl := &klp.Controller{Sysfs: &klp.Sysfs{FS: h.kernel, Poll: time.Millisecond}, Modules: h.kernel, Log: h.kernel,
 		Opts: klp.Options{TransitionTimeout: 300 * time.Millisecond, UnloadTimeout: time.Second}}
 	h.agent = New(Deps{
-		Now:        func() time.Time { return h.now },
-		Store:      &state.Store{Dir: h.stateDir, Now: func() time.Time { return h.now }},
-		Source:     h.source,
-		Host:       manifest.Host{ID: "host-1", Kernel: krel},
-		Installer:  &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
-		Soak:       30 * time.Minute,
-		BootID:     func() (string, error) { return fmt.Sprintf("boot-%d", h.boot), nil },
-		Scanners:   h.scanners,
-		Recorder:   &h.rec,
-		Windows:    h.windows,
-		KillSwitch: h.killSwitch,
-		Log:        h.log,
+		Now:         func() time.Time { return h.now },
+		Store:       &state.Store{Dir: h.stateDir, Now: func() time.Time { return h.now }},
+		Source:      h.source,
+		Revocations: h.revs,
+		Host:        manifest.Host{ID: "host-1", Kernel: krel},
+		Installer:   &klp.Installer{RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: h.root}, Controller: ctrl, Root: h.root},
+		Soak:        30 * time.Minute,
+		BootID:      func() (string, error) { return fmt.Sprintf("boot-%d", h.boot), nil },
+		Scanners:    h.scanners,
+		Recorder:    &h.rec,
+		Windows:     h.windows,
+		KillSwitch:  h.killSwitch,
+		Log:         h.log,
 	})
 	if err := h.agent.Start(context.Background()); err != nil {
 		h.t.Fatalf("start (boot %d): %v", h.boot, err)

@@ -43,6 +43,9 @@ type LoopConfig struct {
 	// default it is recorded and counted, and corroborates what the
 	// host's own kernel log and kdump say (UDP can be forged).
 	NetconsoleActs bool
+	// RevocationsInterval paces the revocation channel's polls, with
+	// Jitter (0: off, as without Deps.Revocations).
+	RevocationsInterval time.Duration
 }
 
 // Loop drives an Agent: poll with jitter, apply, end soaks, judge health
@@ -116,7 +119,8 @@ type running struct {
 	// source must not overlap: each moves the root and the version floor).
 	stray   *job
 	poll    *time.Timer
-	pollDue bool // a poll is owed as soon as no job runs
+	pollDue bool     // a poll is owed as soon as no job runs
+	rev     revState // the revocation channel: its own timer and job
 	// `klp-agent poll` requests: waiting for a poll to start, waiting
 	// for the one started for them, and answered once the loop is idle.
 	pollWaiting, pollRunning, pollAnswer []controlCall
@@ -212,6 +216,12 @@ func (l *Loop) Run(ctx context.Context) error {
 	defer r.poll.Stop()
 	soak := time.NewTimer(time.Hour)
 	defer soak.Stop()
+	r.revArm()
+	defer func() {
+		if r.rev.timer != nil {
+			r.rev.timer.Stop()
+		}
+	}()
 	for {
 		l.Heartbeat.End()
 		// Wake for the end of a soak, if one runs; otherwise sleep.
@@ -233,6 +243,7 @@ func (l *Loop) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			l.Heartbeat.Begin()
 			r.dropJob()
+			r.revCancel()
 			// No STOPPING=1 here: the caller that owns the process says it.
 			return r.a.Stop()
 		case <-r.poll.C:
@@ -249,6 +260,13 @@ func (l *Loop) Run(ctx context.Context) error {
 			l.Heartbeat.Begin()
 			r.a.log().Info(fmt.Sprintf("dropped %s ended after %s", r.stray.what, time.Since(r.stray.start).Round(time.Millisecond)))
 			r.stray = nil
+		case <-r.revTimerC():
+			l.Heartbeat.Begin()
+			r.revStart(ctx)
+		case finish := <-r.revJobDone():
+			l.Heartbeat.Begin()
+			r.rev.job = nil
+			finish()
 		case ev := <-l.Events:
 			l.Heartbeat.Begin()
 			r.event(work, ev)
@@ -565,6 +583,7 @@ func (r *running) event(ctx context.Context, ev health.Event) {
 // reconfigure takes a reload between steps.
 func (r *running) reconfigure(req reloadReq) error {
 	r.dropJob()
+	r.revCancel()
 	if req.settings != nil {
 		if err := r.a.Reconfigure(*req.settings); err != nil {
 			return err
@@ -576,6 +595,7 @@ func (r *running) reconfigure(req reloadReq) error {
 	r.cfg = req.cfg
 	r.pollDue = true
 	r.poll.Reset(0)
+	r.revArm()
 	return nil
 }
 

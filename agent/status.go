@@ -138,8 +138,11 @@ type StatusInput struct {
 	// Source reads the cached manifest (its version store read-only); nil:
 	// no wanted patch is shown.
 	Source *manifest.Source
-	Host   manifest.Host
-	Now    time.Time
+	// Revocations is the revocations.json in force (the fast channel's
+	// record, unexpired); nil: none.
+	Revocations *manifest.Revocations
+	Host        manifest.Host
+	Now         time.Time
 	// Root is the host's filesystem root (config paths.root), where an
 	// enabled kpatch.service is looked for.
 	Root string
@@ -195,7 +198,7 @@ func CollectStatus(in StatusInput) (*Status, error) {
 			s.Problems = append(s.Problems, err.Error())
 		case in.Source.Current() != nil:
 			v := in.Source.Current()
-			d := Wanted(k, v.Manifest, in.Host, in.Now)
+			d := WantedWith(k, v.Manifest, in.Revocations, in.Host, in.Now)
 			s.Wanted = d.Wanted
 			for _, e := range d.Entries {
 				if e.Chosen {

@@ -59,10 +59,13 @@ type RootKey struct {
 	Public  string `json:"public"`
 }
 
-// Roles are the root's two roles.
+// Roles are the root's roles: root and manifest always, and optionally
+// revoke (see revoke_role.go). A root without a revoke role marshals to
+// the same bytes as before the role existed.
 type Roles struct {
-	Root     Role `json:"root"`
-	Manifest Role `json:"manifest"`
+	Root     Role  `json:"root"`
+	Manifest Role  `json:"manifest"`
+	Revoke   *Role `json:"revoke,omitempty"`
 }
 
 // Root is the root document, the signed payload of a root file.
@@ -131,7 +134,11 @@ func (r *Root) Validate() error {
 			return bad("key listed as %s has id %s", id, got)
 		}
 	}
-	for name, role := range map[string]Role{"root": r.Roles.Root, "manifest": r.Roles.Manifest} {
+	roles := map[string]Role{"root": r.Roles.Root, "manifest": r.Roles.Manifest}
+	if r.Roles.Revoke != nil {
+		roles["revoke"] = *r.Roles.Revoke
+	}
+	for name, role := range roles {
 		seen := map[string]bool{}
 		for _, id := range role.KeyIDs {
 			if _, ok := r.Keys[id]; !ok {
@@ -146,7 +153,7 @@ func (r *Root) Validate() error {
 			return bad("role %s: threshold %d with %d key(s)", name, role.Threshold, len(role.KeyIDs))
 		}
 	}
-	return nil
+	return r.validateRevokeRole()
 }
 
 // MarshalRoot is the canonical payload: encoding/json sorts map keys and

@@ -24,6 +24,7 @@ func cmdManifest(env *Env, args []string) error {
 		{"lint", "find mistakes in a manifest before publishing it, RPMs missing or different where their URLs resolve among them", cmdLint},
 		{"shard", "sign one shard per kernel release from the full manifest, for hosts with manifest.shard_url", cmdShard},
 		{"root", "the root of trust: init, rotate, sign root.<N>.json files", cmdRoot},
+		{"revocations", "the fast revocation channel: add, pause, sign revocations.json (revoke-role key)", cmdRevocations},
 	}, args)
 }
 

@@ -21,7 +21,7 @@ import (
 
 func cmdRoot(env *Env, args []string) error {
 	return dispatch(env, "manifest root", []subcommand{
-		{"init", "write an unsigned root.1.json naming the root and manifest keys and thresholds", cmdRootInit},
+		{"init", "write an unsigned root.1.json naming the root, manifest and (optionally) revoke keys and thresholds", cmdRootInit},
 		{"rotate", "write an unsigned root.<N+1>.json from root.<N>.json with changed keys or thresholds", cmdRootRotate},
 		{"sign", "add signatures to a root file, in place", cmdRootSign},
 	}, args)
@@ -29,9 +29,10 @@ func cmdRoot(env *Env, args []string) error {
 
 // roleFlags are the flags that set a root's roles and expiry.
 type roleFlags struct {
-	rootKeys, manifestKeys    stringList
-	rootThresh, manifestThres *int
-	expiresIn                 *string
+	rootKeys, manifestKeys, revokeKeys     stringList
+	rootThresh, manifestThres, revokeThres *int
+	noRevoke                               *bool
+	expiresIn                              *string
 }
 
 func addRoleFlags(fs *flag.FlagSet, rf *roleFlags, keep string) {
@@ -39,6 +40,9 @@ func addRoleFlags(fs *flag.FlagSet, rf *roleFlags, keep string) {
 	fs.Var(&rf.manifestKeys, "manifest-key", "public key (PEM) allowed to sign manifests, repeatable"+keep)
 	rf.rootThresh = fs.Int("root-threshold", 0, "root signatures a next root needs"+keep)
 	rf.manifestThres = fs.Int("manifest-threshold", 0, "manifest signatures hosts require"+keep)
+	fs.Var(&rf.revokeKeys, "revoke-key", "public key (PEM) of the revoke role, repeatable: it may sign revocations.json only (revoke, pause), never a manifest"+keep)
+	rf.revokeThres = fs.Int("revoke-threshold", 0, "revoke-role signatures a revocations.json needs"+keep)
+	rf.noRevoke = fs.Bool("no-revoke-role", false, "name no revoke role (rotate: remove it); the release keys still sign revocations.json")
 	rf.expiresIn = fs.String("expires-in", "365d", "the root expires this long from now (hosts refuse every manifest under an expired root)")
 }
 
@@ -85,10 +89,42 @@ func (rf *roleFlags) build(env *Env, version uint64, prev *manifest.Root) (*mani
 	if r.Roles.Manifest, err = rf.role(r, rf.manifestKeys, *rf.manifestThres, pm, prevKeys); err != nil {
 		return nil, err
 	}
+	if r.Roles.Revoke, err = rf.revokeRole(r, prev, prevKeys); err != nil {
+		return nil, err
+	}
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// revokeRole is the revoke role the flags ask for: new keys, the previous
+// root's role (a threshold flag may change it), or none.
+func (rf *roleFlags) revokeRole(r *manifest.Root, prev *manifest.Root, prevKeys map[string]manifest.RootKey) (*manifest.Role, error) {
+	var pv *manifest.Role
+	if prev != nil {
+		pv = prev.Roles.Revoke
+	}
+	switch {
+	case *rf.noRevoke && (len(rf.revokeKeys) > 0 || *rf.revokeThres > 0):
+		return nil, fmt.Errorf("%w: --no-revoke-role with --revoke-key or --revoke-threshold", errUsage)
+	case *rf.noRevoke:
+		return nil, nil
+	case len(rf.revokeKeys) == 0 && pv == nil:
+		if *rf.revokeThres > 0 {
+			return nil, fmt.Errorf("%w: --revoke-threshold without a revoke role: give --revoke-key", errUsage)
+		}
+		return nil, nil
+	}
+	var base manifest.Role
+	if pv != nil {
+		base = *pv
+	}
+	role, err := rf.role(r, rf.revokeKeys, *rf.revokeThres, base, prevKeys)
+	if err != nil {
+		return nil, err
+	}
+	return &role, nil
 }
 
 func writeRoot(env *Env, out string, r *manifest.Root, prev *manifest.Root) error {
@@ -106,6 +142,11 @@ func writeRoot(env *Env, out string, r *manifest.Root, prev *manifest.Root) erro
 	fmt.Fprintf(env.Stdout, "wrote %s: root version %d, expires %s\n", out, r.Version, r.Expires.Format(time.RFC3339))
 	fmt.Fprintf(env.Stdout, "  root role: %d of %s\n  manifest role: %d of %s\n", r.Roles.Root.Threshold, strings.Join(r.Roles.Root.KeyIDs, ", "),
 		r.Roles.Manifest.Threshold, strings.Join(r.Roles.Manifest.KeyIDs, ", "))
+	if rv := r.Roles.Revoke; rv != nil {
+		fmt.Fprintf(env.Stdout, "  revoke role: %d of %s\n", rv.Threshold, strings.Join(rv.KeyIDs, ", "))
+	} else {
+		fmt.Fprintf(env.Stdout, "  revoke role: none (the manifest role signs revocations.json)\n")
+	}
 	if prev != nil {
 		fmt.Fprintf(env.Stdout, "sign it with %d of version %d's root keys AND %d of its own: manifest root sign --envelope %s --key KEY\n",
 			prev.Roles.Root.Threshold, prev.Version, r.Roles.Root.Threshold, out)
@@ -116,7 +157,7 @@ func writeRoot(env *Env, out string, r *manifest.Root, prev *manifest.Root) erro
 }
 
 func cmdRootInit(env *Env, args []string) error {
-	fs := newFlags(env, "manifest root init", "manifest root init --root-key PUB... --manifest-key PUB... [--root-threshold N] [--manifest-threshold N] [--out root.1.json]")
+	fs := newFlags(env, "manifest root init", "manifest root init --root-key PUB... --manifest-key PUB... [--revoke-key PUB...] [--root-threshold N] [--manifest-threshold N] [--revoke-threshold N] [--out root.1.json]")
 	var rf roleFlags
 	addRoleFlags(fs, &rf, "")
 	out := fs.String("out", "root.1.json", "root file to write")
@@ -134,7 +175,7 @@ func cmdRootInit(env *Env, args []string) error {
 }
 
 func cmdRootRotate(env *Env, args []string) error {
-	fs := newFlags(env, "manifest root rotate", "manifest root rotate --prev root.N.json [--root-key PUB...] [--manifest-key PUB...] [thresholds] [--out root.<N+1>.json]")
+	fs := newFlags(env, "manifest root rotate", "manifest root rotate --prev root.N.json [--root-key PUB...] [--manifest-key PUB...] [--revoke-key PUB... | --no-revoke-role] [thresholds] [--out root.<N+1>.json]")
 	var rf roleFlags
 	addRoleFlags(fs, &rf, " (default: as in --prev)")
 	prevPath := fs.String("prev", "", "the current root file, root.<N>.json")

@@ -161,6 +161,11 @@ type ManifestConfig struct {
 	// MaxExpiry refuses a manifest whose expiry is further out than this
 	// from its signed_at or, without one, the host's clock at fetch time.
 	MaxExpiry time.Duration `yaml:"max_expiry"`
+	// RevocationsURL is the fast revocation channel's revocations.json
+	// ("": beside the manifest URL).
+	RevocationsURL string `yaml:"revocations_url"`
+	// RevocationsInterval paces its polls, with poll_jitter (0: off).
+	RevocationsInterval time.Duration `yaml:"revocations_interval"`
 }
 
 // TrustConfig says whose signatures count.
@@ -204,13 +209,14 @@ const DefaultStatusFile = "/run/klp-agent/status.json"
 func Default() Config {
 	return Config{
 		Manifest: ManifestConfig{
-			PollInterval: 15 * time.Minute,
-			PollJitter:   0.2,
-			Timeout:      2 * time.Minute,
-			Retries:      4,
-			IdleTimeout:  30 * time.Second,
-			MaxSize:      manifest.DefaultMaxSize,
-			MaxExpiry:    manifest.DefaultMaxExpiry,
+			PollInterval:        15 * time.Minute,
+			PollJitter:          0.2,
+			RevocationsInterval: 30 * time.Second,
+			Timeout:             2 * time.Minute,
+			Retries:             4,
+			IdleTimeout:         30 * time.Second,
+			MaxSize:             manifest.DefaultMaxSize,
+			MaxExpiry:           manifest.DefaultMaxExpiry,
 		},
 		Trust: TrustConfig{KeysDir: "/etc/klp-agent/keys", Threshold: 1},
 		Apply: ApplyConfig{Soak: 30 * time.Minute, TransitionTimeout: 60 * time.Second, Windows: []window.Spec{}},
@@ -459,6 +465,14 @@ func (l *Loaded) Validate() error {
 	}
 	if c.Manifest.PollInterval < 10*time.Second {
 		bad("manifest.poll_interval", "%s is below the 10s minimum", c.Manifest.PollInterval)
+	}
+	if ri := c.Manifest.RevocationsInterval; ri != 0 && ri < 5*time.Second {
+		bad("manifest.revocations_interval", "%s is neither 0 (off) nor at least 5s", ri)
+	}
+	if u := c.Manifest.RevocationsURL; u != "" {
+		if _, err := manifest.Location(u); err != nil {
+			bad("manifest.revocations_url", "%v", err)
+		}
 	}
 	if c.Manifest.PollJitter < 0 || c.Manifest.PollJitter > 1 {
 		bad("manifest.poll_jitter", "%v not in [0,1] (a fraction of poll_interval)", c.Manifest.PollJitter)

@@ -28,6 +28,8 @@ var keyDocs = map[string]string{
 	"manifest.retries":                  "Retries on 5xx, 429 and connection errors.",
 	"manifest.idle_timeout":             "A response that sends nothing for this long is abandoned.",
 	"manifest.max_size":                 "Largest manifest accepted (at most 64MiB).",
+	"manifest.revocations_url":          "The fast revocation channel's signed revocations.json (default: beside manifest.url).",
+	"manifest.revocations_interval":     "Poll revocations.json every interval, plus or minus poll_jitter of it (0: off; else at least 5s).",
 	"manifest.max_expiry":               "Refuse a manifest that expires more than this after its signed_at (or the host's clock at fetch time).",
 	"trust.keys_dir":                    "Trusted ed25519 *.pub keys (without trust.root).",
 	"trust.threshold":                   "Distinct trusted signatures required (without trust.root).",

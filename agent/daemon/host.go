@@ -364,6 +364,31 @@ func (h *Host) Source(client *manifest.Client, readOnly bool) (*manifest.Source,
 		Cache: manifest.CacheFiles{Envelope: l.ManifestEnvelope(), Validators: l.ManifestValidators()}}, nil
 }
 
+// Revocations is the fast revocation channel over client: nil without
+// manifest.url or with manifest.revocations_interval 0. Its URL is
+// manifest.revocations_url, else revocations.json beside the manifest;
+// it trusts the root's revoke and manifest roles (or the keys dir).
+func (h *Host) Revocations(client *manifest.Client) (*manifest.RevocationChannel, error) {
+	m := h.Config.Manifest
+	if m.URL == "" || m.RevocationsInterval <= 0 {
+		return nil, nil
+	}
+	loc, err := manifest.Location(m.URL)
+	if err != nil {
+		return nil, fmt.Errorf("manifest.url: %w", err)
+	}
+	u, err := manifest.RevocationsURL(loc)
+	if m.RevocationsURL != "" {
+		u, err = manifest.Location(m.RevocationsURL)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("manifest.revocations_url: %w", err)
+	}
+	t := manifest.RevocationsTrust{Root: h.Trust.Root, Keys: h.Trust.Keys, Threshold: h.Trust.Threshold, MaxExpiry: m.MaxExpiry}
+	return &manifest.RevocationChannel{URL: u, Client: client, Trust: t, Timeout: m.Timeout,
+		Store: &manifest.RevocationsStore{Path: h.Layout().Revocations()}}, nil
+}
+
 // Sysfs is the kernel's livepatch interface under paths.root.
 func (h *Host) Sysfs() *klp.Sysfs { return &klp.Sysfs{FS: klp.OSFS{Root: h.Config.Paths.Root}} }
 
@@ -419,7 +444,11 @@ func (h *Host) Settings(log *zap.Logger, client *manifest.Client) (agent.Setting
 			logRootRestart(log, restart)
 		}
 	}
-	return agent.Settings{Source: src, Downloader: client, Host: h.Host, Installer: h.Installer(),
+	rev, err := h.Revocations(client)
+	if err != nil {
+		return agent.Settings{}, err
+	}
+	return agent.Settings{Source: src, Revocations: rev, Downloader: client, Host: h.Host, Installer: h.Installer(),
 		Soak: h.Config.Apply.Soak, Scanners: h.Scanners(), Log: log, Windows: h.Config.Apply.MaintenanceWindows()}, nil
 }
 
@@ -434,7 +463,7 @@ func (h *Host) Agent(log *zap.Logger, store *state.Store, rec agent.Recorder) (*
 		return nil, err
 	}
 	root := h.Config.Paths.Root
-	return agent.New(agent.Deps{Log: log, Store: store, Source: s.Source, Downloader: s.Downloader, Host: s.Host,
+	return agent.New(agent.Deps{Log: log, Store: store, Source: s.Source, Revocations: s.Revocations, Downloader: s.Downloader, Host: s.Host,
 		Installer: s.Installer, Soak: s.Soak, Scanners: s.Scanners, Recorder: rec, Windows: s.Windows, Crashpoint: crashpoint,
 		KillSwitch: h.KillSwitch(log), BootID: func() (string, error) { return agent.BootID(root) }}), nil
 }
@@ -453,7 +482,7 @@ func (h *Host) KillSwitch(log *zap.Logger) string {
 // LoopConfig is the loop's pacing and policy.
 func (h *Host) LoopConfig() agent.LoopConfig {
 	m := h.Config.Manifest
-	return agent.LoopConfig{Interval: m.PollInterval, Jitter: m.PollJitter, Policy: h.Config.Health.Policy,
+	return agent.LoopConfig{Interval: m.PollInterval, Jitter: m.PollJitter, RevocationsInterval: m.RevocationsInterval, Policy: h.Config.Health.Policy,
 		NetconsoleActs: h.Config.Health.Netconsole.Acts}
 }
 
@@ -476,5 +505,13 @@ func (h *Host) StatusInput(now time.Time) (agent.StatusInput, error) {
 		return in, err
 	}
 	in.Source, err = h.Source(client, true)
-	return in, err
+	if err != nil {
+		return in, err
+	}
+	// The channel's record as the daemon keeps it (read, never written);
+	// a damaged one is the daemon's to report (each channel poll says so).
+	if rev, err := (&manifest.RevocationsStore{Path: h.Layout().Revocations()}).Last(); err == nil && rev != nil && !rev.Expired(now) {
+		in.Revocations = rev
+	}
+	return in, nil
 }

@@ -74,6 +74,7 @@ type Metrics struct {
 	manifestAge   prometheus.Gauge
 	rootVer       *prometheus.GaugeVec // no labels: absent until a root of trust is known
 	rootExp       *prometheus.GaugeVec
+	revVer        *prometheus.GaugeVec // no labels: absent until a revocations.json is in force
 	lastPoll      *prometheus.GaugeVec
 	lastOK        prometheus.Gauge
 	applyDuration prometheus.Histogram
@@ -120,6 +121,8 @@ func New(version, goVersion string) *Metrics {
 		Help: "Version of the root of trust this host follows (trust.root); absent with keys_dir."}, nil)
 	m.rootExp = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_trusted_root_expiry_timestamp_seconds",
 		Help: "Expiry of the trusted root: from then on no manifest is accepted until a newer root (root.<N+1>.json) is published; absent with keys_dir."}, nil)
+	m.revVer = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_revocations_version",
+		Help: "Version of the revocations.json in force (the fast revocation channel); absent while none is."}, nil)
 	m.lastPoll = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_last_poll_timestamp_seconds",
 		Help: "Time of the last manifest poll, by result (ok, not-modified, error)."}, []string{"result"})
 	m.lastOK = prometheus.NewGauge(prometheus.GaugeOpts{Name: "klp_agent_last_successful_poll_timestamp_seconds",
@@ -146,7 +149,7 @@ func New(version, goVersion string) *Metrics {
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "klp_agent_build_info", Help: "The agent's version (1)."}, []string{"version", "goversion"})
 	build.WithLabelValues(version, goVersion).Set(1)
 	for _, c := range []prometheus.Collector{m.patchInfo, m.applies, m.rollbacks, m.healthEvents, m.crashes, m.blocked,
-		m.manifestVer, m.manifestExp, m.manifestSince, m.manifestAge, m.rootVer, m.rootExp, m.lastPoll, m.lastOK, m.applyDuration, m.listenFailed,
+		m.manifestVer, m.manifestExp, m.manifestSince, m.manifestAge, m.rootVer, m.rootExp, m.revVer, m.lastPoll, m.lastOK, m.applyDuration, m.listenFailed,
 		m.held, m.pinLevel, m.killSwitch, m.appliedLevel, m.wantedLevel, m.checkCode, m.exported, build} {
 		f(c)
 	}
@@ -269,6 +272,16 @@ func (m *Metrics) ManifestInForce(version uint64, expires, since, at time.Time) 
 func (m *Metrics) TrustedRoot(version uint64, expires time.Time) {
 	m.rootVer.WithLabelValues().Set(float64(version))
 	m.rootExp.WithLabelValues().Set(float64(expires.Unix()))
+}
+
+// RevocationsInForce records the revocations.json in force after a
+// channel poll (version 0: none, the metric goes away).
+func (m *Metrics) RevocationsInForce(version uint64) {
+	if version == 0 {
+		m.revVer.Reset()
+		return
+	}
+	m.revVer.WithLabelValues().Set(float64(version))
 }
 
 // SetListenFailed records whether the configured listener failed.

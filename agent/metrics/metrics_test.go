@@ -591,3 +591,23 @@ func TestUnixSocketBindFallback(t *testing.T) {
 		t.Errorf("process umask %#o after the bind, want 0077", u)
 	}
 }
+
+// TestRevocationsInForce: the channel's version shows while a document is
+// in force and goes away when none is.
+func TestRevocationsInForce(t *testing.T) {
+	m := New("0.1.0", "go1.26")
+	for _, tt := range []struct {
+		set  uint64
+		want int // series of klp_agent_revocations_version
+	}{{0, 0}, {3, 1}, {4, 1}, {0, 0}} {
+		m.RevocationsInForce(tt.set)
+		if n := testutil.CollectAndCount(m.revVer); n != tt.want {
+			t.Fatalf("after %d: %d series, want %d", tt.set, n, tt.want)
+		}
+		if tt.want == 1 {
+			if got := testutil.ToFloat64(m.revVer.WithLabelValues()); got != float64(tt.set) {
+				t.Fatalf("version %v, want %d", got, tt.set)
+			}
+		}
+	}
+}

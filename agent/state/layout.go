@@ -51,6 +51,11 @@ func (l Layout) ManifestValidators() string { return filepath.Join(l.Dir, "manif
 // version accepted.
 func (l Layout) ManifestVersion() string { return filepath.Join(l.Dir, "manifest-version.json") }
 
+// Revocations is the revocation channel's record: the newest
+// revocations.json document accepted (its anti-rollback floor, and its
+// entries, in force across restarts).
+func (l Layout) Revocations() string { return filepath.Join(l.Dir, "revocations-record.json") }
+
 // TrustedRoot is the newest root of trust this host followed the chain
 // to (with trust.root configured), byte for byte as published.
 func (l Layout) TrustedRoot() string { return filepath.Join(l.Dir, "root.json") }
