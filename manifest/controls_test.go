@@ -33,13 +33,26 @@ func fullManifest() *Manifest {
 // so that a new field is covered without being listed (revocation
 // reasons and URLs were not checked before).
 func TestSignedStringsRefuseControls(t *testing.T) {
-	k1, k2 := newTestKey(t), newTestKey(t)
+	k1, k2, k3 := newTestKey(t), newTestKey(t), newTestKey(t)
 	cases := map[string]struct {
 		doc      func() any
 		validate func(any) error
 	}{
 		"manifest": {func() any { return fullManifest() }, func(v any) error { return v.(*Manifest).Validate() }},
-		"root":     {func() any { return newRoot(1, []testKey{k1}, 1, []testKey{k2}, 1) }, func(v any) error { return v.(*Root).Validate() }},
+		"root": {func() any {
+			r := newRoot(1, []testKey{k1}, 1, []testKey{k2}, 1)
+			id, rk := NewRootKey(k3.pub)
+			r.Keys[id] = rk
+			r.Roles.Revoke = &Role{KeyIDs: []string{id}, Threshold: 1}
+			return r
+		}, func(v any) error { return v.(*Root).Validate() }},
+		// revocations.json, the fast channel: its reasons reach status and
+		// the journal as much as the manifest's do.
+		"revocations": {func() any {
+			return &Revocations{Type: RevocationsType, Version: 3, Expires: now.Add(time.Hour),
+				Revoked: []Revoked{{Name: "klp_b", Level: 2, Kernel: "6.1.0-28-amd64", SHA256: sha(2), Reason: "oopses on boot"}},
+				Paused:  []Pause{{Name: "klp_c", Level: 3, Kernel: "6.1.0-28-amd64", Reason: "canary crashes"}}}
+		}, func(v any) error { return v.(*Revocations).Validate() }},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -175,14 +175,12 @@ func (r *Revocations) AddPause(x Pause) error {
 	return nil
 }
 
+// validReason is printable's rule for the signed reasons of the channel,
+// as for the manifest's: nothing a terminal or the journal would take as a
+// control (C0, C1, DEL, bidi overrides, invalid UTF-8).
 func validReason(s string) error {
-	if len(s) > maxReasonLen {
-		return fmt.Errorf("%w: reason is %d bytes (limit %d)", ErrInvalid, len(s), maxReasonLen)
-	}
-	for _, c := range s {
-		if c < 0x20 || c == 0x7f {
-			return fmt.Errorf("%w: reason has control characters", ErrInvalid)
-		}
+	if err := printable(s, maxReasonLen); err != nil {
+		return fmt.Errorf("%w: reason: %v", ErrInvalid, err)
 	}
 	return nil
 }
