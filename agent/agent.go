@@ -32,6 +32,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/health"
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -454,7 +455,7 @@ func (a *Agent) suspect(p *state.PatchRecord) health.Suspect {
 	if err != nil {
 		return s
 	}
-	ko, err := os.ReadFile(filepath.Join(a.d.Installer.Root, info.ModulePath))
+	ko, err := limitfile.Read(filepath.Join(a.d.Installer.Root, info.ModulePath), klp.MaxModuleBytes)
 	if err != nil {
 		a.log().Debug("module text of " + p.ID() + " unknown: " + err.Error())
 		return s

@@ -11,6 +11,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent/state"
 	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 	"github.com/klp-agent/klp-agent/internal/sanitize"
 	"github.com/klp-agent/klp-agent/klp"
 	"github.com/klp-agent/klp-agent/manifest"
@@ -262,7 +263,7 @@ func RecordMetricsListen(l state.Layout, addr string, err error) error {
 
 // MetricsListenFailure is the recorded listener failure ("" when none).
 func MetricsListenFailure(l state.Layout) string {
-	b, err := os.ReadFile(l.MetricsListenFailure())
+	b, err := limitfile.Read(l.MetricsListenFailure(), 64<<10)
 	if err != nil {
 		return ""
 	}

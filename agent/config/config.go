@@ -23,6 +23,7 @@ import (
 
 	"github.com/klp-agent/klp-agent/agent/window"
 	"github.com/klp-agent/klp-agent/health"
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 	"github.com/klp-agent/klp-agent/internal/redact"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -302,7 +303,7 @@ func Dropins(dir string) ([]string, error) {
 }
 
 func (l *Loaded) apply(path string) error {
-	b, err := os.ReadFile(path)
+	b, err := limitfile.Read(path, 4<<20)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
@@ -595,7 +596,7 @@ func (c *Config) HostID() (string, error) {
 		return c.Host.ID, nil
 	}
 	p := filepath.Join(c.Paths.Root, c.Host.IDFile)
-	b, err := os.ReadFile(p)
+	b, err := limitfile.Read(p, 64<<10)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return "", fmt.Errorf("%w: %s does not exist (set host.id)", ErrNoHostID, p)

@@ -14,6 +14,7 @@ import (
 	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/agent/config"
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 	"github.com/klp-agent/klp-agent/internal/redact"
 )
 
@@ -82,7 +83,7 @@ func MarshalStatus(st *agent.Status) ([]byte, error) {
 
 // ReadSnapshot reads a status snapshot and says whether its daemon runs.
 func ReadSnapshot(path string) (*agent.Status, error) {
-	b, err := os.ReadFile(path)
+	b, err := limitfile.Read(path, 16<<20)
 	if err != nil {
 		return nil, err
 	}

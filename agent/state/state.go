@@ -20,6 +20,7 @@ import (
 	"github.com/gofrs/flock"
 
 	"github.com/klp-agent/klp-agent/internal/atomicfile"
+	"github.com/klp-agent/klp-agent/internal/limitfile"
 )
 
 // Format is the state file format this agent writes. Older formats are
@@ -287,7 +288,7 @@ func (s *Store) Unlock() error {
 
 // Load reads the state; a missing file is an empty state.
 func (s *Store) Load() (*State, error) {
-	b, err := os.ReadFile(s.Path())
+	b, err := limitfile.Read(s.Path(), 64<<20)
 	if errors.Is(err, fs.ErrNotExist) {
 		return &State{Format: Format, Kernels: map[string]*Kernel{}}, nil
 	}
