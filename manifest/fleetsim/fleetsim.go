@@ -37,6 +37,10 @@ type Params struct {
 	MinHosts     int           // ... and at least this many hosts are patched
 	DetectDelay  time.Duration // metrics scrape, rule evaluation, the revoke published
 	Seed         uint64
+	// Loop, when set, replaces DetectDelay with the pull-back's parts
+	// (ManualLoop, GuardLoop) and each host's rollback; its
+	// ManifestInterval and Jitter are Interval and Jitter.
+	Loop *Loop
 }
 
 // Defaults are a conservative production rollout: 1% canary held a day,
@@ -62,22 +66,32 @@ func (p Params) Validate() error {
 	case p.Hold < 0 || p.Ramp < 0 || p.DetectDelay < 0 || p.CrashRate < 0 || p.BudgetPer1k <= 0 || p.MinHosts < 0 || p.Window <= 0:
 		return fmt.Errorf("%w: negative duration, rate or budget", ErrParams)
 	}
+	if p.Loop != nil {
+		return p.loop().Validate()
+	}
 	return nil
 }
 
 // Result is what the simulation measured. Times are since the publish.
 type Result struct {
-	Hosts             int
-	Patched           int           // hosts that ever ran the patch
-	P50, P95, P99     time.Duration // time to that share of the fleet patched (-1: never)
-	Revoked           bool
-	RevokeAt          time.Duration // when the revocation was published
-	DetectAt          time.Duration // when the budget was exceeded
-	CrashesAtDetect   int
-	PatchedAtDetect   int
-	ExposedHosts      int           // patched before the revocation reached them
-	Crashes           int           // crashes before each host rolled back
-	RevokeReach99     time.Duration // from publish of the revocation to 99% of patched hosts rolled back
+	Hosts           int
+	Patched         int           // hosts that ever ran the patch
+	P50, P95, P99   time.Duration // time to that share of the fleet patched (-1: never)
+	Revoked         bool
+	RevokeAt        time.Duration // when the revocation was published
+	DetectAt        time.Duration // when the budget was exceeded
+	CrashesAtDetect int
+	PatchedAtDetect int
+	ExposedHosts    int           // patched before the revocation reached them
+	Crashes         int           // crashes before each host rolled back
+	RevokeReach99   time.Duration // from publish of the revocation to 99% of patched hosts rolled back
+	// When Revoked: the patch's exposure, hours hosts ran it (each from its
+	// apply to its rollback or crash), and from the budget exceeded to the
+	// last host rolled back; with a Loop, the pull-back's parts.
+	HostHours         float64
+	HostHoursAfter    float64 // ... of them, after the budget was exceeded: what the pull-back controls
+	LastBack          time.Duration
+	Parts             Parts
 	HoldEnds, RampEnd time.Duration
 	Curve             []Point       // share of the fleet that has run the patch, hourly
 	Elapsed           time.Duration // wall time the simulation took
@@ -126,7 +140,7 @@ func Run(p Params) (Result, error) {
 	// hosts patched by then.
 	sortedPatch := slices.Clone(patchAt)
 	slices.Sort(sortedPatch)
-	revokeAt := math.Inf(1)
+	detectAt, revokeAt := math.Inf(1), math.Inf(1)
 	if p.CrashRate > 0 {
 		crashes := slices.Clone(crashAt)
 		slices.Sort(crashes)
@@ -143,33 +157,46 @@ func Run(p Params) (Result, error) {
 			if patched >= p.MinHosts && float64(inWindow)*1000 > p.BudgetPer1k*float64(patched) {
 				res.Revoked, res.DetectAt = true, hours(c)
 				res.CrashesAtDetect, res.PatchedAtDetect = inWindow, patched
-				revokeAt = c + p.DetectDelay.Hours()
+				detectAt, revokeAt = c, c+p.DetectDelay.Hours()
 				res.RevokeAt = hours(revokeAt)
 				break
 			}
 		}
 	}
-	// Each host sees the revocation at its first poll after it; a host that
-	// crashed blocked the patch itself on its next boot.
-	var reach []float64
-	for h := range patchAt {
-		if patchAt[h] >= revokeAt {
-			patchAt[h] = math.Inf(1) // it saw the revoked manifest first
-			continue
-		}
-		if math.IsInf(patchAt[h], 1) {
-			continue
-		}
-		res.ExposedHosts++
-		if res.Revoked {
-			back := revokeAt + residual()
-			if crashAt[h] < back {
-				res.Crashes++
-				back = crashAt[h]
+	if p.Loop != nil {
+		p.pullBack(&res, patchAt, crashAt, detectAt)
+	} else {
+		// Each host sees the revocation at its first poll after it; a host
+		// that crashed blocked the patch itself on its next boot.
+		var reach []float64
+		last := math.Inf(-1)
+		for h := range patchAt {
+			if patchAt[h] >= revokeAt {
+				patchAt[h] = math.Inf(1) // it saw the revoked manifest first
+				continue
 			}
-			reach = append(reach, back-revokeAt)
-		} else if crashAt[h] < math.Inf(1) {
-			res.Crashes++
+			if math.IsInf(patchAt[h], 1) {
+				continue
+			}
+			res.ExposedHosts++
+			if res.Revoked {
+				back := revokeAt + residual()
+				if crashAt[h] < back {
+					res.Crashes++
+					back = crashAt[h]
+				}
+				reach = append(reach, back-revokeAt)
+				res.HostHours += back - patchAt[h]
+				res.HostHoursAfter += max(back-max(patchAt[h], detectAt), 0)
+				last = max(last, back)
+			} else if crashAt[h] < math.Inf(1) {
+				res.Crashes++
+			}
+		}
+		if len(reach) > 0 {
+			slices.Sort(reach)
+			res.RevokeReach99 = hours(reach[int(math.Ceil(0.99*float64(len(reach))))-1])
+			res.LastBack = hours(last) - res.DetectAt
 		}
 	}
 	res.Patched = res.ExposedHosts
@@ -182,12 +209,74 @@ func Run(p Params) (Result, error) {
 	for t := 0.0; t <= end+1; t++ {
 		res.Curve = append(res.Curve, Point{At: hours(t), Share: float64(upper(patchAt, t)) / float64(p.Hosts)})
 	}
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+// loop is the Loop with the fleet's own manifest polls.
+func (p Params) loop() Loop {
+	l := *p.Loop
+	l.ManifestInterval, l.Jitter = p.Interval, p.Jitter
+	return l
+}
+
+// pullBack is the Loop's pull-back: the revocation is published the
+// loop's parts after the budget was exceeded (revokeAt is then moved
+// there), and each host learns of it at its next poll of the document
+// that carries it, then rolls back. Its own random stream, drawn the
+// same way whatever the loop, keeps the rollout identical to a run
+// without a Loop and lets loops be compared draw by draw.
+func (p Params) pullBack(res *Result, patchAt, crashAt []float64, detectAt float64) {
+	l := p.loop()
+	rng := rand.New(rand.NewPCG(p.Seed^0x6a09e667f3bcc909, p.Seed))
+	res.Parts = l.published(rng)
+	revokeAt := detectAt + res.Parts.Published().Hours()
+	if res.Revoked {
+		res.RevokeAt = hours(revokeAt)
+	}
+	hp, channel := l.hostPoll(), l.Channel > 0
+	var reach []float64
+	last := math.Inf(-1)
+	for h := range patchAt {
+		wait := hp.at(rng.Float64(), rng.Float64())
+		rb := uniform(rng, l.RollbackMin, l.RollbackMax)
+		if math.IsInf(patchAt[h], 1) {
+			continue
+		}
+		learn := revokeAt + wait.Hours()
+		// The manifest's revocation stops a host at its first manifest
+		// poll after the publish; the channel's at its first channel poll,
+		// so a host whose manifest poll comes between the two still
+		// applies the patch, then rolls it back.
+		if !channel && patchAt[h] >= revokeAt || channel && patchAt[h] >= learn {
+			patchAt[h] = math.Inf(1)
+			continue
+		}
+		res.ExposedHosts++
+		if !res.Revoked {
+			if crashAt[h] < math.Inf(1) {
+				res.Crashes++
+			}
+			continue
+		}
+		back := learn + rb.Hours()
+		if crashAt[h] < back {
+			res.Crashes++
+			back = crashAt[h]
+		} else if back > last {
+			res.Parts.Poll, res.Parts.Rollback = wait, rb
+		}
+		reach = append(reach, back-revokeAt)
+		res.HostHours += back - patchAt[h]
+		res.HostHoursAfter += max(back-max(patchAt[h], detectAt), 0)
+		last = max(last, back)
+	}
 	if len(reach) > 0 {
 		slices.Sort(reach)
 		res.RevokeReach99 = hours(reach[int(math.Ceil(0.99*float64(len(reach))))-1])
+		res.LastBack = hours(last) - res.DetectAt
+		res.Parts.Total = res.LastBack
 	}
-	res.Elapsed = time.Since(start)
-	return res, nil
 }
 
 // simPatch is the patch rolled out; its identity only shuffles the buckets.
