@@ -67,3 +67,12 @@ func PublishBytes(m *manifest.Manifest, hosts int, s *manifest.Signer) (Bytes, e
 	b.FleetRevocations = int64(hosts) * int64(len(env))
 	return b, nil
 }
+
+// PollLoad is the steady cost of hosts polling one document every
+// interval (the jitter averages out): requests per second at the web
+// server, and bytes per day both ways at perPoll bytes a poll (a 304's
+// request and answer when the document is unchanged).
+func PollLoad(hosts int, interval time.Duration, perPoll int) (perSecond float64, perDay int64) {
+	perSecond = float64(hosts) / interval.Seconds()
+	return perSecond, int64(perSecond * 86400 * float64(perPoll))
+}

@@ -446,3 +446,38 @@ func TestChannelGap(t *testing.T) {
 		t.Fatalf("30s channel: %.1f host-hours, last back %v; manifest: %.1f, %v", fast.HostHoursAfter, fast.LastBack, inManifest.HostHoursAfter, inManifest.LastBack)
 	}
 }
+
+func TestPollLoad(t *testing.T) {
+	rps, day := PollLoad(1_000_000, 30*time.Second, 365)
+	if rps < 33_333 || rps > 33_334 || day != 1_051_200_000_000 {
+		t.Fatalf("1M hosts every 30s: %v/s, %d B/day", rps, day)
+	}
+	if rps15, day15 := PollLoad(1_000_000, 15*time.Minute, 365); rps15*30 > rps*1.0001 || day15*30 > day+30 {
+		t.Fatalf("15m polls %v/s, %d B/day: not a thirtieth of 30s polls", rps15, day15)
+	}
+}
+
+// notModifiedBytes is one unchanged poll against nginx, request and 304,
+// as BenchmarkPollNotModified (./manifest) measures it: 183 + 182 bytes
+// (docs/benchmarks.md, "Steady state"; plain HTTP, TLS adds its records).
+const notModifiedBytes = 183 + 182
+
+// BenchmarkPollLoad is the steady cost of a million hosts polling
+// unchanged documents: revocations.json every 30s, the manifest (or a
+// shard) every 15m.
+func BenchmarkPollLoad(b *testing.B) {
+	for _, c := range []struct {
+		name     string
+		interval time.Duration
+	}{{"revocations-30s", 30 * time.Second}, {"manifest-15m", 15 * time.Minute}} {
+		b.Run(c.name, func(b *testing.B) {
+			var rps float64
+			var day int64
+			for b.Loop() {
+				rps, day = PollLoad(1_000_000, c.interval, notModifiedBytes)
+			}
+			b.ReportMetric(rps, "req/s")
+			b.ReportMetric(float64(day)/1e9, "GB/day")
+		})
+	}
+}
