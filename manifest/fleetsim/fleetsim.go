@@ -3,6 +3,10 @@
 // patch once crashes exceed a budget per 1000 patched hosts. It answers how
 // fast a good patch reaches the fleet and how many hosts a bad one reaches
 // before the revocation does, for rollout parameters an operator picks.
+// With a Loop it models the pull-back part by part (Prometheus,
+// Alertmanager, a person or the guard, the publish, the manifest's or
+// revocations.json's poll, the rollback); PublishBytes sizes a publish
+// across the fleet, whole manifest against shards.
 //
 // Hosts are not goroutines or events: each host's rollout time is computed
 // in closed form from its stable bucket (manifest.Bucket, as Select uses)
