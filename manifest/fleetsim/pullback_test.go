@@ -4,9 +4,12 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"os"
 	"reflect"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -27,6 +30,66 @@ var loops = []struct {
 	{"guard/for-2m", func() Loop { l := GuardLoop(); l.For = 2 * time.Minute; return l }},
 	{"manual/defaults", ManualLoop},
 	{"manual/5m-manifest-polls", func() Loop { l := ManualLoop(); l.ManifestInterval = 5 * time.Minute; return l }},
+}
+
+// TestLoopDefaultsMatchRules: the model's rule evaluation inputs are the
+// shipped rules file's: the records group's interval, the budget alert's
+// for:, and no interval on the alerts group (so Prometheus's
+// evaluation_interval, whose default the model takes, applies). A change
+// to the rules must change the model and the figures docs/benchmarks.md
+// gives.
+func TestLoopDefaultsMatchRules(t *testing.T) {
+	b, err := os.ReadFile("../../packaging/prometheus/klp-agent.rules.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Name     string
+			Interval string
+			Rules    []struct{ Alert, For string }
+		}
+	}
+	if err := yaml.Unmarshal(b, &rules); err != nil {
+		t.Fatal(err)
+	}
+	dur := func(s string) time.Duration {
+		if s == "" {
+			return 0
+		}
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	found := 0
+	for _, l := range []Loop{GuardLoop(), ManualLoop()} {
+		for _, g := range rules.Groups {
+			switch g.Name {
+			case "klp-agent.records":
+				found++
+				if dur(g.Interval) != l.RecordEval {
+					t.Errorf("records group every %q, the model %v", g.Interval, l.RecordEval)
+				}
+			case "klp-agent.alerts":
+				if g.Interval != "" {
+					t.Errorf("alerts group has interval %q: the model takes Prometheus's evaluation_interval", g.Interval)
+				}
+				for _, r := range g.Rules {
+					if r.Alert == "KLPPatchCrashBudgetExceeded" {
+						found++
+						if dur(r.For) != l.For {
+							t.Errorf("the budget alert's for: %q, the model %v", r.For, l.For)
+						}
+					}
+				}
+			}
+		}
+	}
+	if found != 4 {
+		t.Fatalf("found %d of the records group and the budget alert, twice", found)
+	}
 }
 
 // tunedLoop is the guard's loop with Debian's prometheus.yml (15s scrape
