@@ -12,7 +12,9 @@ set -euo pipefail
 # on it; the fresh root's make rpm failed with "file: not found").
 # man-db: make rpm's systemd-analyze verify runs man for the unit's
 # Documentation=man:klp-agent(8) (a fresh root's make demo failed on it).
-pkgs=(nginx-light rpm file man-db gcc libc6-dev make git ca-certificates curl python3 prometheus busybox-static rpmlint cpio systemd zsh groff-base)
+# xz-utils: TestXZDictGuardPassesRealStreams checks the payload's xz guard
+# on real xz output (minbase has no xz; a fresh root's make test failed).
+pkgs=(nginx-light rpm file man-db gcc libc6-dev make git ca-certificates curl python3 prometheus busybox-static rpmlint cpio systemd zsh groff-base xz-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
