@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -119,5 +120,44 @@ func TestCheckYAMLPayload(t *testing.T) {
 	src := marshalBench(t, 10_000, false)
 	if m, err := Parse(src); err != nil || len(m.Patches) != 10_000 {
 		t.Fatalf("Parse of a %d-byte YAML source: %v", len(src), err)
+	}
+}
+
+// A host restarted onto this bound with a cached over-cap YAML manifest
+// (accepted by an older agent) refuses the cached copy too, as README
+// says; one under the cap still loads.
+func TestCachedYAMLPayloadCap(t *testing.T) {
+	k := newTestKey(t)
+	now := time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		payload []byte
+		refused bool
+	}{
+		{"under the cap", padYAML(t, []byte(validPayload()), MaxYAMLPayload), false},
+		{"over the cap", padYAML(t, []byte(validPayload()), MaxYAMLPayload+1), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cache := testCache(dir)
+			if err := os.WriteFile(cache.Envelope, sign(t, string(tc.payload), k), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			f, err := NewFetcher(FetcherConfig{URL: "https://manifests.invalid/m.json"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &Source{Fetcher: f, Trust: Trust{Keys: keyring(k), Threshold: 1}, Cache: cache, Now: func() time.Time { return now }}
+			err = s.LoadCache()
+			if tc.refused {
+				if !errors.Is(err, ErrYAMLTooLarge) || !strings.Contains(err.Error(), "cached manifest no longer accepted") || s.Current() != nil {
+					t.Fatalf("LoadCache: %v (current %v), want ErrYAMLTooLarge", err, s.Current())
+				}
+				return
+			}
+			if err != nil || s.Current() == nil {
+				t.Fatalf("LoadCache: %v", err)
+			}
+		})
 	}
 }
