@@ -62,7 +62,7 @@ e2e: e2e-setup
 bench: e2e-setup
 	mkdir -p bin/bench
 	@set -e; run() { out=$$1; shift; rc=0; "$$@" >bin/bench/$$out 2>&1 || rc=$$?; cat bin/bench/$$out; return $$rc; }; \
-	run manifest.txt $(GO) test -run '^$$' -bench VerifySelect -benchmem -benchtime 20x ./manifest/; \
+	run manifest.txt $(GO) test -run '^$$' -bench 'VerifySelect|YAMLAtCap' -benchmem -benchtime 20x ./manifest/; \
 	run poll.txt $(GO) test -run '^$$' -bench PollNotModified -benchmem -benchtime 300x ./manifest/; \
 	run daemon.txt $(GO) test -run '^$$' -bench BenchmarkDaemonSteadyState -benchtime 1x ./agent/; \
 	run fleetsim.txt $(GO) test -run '^$$' -bench 'MillionHosts|Exposure|PublishBytes|PollLoad' -benchmem -benchtime 3x ./manifest/fleetsim/; \

@@ -434,6 +434,10 @@ func (t Trust) verify(envelope []byte, now time.Time, kernel string) (*Verified,
 	if err != nil {
 		return nil, err
 	}
+	// Before the parse: the bound is on what a YAML payload costs.
+	if _, err := CheckYAMLPayload(payload); err != nil {
+		return nil, err
+	}
 	// The anti-rollback hash runs beside the parse: both only read payload.
 	sumc := make(chan [sha256.Size]byte, 1)
 	go func() { sumc <- sha256.Sum256(payload) }()

@@ -22,7 +22,8 @@ func cmdLint(env *Env, args []string) error {
 		return err
 	}
 	payload := b
-	if bytes.HasPrefix(bytes.TrimSpace(b), []byte("{")) && bytes.Contains(b, []byte(`"payloadType"`)) {
+	signed := bytes.HasPrefix(bytes.TrimSpace(b), []byte("{")) && bytes.Contains(b, []byte(`"payloadType"`))
+	if signed {
 		// An envelope: lint its payload (signatures are 'verify's job).
 		if payload, err = manifest.EnvelopePayload(b); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
@@ -33,6 +34,17 @@ func cmdLint(env *Env, args []string) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	warnings := manifest.LintMaxExpiry(m, env.Now(), *maxExpiry)
+	var problems []string
+	if signed {
+		// The hosts' bound on a signed YAML payload; an unsigned source is
+		// the hand-editing format, which 'manifest sign' renders as JSON.
+		switch w, err := manifest.CheckYAMLPayload(payload); {
+		case err != nil:
+			problems = append(problems, err.Error())
+		case w != "":
+			warnings = append(warnings, w)
+		}
+	}
 	for _, w := range warnings {
 		fmt.Fprintf(env.Stdout, "%s: warning: %s\n", path, w)
 	}
@@ -40,7 +52,7 @@ func cmdLint(env *Env, args []string) error {
 	if *pubDir != "" {
 		published = filepath.Join(*pubDir, filepath.Base(path))
 	}
-	problems := manifest.CheckFiles(m, published)
+	problems = append(problems, manifest.CheckFiles(m, published)...)
 	for _, e := range problems {
 		fmt.Fprintf(env.Stdout, "%s: error: %s\n", path, e)
 	}

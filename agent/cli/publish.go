@@ -212,7 +212,7 @@ func cmdSign(env *Env, args []string) error {
 	in := fs.String("in", "", "unsigned manifest source to sign")
 	out := fs.String("out", "", "signed envelope to write")
 	cosign := fs.String("envelope", "", "existing envelope to add signatures to, in place")
-	format := fs.String("format", "json", "payload to sign: json (the manifest re-rendered canonically; hosts parse it an order of magnitude faster) or yaml (the --in file byte for byte)")
+	format := fs.String("format", "json", "payload to sign: json (the manifest re-rendered canonically; hosts parse it an order of magnitude faster) "+fmt.Sprintf("or yaml (the --in file byte for byte; hosts refuse a yaml payload over %d KiB, and so does this command)", manifest.MaxYAMLPayload>>10))
 	signedAt := fs.Bool("signed-at", false, "record now as the payload's signed_at: hosts then measure manifest.max_expiry from it, not from their clock at fetch time (json only; agents without signed_at support refuse such a manifest)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -246,6 +246,12 @@ func cmdSign(env *Env, args []string) error {
 				return err
 			}
 		}
+		// An envelope hosts refuse gains nothing from another signature.
+		if p, err := manifest.EnvelopePayload(b); err == nil {
+			if _, err := manifest.CheckYAMLPayload(p); err != nil {
+				return fmt.Errorf("%s: %w", *cosign, err)
+			}
+		}
 		envelope, target = b, *cosign
 	} else {
 		payload, err := limitfile.Read(*in, manifest.MaxSize)
@@ -266,6 +272,14 @@ func cmdSign(env *Env, args []string) error {
 			if payload, err = manifest.MarshalJSON(m); err != nil {
 				return err
 			}
+		}
+		// Hosts bound a YAML payload: refuse to sign one they would refuse.
+		warning, err := manifest.CheckYAMLPayload(payload)
+		if err != nil {
+			return fmt.Errorf("%s: %w", *in, err)
+		}
+		if warning != "" {
+			fmt.Fprintf(env.Stderr, "%s: warning: %s\n", *in, warning)
 		}
 		if envelope, err = manifest.SignPayload(env.Ctx, payload, signers...); err != nil {
 			return err
