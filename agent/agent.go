@@ -801,8 +801,12 @@ func (a *Agent) FinishApply(ctx context.Context, p state.PatchRecord, rpm string
 	log := a.log().With(patchFields(&p)...)
 	start := a.now()
 	a.crashpoint("apply:downloaded")
+	var names *klp.NameCheck
 	if info, err := klp.InspectRPM(rpm); err == nil {
 		p.RPMName = info.Name
+		// rpm -q of the name runs while the phase is written.
+		names = a.d.Installer.StartNameCheck(ctx, info.Name)
+		defer names.Stop()
 	}
 	k.Target = &p
 	if err := a.setPhase(state.PhaseInstalling); err != nil {
@@ -811,6 +815,7 @@ func (a *Agent) FinishApply(ctx context.Context, p state.PatchRecord, rpm string
 	a.crashpoint("apply:installing")
 	var loading time.Time
 	w := a.want(&p)
+	w.NameCheck = names
 	w.BeforeLoad = func() error {
 		// From here a crash may be the module's doing.
 		loading = a.now()

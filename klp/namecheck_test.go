@@ -1,0 +1,175 @@
+package klp_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/klp-agent/klp-agent/internal/testutil/rpmtest"
+	"github.com/klp-agent/klp-agent/klp"
+)
+
+var errFakeInstall = errors.New("fake rpm -U refused")
+
+// fakeRPM answers rpm -q from a table (name → installed files; a name not
+// there is not installed) and refuses every rpm -U, recording the calls.
+type fakeRPM struct {
+	installed map[string][]string
+	queried   chan string // each rpm -q's name, if set
+
+	mu    sync.Mutex
+	calls []string // "-q name" or "-U file"
+}
+
+func (f *fakeRPM) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	last := args[len(args)-1]
+	switch {
+	case slices.Contains(args, "-q"):
+		f.record("-q " + last)
+		if f.queried != nil {
+			f.queried <- last
+		}
+		files, ok := f.installed[last]
+		if !ok {
+			return nil, errors.New("package " + last + " is not installed")
+		}
+		out := "=klp-agent-instance " + last + "-9-1.noarch\n"
+		for _, p := range files {
+			out += p + "\n"
+		}
+		return []byte(out), nil
+	case slices.Contains(args, "-U"):
+		f.record("-U " + filepath.Base(last))
+		return nil, errFakeInstall
+	}
+	f.record(name + " " + last)
+	return nil, errors.New("unexpected command")
+}
+
+func (f *fakeRPM) record(s string) {
+	f.mu.Lock()
+	f.calls = append(f.calls, s)
+	f.mu.Unlock()
+}
+
+func (f *fakeRPM) got() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+func sortedCalls(c []string) []string {
+	c = slices.Clone(c)
+	slices.Sort(c)
+	return c
+}
+
+func nameCheckRPM(t *testing.T, pkg string) (string, klp.Want) {
+	t.Helper()
+	mod := "klp_names_1"
+	f := rpmtest.Build(t, t.TempDir(), rpmtest.Spec{Name: pkg, Module: mod, Level: 1, KernelRelease: krel, KO: goodKO(t, mod, krel)})
+	sum, size := sha256File(t, f)
+	return f, klp.Want{KernelRelease: krel, Name: mod, Level: 1, SHA256: sum, Size: size}
+}
+
+// The name-collision check (an RPM named like an installed package that
+// is not a livepatch: rpm -U would replace it) still refuses before rpm -U,
+// whoever started rpm -q: Apply itself, or the caller for the same name. A
+// check the caller started for another name is not trusted: the verified
+// header's name is queried and judged.
+func TestApplyNameCheckRefusesBeforeInstall(t *testing.T) {
+	file, want := nameCheckRPM(t, "openssh-server")
+	sshd := []string{"/usr/sbin/sshd", "/usr/sbin"}
+	lp := []string{"/usr/lib/klp-agent/livepatches/" + krel + "/klp_names_0.ko", "/usr/lib/klp-agent/livepatches/" + krel}
+	for _, tt := range []struct {
+		name      string
+		installed map[string][]string
+		caller    string // the name the caller's check queries; "" none
+		err       error
+		calls     []string
+	}{
+		{"foreign, Apply queries", map[string][]string{"openssh-server": sshd}, "", klp.ErrForeignPackage, []string{"-q openssh-server"}},
+		{"foreign, the caller queried", map[string][]string{"openssh-server": sshd}, "openssh-server", klp.ErrForeignPackage, []string{"-q openssh-server"}},
+		{"foreign, the caller queried another name", map[string][]string{"openssh-server": sshd}, "klp-other", klp.ErrForeignPackage,
+			[]string{"-q klp-other", "-q openssh-server"}},
+		{"a livepatch of that name", map[string][]string{"openssh-server": lp}, "openssh-server", errFakeInstall,
+			[]string{"-q openssh-server", "-U " + filepath.Base(file)}},
+		{"not installed", nil, "", errFakeInstall, []string{"-q openssh-server", "-U " + filepath.Base(file)}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeRPM{installed: tt.installed}
+			in := &klp.Installer{RPM: &klp.RPM{Runner: f}, Root: t.TempDir()}
+			w := want
+			if tt.caller != "" {
+				w.NameCheck = in.StartNameCheck(context.Background(), tt.caller)
+			}
+			_, err := in.Apply(context.Background(), file, w)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("err = %v, want %v", err, tt.err)
+			}
+			// The caller's query and Apply's run side by side.
+			if got := f.got(); !slices.Equal(sortedCalls(got), sortedCalls(tt.calls)) {
+				t.Fatalf("rpm calls %q, want %q", got, tt.calls)
+			}
+		})
+	}
+}
+
+// rpm -q starts as soon as the header names the package, beside the
+// payload read, not after it: the RPM comes through a FIFO whose last byte
+// is written only once rpm -q has been asked (the old order, rpm -q after
+// the whole file was hashed, never asks it and the test gives up).
+func TestApplyNameCheckRunsBesideTheRead(t *testing.T) {
+	file, want := nameCheckRPM(t, "klp-names")
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(t.TempDir(), "klp-names.rpm")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeRPM{queried: make(chan string, 4)}
+	in := &klp.Installer{RPM: &klp.RPM{Runner: f}, Root: t.TempDir()}
+	writer := make(chan error, 1)
+	go func() {
+		w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err != nil {
+			writer <- err
+			return
+		}
+		defer w.Close()
+		if _, err := w.Write(b[:len(b)-1]); err != nil {
+			writer <- err
+			return
+		}
+		select {
+		case name := <-f.queried:
+			if name != "klp-names" {
+				writer <- errors.New("rpm -q of " + name)
+				return
+			}
+		case <-time.After(10 * time.Second):
+			writer <- errors.New("rpm -q was not asked while the file was still being read")
+			return
+		}
+		_, err = w.Write(b[len(b)-1:])
+		writer <- err
+	}()
+	_, err = in.Apply(context.Background(), fifo, want)
+	if werr := <-writer; werr != nil {
+		t.Fatal(werr)
+	}
+	if !errors.Is(err, errFakeInstall) {
+		t.Fatalf("err = %v, want the fake rpm -U's refusal (verified, checked, then installed)", err)
+	}
+	if got, want := f.got(), []string{"-q klp-names", "-U klp-names.rpm"}; !slices.Equal(got, want) {
+		t.Fatalf("rpm calls %q, want %q", got, want)
+	}
+}
