@@ -147,7 +147,16 @@ func cmdKLPApply(env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	want := klp.Want{KernelRelease: krel, Name: info.ModuleName, Level: info.Level, SHA256: *sum, Size: *size}
+	in := &klp.Installer{
+		RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: *f.root, NoDeps: *f.nodeps, Keyring: *f.keyring, DBPath: *f.dbpath, Scripts: *f.scripts},
+		Controller: f.controller(env),
+		Root:       *f.root,
+		CheckSig:   *f.requireSig,
+	}
+	// rpm -q of the name (Apply's collision check) runs beside the rest.
+	names := in.StartNameCheck(env.Ctx, info.Name)
+	defer names.Stop()
+	want := klp.Want{KernelRelease: krel, Name: info.ModuleName, Level: info.Level, SHA256: *sum, Size: *size, NameCheck: names}
 	if *level > 0 {
 		if info.Layout == klp.LayoutKLP && *level != info.Level {
 			return fmt.Errorf("%w: --level %d, the package declares %d", errUsage, *level, info.Level)
@@ -164,12 +173,6 @@ func cmdKLPApply(env *Env, args []string) error {
 	}
 	if want.Size == 0 {
 		want.Size = info.Size
-	}
-	in := &klp.Installer{
-		RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: *f.root, NoDeps: *f.nodeps, Keyring: *f.keyring, DBPath: *f.dbpath, Scripts: *f.scripts},
-		Controller: f.controller(env),
-		Root:       *f.root,
-		CheckSig:   *f.requireSig,
 	}
 	res, err := in.Apply(env.Ctx, *file, want)
 	if errors.Is(err, klp.ErrNoRestore) {
