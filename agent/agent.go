@@ -802,10 +802,11 @@ func (a *Agent) FinishApply(ctx context.Context, p state.PatchRecord, rpm string
 	start := a.now()
 	a.crashpoint("apply:downloaded")
 	var names *klp.NameCheck
-	if info, err := klp.InspectRPM(rpm); err == nil {
-		p.RPMName = info.Name
+	// The header alone: Apply reads the payload, once.
+	if name, err := klp.PackageName(rpm); err == nil {
+		p.RPMName = name
 		// rpm -q of the name runs while the phase is written.
-		names = a.d.Installer.StartNameCheck(ctx, info.Name)
+		names = a.d.Installer.StartNameCheck(ctx, name)
 		defer names.Stop()
 	}
 	k.Target = &p

@@ -173,3 +173,36 @@ func TestApplyNameCheckRunsBesideTheRead(t *testing.T) {
 		t.Fatalf("rpm calls %q, want %q", got, want)
 	}
 }
+
+// PackageName reads the header alone: it names the package of an RPM cut
+// short in its payload (which InspectRPM refuses), and refuses what is not
+// an RPM.
+func TestPackageNameReadsTheHeaderOnly(t *testing.T) {
+	file, _ := nameCheckRPM(t, "klp-names")
+	if name, err := klp.PackageName(file); err != nil || name != "klp-names" {
+		t.Fatalf("PackageName = %q, %v; want klp-names", name, err)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := filepath.Join(t.TempDir(), "cut.rpm")
+	// The payload is the module, at least its ELF header past the RPM
+	// headers: 64 bytes short of the end is inside the payload.
+	if err := os.WriteFile(cut, b[:len(b)-64], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := klp.InspectRPM(cut); err == nil {
+		t.Fatal("InspectRPM read a cut payload")
+	}
+	if name, err := klp.PackageName(cut); err != nil || name != "klp-names" {
+		t.Fatalf("PackageName of a cut payload = %q, %v; want klp-names", name, err)
+	}
+	junk := filepath.Join(t.TempDir(), "junk.rpm")
+	if err := os.WriteFile(junk, []byte("not an rpm, not at all, long enough for a lead........................................................"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := klp.PackageName(junk); !errors.Is(err, klp.ErrNotRPM) {
+		t.Fatalf("PackageName of junk: %v, want ErrNotRPM", err)
+	}
+}

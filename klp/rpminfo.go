@@ -137,6 +137,23 @@ func InspectRPM(file string) (*RPMInfo, error) {
 	return inspectRPM(file, nil)
 }
 
+// PackageName reads the package name from an RPM's header alone, neither
+// reading nor hashing the payload: for a caller that wants the name before
+// Apply verifies the file (and starts rpm -q of it, StartNameCheck).
+// Nothing here is verified; Apply checks the name again.
+func PackageName(file string) (string, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return "", fmt.Errorf("inspect %s: %w", file, err)
+	}
+	defer f.Close()
+	pkg, err := readPackage(bufio.NewReader(f))
+	if err != nil {
+		return "", fmt.Errorf("inspect %s: %w", file, err)
+	}
+	return pkg.Name(), nil
+}
+
 // inspectRPM is InspectRPM calling onHeader, if set, with the package name
 // as soon as the header is parsed (before the payload is read).
 func inspectRPM(file string, onHeader func(name string)) (*RPMInfo, error) {
