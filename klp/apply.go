@@ -141,6 +141,22 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 	// caller's start, or from when the header names the package.
 	nc := want.NameCheck
 	defer func() { nc.Stop() }()
+	// So does rpmkeys: it reads the file, whatever Go finds in it, and
+	// its verdict is awaited before rpm -U as before.
+	var sig chan error
+	if in.CheckSig {
+		sctx, cancel := context.WithCancel(ctx)
+		sig = make(chan error, 1)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			sig <- in.RPM.CheckSig(sctx, file)
+		}()
+		defer func() {
+			cancel()
+			<-done
+		}()
+	}
 	info, err := verifyFile(file, want, func(name string) {
 		if nc == nil || nc.name != name {
 			nc.Stop()
@@ -162,8 +178,8 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 	if err := canRestore(ins, info, want); err != nil {
 		return nil, err
 	}
-	if in.CheckSig {
-		if err := in.RPM.CheckSig(ctx, file); err != nil {
+	if sig != nil {
+		if err := <-sig; err != nil {
 			return nil, err
 		}
 	}

@@ -3,9 +3,11 @@ package klp_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,7 +23,8 @@ var errFakeInstall = errors.New("fake rpm -U refused")
 // there is not installed) and refuses every rpm -U, recording the calls.
 type fakeRPM struct {
 	installed map[string][]string
-	queried   chan string // each rpm -q's name, if set
+	unsigned  bool        // rpmkeys --checksig fails
+	queried   chan string // each rpm -q's name (and "rpmkeys"), if set
 
 	mu    sync.Mutex
 	calls []string // "-q name" or "-U file"
@@ -44,6 +47,15 @@ func (f *fakeRPM) Run(ctx context.Context, name string, args ...string) ([]byte,
 			out += p + "\n"
 		}
 		return []byte(out), nil
+	case name == "rpmkeys":
+		f.record("rpmkeys " + filepath.Base(last))
+		if f.queried != nil {
+			f.queried <- "rpmkeys"
+		}
+		if f.unsigned {
+			return nil, errors.New("rpmkeys: NOT OK")
+		}
+		return []byte(last + ": digests signatures OK\n"), nil
 	case slices.Contains(args, "-U"):
 		f.record("-U " + filepath.Base(last))
 		return nil, errFakeInstall
@@ -101,10 +113,14 @@ func TestApplyNameCheckRefusesBeforeInstall(t *testing.T) {
 		{"a livepatch of that name", map[string][]string{"openssh-server": lp}, "openssh-server", errFakeInstall,
 			[]string{"-q openssh-server", "-U " + filepath.Base(file)}},
 		{"not installed", nil, "", errFakeInstall, []string{"-q openssh-server", "-U " + filepath.Base(file)}},
+		{"signed", nil, "", errFakeInstall, []string{"-q openssh-server", "rpmkeys " + filepath.Base(file), "-U " + filepath.Base(file)}},
+		{"unsigned", nil, "", klp.ErrSignature, []string{"-q openssh-server", "rpmkeys " + filepath.Base(file)}},
+		{"unsigned and foreign", map[string][]string{"openssh-server": sshd}, "", klp.ErrForeignPackage,
+			[]string{"-q openssh-server", "rpmkeys " + filepath.Base(file)}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			f := &fakeRPM{installed: tt.installed}
-			in := &klp.Installer{RPM: &klp.RPM{Runner: f}, Root: t.TempDir()}
+			f := &fakeRPM{installed: tt.installed, unsigned: tt.name == "unsigned" || tt.name == "unsigned and foreign"}
+			in := &klp.Installer{RPM: &klp.RPM{Runner: f}, Root: t.TempDir(), CheckSig: strings.Contains(tt.name, "signed")}
 			w := want
 			if tt.caller != "" {
 				w.NameCheck = in.StartNameCheck(context.Background(), tt.caller)
@@ -121,56 +137,72 @@ func TestApplyNameCheckRefusesBeforeInstall(t *testing.T) {
 	}
 }
 
-// rpm -q starts as soon as the header names the package, beside the
-// payload read, not after it: the RPM comes through a FIFO whose last byte
-// is written only once rpm -q has been asked (the old order, rpm -q after
-// the whole file was hashed, never asks it and the test gives up).
-func TestApplyNameCheckRunsBesideTheRead(t *testing.T) {
+// rpm -q starts as soon as the header names the package, and rpmkeys
+// (when signatures are required) as the apply starts, beside the payload
+// read, not after it: the RPM comes through a FIFO whose last byte is
+// written only once both were asked (the old order, each after the whole
+// file was hashed, never asks them and the test gives up).
+func TestApplySubprocessesRunBesideTheRead(t *testing.T) {
 	file, want := nameCheckRPM(t, "klp-names")
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fifo := filepath.Join(t.TempDir(), "klp-names.rpm")
-	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f := &fakeRPM{queried: make(chan string, 4)}
-	in := &klp.Installer{RPM: &klp.RPM{Runner: f}, Root: t.TempDir()}
-	writer := make(chan error, 1)
-	go func() {
-		w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-		if err != nil {
-			writer <- err
-			return
-		}
-		defer w.Close()
-		if _, err := w.Write(b[:len(b)-1]); err != nil {
-			writer <- err
-			return
-		}
-		select {
-		case name := <-f.queried:
-			if name != "klp-names" {
-				writer <- errors.New("rpm -q of " + name)
-				return
+	for _, tt := range []struct {
+		checkSig bool
+		asked    []string // before the last byte
+		calls    []string
+	}{
+		{false, []string{"klp-names"}, []string{"-q klp-names", "-U klp-names.rpm"}},
+		{true, []string{"klp-names", "rpmkeys"}, []string{"-q klp-names", "rpmkeys klp-names.rpm", "-U klp-names.rpm"}},
+	} {
+		t.Run(fmt.Sprint("checksig=", tt.checkSig), func(t *testing.T) {
+			fifo := filepath.Join(t.TempDir(), "klp-names.rpm")
+			if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+				t.Fatal(err)
 			}
-		case <-time.After(10 * time.Second):
-			writer <- errors.New("rpm -q was not asked while the file was still being read")
-			return
-		}
-		_, err = w.Write(b[len(b)-1:])
-		writer <- err
-	}()
-	_, err = in.Apply(context.Background(), fifo, want)
-	if werr := <-writer; werr != nil {
-		t.Fatal(werr)
-	}
-	if !errors.Is(err, errFakeInstall) {
-		t.Fatalf("err = %v, want the fake rpm -U's refusal (verified, checked, then installed)", err)
-	}
-	if got, want := f.got(), []string{"-q klp-names", "-U klp-names.rpm"}; !slices.Equal(got, want) {
-		t.Fatalf("rpm calls %q, want %q", got, want)
+			f := &fakeRPM{queried: make(chan string, 4)}
+			in := &klp.Installer{RPM: &klp.RPM{Runner: f}, Root: t.TempDir(), CheckSig: tt.checkSig}
+			writer := make(chan error, 1)
+			go func() {
+				w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+				if err != nil {
+					writer <- err
+					return
+				}
+				defer w.Close()
+				if _, err := w.Write(b[:len(b)-1]); err != nil {
+					writer <- err
+					return
+				}
+				var asked []string
+				for len(asked) < len(tt.asked) {
+					select {
+					case name := <-f.queried:
+						asked = append(asked, name)
+					case <-time.After(10 * time.Second):
+						writer <- fmt.Errorf("asked %q while the file was still being read, want %q", asked, tt.asked)
+						return
+					}
+				}
+				if !slices.Equal(sortedCalls(asked), sortedCalls(tt.asked)) {
+					writer <- fmt.Errorf("asked %q, want %q", asked, tt.asked)
+					return
+				}
+				_, err = w.Write(b[len(b)-1:])
+				writer <- err
+			}()
+			_, err = in.Apply(context.Background(), fifo, want)
+			if werr := <-writer; werr != nil {
+				t.Fatal(werr)
+			}
+			if !errors.Is(err, errFakeInstall) {
+				t.Fatalf("err = %v, want the fake rpm -U's refusal (verified, checked, then installed)", err)
+			}
+			if got := f.got(); !slices.Equal(sortedCalls(got), sortedCalls(tt.calls)) || got[len(got)-1] != tt.calls[len(tt.calls)-1] {
+				t.Fatalf("rpm calls %q, want %q, rpm -U last", got, tt.calls)
+			}
+		})
 	}
 }
 
