@@ -67,7 +67,7 @@ bench: e2e-setup
 	run poll.txt $(GO) test -run '^$$' -bench PollNotModified -benchmem -benchtime 300x ./manifest/; \
 	run daemon.txt $(GO) test -run '^$$' -bench BenchmarkDaemonSteadyState -benchtime 1x ./agent/; \
 	run fleetsim.txt $(GO) test -run '^$$' -bench . -benchmem -benchtime 3x ./manifest/fleetsim/; \
-	run verify.txt $(GO) test -run '^$$' -bench VerifyFile -benchmem -benchtime 20x ./klp/; \
+	run verify.txt $(GO) test -run '^$$' -bench 'VerifyFile|ApplyVerify' -benchmem -benchtime 20x ./klp/; \
 	run realkernel.log env KLP_BENCH_OUT=$(CURDIR)/bin/bench/realkernel.md $(GO) test -tags 'e2e bench' -count=1 -v \
 	  -timeout 20m -run '^TestBenchRealKernel$$' ./e2e/
 	@cat bin/bench/realkernel.md
