@@ -56,8 +56,9 @@ e2e: e2e-setup
 
 # Speed and memory, never asserted: Go benchmarks (manifest verify+select,
 # unchanged polls against nginx, the daemon's steady state, the fleet
-# simulator, the modelled pull-back time) and the real-kernel run (apply
-# latency against the floor and kpatch's polling, rollback reaction). Tables go to bin/bench/; see
+# simulator, the modelled pull-back time, an RPM's verification by payload
+# compression and size) and the real-kernel run (apply latency against the
+# floor and kpatch's polling, rollback reaction). Tables go to bin/bench/; see
 # docs/benchmarks.md for the last results and how to read them.
 bench: e2e-setup
 	mkdir -p bin/bench
@@ -67,6 +68,7 @@ bench: e2e-setup
 	run daemon.txt $(GO) test -run '^$$' -bench BenchmarkDaemonSteadyState -benchtime 1x ./agent/; \
 	run fleetsim.txt $(GO) test -run '^$$' -bench 'MillionHosts|Exposure|PublishBytes|PollLoad' -benchmem -benchtime 3x ./manifest/fleetsim/; \
 	run pullback.txt $(GO) test -run '^$$' -bench PullBack -benchtime 1x ./manifest/fleetsim/; \
+	run verify.txt $(GO) test -run '^$$' -bench 'VerifyFile|ApplyVerify' -benchmem -benchtime 20x ./klp/; \
 	run realkernel.log env KLP_BENCH_OUT=$(CURDIR)/bin/bench/realkernel.md $(GO) test -tags 'e2e bench' -count=1 -v \
 	  -timeout 20m -run '^TestBenchRealKernel$$' ./e2e/
 	@cat bin/bench/realkernel.md

@@ -801,8 +801,13 @@ func (a *Agent) FinishApply(ctx context.Context, p state.PatchRecord, rpm string
 	log := a.log().With(patchFields(&p)...)
 	start := a.now()
 	a.crashpoint("apply:downloaded")
-	if info, err := klp.InspectRPM(rpm); err == nil {
-		p.RPMName = info.Name
+	var names *klp.NameCheck
+	// The header alone: Apply reads the payload, once.
+	if name, err := klp.PackageName(rpm); err == nil {
+		p.RPMName = name
+		// rpm -q of the name runs while the phase is written.
+		names = a.d.Installer.StartNameCheck(ctx, name)
+		defer names.Stop()
 	}
 	k.Target = &p
 	if err := a.setPhase(state.PhaseInstalling); err != nil {
@@ -811,6 +816,7 @@ func (a *Agent) FinishApply(ctx context.Context, p state.PatchRecord, rpm string
 	a.crashpoint("apply:installing")
 	var loading time.Time
 	w := a.want(&p)
+	w.NameCheck = names
 	w.BeforeLoad = func() error {
 		// From here a crash may be the module's doing.
 		loading = a.now()

@@ -39,6 +39,11 @@ type Want struct {
 	// the module goes into the kernel: the agent records that from here on
 	// a crash may be the module's doing. An error stops the apply.
 	BeforeLoad func() error
+	// NameCheck, if set, is rpm -q of the package name started by the
+	// caller (StartNameCheck) as soon as it knew the name. Apply uses it
+	// when the verified header names the same package, and stops it when
+	// the apply ends either way.
+	NameCheck *NameCheck
 }
 
 // Installed is a livepatch the agent put in the kernel.
@@ -86,7 +91,13 @@ type ApplyResult struct {
 // package declares one) and, when the payload is readable, the module's
 // own modinfo (livepatch=Y, vermagic, name). Nothing is installed.
 func VerifyFile(file string, want Want) (*RPMInfo, error) {
-	info, err := InspectRPM(file)
+	return verifyFile(file, want, nil)
+}
+
+// verifyFile is VerifyFile calling onHeader with the package name once the
+// header is parsed (see inspectRPM).
+func verifyFile(file string, want Want, onHeader func(name string)) (*RPMInfo, error) {
+	info, err := inspectRPM(file, onHeader)
 	if err != nil {
 		if info == nil || !errors.Is(err, ErrNoLevel) || info.Layout == LayoutKLP {
 			return nil, fmt.Errorf("verify: %w", err)
@@ -126,19 +137,49 @@ func checkKO(ko []byte, want Want) error {
 // package erased.
 func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyResult, error) {
 	t0 := time.Now()
-	info, err := VerifyFile(file, want)
+	// rpm -q of the package name runs beside the payload read: from the
+	// caller's start, or from when the header names the package.
+	nc := want.NameCheck
+	defer func() { nc.Stop() }()
+	// So does rpmkeys: it reads the file, whatever Go finds in it, and
+	// its verdict is awaited before rpm -U as before.
+	var sig chan error
+	if in.CheckSig {
+		sctx, cancel := context.WithCancel(ctx)
+		sig = make(chan error, 1)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			sig <- in.RPM.CheckSig(sctx, file)
+		}()
+		defer func() {
+			cancel()
+			<-done
+		}()
+	}
+	info, err := verifyFile(file, want, func(name string) {
+		if nc == nil || nc.name != name {
+			nc.Stop()
+			nc = in.StartNameCheck(ctx, name)
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
-	ins, err := in.checkName(ctx, info, want)
+	if nc == nil || nc.name != info.Name {
+		// Only the verified header's name is judged.
+		nc.Stop()
+		nc = in.StartNameCheck(ctx, info.Name)
+	}
+	ins, err := in.checkName(ctx, nc)
 	if err != nil {
 		return nil, err
 	}
 	if err := canRestore(ins, info, want); err != nil {
 		return nil, err
 	}
-	if in.CheckSig {
-		if err := in.RPM.CheckSig(ctx, file); err != nil {
+	if sig != nil {
+		if err := <-sig; err != nil {
 			return nil, err
 		}
 	}
@@ -215,8 +256,8 @@ func (in *Installer) Apply(ctx context.Context, file string, want Want) (*ApplyR
 // Each installed instance is judged alone: two livepatch levels of one name
 // (a transaction cut short) are not a package with two modules, and the
 // install that follows (rpm -U) leaves one.
-func (in *Installer) checkName(ctx context.Context, info *RPMInfo, want Want) ([]Instance, error) {
-	ins, err := in.RPM.Instances(ctx, info.Name)
+func (in *Installer) checkName(ctx context.Context, nc *NameCheck) ([]Instance, error) {
+	ins, err := nc.wait(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -140,6 +140,12 @@ func cpioExtract(r io.Reader, want string, w io.Writer) error {
 			if size > MaxModuleBytes {
 				return fmt.Errorf("cpio: %s is %d bytes (limit %d)", want, size, MaxModuleBytes)
 			}
+			if b, ok := w.(*bytes.Buffer); ok {
+				// Once, at the size the entry says (bounded above),
+				// not by doubling as the bytes come; ReadFrom wants
+				// MinRead spare at the end.
+				b.Grow(int(size) + bytes.MinRead)
+			}
 			_, err := io.CopyN(w, r, size)
 			return err
 		}

@@ -134,12 +134,35 @@ const entryCost = 128
 
 // InspectRPM reads a livepatch RPM without installing it.
 func InspectRPM(file string) (*RPMInfo, error) {
+	return inspectRPM(file, nil)
+}
+
+// PackageName reads the package name from an RPM's header alone, neither
+// reading nor hashing the payload: for a caller that wants the name before
+// Apply verifies the file (and starts rpm -q of it, StartNameCheck).
+// Nothing here is verified; Apply checks the name again.
+func PackageName(file string) (string, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return "", fmt.Errorf("inspect %s: %w", file, err)
+	}
+	defer f.Close()
+	pkg, err := readPackage(bufio.NewReader(f))
+	if err != nil {
+		return "", fmt.Errorf("inspect %s: %w", file, err)
+	}
+	return pkg.Name(), nil
+}
+
+// inspectRPM is InspectRPM calling onHeader, if set, with the package name
+// as soon as the header is parsed (before the payload is read).
+func inspectRPM(file string, onHeader func(name string)) (*RPMInfo, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, fmt.Errorf("inspect %s: %w", file, err)
 	}
 	defer f.Close()
-	info, err := InspectRPMReader(f)
+	info, err := inspectRPMReader(f, onHeader)
 	if err != nil {
 		return info, fmt.Errorf("inspect %s: %w", file, err)
 	}
@@ -152,6 +175,10 @@ func InspectRPM(file string) (*RPMInfo, error) {
 // error: with ErrNoLevel everything but Level is filled in, so a caller
 // that knows the level from elsewhere can go on.
 func InspectRPMReader(r io.Reader) (*RPMInfo, error) {
+	return inspectRPMReader(r, nil)
+}
+
+func inspectRPMReader(r io.Reader, onHeader func(name string)) (*RPMInfo, error) {
 	h := sha256.New()
 	cr := &countingReader{r: io.TeeReader(r, h)}
 	br := bufio.NewReader(cr)
@@ -160,6 +187,9 @@ func InspectRPMReader(r io.Reader) (*RPMInfo, error) {
 		return nil, err
 	}
 	info, err := describe(pkg)
+	if onHeader != nil && (err == nil || errors.Is(err, ErrNoLevel)) {
+		onHeader(info.Name)
+	}
 	if info.ModulePath != "" && (err == nil || errors.Is(err, ErrNoLevel)) {
 		// The module, from the payload read in the same pass: its name
 		// and modinfo say what the kernel will be asked to load.

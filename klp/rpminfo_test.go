@@ -184,7 +184,15 @@ var fixtures = map[string]rpmFixture{
 	"kpatch-version-decimal": {name: "kpatch-patch-vd", version: "1.2", modules: map[string]moduleInfo{kpDir + rhel + "/kpatch-vd.ko": livepatchInfo("kpatch_vd", rhel)}},
 	"xz":                     klpFixture("klp-xz", "klp_xz_1", 1).with(func(f *rpmFixture) { f.payload = "w2.xzdio" }),
 	"zstd":                   klpFixture("klp-zstd", "klp_zstd_1", 1).with(func(f *rpmFixture) { f.payload = "w3.zstdio" }),
-	"lzma":                   klpFixture("klp-lzma", "klp_lzma_1", 1).with(func(f *rpmFixture) { f.payload = "w2.lzdio" }),
+	// Owning their directory puts its entry before the module in the payload.
+	"gzip-dir": klpFixture("klp-gzdir", "klp_gzdir_1", 1).with(func(f *rpmFixture) { f.dirs = []string{klpDir, klpDir + krel} }),
+	"xz-dir": klpFixture("klp-xzdir", "klp_xzdir_1", 1).with(func(f *rpmFixture) {
+		f.payload, f.dirs = "w6.xzdio", []string{klpDir, klpDir + krel}
+	}),
+	"zstd-dir": klpFixture("klp-zstddir", "klp_zstddir_1", 1).with(func(f *rpmFixture) {
+		f.payload, f.dirs = "w19.zstdio", []string{klpDir, klpDir + krel}
+	}),
+	"lzma": klpFixture("klp-lzma", "klp_lzma_1", 1).with(func(f *rpmFixture) { f.payload = "w2.lzdio" }),
 	"notlp": klpFixture("klp-notlp", "klp_notlp", 1).with(func(f *rpmFixture) {
 		f.modules = map[string]moduleInfo{klpDir + krel + "/klp_notlp.ko": {vermagic: krel + lpMagic, name: "klp_notlp"}}
 	}),
@@ -628,6 +636,38 @@ func TestExtractModule(t *testing.T) {
 	}
 	if err := klp.ExtractModule(fixtureRPMs(t, "no-module")["no-module"], &bytes.Buffer{}); !errors.Is(err, klp.ErrModuleCount) {
 		t.Errorf("extract from a package without a module: %v", err)
+	}
+}
+
+// The module is found and hashed wherever it sits in the payload: after
+// the directory entries of its package, for each compressor.
+func TestInspectRPMModuleNotFirst(t *testing.T) {
+	f := fixtureRPMs(t, "gzip-dir", "xz-dir", "zstd-dir")
+	for _, tt := range []struct{ fixture, module string }{{"gzip-dir", "klp_gzdir_1"}, {"xz-dir", "klp_xzdir_1"}, {"zstd-dir", "klp_zstddir_1"}} {
+		t.Run(tt.fixture, func(t *testing.T) {
+			payload, err := exec.Command("rpm2cpio", f[tt.fixture]).Output()
+			if err != nil {
+				t.Fatalf("rpm2cpio: %v", err)
+			}
+			list := exec.Command("cpio", "-t", "--quiet")
+			list.Stdin = bytes.NewReader(payload)
+			out, err := list.Output()
+			if err != nil {
+				t.Fatalf("cpio -t: %v", err)
+			}
+			if entries := strings.Fields(string(out)); len(entries) != 3 || !strings.HasSuffix(entries[2], ".ko") {
+				t.Fatalf("payload %q: want two directories, then the module", entries)
+			}
+			info, err := klp.InspectRPM(f[tt.fixture])
+			if err != nil {
+				t.Fatal(err)
+			}
+			ko := goodKO(t, tt.module, krel)
+			sum := sha256.Sum256(ko)
+			if info.ModuleName != tt.module || info.ModuleSHA256 != hex.EncodeToString(sum[:]) {
+				t.Fatalf("module %q sha256 %s, want %q %x", info.ModuleName, info.ModuleSHA256, tt.module, sum)
+			}
+		})
 	}
 }
 

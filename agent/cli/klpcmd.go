@@ -143,11 +143,24 @@ func cmdKLPApply(env *Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	in := &klp.Installer{
+		RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: *f.root, NoDeps: *f.nodeps, Keyring: *f.keyring, DBPath: *f.dbpath, Scripts: *f.scripts},
+		Controller: f.controller(env),
+		Root:       *f.root,
+		CheckSig:   *f.requireSig,
+	}
+	// rpm -q of the name (Apply's collision check) runs beside the rest,
+	// from the header alone; Apply checks it is the verified name.
+	var names *klp.NameCheck
+	if name, err := klp.PackageName(*file); err == nil {
+		names = in.StartNameCheck(env.Ctx, name)
+		defer names.Stop()
+	}
 	info, err := klp.InspectRPM(*file)
 	if err != nil {
 		return err
 	}
-	want := klp.Want{KernelRelease: krel, Name: info.ModuleName, Level: info.Level, SHA256: *sum, Size: *size}
+	want := klp.Want{KernelRelease: krel, Name: info.ModuleName, Level: info.Level, SHA256: *sum, Size: *size, NameCheck: names}
 	if *level > 0 {
 		if info.Layout == klp.LayoutKLP && *level != info.Level {
 			return fmt.Errorf("%w: --level %d, the package declares %d", errUsage, *level, info.Level)
@@ -164,12 +177,6 @@ func cmdKLPApply(env *Env, args []string) error {
 	}
 	if want.Size == 0 {
 		want.Size = info.Size
-	}
-	in := &klp.Installer{
-		RPM:        &klp.RPM{Runner: klp.ExecRunner{}, Root: *f.root, NoDeps: *f.nodeps, Keyring: *f.keyring, DBPath: *f.dbpath, Scripts: *f.scripts},
-		Controller: f.controller(env),
-		Root:       *f.root,
-		CheckSig:   *f.requireSig,
 	}
 	res, err := in.Apply(env.Ctx, *file, want)
 	if errors.Is(err, klp.ErrNoRestore) {

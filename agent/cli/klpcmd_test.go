@@ -166,3 +166,30 @@ func TestKLPApplyRestoresRPMOnRefusal(t *testing.T) {
 		t.Errorf("loads %v: the refused module went in", r.k.Loads[loads:])
 	}
 }
+
+// klp apply of an RPM named like an installed package that is not a
+// livepatch is refused before rpm -U, with the reason and a non-zero exit,
+// now that the command starts rpm -q of the name before the rest of its
+// work: the package stays, nothing is loaded.
+func TestKLPApplyRefusesAForeignName(t *testing.T) {
+	r := newKLPRig(t)
+	ssh := rpmtest.Build(t, t.TempDir(), rpmtest.Spec{Name: "openssh-server", Version: "9", NoProvides: true,
+		Files: map[string][]byte{"/usr/sbin/sshd": []byte("sshd")}})
+	if err := (&klp.RPM{Runner: klp.ExecRunner{}, Root: r.root}).Install(context.Background(), ssh); err != nil {
+		t.Fatal(err)
+	}
+	evil := rpmtest.Build(t, t.TempDir(), rpmtest.Spec{Name: "openssh-server", Version: "1", Module: "klp_evil_1", Level: 1, KernelRelease: testKernel})
+	out, code := r.run("klp", "apply", "--rpm", evil, "--state-dir", r.state)
+	if code == 0 || !strings.Contains(out, klp.ErrForeignPackage.Error()) {
+		t.Fatalf("exit %d: %s; want the foreign-name refusal", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(r.root, "usr/sbin/sshd")); err != nil {
+		t.Fatalf("sshd is gone: %v", err)
+	}
+	if v, err := (&klp.RPM{Runner: klp.ExecRunner{}, Root: r.root}).Installed(context.Background(), "openssh-server"); err != nil || v != "9-1" {
+		t.Fatalf("rpm -q openssh-server: %q %v, want 9-1", v, err)
+	}
+	if got := r.k.Patched("cmdline_proc_show"); got != "" {
+		t.Fatalf("the kernel serves %q", got)
+	}
+}
