@@ -3,9 +3,12 @@ package guard
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,6 +22,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/klp-agent/klp-agent/agent"
+	"github.com/klp-agent/klp-agent/internal/testutil/tlstest"
 	"github.com/klp-agent/klp-agent/manifest"
 )
 
@@ -516,4 +520,70 @@ func TestConfig(t *testing.T) {
 			t.Fatalf("got %v", err)
 		}
 	})
+}
+
+// mTLS: Serve with tls.client_ca requires a client certificate the CA
+// signed (and, with token_file too, the token).
+func TestServeMutualTLS(t *testing.T) {
+	f := newFixture(t)
+	f.budget["klp_bad"] = "12"
+	pki := tlstest.New(t)
+	cfg := f.config(t, fmt.Sprintf("tls:\n  cert: %s\n  key: %s\n  client_ca: %s\n", pki.ServerCert, pki.ServerKey, pki.CA))
+	core, logs := observer.New(zap.DebugLevel)
+	g, err := New(cfg, false, Deps{Now: func() time.Time { return now }, HTTP: f.prom.Client(), Log: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(ctx, ln, time.Hour) }()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	caPEM, err := os.ReadFile(pki.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	clientCert, err := tls.LoadX509KeyPair(pki.ClientCert, pki.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	post := func(certs []tls.Certificate, auth string) int {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: certs}}}
+		req, _ := http.NewRequest(http.MethodPost, "https://"+ln.Addr().String()+WebhookPath, bytes.NewReader(webhookBody(alert("patch", "klp_bad", "level", "3"))))
+		req.Header.Set("Authorization", auth)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(nil, "Bearer "+token); code != http.StatusUnauthorized {
+		t.Errorf("token without a client certificate: %d, want 401", code)
+	}
+	if code := post([]tls.Certificate{clientCert}, ""); code != http.StatusUnauthorized {
+		t.Errorf("client certificate without the token: %d, want 401", code)
+	}
+	if _, err := os.Stat(f.file); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("signed without both credentials")
+	}
+	if code := post([]tls.Certificate{clientCert}, "Bearer "+token); code != 200 {
+		t.Fatalf("both: %d, want 200", code)
+	}
+	if v := f.published(t); len(v.Revoked) != 1 {
+		t.Fatalf("revoked %+v", v.Revoked)
+	}
+	if n := len(decisions(logs)); n != 1 {
+		t.Errorf("%d decisions", n)
+	}
 }
