@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/klp-agent/klp-agent/agent/guard"
 )
 
 // `klp-agent guard` exits 78 (EX_CONFIG: its unit does not restart) when it
@@ -55,5 +58,36 @@ func TestGuardConfigExitCodes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The guard's unit runs the command on the shipped configuration's path,
+// does not restart on exit 78 (not configured, a key it must not hold),
+// and holds no capability.
+func TestGuardUnit(t *testing.T) {
+	b, err := os.ReadFile("../../packaging/klp-agent-guard.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := string(b)
+	for _, want := range []string{
+		"\nExecStart=/usr/bin/klp-agent guard --config " + guard.DefaultConfigPath + "\n",
+		"\nRestartPreventExitStatus=" + strconv.Itoa(ExitConfig) + "\n",
+		"\nCapabilityBoundingSet=\n",
+		"\nNoNewPrivileges=yes\n",
+		"\nProtectSystem=full\n",
+	} {
+		if !strings.Contains(unit, want) {
+			t.Errorf("packaging/klp-agent-guard.service lacks %q", strings.TrimSpace(want))
+		}
+	}
+	spec, err := os.ReadFile("../../packaging/klp-agent.spec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"packaging/klp-agent-guard.service", "%{_unitdir}/klp-agent-guard.service", "packaging/guard.yaml"} {
+		if !strings.Contains(string(spec), want) {
+			t.Errorf("the spec does not install %s", want)
+		}
 	}
 }

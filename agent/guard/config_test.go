@@ -1,7 +1,10 @@
 package guard
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -65,5 +68,26 @@ func TestShippedGuardConfig(t *testing.T) {
 	}
 	if c.Listen != DefaultListen || c.Validity != DefaultValidity || c.RefreshBefore != DefaultRefreshBefore || c.AlertName != DefaultAlertName {
 		t.Errorf("guard.yaml's values differ from the defaults: %+v", c)
+	}
+}
+
+// The default queries, with a patch put in, are PromQL Prometheus's own
+// parser accepts (promtool, which make lint needs too).
+func TestDefaultQueriesParse(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool is not installed (make deps installs it)")
+	}
+	var rules strings.Builder
+	rules.WriteString("groups:\n  - name: guard\n    rules:\n")
+	for i, q := range []string{DefaultQuery, DefaultLevelQuery} {
+		fmt.Fprintf(&rules, "      - record: guard:query%d\n        expr: %q\n", i, subst(q, "klp_bad", "", ""))
+	}
+	p := filepath.Join(t.TempDir(), "guard.rules.yml")
+	if err := os.WriteFile(p, []byte(rules.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(promtool, "check", "rules", p).CombinedOutput(); err != nil {
+		t.Fatalf("promtool: %v\n%s", err, out)
 	}
 }
