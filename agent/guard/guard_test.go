@@ -443,6 +443,15 @@ func TestPublishCommand(t *testing.T) {
 	if v := f.published(t); v.Version != 1 {
 		t.Fatalf("version %d", v.Version)
 	}
+	// After a restart the guard cannot know whether its last publish ran:
+	// Start publishes the document once.
+	r2 := f.start(t, r.g.cfg, false)
+	if err := r2.g.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.runs) != 3 || fmt.Sprint(f.runs[2]) != want {
+		t.Fatalf("after a restart ran %q, want %s once more", f.runs, want)
+	}
 }
 
 func TestKeyRefused(t *testing.T) {

@@ -12,7 +12,9 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -172,6 +174,10 @@ const RefreshCheckEvery = time.Hour
 // Run is `klp-agent guard`: load the configuration, check the key, publish
 // once after a restart, and serve until ctx ends.
 func Run(ctx context.Context, o Options, run Runner) error {
+	// systemctl stop ends the guard cleanly (exit 0); a document is
+	// written atomically, so a stop never leaves half of one.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	cfg, err := LoadConfig(o.ConfigPath)
 	if err != nil {
 		return err
