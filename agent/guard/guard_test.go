@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +23,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/klp-agent/klp-agent/agent"
+	"github.com/klp-agent/klp-agent/internal/testutil/syncbuf"
 	"github.com/klp-agent/klp-agent/internal/testutil/tlstest"
 	"github.com/klp-agent/klp-agent/manifest"
 )
@@ -594,5 +596,80 @@ func TestServeMutualTLS(t *testing.T) {
 	}
 	if n := len(decisions(logs)); n != 1 {
 		t.Errorf("%d decisions", n)
+	}
+}
+
+// Run is what the unit starts: configuration file, logger, key check,
+// listener, webhook; a cancelled context ends it with no error.
+func TestRun(t *testing.T) {
+	f := newFixture(t)
+	f.budget["klp_bad"] = "12"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfgPath := filepath.Join(f.dir, "guard.yaml")
+	y := fmt.Sprintf("listen: %s\ntoken_file: %s\nprometheus:\n  url: %s\nroot: %s\nkey: %s\nfile: %s\nlog:\n  format: json\n",
+		addr, f.tokenF, f.prom.URL, f.rootPath, f.revK.path, f.file)
+	if err := os.WriteFile(cfgPath, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr syncbuf.Buffer
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Options{ConfigPath: cfgPath, Stdout: io.Discard, Stderr: &stderr}, nil) }()
+	var code int
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+WebhookPath, bytes.NewReader(webhookBody(alert("patch", "klp_bad", "level", "3"))))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			continue // not listening yet
+		}
+		resp.Body.Close()
+		code = resp.StatusCode
+		break
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v\n%s", err, stderr.String())
+	}
+	if code != 200 {
+		t.Fatalf("webhook answered %d\n%s", code, stderr.String())
+	}
+	if v := f.published(t); len(v.Revoked) != 1 || v.Revoked[0].Name != "klp_bad" {
+		t.Fatalf("revoked %+v", v.Revoked)
+	}
+	if out := stderr.String(); !strings.Contains(out, `"MESSAGE_ID":"`+agent.MsgGuardDecision+`"`) || !strings.Contains(out, `"klp_guard_action":"revoked"`) {
+		t.Errorf("the decision is not in the log:\n%s", out)
+	}
+}
+
+// The publish command is exec'd with its argv: a path with shell syntax in
+// it is one argument, never run.
+func TestExecRunnerNoShell(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "revocations.json")
+	if err := os.WriteFile(src, []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir) // where a shell would create pwned
+	dst := filepath.Join(dir, "out; touch pwned $(touch pwned2)")
+	if err := ExecRunner(context.Background(), []string{"cp", src, dst}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dst); err != nil {
+		t.Errorf("the literal destination was not written: %v", err)
+	}
+	for _, p := range []string{"pwned", "pwned2"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); err == nil {
+			t.Errorf("%s exists: the argument went through a shell", p)
+		}
+	}
+	err := ExecRunner(context.Background(), []string{"cp", filepath.Join(dir, "none"), dst})
+	if err == nil || !strings.Contains(err.Error(), "none") {
+		t.Errorf("a failed command: %v, want its output in the error", err)
 	}
 }

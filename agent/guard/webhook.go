@@ -187,6 +187,9 @@ func Run(ctx context.Context, o Options, run Runner) error {
 		return fmt.Errorf("%w: log: %v", ErrConfig, err)
 	}
 	defer func() { _ = log.Sync() }()
+	if run == nil {
+		run = ExecRunner
+	}
 	g, err := New(cfg, o.DryRun, Deps{Log: log, Run: run, Stdout: o.Stdout, HTTP: &http.Client{}})
 	if err != nil {
 		return err
