@@ -38,6 +38,17 @@ func TestGuardConfigExitCodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Run("check-config of a good one", func(t *testing.T) {
+		out, code := runCode(t, t0, "guard", "--check-config", "--config", conf(k("revoke1.key")))
+		if code != 0 {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+		for _, w := range []string{"listen: 127.0.0.1:0", "alert_name: KLPPatchCrashBudgetExceeded", "validity: 7d", "key: " + k("revoke1.key")} {
+			if !strings.Contains(out, w) {
+				t.Errorf("check-config does not show %q:\n%s", w, out)
+			}
+		}
+	})
 	for _, tc := range []struct {
 		name, config string
 		want         []string
@@ -51,6 +62,10 @@ func TestGuardConfigExitCodes(t *testing.T) {
 			out, code := runCode(t, t0, "guard", "--config", tc.config)
 			if code != ExitConfig {
 				t.Fatalf("exit %d, want %d:\n%s", code, ExitConfig, out)
+			}
+			// --check-config refuses it the same way.
+			if cout, ccode := runCode(t, t0, "guard", "--check-config", "--config", tc.config); ccode != ExitConfig || cout != out {
+				t.Errorf("check-config: exit %d, %q; run: %q", ccode, cout, out)
 			}
 			for _, w := range tc.want {
 				if !strings.Contains(out, w) {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/klp-agent/klp-agent/agent"
 	"github.com/klp-agent/klp-agent/agent/logging"
@@ -166,6 +167,23 @@ type Options struct {
 	DryRun     bool
 	Stdout     io.Writer
 	Stderr     io.Writer
+}
+
+// Check is `klp-agent guard --check-config`: the configuration as the
+// guard would run it (defaults filled in), after the same checks as a
+// start (the key against the root, the token file's mode, TLS files).
+func Check(path string) ([]byte, error) {
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := New(cfg, true, Deps{}); err != nil {
+		return nil, err
+	}
+	if _, err := cfg.tlsConfig(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	return yaml.Marshal(cfg)
 }
 
 // RefreshCheckEvery is how often the refresh timer looks at the expiry.
