@@ -80,6 +80,10 @@ type Config struct {
 	// the guard re-signs when the one in force expires within it.
 	Validity      string `yaml:"validity"`
 	RefreshBefore string `yaml:"refresh_before"`
+	// DecisionsFile, when set, keeps the last MaxDecisions decisions as
+	// JSON (written atomically): what the guard did, readable without the
+	// journal. Not state: the document alone decides what is signed.
+	DecisionsFile string `yaml:"decisions_file"`
 	// MaxBody bounds a webhook request, in bytes.
 	MaxBody int64 `yaml:"max_body"`
 	Log     struct {

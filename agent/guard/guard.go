@@ -87,6 +87,8 @@ type Guard struct {
 	token  []byte
 	dryRun bool
 
+	logMu sync.Mutex // DecisionsFile's
+
 	mu sync.Mutex
 	// unpublished: the file was written but the publish command failed;
 	// the next decision (even a duplicate) or refresh publishes again.
@@ -341,8 +343,76 @@ func (g *Guard) Refresh(ctx context.Context) (Decision, error) {
 	return d, err
 }
 
+// MaxDecisions bounds DecisionsFile.
+const MaxDecisions = 200
+
+// Record is one entry of DecisionsFile.
+type Record struct {
+	Time        time.Time         `json:"time"`
+	Action      string            `json:"action"`
+	Patch       string            `json:"patch,omitempty"`
+	Level       int               `json:"level,omitempty"`
+	Kernel      string            `json:"kernel,omitempty"`
+	Tier        string            `json:"tier,omitempty"`
+	Value       float64           `json:"prometheus_value,omitempty"`
+	Version     uint64            `json:"revocations_version,omitempty"`
+	Why         string            `json:"why,omitempty"`
+	Error       string            `json:"error,omitempty"`
+	Labels      map[string]string `json:"alert_labels,omitempty"`
+	Fingerprint string            `json:"alert_fingerprint,omitempty"`
+	StartsAt    time.Time         `json:"alert_starts_at,omitzero"`
+}
+
+// ReadDecisions reads a DecisionsFile (none yet: no records).
+func ReadDecisions(path string) ([]Record, error) {
+	b, err := limitfile.Read(path, 16<<20)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rs []Record
+	if err := json.Unmarshal(b, &rs); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return rs, nil
+}
+
+// record appends a decision to DecisionsFile, the oldest dropped past
+// MaxDecisions; a damaged file is started afresh rather than stop the
+// guard (the journal has every decision too).
+func (g *Guard) record(a Alert, d Decision, err error) error {
+	if g.cfg.DecisionsFile == "" {
+		return nil
+	}
+	g.logMu.Lock()
+	defer g.logMu.Unlock()
+	rs, rerr := ReadDecisions(g.cfg.DecisionsFile)
+	if rerr != nil {
+		rs = nil
+	}
+	r := Record{Time: g.deps.Now().UTC(), Action: d.Action, Patch: d.Patch, Level: d.Level, Kernel: d.Kernel, Tier: d.Tier,
+		Value: d.Value, Version: d.Version, Why: d.Why, Labels: a.Labels, Fingerprint: a.Fingerprint, StartsAt: a.StartsAt}
+	if err != nil {
+		r.Error = err.Error()
+	}
+	rs = append(rs, r)
+	if len(rs) > MaxDecisions {
+		rs = rs[len(rs)-MaxDecisions:]
+	}
+	b, merr := json.MarshalIndent(rs, "", " ")
+	if merr != nil {
+		return merr
+	}
+	return atomicfile.WriteFile(g.cfg.DecisionsFile, b, 0o600)
+}
+
 // logDecision journals a decision with the alert that caused it.
 func (g *Guard) logDecision(a Alert, d Decision, err error) {
+	if rerr := g.record(a, d, err); rerr != nil {
+		g.deps.Log.Error("guard: decisions_file: "+rerr.Error(), zap.Error(rerr))
+	}
 	labels, _ := json.Marshal(a.Labels)
 	fields := []zap.Field{logging.MessageID(agent.MsgGuardDecision),
 		zap.String("klp_guard_action", d.Action), zap.String("klp_patch", d.Patch), zap.Int("klp_level", d.Level),

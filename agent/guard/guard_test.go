@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -362,7 +363,11 @@ func TestWebhookAuth(t *testing.T) {
 func TestResentAlertAndRestart(t *testing.T) {
 	f := newFixture(t)
 	f.budget["klp_bad"], f.budget["klp_worse"] = "12", "30"
-	cfg := f.config(t, "")
+	decisionsFile := filepath.Join(f.dir, "state", "decisions.json")
+	if err := os.Mkdir(filepath.Dir(decisionsFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := f.config(t, "decisions_file: "+decisionsFile+"\n")
 	r := f.start(t, cfg, false)
 	body := webhookBody(alert("patch", "klp_bad", "level", "3"))
 	if code := r.post(t, "Bearer "+token, body); code != 200 {
@@ -396,6 +401,23 @@ func TestResentAlertAndRestart(t *testing.T) {
 	v := f.published(t)
 	if v.Version != 2 || len(v.Revoked) != 2 || v.Revoked[0].Name != "klp_bad" || v.Revoked[1].Name != "klp_worse" {
 		t.Fatalf("after restart: version %d revoked %+v, want 2 with both", v.Version, v.Revoked)
+	}
+	// The decisions log kept all four, across the restart, with the alert.
+	rs, err := ReadDecisions(decisionsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range rs {
+		got = append(got, fmt.Sprintf("%s %s@%d v%d %s", r.Action, r.Patch, r.Level, r.Version, r.Fingerprint))
+	}
+	want := []string{"revoked klp_bad@3 v1 a1b2c3d4e5f60718", "already klp_bad@3 v0 a1b2c3d4e5f60718",
+		"already klp_bad@3 v0 a1b2c3d4e5f60718", "revoked klp_worse@1 v2 a1b2c3d4e5f60718"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("decisions_file:\n%q\nwant\n%q", got, want)
+	}
+	if fi, err := os.Stat(decisionsFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("decisions_file mode: %v %v", fi, err)
 	}
 }
 
@@ -671,5 +693,33 @@ func TestExecRunnerNoShell(t *testing.T) {
 	err := ExecRunner(context.Background(), []string{"cp", filepath.Join(dir, "none"), dst})
 	if err == nil || !strings.Contains(err.Error(), "none") {
 		t.Errorf("a failed command: %v, want its output in the error", err)
+	}
+}
+
+func TestDecisionsFileBounded(t *testing.T) {
+	f := newFixture(t)
+	path := filepath.Join(f.dir, "decisions.json")
+	r := f.start(t, f.config(t, "decisions_file: "+path+"\n"), false)
+	for i := range MaxDecisions + 5 {
+		if err := r.g.record(Alert{Fingerprint: strconv.Itoa(i)}, Decision{Action: ActionUnconfirmed}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rs, err := ReadDecisions(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != MaxDecisions || rs[0].Fingerprint != "5" || rs[len(rs)-1].Fingerprint != strconv.Itoa(MaxDecisions+4) {
+		t.Fatalf("%d records from %s to %s, want the last %d", len(rs), rs[0].Fingerprint, rs[len(rs)-1].Fingerprint, MaxDecisions)
+	}
+	// A damaged file is started afresh, not a reason to stop deciding.
+	if err := os.WriteFile(path, []byte("{garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.g.record(Alert{Fingerprint: "x"}, Decision{Action: ActionUnconfirmed}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := ReadDecisions(path); err != nil || len(rs) != 1 {
+		t.Fatalf("after damage: %d records, %v", len(rs), err)
 	}
 }
