@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -63,6 +64,9 @@ type Decision struct {
 	Version uint64  // the document signed (0: none)
 	Why     string
 }
+
+// hexFingerprint is Alertmanager's fingerprint (16 hex digits).
+var hexFingerprint = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
 
 // Runner runs a publish command's argv (exec, never a shell).
 type Runner func(ctx context.Context, argv []string) error
@@ -222,7 +226,13 @@ func (g *Guard) decide(ctx context.Context, a Alert) (Decision, error) {
 			}
 		}
 	}
-	reason := fmt.Sprintf("crash budget: %s at %s per 1000 hosts (alert %s %s)", a.Labels["alertname"], strconv.FormatFloat(d.Value, 'g', 4, 64), a.Fingerprint, a.StartsAt.UTC().Format(time.RFC3339))
+	// The signed reason goes to every host's journal: only what the guard
+	// checked goes in (its configured alert name, a hex fingerprint).
+	fp := a.Fingerprint
+	if !hexFingerprint.MatchString(fp) {
+		fp = "-"
+	}
+	reason := fmt.Sprintf("crash budget: %s at %s per 1000 hosts (alert %s %s)", g.cfg.AlertName, strconv.FormatFloat(d.Value, 'g', 4, 64), fp, a.StartsAt.UTC().Format(time.RFC3339))
 	if d.Tier != "" {
 		reason = "tier " + d.Tier + " " + reason
 	}

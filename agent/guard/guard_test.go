@@ -266,6 +266,11 @@ func TestWebhookDecisions(t *testing.T) {
 			wantCode: 200, wantAction: ActionRevoked, wantRev: []manifest.Revoked{{Name: "klp_bad", Level: 2}}},
 		{name: "no level label and two levels ran: refused", alert: alert("patch", "klp_bad"), budget: "3", levels: []string{"2", "3"},
 			wantCode: 200, wantAction: ActionRefused},
+		{name: "controls in the fingerprint stay out of the signed reason", alert: func() Alert {
+			a := alert("patch", "klp_bad", "level", "3")
+			a.Fingerprint = "a1b2\x1b[2Jc3"
+			return a
+		}(), budget: "12.5", wantCode: 200, wantAction: ActionRevoked, wantRev: []manifest.Revoked{{Name: "klp_bad", Level: 3}}},
 		{name: "PromQL in the patch label: refused, not queried", alert: alert("patch", `klp_bad"} or vector(1) or {x="`, "level", "3"), budget: "3",
 			wantCode: 200, wantAction: ActionRefused},
 		{name: "Prometheus down: 503 for Alertmanager to retry", alert: alert("patch", "klp_bad", "level", "3"), budget: "3", promErr: true,
@@ -308,7 +313,11 @@ func TestWebhookDecisions(t *testing.T) {
 			}
 			for i, w := range tc.wantRev {
 				g := v.Revoked[i]
-				if g.Name != w.Name || g.Level != w.Level || g.Kernel != w.Kernel || !strings.Contains(g.Reason, tc.alert.Fingerprint) {
+				fp := tc.alert.Fingerprint
+				if !hexFingerprint.MatchString(fp) {
+					fp = "(alert - "
+				}
+				if g.Name != w.Name || g.Level != w.Level || g.Kernel != w.Kernel || !strings.Contains(g.Reason, fp) {
 					t.Errorf("revoked %+v, want %+v with the alert's fingerprint in the reason", g, w)
 				}
 			}
