@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -282,11 +283,36 @@ func (g *Guard) sign(ctx context.Context, d *Decision, edit func(*manifest.Revoc
 		fmt.Fprintf(g.deps.Stdout, "would sign and publish %s version %d:\n%s\n", g.cfg.File, doc.Version, out)
 		return *d, nil
 	}
+	before, statErr := os.Stat(g.cfg.File)
 	if err := atomicfile.WriteFile(g.cfg.File, b, 0o644); err != nil {
 		return *d, err
 	}
+	if statErr == nil {
+		if err := laterMtime(g.cfg.File, before.ModTime()); err != nil {
+			return *d, err
+		}
+	}
 	g.unpublished = len(g.cfg.PublishCommand) > 0
 	return *d, g.publishPending(ctx)
+}
+
+// laterMtime moves path's mtime past prev's second when the write landed
+// in the same one: web servers validate by mtime at second granularity
+// (Last-Modified; nginx's ETag is mtime and size), and a host would be
+// answered 304 for a new version written in the second of the last.
+func laterMtime(path string, prev time.Time) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.ModTime().Unix() > prev.Unix() {
+		return nil
+	}
+	t := prev.Truncate(time.Second).Add(time.Second)
+	if err := os.Chtimes(path, t, t); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
 }
 
 // publishPending runs the publish command if the file has changed since

@@ -732,3 +732,51 @@ func TestDecisionsFileBounded(t *testing.T) {
 		t.Fatalf("after damage: %d records, %v", len(rs), err)
 	}
 }
+
+// What the guard publishes into the web server's directory is what a
+// host's revocation channel polls and accepts: the revoke role's document,
+// each new version once, a resent alert no change.
+func TestHostsPollWhatTheGuardPublished(t *testing.T) {
+	f := newFixture(t)
+	f.budget["klp_bad"], f.budget["klp_worse"] = "12", "30"
+	r := f.start(t, f.config(t, ""), false)
+	www := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(f.file))))
+	defer www.Close()
+	client, err := manifest.NewClient(manifest.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := &manifest.RevocationChannel{URL: www.URL + "/revocations.json", Client: client, Trust: f.trust,
+		Store: &manifest.RevocationsStore{}, Now: func() time.Time { return now.Add(time.Minute) }}
+	poll := func(step string) manifest.RevocationsPoll {
+		t.Helper()
+		p, err := host.Poll(context.Background())
+		if err != nil {
+			t.Fatalf("%s: the host's poll: %v", step, err)
+		}
+		return p
+	}
+	if p := poll("before"); !p.NotPublished {
+		t.Fatalf("before any alert: %+v, want not published", p)
+	}
+	for _, step := range []struct {
+		name, patch string
+		changed     bool
+		version     uint64
+	}{
+		{"klp_bad over budget", "klp_bad", true, 1},
+		{"klp_bad resent", "klp_bad", false, 1},
+		{"klp_worse over budget", "klp_worse", true, 2},
+	} {
+		if code := r.post(t, "Bearer "+token, webhookBody(alert("patch", step.patch, "level", "3"))); code != 200 {
+			t.Fatalf("%s: answered %d", step.name, code)
+		}
+		p := poll(step.name)
+		if p.Changed != step.changed || p.InForce == nil || p.InForce.Version != step.version {
+			t.Fatalf("%s: the host saw %+v, want changed=%v version %d", step.name, p, step.changed, step.version)
+		}
+		if p.InForce.Revokes(&manifest.Patch{Name: step.patch, Level: 3, Kernel: "6.1.0-13-amd64"}) == nil {
+			t.Errorf("%s: the host's document does not revoke %s@3", step.name, step.patch)
+		}
+	}
+}
