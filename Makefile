@@ -126,17 +126,18 @@ rpm: rpmspec
 	@ls -l $(RPMFILE) $(SRPMFILE)
 	@# The package must carry exactly what packaging/ promises.
 	@rpm -qpl $(RPMFILE) | diff -u packaging/rpm-files.txt - && echo "rpm file list OK"
-	@rpm -qpc $(RPMFILE) | grep -qx /etc/klp-agent/config.yaml && echo "config(noreplace) OK"
+	@rpm -qpc $(RPMFILE) | grep -qx /etc/klp-agent/config.yaml && rpm -qpc $(RPMFILE) | grep -qx /etc/klp-agent/guard.yaml && echo "config(noreplace) OK"
 	@# Files that may hold credentials are root's alone.
 	@set -euo pipefail; modes=$$(rpm -qp --qf '[%{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]' $(RPMFILE)); \
-	  for f in /etc/klp-agent/config.yaml /etc/sysconfig/klp-agent; do \
+	  for f in /etc/klp-agent/config.yaml /etc/klp-agent/guard.yaml /etc/sysconfig/klp-agent; do \
 	    echo "$$modes" | grep -qx -- "-rw-r----- root:root $$f" || { echo "$$f is not 0640 root:root:"; echo "$$modes" | grep " $$f$$"; exit 1; }; \
 	  done; echo "secret-bearing files 0640 OK"
 	@packaging/check-scriptlets.sh $(RPMFILE)
 	@packaging/check-bundled.sh $(RPMFILE)
 	@set -euo pipefail; root=$$(mktemp -d); trap 'rm -rf "$$root"' EXIT; \
 	  rpm2cpio $(RPMFILE) | (cd "$$root" && cpio -idm --quiet); \
-	  out=$$(MANPATH="$$root/usr/share/man" systemd-analyze verify --root="$$root" klp-agent.service 2>&1) || { echo "$$out"; exit 1; }; \
+	  for t in /usr/lib/systemd/system/*.target; do [ -e "$$root/usr/lib/systemd/system/$${t##*/}" ] || cp "$$t" "$$root/usr/lib/systemd/system/"; done; \
+	  out=$$(MANPATH="$$root/usr/share/man" systemd-analyze verify --root="$$root" klp-agent.service klp-agent-guard.service 2>&1) || { echo "$$out"; exit 1; }; \
 	  if [ -n "$$out" ]; then echo "systemd-analyze verify:"; echo "$$out"; exit 1; fi; \
 	  echo "systemd-analyze verify OK"
 

@@ -56,6 +56,10 @@ const (
 	MsgRootFloorReset = "2fce3504c79e44e492e75620cd1c9e1b"
 	// trust.root re-provisioned: the chain restarted from it.
 	MsgRootReprovisioned = "906dd192044a4fb3876594d3e91ebdd6"
+	// The guard (agent/guard): a decision on an alert, and a webhook
+	// request refused for want of credentials.
+	MsgGuardDecision     = "6517cf6c8ce4430ba237f75d86a59a04"
+	MsgGuardUnauthorized = "216549be408c4a18b7147b96ec82c752"
 )
 
 // Downloader fetches RPMs: the same HTTP client as the manifest

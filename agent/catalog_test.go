@@ -25,7 +25,8 @@ func TestMessageIDsInCatalog(t *testing.T) {
 		"root updated": MsgRootUpdated, "root floor reset": MsgRootFloorReset,
 		"module refused": MsgModuleRefused,
 
-		"root re-provisioned": MsgRootReprovisioned}
+		"root re-provisioned": MsgRootReprovisioned,
+		"guard decision":      MsgGuardDecision, "guard unauthorized": MsgGuardUnauthorized}
 	for name, id := range kinds {
 		if !logging.ValidMessageID(id) {
 			t.Errorf("%s: %q is not a valid MESSAGE_ID", name, id)

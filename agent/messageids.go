@@ -20,4 +20,6 @@ var MessageIDs = []MessageID{
 	{MsgRootUpdated, "the root of trust updated"},
 	{MsgRootFloorReset, "a root rotation changed the manifest keys: version floor reset"},
 	{MsgRootReprovisioned, "a re-provisioned trust.root: the root chain restarted from it"},
+	{MsgGuardDecision, "the guard (klp-agent guard): a decision on an alert (KLP_GUARD_ACTION, the alert's labels, fingerprint, KLP_PROMETHEUS_VALUE)"},
+	{MsgGuardUnauthorized, "the guard: a webhook request without valid credentials, refused (401)"},
 }

@@ -32,17 +32,17 @@ $2
 want
 $3"
 }
-expect "install (%post 1)" "$(run POSTIN 1)" "systemctl --no-reload preset klp-agent.service
+expect "install (%post 1)" "$(run POSTIN 1)" "systemctl --no-reload preset klp-agent.service klp-agent-guard.service
 systemctl daemon-reload
 exit 0"
 expect "upgrade (%post 2)" "$(run POSTIN 2)" "systemctl daemon-reload
 exit 0"
 expect "upgrade (%postun 1)" "$(run POSTUN 1)" "systemctl daemon-reload
-systemctl try-restart klp-agent.service
+systemctl try-restart klp-agent.service klp-agent-guard.service
 exit 0"
 expect "upgrade (%preun 1)" "$(run PREUN 1)" "exit 0"
 expect "erase (%preun 0)" "$(run PREUN 0)" "klp-agent uninstall --check
-systemctl --no-reload disable --now klp-agent.service
+systemctl --no-reload disable --now klp-agent.service klp-agent-guard.service
 exit 0"
 expect "erase with livepatch packages left (%preun 0)" "$(KLP_LEFT=1 run PREUN 0)" "klp-agent uninstall --check
 exit 1"

@@ -56,6 +56,7 @@ func commands() map[string]command {
 		"unblock":      {"forget the block of NAME@LEVEL after a false positive", cmdUnblock},
 		"poll":         {"poll the manifest now and print the outcome (exit 1 on failure)", cmdPoll},
 		"history":      {"what this host did and why: applies, soaks, rollbacks, blocks, controls (--json)", cmdHistory},
+		"guard":        {"the publisher's fleet loop: Alertmanager's crash-budget alerts, re-checked in Prometheus, signed into revocations.json with the revoke key", cmdGuard},
 		"uninstall":    {"take the kernel back to no patch and erase the livepatch packages with klp-agent (one rpm transaction)", cmdUninstall},
 	}
 }

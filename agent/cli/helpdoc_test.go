@@ -131,8 +131,9 @@ func TestBashCompletion(t *testing.T) {
 	for _, tt := range []struct {
 		line, want string
 	}{
-		{"klp-agent ", "check-config explain history hold klp manifest pin poll reload resume rollback run simulate status unblock uninstall version --help --version"},
+		{"klp-agent ", "check-config explain guard history hold klp manifest pin poll reload resume rollback run simulate status unblock uninstall version --help --version"},
 		{"klp-agent st", "status"},
+		{"klp-agent guard --", "--check-config --config --dry-run --help"},
 		{"klp-agent klp ", "list apply disable"},
 		{"klp-agent klp list --", "--json --root --help"},
 		{"klp-agent manifest sign --k", "--key"},
