@@ -389,17 +389,44 @@ func (h *Host) Revocations(client *manifest.Client) (*manifest.RevocationChannel
 		Store: &manifest.RevocationsStore{Path: h.Layout().Revocations()}}, nil
 }
 
+// Kernel is what the agent drives: sysfs and procfs under a root, the
+// module loader and the kernel's log.
+type Kernel struct {
+	FS      klp.FS
+	Modules klp.Modules
+	Log     klp.KernelLog
+}
+
+// simKernel, when set, is the kernel under paths.root instead of the
+// running one. The product leaves it nil; the klp_simkernel build tag (the
+// fleet test's simulated hosts, e2e/fleet_test.go) sets it.
+var simKernel func(root string) (Kernel, error)
+
+// kernel is the running kernel's interfaces under paths.root, or the
+// simulated one of a klp_simkernel build.
+func (h *Host) kernel() Kernel {
+	root := h.Config.Paths.Root
+	if simKernel != nil {
+		k, err := simKernel(root)
+		if err != nil {
+			panic("simulated kernel: " + err.Error()) // a test build's set-up error
+		}
+		return k
+	}
+	return Kernel{FS: klp.OSFS{Root: root}, Modules: klp.KernelModules{}, Log: klp.KmsgLog{Path: filepath.Join(root, "dev/kmsg")}}
+}
+
 // Sysfs is the kernel's livepatch interface under paths.root.
-func (h *Host) Sysfs() *klp.Sysfs { return &klp.Sysfs{FS: klp.OSFS{Root: h.Config.Paths.Root}} }
+func (h *Host) Sysfs() *klp.Sysfs { return &klp.Sysfs{FS: h.kernel().FS} }
 
 // Installer is rpm, the module loader and sysfs as configured.
 func (h *Host) Installer() *klp.Installer {
 	c := h.Config
+	k := h.kernel()
 	return &klp.Installer{
 		RPM: &klp.RPM{Runner: klp.ExecRunner{}, Root: c.Paths.Root, NoDeps: c.Apply.RPMNoDeps,
 			Keyring: c.Apply.RPMKeyring, DBPath: c.Apply.RPMDBPath, Scripts: c.Apply.RPMScripts},
-		Controller: &klp.Controller{Sysfs: h.Sysfs(), Modules: klp.KernelModules{},
-			Log:  klp.KmsgLog{Path: filepath.Join(c.Paths.Root, "dev/kmsg")},
+		Controller: &klp.Controller{Sysfs: &klp.Sysfs{FS: k.FS}, Modules: k.Modules, Log: k.Log,
 			Opts: klp.Options{TransitionTimeout: c.Apply.TransitionTimeout, ForceOnStall: c.Apply.ForceOnStall},
 			Hook: crashpoint},
 		Root: c.Paths.Root, CheckSig: c.Apply.RequireSignature, Hook: crashpoint,

@@ -118,3 +118,33 @@ func TestCLIStartsNoGoroutine(t *testing.T) {
 		t.Fatal("agent/cli not found")
 	}
 }
+
+// The simulated kernel (klp/klptest) reaches the daemon only in a
+// klp_simkernel build, the fleet test's hosts (agent/daemon/simkernel.go):
+// the shipped binary, built without tags, drives the real kernel alone.
+// The tagged build is listed too, so the check is known to see it.
+func TestShippedBuildHasNoSimulatedKernel(t *testing.T) {
+	_, file, _, _ := runtime.Caller(0)
+	deps := func(tags string) []string {
+		cmd := exec.Command("go", "list", "-deps", "-tags", tags, ".")
+		cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("go list -deps -tags %q: %v", tags, err)
+		}
+		return strings.Fields(string(out))
+	}
+	sim := module + "/klp/klptest"
+	for _, c := range []struct {
+		tags string
+		want bool
+	}{{"", false}, {"klp_crashpoint", false}, {"klp_simkernel", true}} {
+		got := false
+		for _, d := range deps(c.tags) {
+			got = got || d == sim
+		}
+		if got != c.want {
+			t.Errorf("build with tags %q: links %s = %v, want %v", c.tags, sim, got, c.want)
+		}
+	}
+}
