@@ -14,7 +14,9 @@ set -euo pipefail
 # Documentation=man:klp-agent(8) (a fresh root's make demo failed on it).
 # xz-utils: TestXZDictGuardPassesRealStreams checks the payload's xz guard
 # on real xz output (minbase has no xz; a fresh root's make test failed).
-pkgs=(nginx-light rpm file man-db gcc libc6-dev make git ca-certificates curl python3 prometheus busybox-static rpmlint cpio systemd zsh groff-base xz-utils)
+# prometheus-alertmanager: the fleet test (e2e/fleet_test.go) runs the real
+# Alertmanager between Prometheus and the guard's webhook.
+pkgs=(nginx-light rpm file man-db gcc libc6-dev make git ca-certificates curl python3 prometheus prometheus-alertmanager busybox-static rpmlint cpio systemd zsh groff-base xz-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -31,7 +33,7 @@ if ((${#missing[@]})); then
 fi
 # Debian's nginx package starts a system nginx on port 80, and prometheus's a
 # server on 9090; the tests run their own nginx on loopback and need
-# neither.
+# neither (nor alertmanager's on 9093).
 if command -v go >/dev/null; then
   :
 elif [[ -x /usr/local/go/bin/go ]]; then
