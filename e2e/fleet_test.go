@@ -204,7 +204,7 @@ func TestFleetLoop(t *testing.T) {
 			rolledBack = time.Now()
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
 	}
 	if fired.IsZero() {
 		fired = ifThen(amFiring(t, eng.am, "klp_cmdline_2"), time.Now())
@@ -330,7 +330,7 @@ health:
   kdump_dir: ""
   pstore_dir: ""
   taint: true
-  taint_interval: 250ms
+  taint_interval: 1s
 metrics:
   listen: 127.0.0.1:`+strconv.Itoa(h.metrics)+`
 paths:

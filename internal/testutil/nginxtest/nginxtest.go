@@ -70,9 +70,10 @@ daemon off;
 worker_processes 1;
 pid %[2]s/nginx.pid;
 error_log stderr warn;
-events { worker_connections 64; }
+events { worker_connections 512; } # the fleet test's 50 hosts keep connections open
 http {
   access_log off;
+  log_not_found off; # a 404 is an answer the tests check, not an error to print
   default_type application/octet-stream;
   client_body_temp_path %[2]s/body;
   proxy_temp_path %[2]s/proxy;
