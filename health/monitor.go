@@ -81,6 +81,11 @@ func (m *Monitor) Stop() {
 	wg.Wait()
 }
 
+// taintGrace is how long a new taint bit waits for the kernel log's own
+// report of it: a report's end comes a few milliseconds after die() sets
+// D, seconds under TCG's console; the taint source is the backstop.
+const taintGrace = 3 * time.Second
+
 func (m *Monitor) start(o MonitorOptions) {
 	ctx, cancel := context.WithCancel(m.parent)
 	wg := &sync.WaitGroup{}
@@ -119,7 +124,7 @@ func (m *Monitor) start(o MonitorOptions) {
 	}
 	if o.Taint {
 		wg.Go(func() {
-			w := TaintWatcher{Path: filepath.Join(o.Root, "proc/sys/kernel/tainted"), Every: o.TaintInterval,
+			w := TaintWatcher{Path: filepath.Join(o.Root, "proc/sys/kernel/tainted"), Every: o.TaintInterval, Grace: taintGrace,
 				Skip: func(ev Event) bool {
 					if !known.Explains(ev) {
 						return false

@@ -116,7 +116,7 @@ func TestTaintExplainedByTheLog(t *testing.T) {
 		if ev.Source != "taint" || ev.Kind != KindWarning {
 			t.Fatalf("event %+v, want only the W bit's", ev)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second): // each new bit waits taintGrace (3 s) for the log first
 		t.Fatal("no event for the unexplained W bit")
 	}
 }

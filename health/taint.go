@@ -64,6 +64,12 @@ type TaintWatcher struct {
 	// Skip, if set, drops an event that is already known: the bit of an
 	// oops the kernel log reported (see Explained).
 	Skip func(Event) bool
+	// Grace is how long a new bit waits for the kernel log's report of
+	// the same oops before Skip is asked: the kernel sets D in die(),
+	// before it prints the report's end, so a tick can land in between and
+	// the one oops would be two events (and the taint one, first, would
+	// take the rollback). 0 = none.
+	Grace time.Duration
 }
 
 // Run polls until ctx ends. The baseline is the mask at start: bits set
@@ -98,6 +104,13 @@ func (w TaintWatcher) RunFrom(ctx context.Context, baseline Taint, out chan<- Ev
 		}
 		nb := NewBits(seen, now)
 		seen |= now
+		if nb != 0 && w.Grace > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(w.Grace):
+			}
+		}
 		for _, ev := range taintEvents(nb, now) {
 			if w.Skip != nil && w.Skip(ev) {
 				continue

@@ -240,3 +240,37 @@ func TestTaintWatcherSkip(t *testing.T) {
 	}
 	quietTaint(t, out)
 }
+
+// The kernel sets D in die() before it prints the end of the report: a
+// tick in between saw the bit before the kernel log's report of the same
+// oops had closed, and the one oops became two events, the taint one first
+// (TestSystemRealKernel in a fresh root: the rollback was taint's, the
+// kmsg report second). A new bit now waits Grace for the log's report.
+func TestTaintWatcherWaitsForTheLogsReport(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "tainted")
+	if err := os.WriteFile(p, []byte("0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := make(chan Event, 4)
+	var mu sync.Mutex
+	reported := false
+	w := TaintWatcher{Path: p, Every: 2 * time.Millisecond, Grace: 2 * time.Second,
+		Skip: func(ev Event) bool { mu.Lock(); defer mu.Unlock(); return reported && ev.Kind == KindOops }}
+	go w.RunFrom(ctx, 0, out)
+	if err := os.WriteFile(p, []byte(strconv.FormatUint(uint64(TaintDied), 10)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The log's report closes after the watcher has seen the bit (its
+	// 2 ms ticks have run many times by now), within the grace.
+	time.Sleep(200 * time.Millisecond)
+	mu.Lock()
+	reported = true
+	mu.Unlock()
+	select {
+	case ev := <-out:
+		t.Fatalf("a taint event for an oops the kernel log reported within the grace: %+v", ev)
+	case <-time.After(4 * time.Second):
+	}
+}
