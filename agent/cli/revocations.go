@@ -115,30 +115,8 @@ func cmdRevocationsSign(env *Env, args []string) error {
 	if len(keys) == 0 {
 		return fmt.Errorf("%w: give --key", errUsage)
 	}
-	b, err := limitfile.Read(*file, manifest.RevocationsMaxSize)
-	if err != nil {
-		return err
-	}
-	if _, err := manifest.RevocationsPayload(b); err != nil {
-		return fmt.Errorf("%s: %w", *file, err)
-	}
-	ids := make([]string, 0, len(keys))
-	for _, k := range keys {
-		s, err := manifest.LoadSigner(k)
-		if err != nil {
-			return err
-		}
-		if b, err = manifest.AddRevocationsSignature(b, s); err != nil {
-			return err
-		}
-		id, _ := s.KeyID()
-		ids = append(ids, id)
-	}
-	if err := atomicfile.WriteFile(*file, b, 0o644); err != nil {
-		return err
-	}
-	fmt.Fprintf(env.Stdout, "signed %s with key(s) %s\n", *file, strings.Join(ids, ", "))
-	return nil
+	return coSign(env, *file, keys, manifest.RevocationsMaxSize,
+		func(b []byte) error { _, err := manifest.RevocationsPayload(b); return err }, manifest.AddRevocationsSignature)
 }
 
 func cmdRevocationsVerify(env *Env, args []string) error {

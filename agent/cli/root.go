@@ -215,12 +215,21 @@ func cmdRootSign(env *Env, args []string) error {
 	if len(keys) == 0 || *file == "" {
 		return fmt.Errorf("%w: give --envelope and --key", errUsage)
 	}
-	b, err := limitfile.Read(*file, manifest.RootMaxSize)
+	return coSign(env, *file, keys, manifest.RootMaxSize,
+		func(b []byte) error { _, err := manifest.RootPayload(b); return err }, manifest.AddRootSignature)
+}
+
+// coSign adds a signature by each key to the signed file in place (a root
+// file, revocations.json): the file must already be one, read bounded,
+// written atomically.
+func coSign(env *Env, file string, keys []string, max int64, check func([]byte) error,
+	add func([]byte, *manifest.Signer) ([]byte, error)) error {
+	b, err := limitfile.Read(file, max)
 	if err != nil {
 		return err
 	}
-	if _, err := manifest.RootPayload(b); err != nil {
-		return fmt.Errorf("%s: %w", *file, err)
+	if err := check(b); err != nil {
+		return fmt.Errorf("%s: %w", file, err)
 	}
 	ids := make([]string, 0, len(keys))
 	for _, k := range keys {
@@ -228,16 +237,16 @@ func cmdRootSign(env *Env, args []string) error {
 		if err != nil {
 			return err
 		}
-		if b, err = manifest.AddRootSignature(b, s); err != nil {
+		if b, err = add(b, s); err != nil {
 			return err
 		}
 		id, _ := s.KeyID()
 		ids = append(ids, id)
 	}
-	if err := atomicfile.WriteFile(*file, b, 0o644); err != nil {
+	if err := atomicfile.WriteFile(file, b, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.Stdout, "signed %s with key(s) %s\n", *file, strings.Join(ids, ", "))
+	fmt.Fprintf(env.Stdout, "signed %s with key(s) %s\n", file, strings.Join(ids, ", "))
 	return nil
 }
 
