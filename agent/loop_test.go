@@ -224,21 +224,7 @@ func TestHealthEventDuringStalledDownload(t *testing.T) {
 	h := newHost(t, 1, 2)
 	h.converge([]int{1})
 	h.soak()
-	hit, aborted := make(chan struct{}, 8), make(chan struct{}, 8)
-	p2 := h.patches[2]
-	stall := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The RPM's own size: a larger Content-Length fails the download
-		// at once (ErrTooLarge) instead of stalling it.
-		w.Header().Set("Content-Length", fmt.Sprint(p2.Size))
-		w.Write([]byte("\xed\xab\xee\xdb"))
-		w.(http.Flusher).Flush()
-		hit <- struct{}{}
-		<-r.Context().Done() // the client went away
-		aborted <- struct{}{}
-	}))
-	defer stall.Close()
-	p2.URL = stall.URL + "/" + p2.URL
-	h.patches[2] = p2
+	hit, aborted := stallLevel2(t, h)
 	h.publish(priv, 1, []int{1, 2})
 	h.polls(pub)
 	events := make(chan health.Event)
@@ -280,7 +266,7 @@ func TestHealthEventDuringStalledDownload(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := h.agent.State().Kernels[krel]
-	if !k.IsBlocked("klp_cmdline_1", 1, h.patches[1].SHA256) || k.IsBlocked("klp_cmdline_2", 2, p2.SHA256) {
+	if !k.IsBlocked("klp_cmdline_1", 1, h.patches[1].SHA256) || k.IsBlocked("klp_cmdline_2", 2, h.patches[2].SHA256) {
 		t.Fatalf("blocked %+v: want level 1 (the culprit) only", k.Blocked)
 	}
 	if k.Target != nil || k.Current != nil || k.Phase != state.PhaseNone {
@@ -535,4 +521,28 @@ func TestCulpritReplacedPatchOnlyByItsCode(t *testing.T) {
 	if p, _ := a.Culprit(health.Event{RIP: health.Frame{Addr: 0xffffffffc0a00010}}, t0.Add(time.Minute)); p != p1 {
 		t.Errorf("before the replacement: culprit %v, want level 1", p)
 	}
+}
+
+// stallLevel2 serves level 2's RPM from a server that sends its first
+// bytes and then stalls until the client goes away, and points h's level 2
+// at it. hit is signalled when the download has started, aborted when the
+// client gave it up.
+func stallLevel2(t *testing.T, h *host) (hit, aborted chan struct{}) {
+	t.Helper()
+	hit, aborted = make(chan struct{}, 8), make(chan struct{}, 8)
+	p2 := h.patches[2]
+	stall := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The RPM's own size: a larger Content-Length fails the download
+		// at once (ErrTooLarge) instead of stalling it.
+		w.Header().Set("Content-Length", fmt.Sprint(p2.Size))
+		w.Write([]byte("\xed\xab\xee\xdb"))
+		w.(http.Flusher).Flush()
+		hit <- struct{}{}
+		<-r.Context().Done() // the client went away
+		aborted <- struct{}{}
+	}))
+	t.Cleanup(stall.Close)
+	p2.URL = stall.URL + "/" + p2.URL
+	h.patches[2] = p2
+	return hit, aborted
 }

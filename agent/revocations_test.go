@@ -5,8 +5,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,19 +62,7 @@ func TestRevocationChannelRollsBackBesideStalledDownload(t *testing.T) {
 	h := newHost(t, 1, 2)
 	h.converge([]int{1})
 	h.soak()
-	hit, aborted := make(chan struct{}, 8), make(chan struct{}, 8)
-	p2 := h.patches[2]
-	stall := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", fmt.Sprint(p2.Size))
-		w.Write([]byte("\xed\xab\xee\xdb"))
-		w.(http.Flusher).Flush()
-		hit <- struct{}{}
-		<-r.Context().Done()
-		aborted <- struct{}{}
-	}))
-	defer stall.Close()
-	p2.URL = stall.URL + "/" + p2.URL
-	h.patches[2] = p2
+	hit, aborted := stallLevel2(t, h)
 	h.publish(priv, 1, []int{1, 2})
 	h.polls(pub)
 	h.revChannel(pub)
